@@ -1,0 +1,100 @@
+//! TauGym — PLACEHOLDER under construction (replaced by the real module).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Agent;
+use crate::env::{Env, EnvConfig};
+use crate::gyms::{Gym, GymError, GymKind, Task, TaskInfo, TaskSet};
+use crate::llm::Prompt;
+use crate::split::Split;
+use crate::user::{Protocol, User, UserError, UserQuery, UserReply};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TauTask {
+    pub id: String,
+    pub split: Split,
+}
+
+impl Task for TauTask {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn split(&self) -> Split {
+        self.split
+    }
+}
+
+pub struct TauGym {
+    tasks: TaskSet<TauTask>,
+}
+
+impl TauGym {
+    pub fn builtin() -> Result<TauGym, GymError> {
+        Ok(TauGym { tasks: TaskSet::new(GymKind::Tau, Vec::new())? })
+    }
+    pub fn from_jsonl(text: &str, source: &str) -> Result<TauGym, GymError> {
+        Ok(TauGym { tasks: TaskSet::from_jsonl(GymKind::Tau, text, source)? })
+    }
+}
+
+impl Gym for TauGym {
+    fn kind(&self) -> GymKind {
+        GymKind::Tau
+    }
+    fn tasks(&self) -> &[TaskInfo] {
+        self.tasks.info()
+    }
+    fn system_prompt(&self) -> String {
+        String::new()
+    }
+    fn new_env(&self, task_id: &str, _config: &EnvConfig, _user: Arc<dyn User>) -> Result<Box<dyn Env>, GymError> {
+        Err(GymError::UnknownTask { gym: GymKind::Tau, task: task_id.to_string() })
+    }
+    fn expert(&self, task_id: &str, _seed: u64) -> Result<Box<dyn Agent>, GymError> {
+        Err(GymError::UnknownTask { gym: GymKind::Tau, task: task_id.to_string() })
+    }
+    fn export_tasks(&self) -> Vec<serde_json::Value> {
+        self.tasks.export()
+    }
+}
+
+pub struct UserRole;
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Query {}
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Reply {}
+
+impl Protocol for UserRole {
+    type Query = Query;
+    type Reply = Reply;
+    fn scripted(query: &Query) -> Result<Reply, UserError> {
+        match *query {}
+    }
+    fn prompt(query: &Query) -> Prompt {
+        match *query {}
+    }
+    fn parse(query: &Query, _text: &str) -> Option<Reply> {
+        match *query {}
+    }
+    fn fallback(query: &Query) -> Reply {
+        match *query {}
+    }
+    fn wrap(query: Query) -> UserQuery {
+        UserQuery::Tau(query)
+    }
+    fn unwrap(reply: UserReply) -> Option<Reply> {
+        match reply {
+            UserReply::Tau(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Converts the original task files (PLACEHOLDER).
+pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>, GymError> {
+    Err(GymError::Data { gym: GymKind::Tau, location: root.display().to_string(), message: "not yet".into() })
+}

@@ -1,0 +1,100 @@
+//! TurtleGym — PLACEHOLDER under construction (replaced by the real module).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Agent;
+use crate::env::{Env, EnvConfig};
+use crate::gyms::{Gym, GymError, GymKind, Task, TaskInfo, TaskSet};
+use crate::llm::Prompt;
+use crate::split::Split;
+use crate::user::{Protocol, User, UserError, UserQuery, UserReply};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TurtleTask {
+    pub id: String,
+    pub split: Split,
+}
+
+impl Task for TurtleTask {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn split(&self) -> Split {
+        self.split
+    }
+}
+
+pub struct TurtleGym {
+    tasks: TaskSet<TurtleTask>,
+}
+
+impl TurtleGym {
+    pub fn builtin() -> Result<TurtleGym, GymError> {
+        Ok(TurtleGym { tasks: TaskSet::new(GymKind::Turtle, Vec::new())? })
+    }
+    pub fn from_jsonl(text: &str, source: &str) -> Result<TurtleGym, GymError> {
+        Ok(TurtleGym { tasks: TaskSet::from_jsonl(GymKind::Turtle, text, source)? })
+    }
+}
+
+impl Gym for TurtleGym {
+    fn kind(&self) -> GymKind {
+        GymKind::Turtle
+    }
+    fn tasks(&self) -> &[TaskInfo] {
+        self.tasks.info()
+    }
+    fn system_prompt(&self) -> String {
+        String::new()
+    }
+    fn new_env(&self, task_id: &str, _config: &EnvConfig, _user: Arc<dyn User>) -> Result<Box<dyn Env>, GymError> {
+        Err(GymError::UnknownTask { gym: GymKind::Turtle, task: task_id.to_string() })
+    }
+    fn expert(&self, task_id: &str, _seed: u64) -> Result<Box<dyn Agent>, GymError> {
+        Err(GymError::UnknownTask { gym: GymKind::Turtle, task: task_id.to_string() })
+    }
+    fn export_tasks(&self) -> Vec<serde_json::Value> {
+        self.tasks.export()
+    }
+}
+
+pub struct UserRole;
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Query {}
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Reply {}
+
+impl Protocol for UserRole {
+    type Query = Query;
+    type Reply = Reply;
+    fn scripted(query: &Query) -> Result<Reply, UserError> {
+        match *query {}
+    }
+    fn prompt(query: &Query) -> Prompt {
+        match *query {}
+    }
+    fn parse(query: &Query, _text: &str) -> Option<Reply> {
+        match *query {}
+    }
+    fn fallback(query: &Query) -> Reply {
+        match *query {}
+    }
+    fn wrap(query: Query) -> UserQuery {
+        UserQuery::Turtle(query)
+    }
+    fn unwrap(reply: UserReply) -> Option<Reply> {
+        match reply {
+            UserReply::Turtle(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Converts the original task files (PLACEHOLDER).
+pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>, GymError> {
+    Err(GymError::Data { gym: GymKind::Turtle, location: root.display().to_string(), message: "not yet".into() })
+}

@@ -1,0 +1,474 @@
+//! The LLM user: any OpenAI-compatible chat endpoint (vLLM, SGLang, llama.cpp server, OpenAI, userrl's own
+//! `/v1`) playing a gym's user or judge.
+//!
+//! `LlmClient` does the transport: several base URLs balanced by fewest requests in flight, a global
+//! concurrency limit, a per-call timeout, retries with exponential backoff on timeouts, connection errors,
+//! 429 and 5xx, optional `<think>` stripping, and a response cache keyed by a hash of the prompt (on by
+//! default at temperature 0, where the answer is a function of the prompt). `LlmUser` asks the gym's
+//! `Protocol` for the prompt, parses the answer, and falls back to the gym's default reply when every try
+//! fails or the text cannot be read; both are logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::user::{User, UserError, UserKind, UserQuery, UserReply};
+
+/// A two-message chat prompt (system, user), as the original gyms send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prompt {
+    pub system: String,
+    pub user: String,
+    /// Overrides the client's default `max_tokens` (the original uses 512 for the search judge).
+    pub max_tokens: Option<u32>,
+}
+
+impl Prompt {
+    pub fn new(system: impl Into<String>, user: impl Into<String>) -> Prompt {
+        Prompt { system: system.into(), user: user.into(), max_tokens: None }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// One or more base URLs ending before `/chat/completions`, e.g. `http://localhost:8000/v1`.
+    pub base_urls: Vec<String>,
+    /// Never stored in configs: read from the environment (`USERRL_LLM_API_KEY`, else `OPENAI_API_KEY`).
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    pub model: String,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    pub timeout_ms: u64,
+    /// Tries per request, the first included.
+    pub max_tries: u32,
+    /// The first backoff; each retry doubles it.
+    pub backoff_ms: u64,
+    /// Requests in flight across all endpoints.
+    pub concurrency: usize,
+    pub strip_think: bool,
+    /// `None`: cache when `temperature == 0`.
+    pub cache: Option<bool>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_urls: Vec::new(),
+            api_key: None,
+            model: "gpt-4o".into(),
+            temperature: 0.0,
+            max_tokens: 2048,
+            timeout_ms: 10_000,
+            max_tries: 3,
+            backoff_ms: 500,
+            concurrency: 256,
+            strip_think: true,
+            cache: None,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Reads `USERRL_LLM_URL` (comma-separated for several servers; else `OPENAI_BASE_URL`), `USERRL_LLM_MODEL`
+    /// and the key variables. Values already set in `self` are kept.
+    pub fn with_env(mut self) -> LlmConfig {
+        if self.base_urls.is_empty() {
+            let urls = std::env::var("USERRL_LLM_URL").or_else(|_| std::env::var("OPENAI_BASE_URL")).unwrap_or_default();
+            self.base_urls = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+        }
+        if let Ok(model) = std::env::var("USERRL_LLM_MODEL") {
+            if !model.trim().is_empty() {
+                self.model = model.trim().to_string();
+            }
+        }
+        if self.api_key.is_none() {
+            self.api_key = std::env::var("USERRL_LLM_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).ok();
+        }
+        self
+    }
+
+    fn caches(&self) -> bool {
+        self.cache.unwrap_or(self.temperature == 0.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("no LLM endpoint configured: set USERRL_LLM_URL (or OPENAI_BASE_URL) or `base_urls` in the config")]
+    NoEndpoint,
+    #[error("could not build the HTTP client: {0}")]
+    Client(String),
+    #[error("the request timed out after {0} ms")]
+    Timeout(u64),
+    #[error("HTTP {status} from {url}: {body}")]
+    Status { status: u16, url: String, body: String },
+    #[error("transport error talking to {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("the response is not a chat completion: {0}")]
+    BadResponse(String),
+}
+
+impl LlmError {
+    fn retryable(&self) -> bool {
+        match self {
+            LlmError::Timeout(_) | LlmError::Transport { .. } => true,
+            LlmError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+struct Endpoint {
+    url: String,
+    in_flight: AtomicUsize,
+}
+
+/// Counters a caller can read (and the benchmark reports).
+#[derive(Debug, Default)]
+pub struct LlmStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+pub struct LlmClient {
+    config: LlmConfig,
+    http: reqwest::Client,
+    endpoints: Vec<Endpoint>,
+    permits: tokio::sync::Semaphore,
+    cache: Mutex<HashMap<[u8; 32], String>>,
+    next: AtomicUsize,
+    pub stats: LlmStats,
+}
+
+impl LlmClient {
+    pub fn new(config: LlmConfig) -> Result<LlmClient, LlmError> {
+        if config.base_urls.is_empty() {
+            return Err(LlmError::NoEndpoint);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms.max(1)))
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .build()
+            .map_err(|e| LlmError::Client(e.to_string()))?;
+        let endpoints = config
+            .base_urls
+            .iter()
+            .map(|u| Endpoint { url: format!("{}/chat/completions", u.trim_end_matches('/')), in_flight: AtomicUsize::new(0) })
+            .collect();
+        Ok(LlmClient {
+            permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
+            config,
+            http,
+            endpoints,
+            cache: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            stats: LlmStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    fn cache_key(&self, prompt: &Prompt) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [self.config.model.as_str(), &prompt.system, &prompt.user] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(prompt.max_tokens.unwrap_or(self.config.max_tokens).to_le_bytes());
+        h.update(self.config.temperature.to_le_bytes());
+        h.finalize().into()
+    }
+
+    /// The endpoint with the fewest requests in flight; ties go round-robin.
+    fn pick(&self) -> &Endpoint {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.endpoints.len();
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .min_by_key(|e| e.in_flight.load(Ordering::Relaxed))
+            .unwrap_or(&self.endpoints[0])
+    }
+
+    /// Sends the prompt (with retries) and returns the reply text, thinking stripped when configured. A reply
+    /// for which `accept` is true is cached when caching is on; a cached reply is returned without a request.
+    pub async fn complete(&self, prompt: &Prompt, accept: &(dyn Fn(&str) -> bool + Sync)) -> Result<String, LlmError> {
+        let key = self.config.caches().then(|| self.cache_key(prompt));
+        if let Some(key) = &key {
+            if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit);
+            }
+        }
+        let mut backoff = Duration::from_millis(self.config.backoff_ms);
+        let mut last_error = LlmError::NoEndpoint;
+        for attempt in 0..self.config.max_tries.max(1) {
+            if attempt > 0 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            match self.send_once(prompt).await {
+                Ok(text) => {
+                    let text = if self.config.strip_think { strip_think(&text) } else { text };
+                    if let (Some(key), true) = (key, accept(&text)) {
+                        if let Ok(mut cache) = self.cache.lock() {
+                            cache.insert(key, text.clone());
+                        }
+                    }
+                    return Ok(text);
+                }
+                Err(e) if e.retryable() => {
+                    tracing::debug!(attempt, error = %e, "LLM request failed, will retry");
+                    last_error = e;
+                }
+                Err(e) => {
+                    last_error = e;
+                    break;
+                }
+            }
+        }
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        Err(last_error)
+    }
+
+    async fn send_once(&self, prompt: &Prompt) -> Result<String, LlmError> {
+        let _permit = self.permits.acquire().await.map_err(|e| LlmError::Client(e.to_string()))?;
+        let endpoint = self.pick();
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.post(endpoint, prompt).await;
+        endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn post(&self, endpoint: &Endpoint, prompt: &Prompt) -> Result<String, LlmError> {
+        let body = json!({
+            "model": self.config.model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            "temperature": self.config.temperature,
+            "max_tokens": prompt.max_tokens.unwrap_or(self.config.max_tokens),
+        });
+        let mut request = self.http.post(&endpoint.url).json(&body);
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key);
+        }
+        let timeout = Duration::from_millis(self.config.timeout_ms.max(1));
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                LlmError::Timeout(self.config.timeout_ms)
+            } else {
+                LlmError::Transport { url: endpoint.url.clone(), message: e.to_string() }
+            }
+        };
+        let exchange = async {
+            let response = request.send().await.map_err(transport)?;
+            let status = response.status();
+            let text = response.text().await.map_err(transport)?;
+            if !status.is_success() {
+                return Err(LlmError::Status {
+                    status: status.as_u16(),
+                    url: endpoint.url.clone(),
+                    body: text.chars().take(200).collect(),
+                });
+            }
+            Ok(text)
+        };
+        let text = tokio::time::timeout(timeout, exchange).await.map_err(|_| LlmError::Timeout(self.config.timeout_ms))??;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| LlmError::BadResponse(format!("{e}: {}", text.chars().take(120).collect::<String>())))?;
+        let message = &value["choices"][0]["message"];
+        let content = message["content"].as_str().unwrap_or_default();
+        // Servers with a reasoning parser put the thinking in its own field; the answer is `content`.
+        if content.is_empty() && message["content"].is_null() {
+            return Err(LlmError::BadResponse("no choices[0].message.content".into()));
+        }
+        Ok(content.to_string())
+    }
+}
+
+/// Removes `<think>…</think>` blocks; text before a lone `</think>` (a template that opened the block in the
+/// prompt) goes too, and an unclosed `<think>` drops the rest.
+pub fn strip_think(text: &str) -> String {
+    let mut text = text;
+    if let (Some(close), None) = (text.find("</think>"), text.find("<think>")) {
+        text = &text[close + "</think>".len()..];
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("<think>") {
+        out.push_str(&rest[..open]);
+        match rest[open..].find("</think>") {
+            Some(close) => rest = &rest[open + close + "</think>".len()..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out.trim().to_string()
+}
+
+/// Finds a JSON object in model text: the whole text, a fenced block, or the outermost `{…}`; then retries
+/// with Python-literal spellings (single quotes, True/False/None) that models sometimes write.
+pub fn extract_json(text: &str) -> Option<Value> {
+    let text = text.trim();
+    let mut candidates: Vec<&str> = vec![text];
+    if let Some(start) = text.find("```") {
+        let after = &text[start + 3..];
+        let after = after.strip_prefix("json").unwrap_or(after);
+        if let Some(end) = after.find("```") {
+            candidates.push(after[..end].trim());
+        }
+    }
+    if let (Some(open), Some(close)) = (text.find('{'), text.rfind('}')) {
+        if open < close {
+            candidates.push(&text[open..=close]);
+        }
+    }
+    for candidate in &candidates {
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(candidate) {
+            return Some(v);
+        }
+    }
+    for candidate in &candidates {
+        let repaired = python_literal_to_json(candidate);
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&repaired) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn python_literal_to_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(match word.as_str() {
+            "True" => "true",
+            "False" => "false",
+            "None" => "null",
+            w => w,
+        });
+        word.clear();
+    };
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => match c {
+                '\\' => {
+                    if let Some(next) = chars.next() {
+                        if next == '\'' {
+                            out.push('\'');
+                        } else {
+                            out.push('\\');
+                            out.push(next);
+                        }
+                    }
+                }
+                c if c == q => {
+                    out.push('"');
+                    quote = None;
+                }
+                '"' => out.push_str("\\\""),
+                c => out.push(c),
+            },
+            None => {
+                if c.is_alphanumeric() || c == '_' {
+                    word.push(c);
+                    continue;
+                }
+                flush(&mut word, &mut out);
+                if c == '\'' || c == '"' {
+                    quote = Some(c);
+                    out.push('"');
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// A gym's user played by an LLM.
+pub struct LlmUser {
+    client: Arc<LlmClient>,
+}
+
+impl LlmUser {
+    pub fn new(client: Arc<LlmClient>) -> LlmUser {
+        LlmUser { client }
+    }
+    pub fn client(&self) -> &Arc<LlmClient> {
+        &self.client
+    }
+}
+
+#[async_trait::async_trait]
+impl User for LlmUser {
+    fn kind(&self) -> UserKind {
+        UserKind::Llm
+    }
+
+    async fn reply(&self, query: &UserQuery) -> Result<UserReply, UserError> {
+        let prompt = query.prompt();
+        let accept = |text: &str| query.parse_llm(text).is_some();
+        match self.client.complete(&prompt, &accept).await {
+            Ok(text) => match query.parse_llm(&text) {
+                Some(reply) => Ok(reply),
+                None => {
+                    tracing::warn!(reply = %text.chars().take(200).collect::<String>(), "LLM user reply not understood; using the fallback");
+                    Ok(query.fallback())
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "LLM user failed; using the fallback");
+                Ok(query.fallback())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn think_blocks_are_stripped() {
+        assert_eq!(strip_think("<think>secret</think>\nYes"), "Yes");
+        assert_eq!(strip_think("reasoning</think> No"), "No");
+        assert_eq!(strip_think("a<think>x</think>b<think>y</think>c"), "abc");
+        assert_eq!(strip_think("ok <think>never closed"), "ok");
+    }
+
+    #[test]
+    fn json_is_found_in_messy_text() {
+        assert_eq!(extract_json("{\"a\": 1}").unwrap()["a"], 1);
+        assert_eq!(extract_json("```json\n{\"a\": 2}\n```").unwrap()["a"], 2);
+        assert_eq!(extract_json("Sure! Here it is: {\"a\": 3} hope that helps").unwrap()["a"], 3);
+        let v = extract_json("{'thought': 'it\\'s fine', 'ok': True, 'x': None}").unwrap();
+        assert_eq!(v["thought"], "it's fine");
+        assert_eq!(v["ok"], true);
+        assert!(v["x"].is_null());
+        assert!(extract_json("no json here").is_none());
+        assert!(extract_json("[1, 2]").is_none());
+    }
+}
