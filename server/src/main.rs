@@ -1,1 +1,52 @@
-fn main() {}
+//! `userrl`: the command-line entry point. Lists the gyms, plays one in the terminal, evaluates agents
+//! across gyms and users, imports the original UserRL task files, and runs the benchmarks.
+
+mod commands;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "userrl", version, about = "Train and evaluate user-centric interactive agents (UserRL gyms)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the gyms with their choices, task counts per split and held-in/held-out role.
+    Gyms(commands::gyms::Args),
+    /// Play a gym as the agent in the terminal.
+    Play(commands::play::Args),
+    /// Evaluate an agent over gyms and print the per-gym table.
+    Eval(commands::eval::Args),
+    /// Task data: import the original UserRL files.
+    Data {
+        #[command(subcommand)]
+        command: commands::data::Command,
+    },
+    /// Benchmarks: gym step throughput, LLM-client overhead.
+    Bench {
+        #[command(subcommand)]
+        command: commands::bench::Command,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gyms(args) => commands::gyms::run(args),
+        Command::Play(args) => commands::play::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Data { command } => commands::data::run(command),
+        Command::Bench { command } => commands::bench::run(command),
+    }
+}

@@ -85,11 +85,8 @@ impl Agent for RandomAgent {
         let Some(&choice) = self.allowed.choose(&mut self.rng) else {
             return AgentTurn::Text("I have nothing to do.".into());
         };
-        let seen: Vec<&str> = conversation
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .flat_map(|m| m.content.split_whitespace())
-            .collect();
+        let seen: Vec<&str> =
+            conversation.iter().filter(|m| m.role != Role::System).flat_map(|m| m.content.split_whitespace()).collect();
         let n = self.rng.random_range(1..=6);
         let content: Vec<&str> = (0..n).filter_map(|_| seen.choose(&mut self.rng).copied()).collect();
         let content = if content.is_empty() { "hello".to_string() } else { content.join(" ") };

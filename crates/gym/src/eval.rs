@@ -26,7 +26,8 @@ pub async fn run_episode(
 ) -> Result<Transcript, GymError> {
     let env = gym.new_env(task_id, config, user)?;
     let mut episode = Episode::new(env, config.clone());
-    let mut conversation = vec![Message::new(Role::System, gym.system_prompt()), Message::new(Role::User, episode.opening())];
+    let mut conversation =
+        vec![Message::new(Role::System, gym.system_prompt()), Message::new(Role::User, episode.opening())];
     while !episode.is_done() {
         match agent.act(&conversation).await {
             AgentTurn::Call { thought, arguments } => {
@@ -129,7 +130,11 @@ impl EvalReport {
             .collect();
         let episodes: usize = rows.iter().map(|r| r.episodes).sum();
         let weighted = |f: fn(&GymRow) -> f64| {
-            if episodes == 0 { 0.0 } else { rows.iter().map(|r| f(r) * r.episodes as f64).sum::<f64>() / episodes as f64 }
+            if episodes == 0 {
+                0.0
+            } else {
+                rows.iter().map(|r| f(r) * r.episodes as f64).sum::<f64>() / episodes as f64
+            }
         };
         EvalReport {
             split,
@@ -171,18 +176,27 @@ pub fn episode_seed(run_seed: u64, gym: GymKind, index: usize) -> u64 {
     mix(mix(run_seed, gym as u64 + 1), index as u64)
 }
 
-/// Evaluates `agent` on every task of `split` in the catalog's gyms. `concurrency` episodes run at once (it
-/// matters for LLM users and agents; the scripted ones are CPU-bound). `on_done` sees each transcript.
+/// What to evaluate: which tasks, which agent, how many episodes at once.
+#[derive(Clone, Debug)]
+pub struct EvalPlan {
+    pub split: Split,
+    pub agent: AgentSpec,
+    pub config: EnvConfig,
+    /// Episodes run at once (it matters for LLM users and agents; the scripted ones are CPU-bound).
+    pub concurrency: usize,
+    /// At most this many tasks per gym.
+    pub limit_per_gym: Option<usize>,
+}
+
+/// Evaluates the plan's agent on every task of its split in the catalog's gyms. `on_done` sees each
+/// transcript as it finishes.
 pub async fn evaluate(
     catalog: &Catalog,
-    split: Split,
-    agent: AgentSpec,
+    plan: &EvalPlan,
     user: Arc<dyn User>,
-    config: &EnvConfig,
-    concurrency: usize,
-    limit_per_gym: Option<usize>,
     mut on_done: impl FnMut(&Transcript),
 ) -> Result<(EvalReport, Vec<Transcript>), GymError> {
+    let EvalPlan { split, agent, ref config, concurrency, limit_per_gym } = *plan;
     let mut jobs = Vec::new();
     for gym in catalog.gyms() {
         let ids = gym.task_ids(Some(split));

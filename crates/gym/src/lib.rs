@@ -12,6 +12,8 @@ pub mod gyms;
 pub mod import;
 pub mod llm;
 pub mod split;
+#[cfg(any(test, feature = "mock-server"))]
+pub mod testserver;
 pub mod text;
 pub mod tool;
 pub mod user;

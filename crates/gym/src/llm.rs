@@ -81,13 +81,14 @@ impl LlmConfig {
     /// and the key variables. Values already set in `self` are kept.
     pub fn with_env(mut self) -> LlmConfig {
         if self.base_urls.is_empty() {
-            let urls = std::env::var("USERRL_LLM_URL").or_else(|_| std::env::var("OPENAI_BASE_URL")).unwrap_or_default();
+            let urls =
+                std::env::var("USERRL_LLM_URL").or_else(|_| std::env::var("OPENAI_BASE_URL")).unwrap_or_default();
             self.base_urls = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
         }
-        if let Ok(model) = std::env::var("USERRL_LLM_MODEL") {
-            if !model.trim().is_empty() {
-                self.model = model.trim().to_string();
-            }
+        if let Ok(model) = std::env::var("USERRL_LLM_MODEL")
+            && !model.trim().is_empty()
+        {
+            self.model = model.trim().to_string();
         }
         if self.api_key.is_none() {
             self.api_key = std::env::var("USERRL_LLM_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).ok();
@@ -163,7 +164,10 @@ impl LlmClient {
         let endpoints = config
             .base_urls
             .iter()
-            .map(|u| Endpoint { url: format!("{}/chat/completions", u.trim_end_matches('/')), in_flight: AtomicUsize::new(0) })
+            .map(|u| Endpoint {
+                url: format!("{}/chat/completions", u.trim_end_matches('/')),
+                in_flight: AtomicUsize::new(0),
+            })
             .collect();
         Ok(LlmClient {
             permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
@@ -205,11 +209,11 @@ impl LlmClient {
     /// for which `accept` is true is cached when caching is on; a cached reply is returned without a request.
     pub async fn complete(&self, prompt: &Prompt, accept: &(dyn Fn(&str) -> bool + Sync)) -> Result<String, LlmError> {
         let key = self.config.caches().then(|| self.cache_key(prompt));
-        if let Some(key) = &key {
-            if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit);
-            }
+        if let Some(key) = &key
+            && let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(key).cloned())
+        {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
         }
         let mut backoff = Duration::from_millis(self.config.backoff_ms);
         let mut last_error = LlmError::NoEndpoint;
@@ -222,10 +226,11 @@ impl LlmClient {
             match self.send_once(prompt).await {
                 Ok(text) => {
                     let text = if self.config.strip_think { strip_think(&text) } else { text };
-                    if let (Some(key), true) = (key, accept(&text)) {
-                        if let Ok(mut cache) = self.cache.lock() {
-                            cache.insert(key, text.clone());
-                        }
+                    if let Some(key) = key
+                        && accept(&text)
+                        && let Ok(mut cache) = self.cache.lock()
+                    {
+                        cache.insert(key, text.clone());
                     }
                     return Ok(text);
                 }
@@ -288,9 +293,10 @@ impl LlmClient {
             }
             Ok(text)
         };
-        let text = tokio::time::timeout(timeout, exchange).await.map_err(|_| LlmError::Timeout(self.config.timeout_ms))??;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| LlmError::BadResponse(format!("{e}: {}", text.chars().take(120).collect::<String>())))?;
+        let text =
+            tokio::time::timeout(timeout, exchange).await.map_err(|_| LlmError::Timeout(self.config.timeout_ms))??;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| LlmError::BadResponse(format!("{e}: {}", text.chars().take(120).collect::<String>())))?;
         let message = &value["choices"][0]["message"];
         let content = message["content"].as_str().unwrap_or_default();
         // Servers with a reasoning parser put the thinking in its own field; the answer is `content`.
@@ -336,10 +342,10 @@ pub fn extract_json(text: &str) -> Option<Value> {
             candidates.push(after[..end].trim());
         }
     }
-    if let (Some(open), Some(close)) = (text.find('{'), text.rfind('}')) {
-        if open < close {
-            candidates.push(&text[open..=close]);
-        }
+    if let (Some(open), Some(close)) = (text.find('{'), text.rfind('}'))
+        && open < close
+    {
+        candidates.push(&text[open..=close]);
     }
     for candidate in &candidates {
         if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(candidate) {
@@ -470,5 +476,136 @@ mod tests {
         assert!(v["x"].is_null());
         assert!(extract_json("no json here").is_none());
         assert!(extract_json("[1, 2]").is_none());
+    }
+
+    use crate::testserver::{self, Behavior};
+    use std::time::Instant;
+
+    fn config(urls: Vec<String>) -> LlmConfig {
+        LlmConfig { base_urls: urls, timeout_ms: 2_000, backoff_ms: 10, ..LlmConfig::default() }
+    }
+
+    fn any(_: &str) -> bool {
+        true
+    }
+
+    #[tokio::test]
+    async fn retries_5xx_and_429_then_succeeds() {
+        let server = testserver::start(Arc::new(|i, _| match i {
+            0 => Behavior::Status(503),
+            1 => Behavior::Status(429),
+            _ => Behavior::Reply("fine".into()),
+        }))
+        .await
+        .unwrap();
+        let client = LlmClient::new(config(vec![server.base_url.clone()])).unwrap();
+        assert_eq!(client.complete(&Prompt::new("s", "u"), &any).await.unwrap(), "fine");
+        assert_eq!(server.received(), 3);
+        assert_eq!(client.stats.retries.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_not_retried() {
+        let server = testserver::start(Arc::new(|_, _| Behavior::Status(400))).await.unwrap();
+        let client = LlmClient::new(config(vec![server.base_url.clone()])).unwrap();
+        let err = client.complete(&Prompt::new("s", "u"), &any).await.unwrap_err();
+        assert!(matches!(err, LlmError::Status { status: 400, .. }), "{err}");
+        assert_eq!(server.received(), 1);
+    }
+
+    #[tokio::test]
+    async fn slow_endpoint_times_out_within_budget() {
+        let server = testserver::start(Arc::new(|_, _| {
+            Behavior::Delay(Duration::from_secs(5), Box::new(Behavior::Reply("late".into())))
+        }))
+        .await
+        .unwrap();
+        let cfg = LlmConfig { timeout_ms: 150, max_tries: 2, ..config(vec![server.base_url.clone()]) };
+        let client = LlmClient::new(cfg).unwrap();
+        let start = Instant::now();
+        let err = client.complete(&Prompt::new("s", "u"), &any).await.unwrap_err();
+        assert!(matches!(err, LlmError::Timeout(150)), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+        assert_eq!(server.received(), 2);
+    }
+
+    #[tokio::test]
+    async fn dead_endpoint_and_garbage_are_errors() {
+        // A port nobody listens on: bind, read the port, drop the listener.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = LlmConfig { max_tries: 2, ..config(vec![format!("http://127.0.0.1:{port}/v1")]) };
+        let client = LlmClient::new(cfg).unwrap();
+        assert!(matches!(client.complete(&Prompt::new("s", "u"), &any).await, Err(LlmError::Transport { .. })));
+        let server = testserver::start(Arc::new(|_, _| Behavior::Garbage)).await.unwrap();
+        let client = LlmClient::new(config(vec![server.base_url.clone()])).unwrap();
+        assert!(matches!(client.complete(&Prompt::new("s", "u"), &any).await, Err(LlmError::BadResponse(_))));
+        assert!(matches!(LlmClient::new(LlmConfig::default()), Err(LlmError::NoEndpoint)));
+    }
+
+    #[tokio::test]
+    async fn thinking_is_stripped_and_replies_cached_at_temperature_zero() {
+        let server =
+            testserver::start(testserver::always("<think>let me see</think>\n{\"response\": \"Yes\"}")).await.unwrap();
+        let client = LlmClient::new(config(vec![server.base_url.clone()])).unwrap();
+        let prompt = Prompt::new("judge", "is it?");
+        assert_eq!(client.complete(&prompt, &any).await.unwrap(), "{\"response\": \"Yes\"}");
+        assert_eq!(client.complete(&prompt, &any).await.unwrap(), "{\"response\": \"Yes\"}");
+        assert_eq!(server.received(), 1);
+        assert_eq!(client.stats.cache_hits.load(Ordering::Relaxed), 1);
+        // A reply the caller rejects is not cached; sampling temperatures do not cache at all.
+        let reject = |_: &str| false;
+        let other = Prompt::new("judge", "another");
+        client.complete(&other, &reject).await.unwrap();
+        client.complete(&other, &reject).await.unwrap();
+        assert_eq!(server.received(), 3);
+        let hot = LlmClient::new(LlmConfig { temperature: 0.7, ..config(vec![server.base_url.clone()]) }).unwrap();
+        hot.complete(&prompt, &any).await.unwrap();
+        hot.complete(&prompt, &any).await.unwrap();
+        assert_eq!(server.received(), 5);
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_balanced_and_concurrency_is_limited() {
+        let slow = || {
+            Arc::new(|_: usize, _: &Value| {
+                Behavior::Delay(Duration::from_millis(40), Box::new(Behavior::Reply("ok".into())))
+            })
+        };
+        let a = testserver::start(slow()).await.unwrap();
+        let b = testserver::start(slow()).await.unwrap();
+        let cfg =
+            LlmConfig { concurrency: 6, cache: Some(false), ..config(vec![a.base_url.clone(), b.base_url.clone()]) };
+        let client = Arc::new(LlmClient::new(cfg).unwrap());
+        let jobs: Vec<_> = (0..40)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { client.complete(&Prompt::new("s", format!("q{i}")), &any).await })
+            })
+            .collect();
+        for job in jobs {
+            assert_eq!(job.await.unwrap().unwrap(), "ok");
+        }
+        assert_eq!(a.received() + b.received(), 40);
+        assert!(a.received() >= 14 && b.received() >= 14, "unbalanced: {} vs {}", a.received(), b.received());
+        assert!(a.max_in_flight() + b.max_in_flight() <= 6 + 1, "limit exceeded");
+        assert!(a.max_in_flight() <= 6 && b.max_in_flight() <= 6);
+    }
+
+    /// Runs against a real OpenAI-compatible endpoint when `USERRL_TEST_LLM_URL` is set (and
+    /// `USERRL_TEST_LLM_MODEL`, optionally `USERRL_LLM_API_KEY`); without it there is nothing to reach.
+    #[tokio::test]
+    async fn real_endpoint_when_configured() {
+        let Ok(url) = std::env::var("USERRL_TEST_LLM_URL") else {
+            eprintln!("USERRL_TEST_LLM_URL not set: real-endpoint check not run");
+            return;
+        };
+        let model = std::env::var("USERRL_TEST_LLM_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
+        let cfg = LlmConfig { base_urls: vec![url], model, timeout_ms: 60_000, ..LlmConfig::default() }.with_env();
+        let client = LlmClient::new(cfg).unwrap();
+        let text = client
+            .complete(&Prompt::new("Answer with a JSON object {\"response\": \"Yes\"} and nothing else.", "Go."), &any)
+            .await
+            .unwrap();
+        assert_eq!(extract_json(&text).unwrap()["response"], "Yes");
     }
 }

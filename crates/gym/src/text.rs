@@ -7,15 +7,15 @@ use std::collections::HashSet;
 /// Words that carry no topic. Used to tell a sentence from a bag of keywords and to compare texts by content.
 pub const STOPWORDS: &[&str] = &[
     "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be",
-    "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do",
-    "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he",
-    "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its",
-    "itself", "just", "me", "might", "more", "most", "must", "my", "myself", "of", "off", "on", "once", "only", "or",
-    "other", "our", "ours", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that",
-    "the", "their", "theirs", "them", "then", "there", "these", "they", "this", "those", "through", "to", "too",
-    "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom",
-    "why", "will", "with", "would", "you", "your", "yours", "yourself", "please", "tell", "know", "let", "like",
-    "want", "would", "also", "maybe", "perhaps", "really", "think", "there's", "it's", "s",
+    "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does",
+    "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her",
+    "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself",
+    "just", "me", "might", "more", "most", "must", "my", "myself", "of", "off", "on", "once", "only", "or", "other",
+    "our", "ours", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their",
+    "theirs", "them", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until",
+    "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with",
+    "would", "you", "your", "yours", "yourself", "please", "tell", "know", "let", "like", "want", "would", "also",
+    "maybe", "perhaps", "really", "think", "there's", "it's", "s",
 ];
 
 /// Words that negate what follows.
@@ -46,9 +46,13 @@ pub fn words(text: &str) -> Vec<String> {
                 out.push(stem.to_string());
             }
             out.push("not".to_string());
-        } else if let Some(stem) = w.strip_suffix("'s").or_else(|| w.strip_suffix("'re")).or_else(|| w.strip_suffix("'ve")) {
+        } else if let Some(stem) =
+            w.strip_suffix("'s").or_else(|| w.strip_suffix("'re")).or_else(|| w.strip_suffix("'ve"))
+        {
             out.push(stem.to_string());
-        } else if let Some(stem) = w.strip_suffix("'ll").or_else(|| w.strip_suffix("'d")).or_else(|| w.strip_suffix("'m")) {
+        } else if let Some(stem) =
+            w.strip_suffix("'ll").or_else(|| w.strip_suffix("'d")).or_else(|| w.strip_suffix("'m"))
+        {
             out.push(stem.to_string());
         } else {
             out.push(w.replace('\'', ""));
@@ -86,10 +90,10 @@ pub fn stem(word: &str) -> String {
         }
         return s;
     }
-    if let Some(s) = strip("es", 3) {
-        if s.ends_with("sh") || s.ends_with("ch") || s.ends_with('x') || s.ends_with("ss") {
-            return s;
-        }
+    if let Some(s) = strip("es", 3)
+        && (s.ends_with("sh") || s.ends_with("ch") || s.ends_with('x') || s.ends_with("ss"))
+    {
+        return s;
     }
     if w.ends_with("ss") || w.ends_with("us") || w.ends_with("is") {
         return w.to_string();

@@ -310,12 +310,22 @@ mod tests {
     fn malformed_arguments_are_errors() {
         assert_eq!(action_from_arguments(&json!([1, 2])), Err(ToolError::NotAnObject));
         assert_eq!(action_from_arguments(&json!({"content": "x"})), Err(ToolError::MissingField("choice")));
-        assert!(matches!(action_from_arguments(&json!({"choice": "fly", "content": "x"})), Err(ToolError::UnknownChoice(_))));
-        assert_eq!(action_from_arguments(&json!({"choice": "search", "content": "  "})), Err(ToolError::EmptyContent("search")));
+        assert!(matches!(
+            action_from_arguments(&json!({"choice": "fly", "content": "x"})),
+            Err(ToolError::UnknownChoice(_))
+        ));
+        assert_eq!(
+            action_from_arguments(&json!({"choice": "search", "content": "  "})),
+            Err(ToolError::EmptyContent("search"))
+        );
         let huge = "x".repeat(1 << 20);
-        assert_eq!(action_from_arguments(&json!({"choice": "search", "content": huge})), Err(ToolError::ContentTooLong(1 << 20)));
+        assert_eq!(
+            action_from_arguments(&json!({"choice": "search", "content": huge})),
+            Err(ToolError::ContentTooLong(1 << 20))
+        );
         assert!(matches!(action_from_bytes(b"{\"choice\": \"answer\", \xff"), Err(ToolError::InvalidJson(_))));
-        let a = action_from_arguments(&json!({"choice": "action", "content": "is\u{0007} it\u{001b}[31m red"})).unwrap();
+        let a =
+            action_from_arguments(&json!({"choice": "action", "content": "is\u{0007} it\u{001b}[31m red"})).unwrap();
         assert_eq!(a.content(), "is it[31m red");
     }
 

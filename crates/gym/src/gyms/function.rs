@@ -114,13 +114,16 @@ impl Expr {
                     Op::Pow => "**",
                 };
                 let wrap = |e: &Expr, tight: bool| match e {
-                    Expr::Bin(inner, ..) if tight || precedence(*inner) < precedence(*op) => format!("({})", e.to_python()),
+                    Expr::Bin(inner, ..) if tight || precedence(*inner) < precedence(*op) => {
+                        format!("({})", e.to_python())
+                    }
                     Expr::Neg(_) => format!("({})", e.to_python()),
                     _ => e.to_python(),
                 };
                 // Left-associative ops need the right side wrapped at equal precedence; `**` the left side.
                 let left_tight = *op == Op::Pow;
-                let right_tight = matches!(op, Op::Sub | Op::Div) || matches!(r.as_ref(), Expr::Bin(i, ..) if precedence(*i) == precedence(*op) && *op != Op::Pow);
+                let right_tight = matches!(op, Op::Sub | Op::Div)
+                    || matches!(r.as_ref(), Expr::Bin(i, ..) if precedence(*i) == precedence(*op) && *op != Op::Pow);
                 format!("{} {sym} {}", wrap(l, left_tight), wrap(r, right_tight))
             }
         }
@@ -315,7 +318,13 @@ pub fn generate(count: usize, seed: u64) -> Vec<FunctionTask> {
                 continue;
             }
             let i = tasks.len();
-            tasks.push(FunctionTask { id: format!("function-{i:03}"), split: splits[i], rule, test_case: case, expected: value });
+            tasks.push(FunctionTask {
+                id: format!("function-{i:03}"),
+                split: splits[i],
+                rule,
+                test_case: case,
+                expected: value,
+            });
             break;
         }
     }
@@ -337,18 +346,33 @@ pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>,
     }
     let path = crate::import::tasks_dir(root, GymKind::Function).join("functions.json");
     let value = crate::import::read_json(&path)?;
-    let originals: Vec<Original> = serde_json::from_value(value)
-        .map_err(|e| GymError::Data { gym: GymKind::Function, location: path.display().to_string(), message: e.to_string() })?;
+    let originals: Vec<Original> = serde_json::from_value(value).map_err(|e| GymError::Data {
+        gym: GymKind::Function,
+        location: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let test_ids: std::collections::HashSet<String> =
         crate::import::parquet_ids(root, "function_multiturn", "test")?.into_iter().collect();
     let fallback = split::assign(originals.len(), 78.0 / 538.0, 42);
     let mut out = Vec::with_capacity(originals.len());
     for (i, o) in originals.into_iter().enumerate() {
-        let bad = |message: String| GymError::Data { gym: GymKind::Function, location: format!("{}: {}", path.display(), o.id), message };
-        let test_case: [f64; 4] = o.test_case.as_slice().try_into().map_err(|_| bad("test_case must have four numbers".into()))?;
+        let bad = |message: String| GymError::Data {
+            gym: GymKind::Function,
+            location: format!("{}: {}", path.display(), o.id),
+            message,
+        };
+        let test_case: [f64; 4] =
+            o.test_case.as_slice().try_into().map_err(|_| bad("test_case must have four numbers".into()))?;
         parse_rule(&o.rule).map_err(|e| bad(e.to_string()))?;
-        let split = if test_ids.is_empty() { fallback[i] } else if test_ids.contains(&o.id) { Split::Test } else { Split::Train };
-        let task = FunctionTask { id: o.id.clone(), split, rule: o.rule.clone(), test_case, expected: o.expected_result };
+        let split = if test_ids.is_empty() {
+            fallback[i]
+        } else if test_ids.contains(&o.id) {
+            Split::Test
+        } else {
+            Split::Train
+        };
+        let task =
+            FunctionTask { id: o.id.clone(), split, rule: o.rule.clone(), test_case, expected: o.expected_result };
         out.push(serde_json::to_value(task).map_err(|e| bad(e.to_string()))?);
     }
     Ok(out)
@@ -368,7 +392,11 @@ impl FunctionGym {
 
     pub fn from_tasks(tasks: Vec<FunctionTask>) -> Result<FunctionGym, GymError> {
         for t in &tasks {
-            parse_rule(&t.rule).map_err(|e| GymError::Data { gym: GymKind::Function, location: t.id.clone(), message: e.to_string() })?;
+            parse_rule(&t.rule).map_err(|e| GymError::Data {
+                gym: GymKind::Function,
+                location: t.id.clone(),
+                message: e.to_string(),
+            })?;
         }
         Ok(FunctionGym { tasks: TaskSet::new(GymKind::Function, tasks)? })
     }
@@ -410,8 +438,11 @@ impl Gym for FunctionGym {
     }
     fn new_env(&self, task_id: &str, _config: &EnvConfig, _user: Arc<dyn User>) -> Result<Box<dyn Env>, GymError> {
         let task = self.tasks.get(task_id)?.clone();
-        let rule = parse_rule(&task.rule)
-            .map_err(|e| GymError::Data { gym: GymKind::Function, location: task.id.clone(), message: e.to_string() })?;
+        let rule = parse_rule(&task.rule).map_err(|e| GymError::Data {
+            gym: GymKind::Function,
+            location: task.id.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Box::new(FunctionEnv { task, rule, solved: false }))
     }
     fn expert(&self, task_id: &str, _seed: u64) -> Result<Box<dyn Agent>, GymError> {
@@ -465,10 +496,16 @@ impl Env for FunctionEnv {
                     return EnvStep::reply("Please provide exactly four numbers.");
                 };
                 if input == self.task.test_case {
-                    return EnvStep::reply("This is the test case and I cannot provide you with the calculation feedback.");
+                    return EnvStep::reply(
+                        "This is the test case and I cannot provide you with the calculation feedback.",
+                    );
                 }
                 match self.rule.eval(&input) {
-                    Ok(v) => EnvStep::reply(format!("For numbers {}, the result is {}.", list(&input), format_number(round4(v)))),
+                    Ok(v) => EnvStep::reply(format!(
+                        "For numbers {}, the result is {}.",
+                        list(&input),
+                        format_number(round4(v))
+                    )),
                     Err(e) => EnvStep::reply(format!("For numbers {}, the function is undefined ({e}).", list(&input))),
                 }
             }
@@ -513,7 +550,8 @@ const PROBES: [[i64; 4]; 3] = [[1, 2, 3, 4], [2, 2, 3, 4], [1, 3, 3, 4]];
 impl Agent for FunctionExpert {
     async fn act(&mut self, conversation: &[Message]) -> AgentTurn {
         self.turn += 1;
-        let last_feedback = conversation.iter().rev().find(|m| m.role == Role::Tool).map(|m| m.content.as_str()).unwrap_or("");
+        let last_feedback =
+            conversation.iter().rev().find(|m| m.role == Role::Tool).map(|m| m.content.as_str()).unwrap_or("");
         let turn = match self.turn {
             1 => AgentTurn::call_with_thought("I need the test case first.", Choice::Search, "test"),
             n @ 2..=4 => {

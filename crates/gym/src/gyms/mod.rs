@@ -104,7 +104,9 @@ impl GymKind {
             return Ok(GymKind::ALL.to_vec());
         }
         s.split(',')
-            .map(|name| GymKind::parse(name).ok_or_else(|| format!("unknown gym `{}` (known: {})", name.trim(), Self::names())))
+            .map(|name| {
+                GymKind::parse(name).ok_or_else(|| format!("unknown gym `{}` (known: {})", name.trim(), Self::names()))
+            })
             .collect()
     }
 
@@ -206,7 +208,10 @@ impl<T: Task> TaskSet<T> {
     }
 
     pub fn get(&self, id: &str) -> Result<&Arc<T>, GymError> {
-        self.index.get(id).map(|&i| &self.tasks[i]).ok_or_else(|| GymError::UnknownTask { gym: self.kind, task: id.to_string() })
+        self.index
+            .get(id)
+            .map(|&i| &self.tasks[i])
+            .ok_or_else(|| GymError::UnknownTask { gym: self.kind, task: id.to_string() })
     }
 
     pub fn all(&self) -> &[Arc<T>] {

@@ -1,0 +1,98 @@
+//! One module per subcommand, plus the options they share (which tasks, which user).
+
+pub mod bench;
+pub mod data;
+pub mod eval;
+pub mod gyms;
+pub mod play;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use userrl_gym::llm::{LlmClient, LlmConfig, LlmUser};
+use userrl_gym::user::ScriptedUser;
+use userrl_gym::{Catalog, GymKind, User, UserKind};
+
+/// Where the tasks come from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TaskArgs {
+    /// A directory of `<gym>.jsonl` task files (as `userrl data import` writes); default: the embedded sets.
+    #[arg(long)]
+    pub tasks: Option<PathBuf>,
+}
+
+impl TaskArgs {
+    pub fn catalog(&self, kinds: &[GymKind]) -> Result<Catalog> {
+        match &self.tasks {
+            Some(dir) => {
+                let catalog =
+                    Catalog::from_dir(dir, kinds).with_context(|| format!("loading tasks from {}", dir.display()))?;
+                anyhow::ensure!(!catalog.gyms().is_empty(), "no task file for the requested gyms in {}", dir.display());
+                Ok(catalog)
+            }
+            None => Ok(Catalog::builtin(kinds)?),
+        }
+    }
+}
+
+/// Who plays the user.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UserArgs {
+    /// scripted (embedded, no LLM) or llm (an OpenAI-compatible endpoint).
+    #[arg(long, default_value = "scripted")]
+    pub user: UserKind,
+    /// Base URL(s) of the endpoint, comma-separated to balance several servers (e.g. http://localhost:8000/v1).
+    /// The key comes from USERRL_LLM_API_KEY or OPENAI_API_KEY.
+    #[arg(long, env = "USERRL_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// The user/judge model name.
+    #[arg(long, env = "USERRL_LLM_MODEL", default_value = "gpt-4o")]
+    pub llm_model: String,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub llm_timeout_ms: u64,
+    /// Tries per request (the first included), with exponential backoff between them.
+    #[arg(long, default_value_t = 3)]
+    pub llm_tries: u32,
+    /// Requests in flight at once across all endpoints.
+    #[arg(long, default_value_t = 64)]
+    pub llm_concurrency: usize,
+    /// Keep `<think>` blocks in the user's replies (they are stripped by default).
+    #[arg(long)]
+    pub llm_keep_think: bool,
+}
+
+impl UserArgs {
+    pub fn build(&self) -> Result<Arc<dyn User>> {
+        match self.user {
+            UserKind::Scripted => Ok(Arc::new(ScriptedUser)),
+            UserKind::Llm => {
+                let config = LlmConfig {
+                    base_urls: self
+                        .llm_url
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    model: self.llm_model.clone(),
+                    timeout_ms: self.llm_timeout_ms,
+                    max_tries: self.llm_tries,
+                    concurrency: self.llm_concurrency,
+                    strip_think: !self.llm_keep_think,
+                    ..LlmConfig::default()
+                }
+                .with_env();
+                Ok(Arc::new(LlmUser::new(Arc::new(LlmClient::new(config)?))))
+            }
+            UserKind::Human => anyhow::bail!("the human user plays in the web app's study portal, not in the terminal"),
+        }
+    }
+}
+
+pub fn parse_gyms(list: &str) -> Result<Vec<GymKind>> {
+    GymKind::parse_list(list).map_err(anyhow::Error::msg)
+}
