@@ -73,6 +73,30 @@ pub async fn start(script: Script) -> std::io::Result<MockLlm> {
     Ok(MockLlm { base_url: format!("http://{addr}/v1"), shared })
 }
 
+/// Starts a server on its own runtime, so that its work is not scheduled among the
+/// client's tasks (the benchmark measures the client). The server lives until the process exits.
+pub fn start_detached(script: Script) -> std::io::Result<MockLlm> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("mock-llm".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = sender.send(Err(e));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let started = start(script).await;
+            let ok = started.is_ok();
+            let _ = sender.send(started);
+            if ok {
+                std::future::pending::<()>().await;
+            }
+        });
+    })?;
+    receiver.recv().map_err(std::io::Error::other)?
+}
+
 /// A script that answers every request with `text`.
 pub fn always(text: &str) -> Script {
     let text = text.to_string();

@@ -70,8 +70,13 @@ fn fuzz_gym(kind: GymKind, cases: u32) {
             let env = gym.new_env(&ids[index], &config, Arc::new(ScriptedUser)).unwrap();
             let mut episode = Episode::new(env, config.clone());
             for (choice, content) in calls {
-                let outcome = block_on(episode.step(tool::action_from_arguments(&json!({"choice": choice, "content": content}))));
-                prop_assert!(outcome.reward.is_finite() && (0.0..=1.0 + 1e-9).contains(&outcome.reward), "reward {}", outcome.reward);
+                let outcome =
+                    block_on(episode.step(tool::action_from_arguments(&json!({"choice": choice, "content": content}))));
+                prop_assert!(
+                    outcome.reward.is_finite() && (0.0..=1.0 + 1e-9).contains(&outcome.reward),
+                    "reward {}",
+                    outcome.reward
+                );
                 prop_assert!(episode.turns().len() <= config.max_steps);
                 if episode.is_done() {
                     break;

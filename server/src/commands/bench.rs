@@ -113,10 +113,9 @@ fn bench_llm(concurrency: usize, requests: usize, latency_ms: u64, json_out: boo
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let latency = Duration::from_millis(latency_ms);
-        let server = testserver::start(Arc::new(move |_, _| {
+        let server = testserver::start_detached(Arc::new(move |_, _| {
             Behavior::Delay(latency, Box::new(Behavior::Reply("{\"thought\": \"ok\", \"response\": \"Yes\"}".into())))
-        }))
-        .await?;
+        }))?;
         let config = LlmConfig {
             base_urls: vec![server.base_url.clone()],
             concurrency,
@@ -143,7 +142,11 @@ fn bench_llm(concurrency: usize, requests: usize, latency_ms: u64, json_out: boo
         for i in 0..requests {
             let client = client.clone();
             let permit = semaphore.clone().acquire_owned().await?;
+            // Ramp up over one server latency so the first wave is not one synchronised burst (which would
+            // measure the server's queue, not the client).
+            let ramp = if i < concurrency { latency.mul_f64(i as f64 / concurrency as f64) } else { Duration::ZERO };
             jobs.push(tokio::spawn(async move {
+                tokio::time::sleep(ramp).await;
                 let t = Instant::now();
                 let r = client.complete(&Prompt::new("bench", format!("request {i}")), &|_| true).await;
                 drop(permit);
