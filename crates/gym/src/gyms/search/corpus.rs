@@ -4,7 +4,7 @@
 
 use tantivy::collector::TopDocs;
 use tantivy::query::QueryParser;
-use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value};
+use tantivy::schema::{IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument};
 
 use super::world::Document;
@@ -25,7 +25,9 @@ pub struct Corpus {
     docs: Vec<Document>,
     searcher: Searcher,
     parser: QueryParser,
-    id: Field,
+    /// `segments[segment_ord][doc_id]` = the document's position in `docs`, read once from the `id` fast
+    /// field so that a search never touches the document store.
+    segments: Vec<Vec<u32>>,
     // Kept so the searcher's segments stay owned by a live reader.
     _reader: IndexReader,
 }
@@ -41,11 +43,13 @@ impl Corpus {
     pub fn build(docs: Vec<Document>) -> tantivy::Result<Corpus> {
         let mut schema = Schema::builder();
         let text = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer("en_stem").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            TextFieldIndexing::default()
+                .set_tokenizer("en_stem")
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         );
         let title = schema.add_text_field("title", text.clone());
         let body = schema.add_text_field("body", text);
-        let id = schema.add_u64_field("id", NumericOptions::default().set_stored());
+        let id = schema.add_u64_field("id", NumericOptions::default().set_fast());
         let index = Index::create_in_ram(schema.build());
         let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_BUDGET)?;
         for (i, doc) in docs.iter().enumerate() {
@@ -59,9 +63,16 @@ impl Corpus {
         writer.wait_merging_threads()?;
         let reader: IndexReader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let searcher = reader.searcher();
+        let mut segments = Vec::new();
+        for segment in searcher.segment_readers() {
+            let column = segment.fast_fields().u64("id")?;
+            let ids =
+                (0..segment.max_doc()).map(|d| column.first(d).and_then(|i| u32::try_from(i).ok()).unwrap_or(u32::MAX));
+            segments.push(ids.collect());
+        }
         let mut parser = QueryParser::for_index(&index, vec![title, body]);
         parser.set_field_boost(title, TITLE_BOOST);
-        Ok(Corpus { docs, searcher, parser, id, _reader: reader })
+        Ok(Corpus { docs, searcher, parser, segments, _reader: reader })
     }
 
     pub fn len(&self) -> usize {
@@ -95,9 +106,8 @@ impl Corpus {
         };
         top.into_iter()
             .filter_map(|(_, address)| {
-                let doc: TantivyDocument = self.searcher.doc(address).ok()?;
-                let i = doc.get_first(self.id)?.as_u64()?;
-                self.docs.get(usize::try_from(i).ok()?)
+                let i = *self.segments.get(address.segment_ord as usize)?.get(address.doc_id as usize)?;
+                self.docs.get(i as usize)
             })
             .collect()
     }

@@ -51,8 +51,26 @@ pub fn tokens(text: &str) -> Vec<String> {
 
 fn small_number(word: &str) -> Option<u64> {
     const UNITS: [&str; 20] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen",
-        "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
     ];
     const TENS: [&str; 8] = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
     if let Some(i) = UNITS.iter().position(|u| *u == word) {
@@ -80,9 +98,10 @@ fn numbers_to_digits(words: &[String]) -> Vec<String> {
                 let last2 = current % 100;
                 if current == 0 {
                     current = n;
-                } else if n < 10 && last2 >= 20 && last2 % 10 == 0 {
-                    current += n;
-                } else if current >= 100 && last2 == 0 && n < 100 {
+                } else if (n < 10 && last2 >= 20 && last2.is_multiple_of(10))
+                    || (current >= 100 && last2 == 0 && n < 100)
+                {
+                    // "forty" + "three", "eight hundred" + "forty"
                     current += n;
                 } else if current < 100 && n < 100 && n > 0 {
                     current = current * 100 + n;
@@ -94,7 +113,11 @@ fn numbers_to_digits(words: &[String]) -> Vec<String> {
             } else if w == "thousand" && current > 0 && current < 1000 && total == 0 {
                 total = current * 1000;
                 current = 0;
-            } else if w == "and" && j + 1 < words.len() && small_number(&words[j + 1]).is_some() && (current >= 100 || total > 0) {
+            } else if w == "and"
+                && j + 1 < words.len()
+                && small_number(&words[j + 1]).is_some()
+                && (current >= 100 || total > 0)
+            {
                 // "… hundred and forty": "and" inside a number.
             } else {
                 break;
@@ -167,7 +190,8 @@ pub fn judge(answer: &str, gold: &str, aliases: &[String], kind: Option<AnswerKi
         return Verdict::no("The answer is negated or unsure; state one definite answer.");
     }
     // Imported questions have no name lexicon, so "and" joining two names is the only sign of a list there.
-    let joins = |w: &&str| LIST_WORDS.contains(w) || (kind.is_none() && *w == "and" && !form.iter().any(|f| f == "and"));
+    let joins =
+        |w: &&str| LIST_WORDS.contains(w) || (kind.is_none() && *w == "and" && !form.iter().any(|f| f == "and"));
     if rest.iter().any(joins) {
         return Verdict::no("The answer offers several candidates; give exactly one.");
     }

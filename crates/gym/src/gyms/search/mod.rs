@@ -35,7 +35,7 @@ pub use world::{AnswerKind, Hop};
 /// Searches allowed in one episode (the original's `max_search_steps`).
 pub const MAX_SEARCHES: usize = 5;
 const TEST_FRACTION: f64 = 0.2;
-const SPLIT_SEED: u64 = 0x5EA2_C4;
+const SPLIT_SEED: u64 = 0x005E_A2C4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchTask {
@@ -300,7 +300,9 @@ impl Env for SearchEnv {
                     EnvStep::rewarded(format!("Correct! Your answer '{answer}' is correct."), 1.0).end()
                 } else {
                     let feedback = safe_feedback(&self.task, &feedback);
-                    EnvStep::reply(format!("Incorrect. Your answer '{answer}' is not correct. {feedback}").trim_end().to_string())
+                    EnvStep::reply(
+                        format!("Incorrect. Your answer '{answer}' is not correct. {feedback}").trim_end().to_string(),
+                    )
                 }
             }
             Action::Action(_) => EnvStep::reply(
@@ -318,7 +320,11 @@ fn safe_feedback(task: &SearchTask, feedback: &str) -> String {
         let g = judge::normalise(g);
         !g.is_empty() && text.contains(&g)
     });
-    if leaks { "Search for the facts the question depends on and try again.".to_string() } else { feedback.trim().to_string() }
+    if leaks {
+        "Search for the facts the question depends on and try again.".to_string()
+    } else {
+        feedback.trim().to_string()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------

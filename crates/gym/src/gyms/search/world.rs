@@ -81,8 +81,10 @@ pub struct World {
 // ---------------------------------------------------------------------------------------------------------
 // Names
 
-const ONSETS: &[&str] =
-    &["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "sk", "t", "th", "tr", "v", "z", "c", "st", "sh", "vr"];
+const ONSETS: &[&str] = &[
+    "b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "sk", "t", "th", "tr", "v",
+    "z", "c", "st", "sh", "vr",
+];
 const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "a", "e", "o", "i", "a", "ei", "ou", "ia"];
 const CODAS: &[&str] = &["n", "r", "l", "s", "th", "m", "nd", "rk", "sk", "ll", "v", "x", "rn"];
 
@@ -94,20 +96,20 @@ const BLOCKED: &[&str] = &[
     "chad", "mali", "texas", "boston", "dallas", "london", "berlin", "moscow", "tokyo", "delhi", "cairo", "lima",
     "oslo", "kiev", "nile", "volga", "congo", "tiber", "seine", "maria", "karen", "laura", "sara", "sarah", "diana",
     "elena", "linda", "monica", "tina", "nina", "dora", "vera", "rosa", "lena", "tokyo", "kyoto", "osaka", "seoul",
-    "milan", "turin", "genoa", "malta", "samoa", "tonga", "kenya", "ghana", "niger", "benin", "gabon", "yemen",
-    "oman", "qatar", "nepal", "bhutan", "burma", "laos", "korea", "japan", "syria", "libya", "haiti", "cuba",
-    "belize", "panama", "chile", "brazil", "spain", "italy", "greece", "malawi", "zambia", "rwanda", "uganda",
-    "tunis", "sofia", "riga", "minsk", "baku", "dubai", "doha", "hanoi", "manila", "jakarta", "sydney", "perth",
-    "denver", "austin", "miami", "salem", "derry", "cork", "bath", "york", "leeds", "hull", "dover", "thames",
-    "danube", "rhine", "ganges", "indus", "tigris", "jordan", "amazon", "mekong", "yukon", "hudson", "delaware",
-    "carol", "sonia", "tania", "mira", "lara", "kira", "dara", "tara", "zara", "sasha", "misha", "pasha", "dasha",
-    "masha", "natasha", "salome", "romeo", "homer", "plato", "nero", "cato", "medusa", "hydra", "gorgon", "theta",
-    "delta", "sigma", "gamma", "zeta", "kappa", "lambda", "omega", "alpha", "beta", "tesla", "nokia", "lego",
-    "sony", "toyota", "mazda", "honda", "yamaha", "subaru", "lada", "skoda", "volvo", "saab", "fiat", "lancia",
-    "kodak", "xerox", "intel", "nike", "puma", "fila", "zara", "ikea", "gucci", "prada", "chanel", "dior",
-    "pizza", "pasta", "tomato", "potato", "banana", "cobra", "puma", "llama", "koala", "panda", "hyena", "zebra",
-    "sofa", "radio", "piano", "opera", "drama", "vista", "fiesta", "siesta", "gusto", "torso", "motto", "lotto",
-    "sushi", "tofu", "kiwi", "mango", "papaya", "nasa", "yoga", "karma", "mantra", "sauna", "tundra", "taiga",
+    "milan", "turin", "genoa", "malta", "samoa", "tonga", "kenya", "ghana", "niger", "benin", "gabon", "yemen", "oman",
+    "qatar", "nepal", "bhutan", "burma", "laos", "korea", "japan", "syria", "libya", "haiti", "cuba", "belize",
+    "panama", "chile", "brazil", "spain", "italy", "greece", "malawi", "zambia", "rwanda", "uganda", "tunis", "sofia",
+    "riga", "minsk", "baku", "dubai", "doha", "hanoi", "manila", "jakarta", "sydney", "perth", "denver", "austin",
+    "miami", "salem", "derry", "cork", "bath", "york", "leeds", "hull", "dover", "thames", "danube", "rhine", "ganges",
+    "indus", "tigris", "jordan", "amazon", "mekong", "yukon", "hudson", "delaware", "carol", "sonia", "tania", "mira",
+    "lara", "kira", "dara", "tara", "zara", "sasha", "misha", "pasha", "dasha", "masha", "natasha", "salome", "romeo",
+    "homer", "plato", "nero", "cato", "medusa", "hydra", "gorgon", "theta", "delta", "sigma", "gamma", "zeta", "kappa",
+    "lambda", "omega", "alpha", "beta", "tesla", "nokia", "lego", "sony", "toyota", "mazda", "honda", "yamaha",
+    "subaru", "lada", "skoda", "volvo", "saab", "fiat", "lancia", "kodak", "xerox", "intel", "nike", "puma", "fila",
+    "zara", "ikea", "gucci", "prada", "chanel", "dior", "pizza", "pasta", "tomato", "potato", "banana", "cobra",
+    "puma", "llama", "koala", "panda", "hyena", "zebra", "sofa", "radio", "piano", "opera", "drama", "vista", "fiesta",
+    "siesta", "gusto", "torso", "motto", "lotto", "sushi", "tofu", "kiwi", "mango", "papaya", "nasa", "yoga", "karma",
+    "mantra", "sauna", "tundra", "taiga",
 ];
 
 fn capitalise(s: &str) -> String {
@@ -133,7 +135,7 @@ fn with_commas(n: u32) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -249,17 +251,75 @@ const INVENTORS: std::ops::Range<usize> = 310..410;
 const ARCHITECTS: std::ops::Range<usize> = 410..490;
 const SCHOLARS: std::ops::Range<usize> = 490..570;
 
-const COMPANY_SUFFIXES: &[&str] = &["Works", "Industries", "Holdings", "Foundry", "Shipping", "Textiles", "Mills", "Group", "Motors", "Trading Company"];
-const INDUSTRIES: &[&str] = &["steel", "shipbuilding", "textile", "railway", "engineering", "chemical", "glassmaking", "construction", "printing", "mining"];
+const COMPANY_SUFFIXES: &[&str] = &[
+    "Works",
+    "Industries",
+    "Holdings",
+    "Foundry",
+    "Shipping",
+    "Textiles",
+    "Mills",
+    "Group",
+    "Motors",
+    "Trading Company",
+];
+const INDUSTRIES: &[&str] = &[
+    "steel",
+    "shipbuilding",
+    "textile",
+    "railway",
+    "engineering",
+    "chemical",
+    "glassmaking",
+    "construction",
+    "printing",
+    "mining",
+];
 const STRUCTURE_KINDS: &[&str] = &["Bridge", "Tower", "Dam", "Viaduct", "Lighthouse", "Canal"];
 const GENRES: &[&str] = &["novel", "novel", "novel", "poetry collection", "play", "memoir", "short story collection"];
 const ADJECTIVES: &[&str] = &[
-    "Silent", "Crimson", "Hollow", "Distant", "Golden", "Broken", "Winter", "Last", "Quiet", "Burning", "Forgotten", "Narrow",
-    "Pale", "Restless", "Hidden", "Northern", "Iron", "Bitter", "Lonely", "Endless",
+    "Silent",
+    "Crimson",
+    "Hollow",
+    "Distant",
+    "Golden",
+    "Broken",
+    "Winter",
+    "Last",
+    "Quiet",
+    "Burning",
+    "Forgotten",
+    "Narrow",
+    "Pale",
+    "Restless",
+    "Hidden",
+    "Northern",
+    "Iron",
+    "Bitter",
+    "Lonely",
+    "Endless",
 ];
 const NOUNS: &[&str] = &[
-    "Harbor", "Orchard", "Lantern", "Garden", "Mirror", "Voyage", "Kingdom", "Letters", "Shore", "Archive", "Summer", "Crossing",
-    "House", "Road", "Tide", "Inheritance", "Chorus", "Window", "Valley", "Bells",
+    "Harbor",
+    "Orchard",
+    "Lantern",
+    "Garden",
+    "Mirror",
+    "Voyage",
+    "Kingdom",
+    "Letters",
+    "Shore",
+    "Archive",
+    "Summer",
+    "Crossing",
+    "House",
+    "Road",
+    "Tide",
+    "Inheritance",
+    "Chorus",
+    "Window",
+    "Valley",
+    "Bells",
 ];
 const DEVICES: &[(&str, &str)] = &[
     ("Loom", "weaving loom"),
@@ -394,7 +454,8 @@ impl Builder {
             let country = r % COUNTRIES;
             let sea = self.rng.random_range(0..SEAS);
             // A river passes through one to three cities of its country that have no river yet.
-            let free: Vec<usize> = self.countries[country].cities.iter().copied().filter(|&c| self.cities[c].river.is_none()).collect();
+            let free: Vec<usize> =
+                self.countries[country].cities.iter().copied().filter(|&c| self.cities[c].river.is_none()).collect();
             let n = self.rng.random_range(1..=3).min(free.len());
             let mut cities: Vec<usize> = free.choose_multiple(&mut self.rng, n).copied().collect();
             cities.sort_unstable();
@@ -465,12 +526,8 @@ impl Builder {
         }
         let mut titles = HashSet::new();
         while self.books.len() < BOOKS {
-            let title = format!(
-                "The {} {} of {}",
-                pick(&mut self.rng, ADJECTIVES),
-                pick(&mut self.rng, NOUNS),
-                self.fresh()
-            );
+            let title =
+                format!("The {} {} of {}", pick(&mut self.rng, ADJECTIVES), pick(&mut self.rng, NOUNS), self.fresh());
             if !titles.insert(title.clone()) {
                 continue;
             }
@@ -570,8 +627,14 @@ impl Builder {
         }
         for (s, sea) in self.seas.iter().enumerate() {
             let shores: Vec<&str> = sea.countries.iter().take(4).map(|&c| self.countries[c].name.as_str()).collect();
-            let rivers: Vec<String> =
-                self.rivers.iter().enumerate().filter(|(_, r)| r.sea == s).take(3).map(|(i, _)| self.river_title(i)).collect();
+            let rivers: Vec<String> = self
+                .rivers
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.sea == s)
+                .take(3)
+                .map(|(i, _)| self.river_title(i))
+                .collect();
             let mut text = format!("The {} is a sea", sea.title);
             if !shores.is_empty() {
                 text.push_str(&format!(" bordered by {}", shores.join(", ")));
@@ -609,7 +672,11 @@ impl Builder {
                 p.profession
             );
             match p.works.len() {
-                0 => text.push_str(&format!(" {pron} spent most of {} life in {}.", if p.female { "her" } else { "his" }, self.cities[p.city].name)),
+                0 => text.push_str(&format!(
+                    " {pron} spent most of {} life in {}.",
+                    if p.female { "her" } else { "his" },
+                    self.cities[p.city].name
+                )),
                 n => {
                     let shown: Vec<&str> = p.works.iter().take(3).map(String::as_str).collect();
                     text.push_str(&format!(" {pron} {}.", join_and(&shown)));
@@ -735,55 +802,88 @@ impl Builder {
         let club = rng.random_range(0..CLUBS);
         let river = rng.random_range(0..RIVERS);
         let city = rng.random_range(0..self.cities.len());
-        let hop = |query: String, title: &str, finds: &str| Hop { query, title: title.to_string(), finds: finds.to_string() };
+        let hop =
+            |query: String, title: &str, finds: &str| Hop { query, title: title.to_string(), finds: finds.to_string() };
         let (question, (answer, aliases, kind), hops) = match t {
             0 => {
                 let c = &self.companies[company];
                 let (name, year) = (c.name.clone(), c.founded);
                 let q = self.phrase(&["{} founded", "when was {} founded", "{} company history"], &name);
-                (format!("In which year was {name} founded?"), Self::year_answer(year), vec![hop(q, &name, &year.to_string())])
+                (
+                    format!("In which year was {name} founded?"),
+                    Self::year_answer(year),
+                    vec![hop(q, &name, &year.to_string())],
+                )
             }
             1 => {
                 let i = &self.institutes[institute];
                 let (name, year) = (i.name.clone(), i.founded);
                 let q = self.phrase(&["{} founding year", "when was the {} founded", "the {}"], &name);
-                (format!("When was the {name} founded?"), Self::year_answer(year), vec![hop(q, &name, &year.to_string())])
+                (
+                    format!("When was the {name} founded?"),
+                    Self::year_answer(year),
+                    vec![hop(q, &name, &year.to_string())],
+                )
             }
             2 => {
                 let name = self.companies[company].name.clone();
                 let founder = self.companies[company].founder;
                 let q = self.phrase(&["{} founder", "who founded {}", "{} history"], &name);
-                (format!("Who founded {name}?"), self.person_answer(founder), vec![hop(q, &name, &self.people[founder].full())])
+                (
+                    format!("Who founded {name}?"),
+                    self.person_answer(founder),
+                    vec![hop(q, &name, &self.people[founder].full())],
+                )
             }
             3 => {
                 let name = self.countries[country].name.clone();
                 let capital = self.countries[country].capital;
                 let q = self.phrase(&["capital of {}", "{} capital city", "{} country"], &name);
-                (format!("What is the capital of {name}?"), self.city_answer(capital), vec![hop(q, &name, &self.cities[capital].name)])
+                (
+                    format!("What is the capital of {name}?"),
+                    self.city_answer(capital),
+                    vec![hop(q, &name, &self.cities[capital].name)],
+                )
             }
             4 => {
                 let name = self.people[person].full();
                 let born_in = self.people[person].city;
                 let q = self.phrase(&["{} birthplace", "where was {} born", "{} biography"], &name);
-                (format!("Where was {name} born?"), self.city_answer(born_in), vec![hop(q, &name, &self.cities[born_in].name)])
+                (
+                    format!("Where was {name} born?"),
+                    self.city_answer(born_in),
+                    vec![hop(q, &name, &self.cities[born_in].name)],
+                )
             }
             5 => {
                 let b = &self.books[book];
                 let (title, author, genre) = (b.title.clone(), b.author, b.genre);
                 let q = self.phrase(&["{} author", "who wrote {}", "{}"], &title);
-                (format!("Who wrote the {genre} {title}?"), self.person_answer(author), vec![hop(q, &title, &self.people[author].full())])
+                (
+                    format!("Who wrote the {genre} {title}?"),
+                    self.person_answer(author),
+                    vec![hop(q, &title, &self.people[author].full())],
+                )
             }
             6 => {
                 let s = &self.structures[structure];
                 let (name, company) = (s.name.clone(), s.company);
                 let q = self.phrase(&["{} construction", "who built the {}", "{} builder"], &name);
-                (format!("Which company built the {name}?"), self.company_answer(company), vec![hop(q, &name, &self.companies[company].name)])
+                (
+                    format!("Which company built the {name}?"),
+                    self.company_answer(company),
+                    vec![hop(q, &name, &self.companies[company].name)],
+                )
             }
             7 => {
                 let i = &self.inventions[invention];
                 let (name, inventor) = (i.name.clone(), i.inventor);
                 let q = self.phrase(&["{} inventor", "who invented the {}", "history of the {}"], &name);
-                (format!("Who invented the {name}?"), self.person_answer(inventor), vec![hop(q, &name, &self.people[inventor].full())])
+                (
+                    format!("Who invented the {name}?"),
+                    self.person_answer(inventor),
+                    vec![hop(q, &name, &self.people[inventor].full())],
+                )
             }
             8 => {
                 let c = &self.clubs[club];
@@ -800,8 +900,16 @@ impl Builder {
                 let sea = self.rivers[river].sea;
                 let q = self.phrase(&["{} mouth", "where does the {} flow", "{} course"], &title);
                 let s = &self.seas[sea];
-                let aliases = if s.of_form { vec![format!("{} Sea", s.base), s.base.clone()] } else { vec![format!("Sea of {}", s.base), s.base.clone()] };
-                (format!("Into which sea does the {title} flow?"), (s.title.clone(), aliases, AnswerKind::Sea), vec![hop(q, &title, &s.title)])
+                let aliases = if s.of_form {
+                    vec![format!("{} Sea", s.base), s.base.clone()]
+                } else {
+                    vec![format!("Sea of {}", s.base), s.base.clone()]
+                };
+                (
+                    format!("Into which sea does the {title} flow?"),
+                    (s.title.clone(), aliases, AnswerKind::Sea),
+                    vec![hop(q, &title, &s.title)],
+                )
             }
             10 => {
                 let s = &self.structures[structure];
@@ -867,7 +975,8 @@ impl Builder {
             15 => {
                 let born_in = self.people[person].city;
                 let r = self.cities[born_in].river?;
-                let (name, city_name, title) = (self.people[person].full(), self.cities[born_in].name.clone(), self.river_title(r));
+                let (name, city_name, title) =
+                    (self.people[person].full(), self.cities[born_in].name.clone(), self.river_title(r));
                 let q1 = self.phrase(&["{} birthplace", "where was {} born"], &name);
                 let q2 = self.phrase(&["{} river", "{} city"], &city_name);
                 (
@@ -906,7 +1015,11 @@ impl Builder {
                 let (city_name, title) = (self.cities[city].name.clone(), self.river_title(r));
                 let s = &self.seas[self.rivers[r].sea];
                 let (sea_title, sea_base, of_form) = (s.title.clone(), s.base.clone(), s.of_form);
-                let aliases = if of_form { vec![format!("{sea_base} Sea"), sea_base] } else { vec![format!("Sea of {sea_base}"), sea_base] };
+                let aliases = if of_form {
+                    vec![format!("{sea_base} Sea"), sea_base]
+                } else {
+                    vec![format!("Sea of {sea_base}"), sea_base]
+                };
                 let q1 = self.phrase(&["{} river", "{} city"], &city_name);
                 let q2 = self.phrase(&["{} mouth", "where does the {} flow"], &title);
                 (
@@ -916,7 +1029,8 @@ impl Builder {
                 )
             }
             _ => {
-                let (name, founder, sport) = (self.clubs[club].name.clone(), self.clubs[club].founder, self.clubs[club].sport);
+                let (name, founder, sport) =
+                    (self.clubs[club].name.clone(), self.clubs[club].founder, self.clubs[club].sport);
                 let (founder_name, born_in) = (self.people[founder].full(), self.people[founder].city);
                 let q1 = self.phrase(&["{} founder", "who founded {}", "{} club history"], &name);
                 let q2 = self.phrase(&["{} birthplace", "where was {} born"], &founder_name);
@@ -937,11 +1051,11 @@ impl Builder {
         let mut t = 0;
         while out.len() < count {
             for _ in 0..1000 {
-                if let Some(q) = self.question(t % TEMPLATES) {
-                    if seen.insert(q.question.clone()) {
-                        out.push(q);
-                        break;
-                    }
+                if let Some(q) = self.question(t % TEMPLATES)
+                    && seen.insert(q.question.clone())
+                {
+                    out.push(q);
+                    break;
                 }
             }
             t += 1;
