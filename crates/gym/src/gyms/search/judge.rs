@@ -130,6 +130,11 @@ fn numbers_to_digits(words: &[String]) -> Vec<String> {
     out
 }
 
+/// Whether `text` contains `phrase` as whole words (after the same normalisation as answers).
+pub fn mentions(text: &str, phrase: &str) -> bool {
+    find(&tokens(text), &tokens(phrase)).is_some()
+}
+
 fn find(hay: &[String], needle: &[String]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return None;

@@ -315,11 +315,7 @@ impl Env for SearchEnv {
 
 /// The judge's feedback unless it gives the gold answer away (an LLM judge may, despite its instructions).
 fn safe_feedback(task: &SearchTask, feedback: &str) -> String {
-    let text = judge::normalise(feedback);
-    let leaks = std::iter::once(&task.answer).chain(&task.aliases).any(|g| {
-        let g = judge::normalise(g);
-        !g.is_empty() && text.contains(&g)
-    });
+    let leaks = std::iter::once(&task.answer).chain(&task.aliases).any(|g| judge::mentions(feedback, g));
     if leaks {
         "Search for the facts the question depends on and try again.".to_string()
     } else {

@@ -366,7 +366,7 @@ fn judge_feedback_never_leaks_the_answer() {
             let Reply::Judgment { correct, feedback, .. } =
                 UserRole::scripted(&Query::Judge { task: task.clone(), answer: text.into() }).unwrap();
             assert!(!correct, "{}: {text}", task.id);
-            assert!(!judge::normalise(&feedback).contains(&judge::normalise(&task.answer)));
+            assert!(!judge::mentions(&feedback, &task.answer), "{feedback}");
         }
     }
     // An LLM judge that blurts out the gold answer is censored by the environment.
