@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use rand::seq::IndexedRandom;
 use rand::SeedableRng;
+use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +85,13 @@ pub enum Aspect {
 }
 
 impl Aspect {
-    pub const ALL: [Aspect; 5] = [Aspect::Flight, Aspect::Hotel, Aspect::Restaurant, Aspect::Apartment, Aspect::RentalCar];
+    pub const ALL: [Aspect; 5] = [
+        Aspect::Flight,
+        Aspect::Hotel,
+        Aspect::Restaurant,
+        Aspect::Apartment,
+        Aspect::RentalCar,
+    ];
 
     /// The original's key (`rental_car`).
     pub fn key(self) -> &'static str {
@@ -118,7 +124,9 @@ impl Aspect {
     }
 
     pub fn from_letter(c: char) -> Option<Aspect> {
-        Aspect::ALL.into_iter().find(|a| a.letter() == c.to_ascii_uppercase())
+        Aspect::ALL
+            .into_iter()
+            .find(|a| a.letter() == c.to_ascii_uppercase())
     }
 
     /// Reads an aspect name as a model may write it: `rental_car`, `Rental Car`, `car rental`, `flights`.
@@ -138,7 +146,9 @@ impl Aspect {
             "hotel" => Some(Aspect::Hotel),
             "restaurant" => Some(Aspect::Restaurant),
             "apartment" => Some(Aspect::Apartment),
-            "rental car" | "car rental" | "rental" | "car" | "rental_car" => Some(Aspect::RentalCar),
+            "rental car" | "car rental" | "rental" | "car" | "rental_car" => {
+                Some(Aspect::RentalCar)
+            }
             _ => None,
         }
     }
@@ -181,14 +191,21 @@ impl TravelOption {
     pub fn json_line(&self) -> String {
         let mut out = format!("{{\"id\": {}", serde_json::Value::String(self.id.clone()));
         for (name, value) in &self.fields {
-            out.push_str(&format!(", {}: {}", serde_json::Value::String(name.clone()), value));
+            out.push_str(&format!(
+                ", {}: {}",
+                serde_json::Value::String(name.clone()),
+                value
+            ));
         }
         out.push('}');
         out
     }
 
     pub fn cost(&self) -> Option<f64> {
-        self.fields.iter().find(|(n, _)| n == "cost").and_then(|(_, v)| v.as_f64())
+        self.fields
+            .iter()
+            .find(|(n, _)| n == "cost")
+            .and_then(|(_, v)| v.as_f64())
     }
 }
 
@@ -216,9 +233,21 @@ pub struct AspectTask {
 impl AspectTask {
     /// All options in display order (by the number of their id).
     pub fn shown_options(&self) -> Vec<&TravelOption> {
-        let mut all: Vec<&TravelOption> =
-            self.options.correct.iter().chain(&self.options.wrong).chain(&self.options.noise).collect();
-        all.sort_by_key(|o| (o.id.get(1..).and_then(|n| n.parse::<u64>().ok()).unwrap_or(u64::MAX), o.id.clone()));
+        let mut all: Vec<&TravelOption> = self
+            .options
+            .correct
+            .iter()
+            .chain(&self.options.wrong)
+            .chain(&self.options.noise)
+            .collect();
+        all.sort_by_key(|o| {
+            (
+                o.id.get(1..)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX),
+                o.id.clone(),
+            )
+        });
         all
     }
 }
@@ -285,7 +314,11 @@ impl TravelTask {
             return Err("the task has no travel aspects".into());
         }
         if self.dimensions.len() != self.aspects.len()
-            || self.dimensions.iter().zip(&self.aspects).any(|(d, a)| *d != a.aspect)
+            || self
+                .dimensions
+                .iter()
+                .zip(&self.aspects)
+                .any(|(d, a)| *d != a.aspect)
         {
             return Err("`dimensions` must list the aspects in order".into());
         }
@@ -297,8 +330,13 @@ impl TravelTask {
             let options = a.shown_options();
             let mut ids = std::collections::HashSet::new();
             for o in &options {
-                if !valid_id(&o.id) || Aspect::from_letter(o.id.chars().next().unwrap_or(' ')) != Some(a.aspect) {
-                    return Err(format!("option id `{}` does not belong to {}", o.id, a.aspect));
+                if !valid_id(&o.id)
+                    || Aspect::from_letter(o.id.chars().next().unwrap_or(' ')) != Some(a.aspect)
+                {
+                    return Err(format!(
+                        "option id `{}` does not belong to {}",
+                        o.id, a.aspect
+                    ));
                 }
                 if !ids.insert(o.id.as_str()) {
                     return Err(format!("option id `{}` appears twice", o.id));
@@ -306,10 +344,19 @@ impl TravelTask {
             }
             let correct: Vec<&str> = a.options.correct.iter().map(|o| o.id.as_str()).collect();
             if !correct.contains(&a.best_id.as_str()) || !a.correct_ids.contains(&a.best_id) {
-                return Err(format!("best id `{}` of {} is not among its correct options", a.best_id, a.aspect));
+                return Err(format!(
+                    "best id `{}` of {} is not among its correct options",
+                    a.best_id, a.aspect
+                ));
             }
-            if a.correct_ids.iter().any(|id| !correct.contains(&id.as_str())) {
-                return Err(format!("`correct_ids` of {} lists an option that is not correct", a.aspect));
+            if a.correct_ids
+                .iter()
+                .any(|id| !correct.contains(&id.as_str()))
+            {
+                return Err(format!(
+                    "`correct_ids` of {} lists an option that is not correct",
+                    a.aspect
+                ));
             }
             if a.arguments.is_empty() {
                 return Err(format!("{} has no search arguments", a.aspect));
@@ -343,9 +390,15 @@ impl TravelGym {
 
     pub fn from_tasks(tasks: Vec<TravelTask>) -> Result<TravelGym, GymError> {
         for t in &tasks {
-            t.validate().map_err(|message| GymError::Data { gym: GymKind::Travel, location: t.id.clone(), message })?;
+            t.validate().map_err(|message| GymError::Data {
+                gym: GymKind::Travel,
+                location: t.id.clone(),
+                message,
+            })?;
         }
-        Ok(TravelGym { tasks: TaskSet::new(GymKind::Travel, tasks)? })
+        Ok(TravelGym {
+            tasks: TaskSet::new(GymKind::Travel, tasks)?,
+        })
     }
 
     pub fn from_jsonl(text: &str, source: &str) -> Result<TravelGym, GymError> {
@@ -394,7 +447,12 @@ impl Gym for TravelGym {
     fn system_prompt(&self) -> String {
         SYSTEM_PROMPT.to_string()
     }
-    fn new_env(&self, task_id: &str, config: &EnvConfig, user: Arc<dyn User>) -> Result<Box<dyn Env>, GymError> {
+    fn new_env(
+        &self,
+        task_id: &str,
+        config: &EnvConfig,
+        user: Arc<dyn User>,
+    ) -> Result<Box<dyn Env>, GymError> {
         let task = self.tasks.get(task_id)?.clone();
         if user.kind() == UserKind::Scripted && task.preferences().any(|p| p.keywords.is_empty()) {
             return Err(GymError::User(UserError::NoScriptedData {
@@ -478,7 +536,11 @@ impl TravelEnv {
             pref_aspect,
             searched: Vec::new(),
             remaining_best: task.aspects.iter().map(|a| a.best_id.clone()).collect(),
-            remaining_correct: task.aspects.iter().flat_map(|a| a.correct_ids.iter().cloned()).collect(),
+            remaining_correct: task
+                .aspects
+                .iter()
+                .flat_map(|a| a.correct_ids.iter().cloned())
+                .collect(),
             chosen: Vec::new(),
             search_times: 0,
             nonpreference_times: 0,
@@ -510,17 +572,24 @@ impl TravelEnv {
     }
 
     fn log(&mut self, role: LogRole, content: &str, note: Option<String>) {
-        self.history.push(LogEntry { role, content: content.chars().take(2000).collect(), note });
+        self.history.push(LogEntry {
+            role,
+            content: content.chars().take(2000).collect(),
+            note,
+        });
     }
 
     async fn search(&mut self, query: &str) -> EnvStep {
         self.search_times += 1;
         self.log(LogRole::Agent, &format!("[search] {query}"), None);
-        if self.search_times % SEARCH_FAILURE_PERIOD == 0 {
+        if self.search_times.is_multiple_of(SEARCH_FAILURE_PERIOD) {
             self.log(LogRole::Database, SEARCH_FAILED, None);
             return EnvStep::reply(SEARCH_FAILED);
         }
-        let q = Query::Search { task: self.task.clone(), query: query.to_string() };
+        let q = Query::Search {
+            task: self.task.clone(),
+            query: query.to_string(),
+        };
         let reply = user::ask::<UserRole>(self.user.as_ref(), q).await.ok();
         let (alignment, aspect) = match reply {
             Some(Reply::Search { alignment, aspect }) => (alignment, aspect),
@@ -537,7 +606,8 @@ impl TravelEnv {
                 } else {
                     self.searched.push(at.aspect);
                     let spec = catalog::spec(at.aspect);
-                    let lines: Vec<String> = at.shown_options().iter().map(|o| o.json_line()).collect();
+                    let lines: Vec<String> =
+                        at.shown_options().iter().map(|o| o.json_line()).collect();
                     let text = format!(
                         "Search results for the {}:\n{}\n{}",
                         at.aspect.noun(),
@@ -550,12 +620,18 @@ impl TravelEnv {
             _ => EnvStep::reply(SEARCH_REFINE),
         };
         let note = match (alignment, aspect) {
-            (Alignment::Aligned, Some(a)) if step.reward > 0.0 || step.feedback.starts_with("Search results") => {
+            (Alignment::Aligned, Some(a))
+                if step.reward > 0.0 || step.feedback.starts_with("Search results") =>
+            {
                 Some(format!("returned the {} options", a.noun()))
             }
             _ => None,
         };
-        let summary = if note.is_some() { "(search results)".to_string() } else { step.feedback.clone() };
+        let summary = if note.is_some() {
+            "(search results)".to_string()
+        } else {
+            step.feedback.clone()
+        };
         self.log(LogRole::Database, &summary, note);
         step
     }
@@ -573,13 +649,17 @@ impl TravelEnv {
             remaining: remaining.clone(),
         };
         let (kind, preference_id) = match user::ask::<UserRole>(self.user.as_ref(), q).await {
-            Ok(Reply::Classify { kind, preference_id }) => (kind, preference_id),
+            Ok(Reply::Classify {
+                kind,
+                preference_id,
+            }) => (kind, preference_id),
             _ => (UtteranceType::Conversation, None),
         };
         let target = match kind {
-            UtteranceType::Preference => {
-                preference_id.as_deref().and_then(|id| remaining.iter().find(|p| p.id == id)).cloned()
-            }
+            UtteranceType::Preference => preference_id
+                .as_deref()
+                .and_then(|id| remaining.iter().find(|p| p.id == id))
+                .cloned(),
             _ => None,
         };
         let say = |reply: Result<Reply, UserError>| match reply {
@@ -598,7 +678,11 @@ impl TravelEnv {
             self.status[pref.index] = PrefStatus::Elicited;
             self.active_elicited += 1;
             self.nonpreference_times = 0;
-            self.log(LogRole::User, &response, Some(format!("revealed {} implicitly", pref.id)));
+            self.log(
+                LogRole::User,
+                &response,
+                Some(format!("revealed {} implicitly", pref.id)),
+            );
             return EnvStep::rewarded(response, self.preference_reward);
         }
         if self.nonpreference_times >= ELICITATION_INTERVAL && !remaining.is_empty() {
@@ -621,7 +705,11 @@ impl TravelEnv {
             let response = say(user::ask::<UserRole>(self.user.as_ref(), q).await);
             self.status[pref.index] = PrefStatus::Elicited;
             self.passive_elicited += 1;
-            self.log(LogRole::User, &response, Some(format!("volunteered {} implicitly", pref.id)));
+            self.log(
+                LogRole::User,
+                &response,
+                Some(format!("volunteered {} implicitly", pref.id)),
+            );
             return EnvStep::reply(response);
         }
         self.nonpreference_times += 1;
@@ -629,7 +717,12 @@ impl TravelEnv {
             UtteranceType::Missing => NO_PREFERENCE_REPLY.to_string(),
             UtteranceType::Vague => TOO_VAGUE_REPLY.to_string(),
             _ => {
-                let q = Query::Chat { task: self.task.clone(), history, utterance: utterance.to_string(), seed };
+                let q = Query::Chat {
+                    task: self.task.clone(),
+                    history,
+                    utterance: utterance.to_string(),
+                    seed,
+                };
                 say(user::ask::<UserRole>(self.user.as_ref(), q).await)
             }
         };
@@ -641,7 +734,11 @@ impl TravelEnv {
         self.log(LogRole::Agent, &format!("[answer] {content}"), None);
         let ids: Vec<String> = content
             .split(',')
-            .map(|s| s.trim().trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '[' | ']' | '.')).trim())
+            .map(|s| {
+                s.trim()
+                    .trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '[' | ']' | '.'))
+                    .trim()
+            })
             .filter(|s| !s.is_empty())
             .map(|s| s.to_ascii_uppercase())
             .collect();
@@ -656,7 +753,9 @@ impl TravelEnv {
         }
         let letters: Vec<char> = ids.iter().filter_map(|id| id.chars().next()).collect();
         if let Some(&c) = letters.iter().find(|c| self.chosen.contains(c)) {
-            let what = Aspect::from_letter(c).map(Aspect::noun).unwrap_or("this aspect");
+            let what = Aspect::from_letter(c)
+                .map(Aspect::noun)
+                .unwrap_or("this aspect");
             return EnvStep::reply(format!(
                 "You have already recommended an option for the {what}; only one recommendation per travel aspect \
                  is allowed."
@@ -701,7 +800,11 @@ impl TravelEnv {
             "{verdict} Your choice is recorded; do not recommend options of this travel aspect again."
         );
         let all_best = self.remaining_best.is_empty();
-        let all_answered = self.task.dimensions.iter().all(|a| self.chosen.contains(&a.letter()));
+        let all_answered = self
+            .task
+            .dimensions
+            .iter()
+            .all(|a| self.chosen.contains(&a.letter()));
         let done = all_best || (all_answered && !self.compat.no_all_answered_termination);
         if done {
             feedback.push_str(" Every travel aspect has been settled.");
@@ -750,7 +853,15 @@ pub fn aspect_score(turns: &[TurnRecord], aspects: usize) -> f64 {
     }
     let mut best: BTreeMap<char, f64> = BTreeMap::new();
     for t in turns.iter().filter(|t| t.valid && t.choice == "answer") {
-        let Some(letter) = t.content.trim_start().chars().next().map(|c| c.to_ascii_uppercase()) else { continue };
+        let Some(letter) = t
+            .content
+            .trim_start()
+            .chars()
+            .next()
+            .map(|c| c.to_ascii_uppercase())
+        else {
+            continue;
+        };
         let entry = best.entry(letter).or_insert(0.0);
         *entry = entry.max(t.reward);
     }
@@ -785,23 +896,54 @@ impl TravelExpert {
             }
             plan.push_back((Choice::Answer, a.best_id.clone()));
         }
-        TravelExpert { task, plan, last_search: None, retries: 0 }
+        TravelExpert {
+            task,
+            plan,
+            last_search: None,
+            retries: 0,
+        }
     }
 }
 
 /// A natural search query naming the aspect and its arguments.
 pub fn search_query(a: &AspectTask) -> String {
-    let arg = |name: &str| a.arguments.iter().find(|x| x.name == name).map(|x| x.value.as_str()).unwrap_or("");
+    let arg = |name: &str| {
+        a.arguments
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| x.value.as_str())
+            .unwrap_or("")
+    };
     match a.aspect {
         Aspect::Flight => {
-            format!("One-way flight from {} to {} on {}", arg("origin"), arg("destination"), arg("date"))
+            format!(
+                "One-way flight from {} to {} on {}",
+                arg("origin"),
+                arg("destination"),
+                arg("date")
+            )
         }
-        Aspect::Hotel => format!("Hotel in {} from {} to {}", arg("city"), arg("check_in"), arg("check_out")),
+        Aspect::Hotel => format!(
+            "Hotel in {} from {} to {}",
+            arg("city"),
+            arg("check_in"),
+            arg("check_out")
+        ),
         Aspect::Apartment => {
-            format!("Apartment in {} from {} to {}", arg("city"), arg("check_in"), arg("check_out"))
+            format!(
+                "Apartment in {} from {} to {}",
+                arg("city"),
+                arg("check_in"),
+                arg("check_out")
+            )
         }
         Aspect::RentalCar => {
-            format!("Rental car in {} from {} to {}", arg("city"), arg("pickup_date"), arg("return_date"))
+            format!(
+                "Rental car in {} from {} to {}",
+                arg("city"),
+                arg("pickup_date"),
+                arg("return_date")
+            )
         }
         Aspect::Restaurant => format!("Restaurant in {} on {}", arg("city"), arg("date")),
     }
@@ -814,21 +956,36 @@ pub fn question_for(p: &Preference) -> String {
         .iter()
         .find(|s| s.concept == p.subcategory)
         .map(|s| s.question.to_string())
-        .unwrap_or_else(|| format!("For the {}, what do you need regarding {}?", p.aspect.noun(), p.subcategory))
+        .unwrap_or_else(|| {
+            format!(
+                "For the {}, what do you need regarding {}?",
+                p.aspect.noun(),
+                p.subcategory
+            )
+        })
 }
 
 #[async_trait::async_trait]
 impl Agent for TravelExpert {
     async fn act(&mut self, conversation: &[Message]) -> AgentTurn {
-        let last_tool = conversation.iter().rev().find(|m| m.role == Role::Tool).map(|m| m.content.as_str());
+        let last_tool = conversation
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Tool)
+            .map(|m| m.content.as_str());
         // A search that did not list the option we mean to recommend (a backend failure, an LLM judge that
         // disagreed) is retried a couple of times before moving on.
-        if let (Some((query, best)), Some(tool)) = (self.last_search.take(), last_tool) {
-            if !tool.contains(&format!("\"id\": \"{best}\"")) && self.retries < 2 {
-                self.retries += 1;
-                self.last_search = Some((query.clone(), best));
-                return AgentTurn::call_with_thought("The search did not go through; trying again.", Choice::Search, query);
-            }
+        if let (Some((query, best)), Some(tool)) = (self.last_search.take(), last_tool)
+            && !tool.contains(&format!("\"id\": \"{best}\""))
+            && self.retries < 2
+        {
+            self.retries += 1;
+            self.last_search = Some((query.clone(), best));
+            return AgentTurn::call_with_thought(
+                "The search did not go through; trying again.",
+                Choice::Search,
+                query,
+            );
         }
         let Some((choice, content)) = self.plan.pop_front() else {
             return AgentTurn::Text("Every part of the trip has a recommendation.".into());
@@ -846,7 +1003,9 @@ impl Agent for TravelExpert {
                 "First I need the options from the database."
             }
             Choice::Action => "I should learn what the user needs before recommending.",
-            Choice::Answer => "Among the options that fit everything the user told me, this is the cheapest.",
+            Choice::Answer => {
+                "Among the options that fit everything the user told me, this is the cheapest."
+            }
         };
         AgentTurn::call_with_thought(thought, choice, content)
     }
