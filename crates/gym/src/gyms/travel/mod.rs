@@ -619,10 +619,9 @@ impl TravelEnv {
             }
             _ => EnvStep::reply(SEARCH_REFINE),
         };
-        let note = match (alignment, aspect) {
-            (Alignment::Aligned, Some(a))
-                if step.reward > 0.0 || step.feedback.starts_with("Search results") =>
-            {
+        // The log keeps a short note instead of the whole listing, so the judges' prompts stay small.
+        let note = match aspect {
+            Some(a) if step.feedback.starts_with("Search results") => {
                 Some(format!("returned the {} options", a.noun()))
             }
             _ => None,

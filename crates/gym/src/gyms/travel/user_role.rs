@@ -858,10 +858,7 @@ once, or misses or gets wrong any argument.\n- \"N/A\" if it is unrelated to eve
 flight or rental_car, or empty>\"}}.",
         args.join("\n")
     );
-    Prompt {
-        max_tokens: Some(512),
-        ..Prompt::new(system, user)
-    }
+    Prompt::new(system, user)
 }
 
 fn classify_prompt(
