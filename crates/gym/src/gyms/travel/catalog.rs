@@ -10,16 +10,9 @@ use super::Aspect;
 #[derive(Clone, Copy, Debug)]
 pub enum Req {
     /// The list field `field` contains `tag` (satisfied) or lacks it (violated).
-    Tag {
-        field: &'static str,
-        tag: &'static str,
-    },
+    Tag { field: &'static str, tag: &'static str },
     /// The scalar field `field` takes one of `good` (satisfied) or one of `bad` (violated).
-    Value {
-        field: &'static str,
-        good: &'static [&'static str],
-        bad: &'static [&'static str],
-    },
+    Value { field: &'static str, good: &'static [&'static str], bad: &'static [&'static str] },
 }
 
 /// One concrete preference of a subcategory.
@@ -72,38 +65,12 @@ pub struct AspectSpec {
 
 // Concepts shared by several aspects use one keyword list, so that a question counts as one topic.
 const WIFI: &[&str] = &["wifi", "wi-fi", "internet", "online", "connectivity"];
-const RATING: &[&str] = &[
-    "rating",
-    "ratings",
-    "review",
-    "reviews",
-    "rated",
-    "stars",
-    "reputation",
-    "score",
-];
+const RATING: &[&str] = &["rating", "ratings", "review", "reviews", "rated", "stars", "reputation", "score"];
 const PETS: &[&str] = &["pet", "pets", "dog", "cat", "animal", "animals"];
 const PARKING: &[&str] = &["parking", "park the car", "garage", "valet"];
-const CHECK_IN: &[&str] = &[
-    "check-in",
-    "check in",
-    "front desk",
-    "reception",
-    "arrive late",
-    "late arrival",
-    "key handover",
-    "keys",
-];
-const OUTDOOR: &[&str] = &[
-    "outdoor",
-    "outdoors",
-    "outside",
-    "patio",
-    "terrace",
-    "balcony",
-    "open air",
-    "al fresco",
-];
+const CHECK_IN: &[&str] =
+    &["check-in", "check in", "front desk", "reception", "arrive late", "late arrival", "key handover", "keys"];
+const OUTDOOR: &[&str] = &["outdoor", "outdoors", "outside", "patio", "terrace", "balcony", "open air", "al fresco"];
 const CHILDREN: &[&str] = &[
     "kid",
     "kids",
@@ -133,16 +100,9 @@ const PROVIDER: &[&str] = &[
 const GOOD_RATING: &[&str] = &["4.6", "4.7", "4.8", "4.9"];
 const BAD_RATING: &[&str] = &["3.5", "3.8", "4.0", "4.2", "4.3"];
 
-const MORNING: &[&str] = &[
-    "depart 06:40, arrive 09:55",
-    "depart 08:15, arrive 11:30",
-    "depart 10:05, arrive 13:20",
-];
-const EVENING: &[&str] = &[
-    "depart 17:35, arrive 20:50",
-    "depart 19:20, arrive 22:35",
-    "depart 21:50, arrive 01:05 (+1)",
-];
+const MORNING: &[&str] = &["depart 06:40, arrive 09:55", "depart 08:15, arrive 11:30", "depart 10:05, arrive 13:20"];
+const EVENING: &[&str] =
+    &["depart 17:35, arrive 20:50", "depart 19:20, arrive 22:35", "depart 21:50, arrive 01:05 (+1)"];
 const NOT_MORNING: &[&str] = &[
     "depart 13:45, arrive 17:00",
     "depart 15:10, arrive 18:25",
@@ -158,20 +118,9 @@ const NOT_EVENING: &[&str] = &[
     "depart 15:10, arrive 18:25",
 ];
 
-const AIRLINES: &[&str] = &[
-    "Northstar Airways",
-    "Bluewing Airlines",
-    "Skyline Air",
-    "Coral Jet",
-    "Meridian Air",
-];
-const CAR_COMPANIES: &[&str] = &[
-    "Rapid Rentals",
-    "Sunway Car Hire",
-    "Metro Motors",
-    "Coastline Rent-a-Car",
-    "Pinecrest Rentals",
-];
+const AIRLINES: &[&str] = &["Northstar Airways", "Bluewing Airlines", "Skyline Air", "Coral Jet", "Meridian Air"];
+const CAR_COMPANIES: &[&str] =
+    &["Rapid Rentals", "Sunway Car Hire", "Metro Motors", "Coastline Rent-a-Car", "Pinecrest Rentals"];
 
 const FLIGHT: AspectSpec = AspectSpec {
     aspect: Aspect::Flight,
@@ -179,33 +128,14 @@ const FLIGHT: AspectSpec = AspectSpec {
 arrival, local time), company (the airline), flight_number, cost (US dollars, one way, one passenger), amenities \
 (what is on board) and service (booking and airport services).",
     fields: &[
-        Field {
-            name: "path",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "time",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "company",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "flight_number",
-            kind: FieldKind::Code("company"),
-        },
-        Field {
-            name: "cost",
-            kind: FieldKind::Cost,
-        },
+        Field { name: "path", kind: FieldKind::Sub },
+        Field { name: "time", kind: FieldKind::Sub },
+        Field { name: "company", kind: FieldKind::Sub },
+        Field { name: "flight_number", kind: FieldKind::Code("company") },
+        Field { name: "cost", kind: FieldKind::Cost },
         Field {
             name: "amenities",
-            kind: FieldKind::Tags(&[
-                "seatback entertainment",
-                "power outlets",
-                "complimentary snacks",
-            ]),
+            kind: FieldKind::Tags(&["seatback entertainment", "power outlets", "complimentary snacks"]),
         },
         Field {
             name: "service",
@@ -263,20 +193,12 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
                 Variant {
                     text: "a morning departure, before noon",
                     implicit: "I want to land with most of the day still ahead of me so I can settle in before dinner.",
-                    req: Req::Value {
-                        field: "time",
-                        good: MORNING,
-                        bad: NOT_MORNING,
-                    },
+                    req: Req::Value { field: "time", good: MORNING, bad: NOT_MORNING },
                 },
                 Variant {
                     text: "an evening departure, after 5 pm",
                     implicit: "I'm tied up in meetings until late afternoon that day, so I can't get to the airport any earlier.",
-                    req: Req::Value {
-                        field: "time",
-                        good: EVENING,
-                        bad: NOT_EVENING,
-                    },
+                    req: Req::Value { field: "time", good: EVENING, bad: NOT_EVENING },
                 },
             ],
         },
@@ -291,12 +213,7 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
                     req: Req::Value {
                         field: "company",
                         good: &["Northstar Airways"],
-                        bad: &[
-                            "Bluewing Airlines",
-                            "Skyline Air",
-                            "Coral Jet",
-                            "Meridian Air",
-                        ],
+                        bad: &["Bluewing Airlines", "Skyline Air", "Coral Jet", "Meridian Air"],
                     },
                 },
                 Variant {
@@ -305,12 +222,7 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
                     req: Req::Value {
                         field: "company",
                         good: &["Bluewing Airlines"],
-                        bad: &[
-                            "Northstar Airways",
-                            "Skyline Air",
-                            "Coral Jet",
-                            "Meridian Air",
-                        ],
+                        bad: &["Northstar Airways", "Skyline Air", "Coral Jet", "Meridian Air"],
                     },
                 },
             ],
@@ -322,31 +234,17 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
             variants: &[Variant {
                 text: "in-flight Wi-Fi",
                 implicit: "I have a report due the day I travel, so I can't afford to be cut off for the whole journey.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "Wi-Fi",
-                },
+                req: Req::Tag { field: "amenities", tag: "Wi-Fi" },
             }],
         },
         Subcat {
             concept: "legroom",
-            keywords: &[
-                "legroom",
-                "leg room",
-                "cramped",
-                "roomy",
-                "extra space",
-                "more space",
-                "seat pitch",
-            ],
+            keywords: &["legroom", "leg room", "cramped", "roomy", "extra space", "more space", "seat pitch"],
             question: "Is extra legroom important to you on the flight?",
             variants: &[Variant {
                 text: "a seat with extra legroom",
                 implicit: "I'm six foot five, and on my last trip my knees were pressed into the seat in front for hours.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "extra legroom",
-                },
+                req: Req::Tag { field: "amenities", tag: "extra legroom" },
             }],
         },
         Subcat {
@@ -366,32 +264,17 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
             variants: &[Variant {
                 text: "a free checked bag",
                 implicit: "I'm hauling a huge suitcase full of presents for my relatives.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "free checked bag",
-                },
+                req: Req::Tag { field: "amenities", tag: "free checked bag" },
             }],
         },
         Subcat {
             concept: "meal",
-            keywords: &[
-                "meal",
-                "meals",
-                "in-flight food",
-                "food on board",
-                "dietary",
-                "diet",
-                "vegetarian",
-                "vegan",
-            ],
+            keywords: &["meal", "meals", "in-flight food", "food on board", "dietary", "diet", "vegetarian", "vegan"],
             question: "Do you have any dietary needs for the meal on the flight?",
             variants: &[Variant {
                 text: "a vegetarian meal served on board",
                 implicit: "I haven't eaten meat in ten years, and the food at airports is always hit or miss.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "vegetarian meal",
-                },
+                req: Req::Tag { field: "amenities", tag: "vegetarian meal" },
             }],
         },
         Subcat {
@@ -409,10 +292,7 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
             variants: &[Variant {
                 text: "free cancellation",
                 implicit: "My manager still hasn't signed off on this trip, so the whole thing could fall through.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "free cancellation",
-                },
+                req: Req::Tag { field: "service", tag: "free cancellation" },
             }],
         },
         Subcat {
@@ -422,10 +302,7 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
             variants: &[Variant {
                 text: "airport lounge access",
                 implicit: "I like a quiet corner where I can work and get a decent coffee before I board.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "lounge access",
-                },
+                req: Req::Tag { field: "service", tag: "lounge access" },
             }],
         },
         Subcat {
@@ -435,10 +312,7 @@ arrival, local time), company (the airline), flight_number, cost (US dollars, on
             variants: &[Variant {
                 text: "a small pet allowed in the cabin",
                 implicit: "My little dog Biscuit comes everywhere with me, and she is far too nervous to travel in the hold.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "pet in cabin allowed",
-                },
+                req: Req::Tag { field: "service", tag: "pet in cabin allowed" },
             }],
         },
     ],
@@ -474,26 +348,11 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
                 "The Wexford",
             ]),
         },
-        Field {
-            name: "room",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "cost",
-            kind: FieldKind::Cost,
-        },
-        Field {
-            name: "rating",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "amenities",
-            kind: FieldKind::Tags(&["air conditioning", "in-room safe", "minibar"]),
-        },
-        Field {
-            name: "service",
-            kind: FieldKind::Tags(&["daily housekeeping", "luggage storage", "concierge"]),
-        },
+        Field { name: "room", kind: FieldKind::Sub },
+        Field { name: "cost", kind: FieldKind::Cost },
+        Field { name: "rating", kind: FieldKind::Sub },
+        Field { name: "amenities", kind: FieldKind::Tags(&["air conditioning", "in-room safe", "minibar"]) },
+        Field { name: "service", kind: FieldKind::Tags(&["daily housekeeping", "luggage storage", "concierge"]) },
     ],
     cost: (80, 420),
     subcats: &[
@@ -532,10 +391,7 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
                     implicit: "Falling asleep to the city lights is half the fun of a trip for me.",
                     req: Req::Value {
                         field: "room",
-                        good: &[
-                            "King room, skyline view",
-                            "Double room, high floor with skyline view",
-                        ],
+                        good: &["King room, skyline view", "Double room, high floor with skyline view"],
                         bad: &[
                             "King room, courtyard view",
                             "Queen room, street view",
@@ -553,11 +409,7 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "a guest rating of at least 4.5",
                 implicit: "The last hotel I booked looked lovely in the photos and turned out to be filthy, so now I only trust places other guests rave about.",
-                req: Req::Value {
-                    field: "rating",
-                    good: GOOD_RATING,
-                    bad: BAD_RATING,
-                },
+                req: Req::Value { field: "rating", good: GOOD_RATING, bad: BAD_RATING },
             }],
         },
         Subcat {
@@ -567,30 +419,17 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "free breakfast included",
                 implicit: "I'm useless until I've eaten, and I don't want to wander a strange city looking for food at seven in the morning.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "free breakfast",
-                },
+                req: Req::Tag { field: "amenities", tag: "free breakfast" },
             }],
         },
         Subcat {
             concept: "fitness",
-            keywords: &[
-                "gym",
-                "fitness",
-                "workout",
-                "work out",
-                "exercise",
-                "treadmill",
-            ],
+            keywords: &["gym", "fitness", "workout", "work out", "exercise", "treadmill"],
             question: "Do you need a fitness center at the hotel?",
             variants: &[Variant {
                 text: "an on-site fitness center",
                 implicit: "I'm training for a marathon and can't skip my morning sessions on the treadmill.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "fitness center",
-                },
+                req: Req::Tag { field: "amenities", tag: "fitness center" },
             }],
         },
         Subcat {
@@ -600,10 +439,7 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "a swimming pool",
                 implicit: "My kids will want to splash around after a long day of sightseeing.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "swimming pool",
-                },
+                req: Req::Tag { field: "amenities", tag: "swimming pool" },
             }],
         },
         Subcat {
@@ -613,10 +449,7 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "free on-site parking",
                 implicit: "I'll have a car with me, and city garages charge a fortune every night.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "free parking",
-                },
+                req: Req::Tag { field: "amenities", tag: "free parking" },
             }],
         },
         Subcat {
@@ -626,28 +459,17 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "free Wi-Fi in the room",
                 implicit: "I'll be on video calls with my team every evening of the trip.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "free Wi-Fi",
-                },
+                req: Req::Tag { field: "amenities", tag: "free Wi-Fi" },
             }],
         },
         Subcat {
             concept: "shuttle",
-            keywords: &[
-                "shuttle",
-                "airport transfer",
-                "transfer from the airport",
-                "ride from the airport",
-            ],
+            keywords: &["shuttle", "airport transfer", "transfer from the airport", "ride from the airport"],
             question: "Would an airport shuttle from the hotel be useful to you?",
             variants: &[Variant {
                 text: "a free airport shuttle",
                 implicit: "I really don't want to figure out the public transport with all my bags in a city I don't know.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "airport shuttle",
-                },
+                req: Req::Tag { field: "service", tag: "airport shuttle" },
             }],
         },
         Subcat {
@@ -657,10 +479,7 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "a pet-friendly hotel",
                 implicit: "Our golden retriever comes on every trip with us.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "pets allowed",
-                },
+                req: Req::Tag { field: "service", tag: "pets allowed" },
             }],
         },
         Subcat {
@@ -670,10 +489,7 @@ per night), rating (guest rating out of 5), amenities (facilities) and service (
             variants: &[Variant {
                 text: "a 24-hour front desk",
                 implicit: "My flight gets in after midnight, so I'll be turning up at a very odd hour.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "24-hour front desk",
-                },
+                req: Req::Tag { field: "service", tag: "24-hour front desk" },
             }],
         },
     ],
@@ -701,26 +517,11 @@ const RESTAURANT: AspectSpec = AspectSpec {
                 "Harvest Hall",
             ]),
         },
-        Field {
-            name: "cuisine",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "cost",
-            kind: FieldKind::Cost,
-        },
-        Field {
-            name: "rating",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "features",
-            kind: FieldKind::Tags(&["takeout", "full bar", "private dining room"]),
-        },
-        Field {
-            name: "service",
-            kind: FieldKind::Tags(&["card payments", "happy hour"]),
-        },
+        Field { name: "cuisine", kind: FieldKind::Sub },
+        Field { name: "cost", kind: FieldKind::Cost },
+        Field { name: "rating", kind: FieldKind::Sub },
+        Field { name: "features", kind: FieldKind::Tags(&["takeout", "full bar", "private dining room"]) },
+        Field { name: "service", kind: FieldKind::Tags(&["card payments", "happy hour"]) },
     ],
     cost: (18, 120),
     subcats: &[
@@ -782,34 +583,18 @@ const RESTAURANT: AspectSpec = AspectSpec {
         },
         Subcat {
             concept: "dietary",
-            keywords: &[
-                "vegetarian",
-                "vegan",
-                "gluten",
-                "dietary",
-                "diet",
-                "allergy",
-                "allergies",
-                "allergic",
-                "meat",
-            ],
+            keywords: &["vegetarian", "vegan", "gluten", "dietary", "diet", "allergy", "allergies", "allergic", "meat"],
             question: "Does anyone in your party have dietary needs I should consider for the restaurant?",
             variants: &[
                 Variant {
                     text: "vegetarian dishes on the menu",
                     implicit: "My partner stopped eating meat last year, and I want a place where they have real choices.",
-                    req: Req::Tag {
-                        field: "features",
-                        tag: "vegetarian options",
-                    },
+                    req: Req::Tag { field: "features", tag: "vegetarian options" },
                 },
                 Variant {
                     text: "gluten-free options",
                     implicit: "My daughter has celiac disease, so we have to be careful with anything made from wheat.",
-                    req: Req::Tag {
-                        field: "features",
-                        tag: "gluten-free options",
-                    },
+                    req: Req::Tag { field: "features", tag: "gluten-free options" },
                 },
             ],
         },
@@ -820,10 +605,7 @@ const RESTAURANT: AspectSpec = AspectSpec {
             variants: &[Variant {
                 text: "outdoor seating",
                 implicit: "If the evening is warm, I'd hate to be stuck indoors.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "outdoor seating",
-                },
+                req: Req::Tag { field: "features", tag: "outdoor seating" },
             }],
         },
         Subcat {
@@ -833,32 +615,17 @@ const RESTAURANT: AspectSpec = AspectSpec {
             variants: &[Variant {
                 text: "a rating of at least 4.5",
                 implicit: "It's our anniversary dinner, so the food really has to be outstanding.",
-                req: Req::Value {
-                    field: "rating",
-                    good: GOOD_RATING,
-                    bad: BAD_RATING,
-                },
+                req: Req::Value { field: "rating", good: GOOD_RATING, bad: BAD_RATING },
             }],
         },
         Subcat {
             concept: "reservation",
-            keywords: &[
-                "reservation",
-                "reservations",
-                "reserve",
-                "book a table",
-                "walk-in",
-                "wait in line",
-                "queue",
-            ],
+            keywords: &["reservation", "reservations", "reserve", "book a table", "walk-in", "wait in line", "queue"],
             question: "Do you need to be able to reserve a table at the restaurant?",
             variants: &[Variant {
                 text: "a place that takes reservations",
                 implicit: "There will be eight of us, and I don't want everyone standing around waiting for a table.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "accepts reservations",
-                },
+                req: Req::Tag { field: "service", tag: "accepts reservations" },
             }],
         },
         Subcat {
@@ -868,51 +635,27 @@ const RESTAURANT: AspectSpec = AspectSpec {
             variants: &[Variant {
                 text: "a kids' menu",
                 implicit: "My two little ones are extremely picky and only eat very plain things.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "kids' menu",
-                },
+                req: Req::Tag { field: "features", tag: "kids' menu" },
             }],
         },
         Subcat {
             concept: "accessibility",
-            keywords: &[
-                "wheelchair",
-                "accessible",
-                "accessibility",
-                "step-free",
-                "mobility",
-                "ramp",
-            ],
+            keywords: &["wheelchair", "accessible", "accessibility", "step-free", "mobility", "ramp"],
             question: "Does the restaurant need to be wheelchair accessible?",
             variants: &[Variant {
                 text: "wheelchair access",
                 implicit: "My father uses a wheelchair these days, and steps are a real problem for him.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "wheelchair accessible",
-                },
+                req: Req::Tag { field: "features", tag: "wheelchair accessible" },
             }],
         },
         Subcat {
             concept: "music",
-            keywords: &[
-                "music",
-                "live music",
-                "band",
-                "entertainment",
-                "atmosphere",
-                "ambience",
-                "ambiance",
-            ],
+            keywords: &["music", "live music", "band", "entertainment", "atmosphere", "ambience", "ambiance"],
             question: "Would you enjoy live music at the restaurant?",
             variants: &[Variant {
                 text: "live music",
                 implicit: "A dinner feels special to me when there's a band playing softly in the background.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "live music",
-                },
+                req: Req::Tag { field: "features", tag: "live music" },
             }],
         },
     ],
@@ -937,38 +680,17 @@ arrangements).",
                 "Cozy townhouse unit",
             ]),
         },
-        Field {
-            name: "layout",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "cost",
-            kind: FieldKind::Cost,
-        },
-        Field {
-            name: "rating",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "amenities",
-            kind: FieldKind::Tags(&["hair dryer", "iron", "smart TV"]),
-        },
-        Field {
-            name: "rules",
-            kind: FieldKind::Tags(&["no smoking", "no parties", "quiet hours after 10 pm"]),
-        },
+        Field { name: "layout", kind: FieldKind::Sub },
+        Field { name: "cost", kind: FieldKind::Cost },
+        Field { name: "rating", kind: FieldKind::Sub },
+        Field { name: "amenities", kind: FieldKind::Tags(&["hair dryer", "iron", "smart TV"]) },
+        Field { name: "rules", kind: FieldKind::Tags(&["no smoking", "no parties", "quiet hours after 10 pm"]) },
     ],
     cost: (70, 380),
     subcats: &[
         Subcat {
             concept: "bedrooms",
-            keywords: &[
-                "bedroom",
-                "bedrooms",
-                "beds",
-                "sleeping arrangements",
-                "layout",
-            ],
+            keywords: &["bedroom", "bedrooms", "beds", "sleeping arrangements", "layout"],
             question: "How many bedrooms do you need in the apartment?",
             variants: &[Variant {
                 text: "at least two bedrooms",
@@ -982,62 +704,32 @@ arrangements).",
         },
         Subcat {
             concept: "kitchen",
-            keywords: &[
-                "kitchen",
-                "cook",
-                "cooking",
-                "stove",
-                "groceries",
-                "self-catering",
-            ],
+            keywords: &["kitchen", "cook", "cooking", "stove", "groceries", "self-catering"],
             question: "Do you need a kitchen in the apartment?",
             variants: &[Variant {
                 text: "a full kitchen",
                 implicit: "I'd like to cook most of our meals ourselves to keep costs down.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "full kitchen",
-                },
+                req: Req::Tag { field: "amenities", tag: "full kitchen" },
             }],
         },
         Subcat {
             concept: "laundry",
-            keywords: &[
-                "laundry",
-                "washer",
-                "washing machine",
-                "dryer",
-                "wash clothes",
-            ],
+            keywords: &["laundry", "washer", "washing machine", "dryer", "wash clothes"],
             question: "Will you need a washing machine in the apartment?",
             variants: &[Variant {
                 text: "a washer and dryer",
                 implicit: "I'm packing light and will have to wash clothes halfway through the stay.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "washer and dryer",
-                },
+                req: Req::Tag { field: "amenities", tag: "washer and dryer" },
             }],
         },
         Subcat {
             concept: "workspace",
-            keywords: &[
-                "workspace",
-                "desk",
-                "work from",
-                "working remotely",
-                "remote work",
-                "office",
-                "laptop",
-            ],
+            keywords: &["workspace", "desk", "work from", "working remotely", "remote work", "office", "laptop"],
             question: "Do you need a proper desk or workspace in the apartment?",
             variants: &[Variant {
                 text: "a dedicated workspace",
                 implicit: "I'll be working remotely for part of the trip and need a real desk, not the sofa.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "dedicated workspace",
-                },
+                req: Req::Tag { field: "amenities", tag: "dedicated workspace" },
             }],
         },
         Subcat {
@@ -1047,10 +739,7 @@ arrangements).",
             variants: &[Variant {
                 text: "a private balcony",
                 implicit: "My favourite part of any morning is sipping coffee in the fresh air.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "private balcony",
-                },
+                req: Req::Tag { field: "amenities", tag: "private balcony" },
             }],
         },
         Subcat {
@@ -1060,10 +749,7 @@ arrangements).",
             variants: &[Variant {
                 text: "pets allowed",
                 implicit: "Our cat comes along because nobody can look after her while we're away.",
-                req: Req::Tag {
-                    field: "rules",
-                    tag: "pets allowed",
-                },
+                req: Req::Tag { field: "rules", tag: "pets allowed" },
             }],
         },
         Subcat {
@@ -1073,10 +759,7 @@ arrangements).",
             variants: &[Variant {
                 text: "self check-in",
                 implicit: "I'll be arriving at odd hours and don't want to arrange a meeting with anyone to get in.",
-                req: Req::Tag {
-                    field: "rules",
-                    tag: "self check-in",
-                },
+                req: Req::Tag { field: "rules", tag: "self check-in" },
             }],
         },
         Subcat {
@@ -1086,30 +769,17 @@ arrangements).",
             variants: &[Variant {
                 text: "free parking",
                 implicit: "We'll have a car, and street spots in that neighbourhood are impossible to find.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "free parking",
-                },
+                req: Req::Tag { field: "amenities", tag: "free parking" },
             }],
         },
         Subcat {
             concept: "air conditioning",
-            keywords: &[
-                "air conditioning",
-                "air-conditioning",
-                "aircon",
-                "temperature",
-                "heat",
-                "climate control",
-            ],
+            keywords: &["air conditioning", "air-conditioning", "aircon", "temperature", "heat", "climate control"],
             question: "Is air conditioning important to you in the apartment?",
             variants: &[Variant {
                 text: "air conditioning",
                 implicit: "I can't sleep a wink when the bedroom is warm.",
-                req: Req::Tag {
-                    field: "amenities",
-                    tag: "air conditioning",
-                },
+                req: Req::Tag { field: "amenities", tag: "air conditioning" },
             }],
         },
         Subcat {
@@ -1119,24 +789,14 @@ arrangements).",
             variants: &[Variant {
                 text: "a guest rating of at least 4.5",
                 implicit: "A friend of mine got stuck in a dreadful rental last year, so I only trust places with glowing reviews.",
-                req: Req::Value {
-                    field: "rating",
-                    good: GOOD_RATING,
-                    bad: BAD_RATING,
-                },
+                req: Req::Value { field: "rating", good: GOOD_RATING, bad: BAD_RATING },
             }],
         },
     ],
 };
 
-const LARGE: &[&str] = &[
-    "SUV (Ford Explorer or similar)",
-    "Minivan (Chrysler Pacifica or similar)",
-];
-const SMALL: &[&str] = &[
-    "Compact (Toyota Corolla or similar)",
-    "Economy (Kia Rio or similar)",
-];
+const LARGE: &[&str] = &["SUV (Ford Explorer or similar)", "Minivan (Chrysler Pacifica or similar)"];
+const SMALL: &[&str] = &["Compact (Toyota Corolla or similar)", "Economy (Kia Rio or similar)"];
 const MIDSIZE: &str = "Midsize sedan (Honda Accord or similar)";
 
 const RENTAL_CAR: AspectSpec = AspectSpec {
@@ -1145,29 +805,13 @@ const RENTAL_CAR: AspectSpec = AspectSpec {
 and a typical model), cost (US dollars per day), features (what the car has) and service (what the rental \
 includes).",
     fields: &[
-        Field {
-            name: "company",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "vehicle",
-            kind: FieldKind::Sub,
-        },
-        Field {
-            name: "cost",
-            kind: FieldKind::Cost,
-        },
-        Field {
-            name: "features",
-            kind: FieldKind::Tags(&["Bluetooth audio", "USB charging", "cruise control"]),
-        },
+        Field { name: "company", kind: FieldKind::Sub },
+        Field { name: "vehicle", kind: FieldKind::Sub },
+        Field { name: "cost", kind: FieldKind::Cost },
+        Field { name: "features", kind: FieldKind::Tags(&["Bluetooth audio", "USB charging", "cruise control"]) },
         Field {
             name: "service",
-            kind: FieldKind::Tags(&[
-                "roadside assistance",
-                "additional driver",
-                "online check-in",
-            ]),
+            kind: FieldKind::Tags(&["roadside assistance", "additional driver", "online check-in"]),
         },
     ],
     cost: (28, 140),
@@ -1197,11 +841,7 @@ includes).",
                     req: Req::Value {
                         field: "vehicle",
                         good: LARGE,
-                        bad: &[
-                            "Compact (Toyota Corolla or similar)",
-                            "Economy (Kia Rio or similar)",
-                            MIDSIZE,
-                        ],
+                        bad: &["Compact (Toyota Corolla or similar)", "Economy (Kia Rio or similar)", MIDSIZE],
                     },
                 },
                 Variant {
@@ -1210,57 +850,29 @@ includes).",
                     req: Req::Value {
                         field: "vehicle",
                         good: SMALL,
-                        bad: &[
-                            "SUV (Ford Explorer or similar)",
-                            "Minivan (Chrysler Pacifica or similar)",
-                            MIDSIZE,
-                        ],
+                        bad: &["SUV (Ford Explorer or similar)", "Minivan (Chrysler Pacifica or similar)", MIDSIZE],
                     },
                 },
             ],
         },
         Subcat {
             concept: "transmission",
-            keywords: &[
-                "automatic",
-                "manual",
-                "stick",
-                "stick shift",
-                "transmission",
-                "gearbox",
-                "gears",
-            ],
+            keywords: &["automatic", "manual", "stick", "stick shift", "transmission", "gearbox", "gears"],
             question: "Do you need an automatic transmission in the rental car?",
             variants: &[Variant {
                 text: "an automatic transmission",
                 implicit: "I never learned to drive stick.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "automatic transmission",
-                },
+                req: Req::Tag { field: "features", tag: "automatic transmission" },
             }],
         },
         Subcat {
             concept: "fuel",
-            keywords: &[
-                "electric",
-                "hybrid",
-                "fuel",
-                "gas",
-                "petrol",
-                "emissions",
-                "eco",
-                "fuel economy",
-                "carbon",
-            ],
+            keywords: &["electric", "hybrid", "fuel", "gas", "petrol", "emissions", "eco", "fuel economy", "carbon"],
             question: "Do you have a preference for a hybrid or electric rental car?",
             variants: &[Variant {
                 text: "a hybrid or electric car",
                 implicit: "I try hard to keep my carbon footprint small when I travel.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "hybrid engine",
-                },
+                req: Req::Tag { field: "features", tag: "hybrid engine" },
             }],
         },
         Subcat {
@@ -1270,10 +882,7 @@ includes).",
             variants: &[Variant {
                 text: "built-in GPS navigation",
                 implicit: "I have a terrible sense of direction and my phone plan won't work over there.",
-                req: Req::Tag {
-                    field: "features",
-                    tag: "built-in GPS",
-                },
+                req: Req::Tag { field: "features", tag: "built-in GPS" },
             }],
         },
         Subcat {
@@ -1283,71 +892,37 @@ includes).",
             variants: &[Variant {
                 text: "a child safety seat",
                 implicit: "We're traveling with our eighteen-month-old.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "child seat available",
-                },
+                req: Req::Tag { field: "service", tag: "child seat available" },
             }],
         },
         Subcat {
             concept: "mileage",
-            keywords: &[
-                "mileage",
-                "distance",
-                "long drive",
-                "long drives",
-                "road trip",
-                "kilometers",
-                "how far",
-            ],
+            keywords: &["mileage", "distance", "long drive", "long drives", "road trip", "kilometers", "how far"],
             question: "How far do you plan to drive the rental car, do you need unlimited mileage?",
             variants: &[Variant {
                 text: "unlimited mileage",
                 implicit: "We're planning long drives out to the national parks.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "unlimited mileage",
-                },
+                req: Req::Tag { field: "service", tag: "unlimited mileage" },
             }],
         },
         Subcat {
             concept: "insurance",
-            keywords: &[
-                "insurance",
-                "coverage",
-                "damage",
-                "accident",
-                "protection",
-                "deductible",
-            ],
+            keywords: &["insurance", "coverage", "damage", "accident", "protection", "deductible"],
             question: "Do you want full insurance included with the rental car?",
             variants: &[Variant {
                 text: "full insurance coverage included",
                 implicit: "I scraped a rental once and the repair bill was a nightmare.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "full insurance included",
-                },
+                req: Req::Tag { field: "service", tag: "full insurance included" },
             }],
         },
         Subcat {
             concept: "pickup",
-            keywords: &[
-                "pick up",
-                "pickup",
-                "pick-up",
-                "collect the car",
-                "airport location",
-                "where to get the car",
-            ],
+            keywords: &["pick up", "pickup", "pick-up", "collect the car", "airport location", "where to get the car"],
             question: "Where would you like to pick up the rental car?",
             variants: &[Variant {
                 text: "picking the car up at the airport",
                 implicit: "I want to get off the plane and drive away without taking a taxi anywhere first.",
-                req: Req::Tag {
-                    field: "service",
-                    tag: "airport pickup",
-                },
+                req: Req::Tag { field: "service", tag: "airport pickup" },
             }],
         },
         Subcat {
@@ -1360,12 +935,7 @@ includes).",
                 req: Req::Value {
                     field: "company",
                     good: &["Rapid Rentals"],
-                    bad: &[
-                        "Sunway Car Hire",
-                        "Metro Motors",
-                        "Coastline Rent-a-Car",
-                        "Pinecrest Rentals",
-                    ],
+                    bad: &["Sunway Car Hire", "Metro Motors", "Coastline Rent-a-Car", "Pinecrest Rentals"],
                 },
             }],
         },
@@ -1413,16 +983,11 @@ pub fn sub_pool(aspect: Aspect, field: &str) -> &'static [&'static str] {
         ],
         (Aspect::Flight, "company") | (Aspect::RentalCar, "company") => provider_pool(aspect),
         (Aspect::Hotel, "room") => ROOMS,
-        (_, "rating") => &[
-            "3.5", "3.8", "4.0", "4.2", "4.3", "4.6", "4.7", "4.8", "4.9",
-        ],
+        (_, "rating") => &["3.5", "3.8", "4.0", "4.2", "4.3", "4.6", "4.7", "4.8", "4.9"],
         (Aspect::Restaurant, "cuisine") => CUISINES,
-        (Aspect::Apartment, "layout") => &[
-            "studio, 1 bathroom",
-            "1 bedroom, 1 bathroom",
-            "2 bedrooms, 1 bathroom",
-            "3 bedrooms, 2 bathrooms",
-        ],
+        (Aspect::Apartment, "layout") => {
+            &["studio, 1 bathroom", "1 bedroom, 1 bathroom", "2 bedrooms, 1 bathroom", "3 bedrooms, 2 bathrooms"]
+        }
         (Aspect::RentalCar, "vehicle") => &[
             "Compact (Toyota Corolla or similar)",
             "Economy (Kia Rio or similar)",
@@ -1447,10 +1012,7 @@ pub const CITIES: &[(&str, &[&str])] = &[
     ("Austin", &["austin"]),
     ("Las Vegas", &["las vegas", "vegas"]),
     ("Orlando", &["orlando"]),
-    (
-        "Washington, D.C.",
-        &["washington dc", "washington d c", "washington", "dc", "d c"],
-    ),
+    ("Washington, D.C.", &["washington dc", "washington d c", "washington", "dc", "d c"]),
     ("London", &["london"]),
     ("Paris", &["paris"]),
     ("Tokyo", &["tokyo"]),
@@ -1462,15 +1024,7 @@ pub const CITIES: &[(&str, &[&str])] = &[
 ];
 
 /// Trip destinations and home cities (indices into `CITIES`); hubs for connecting flights come from the rest.
-pub const HUBS: &[&str] = &[
-    "Chicago",
-    "Denver",
-    "Dallas",
-    "Atlanta",
-    "Charlotte",
-    "Frankfurt",
-    "Amsterdam",
-];
+pub const HUBS: &[&str] = &["Chicago", "Denver", "Dallas", "Atlanta", "Charlotte", "Frankfurt", "Amsterdam"];
 
 pub const PURPOSES: &[&str] = &[
     "a business trip",

@@ -10,36 +10,21 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use super::catalog::{self, AspectSpec, FieldKind, Req, Subcat, Variant};
-use super::{
-    Aspect, AspectTask, OptionGroups, Preference, SearchArgument, TravelOption, TravelTask,
-};
+use super::{Aspect, AspectTask, OptionGroups, Preference, SearchArgument, TravelOption, TravelTask};
 use crate::split::{self, Split};
 use crate::text::mix;
 
 pub const SEED: u64 = 0x7EA7_2025;
 /// The original files' patterns with counts proportional to their sizes (3,122 scenarios scaled to 1,000).
-pub const PATTERNS: [(&str, usize); 8] = [
-    ("22", 215),
-    ("33", 184),
-    ("44", 143),
-    ("233", 129),
-    ("333", 113),
-    ("334", 100),
-    ("444", 79),
-    ("2222", 37),
-];
+pub const PATTERNS: [(&str, usize); 8] =
+    [("22", 215), ("33", 184), ("44", 143), ("233", 129), ("333", 113), ("334", 100), ("444", 79), ("2222", 37)];
 pub const TASK_COUNT: usize = 1000;
 /// Per pattern, as the original split each file 85/15.
 const TEST_FRACTION: f64 = 0.15;
 
 /// The trip order used for the dimensions of a scenario.
-const TRIP_ORDER: [Aspect; 5] = [
-    Aspect::Flight,
-    Aspect::Hotel,
-    Aspect::Apartment,
-    Aspect::RentalCar,
-    Aspect::Restaurant,
-];
+const TRIP_ORDER: [Aspect; 5] =
+    [Aspect::Flight, Aspect::Hotel, Aspect::Apartment, Aspect::RentalCar, Aspect::Restaurant];
 
 /// The whole task set.
 pub fn generate_all(seed: u64) -> Vec<TravelTask> {
@@ -48,12 +33,7 @@ pub fn generate_all(seed: u64) -> Vec<TravelTask> {
         let splits = split::assign(*count, TEST_FRACTION, mix(seed, p as u64));
         for (n, split) in splits.into_iter().enumerate() {
             let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(seed, 100 + p as u64), n as u64));
-            out.push(generate_task(
-                &mut rng,
-                pattern,
-                format!("travel{pattern}-{n:03}"),
-                split,
-            ));
+            out.push(generate_task(&mut rng, pattern, format!("travel{pattern}-{n:03}"), split));
         }
     }
     out
@@ -93,11 +73,7 @@ fn fill(template: &str, trip: &Trip) -> String {
 
 /// One scenario with the given pattern (`233`: three aspects with 2, 3 and 3 preferences).
 pub fn generate_task(rng: &mut ChaCha8Rng, pattern: &str, id: String, split: Split) -> TravelTask {
-    let mut counts: Vec<usize> = pattern
-        .chars()
-        .filter_map(|c| c.to_digit(10))
-        .map(|d| d as usize)
-        .collect();
+    let mut counts: Vec<usize> = pattern.chars().filter_map(|c| c.to_digit(10)).map(|d| d as usize).collect();
     let k = counts.len().clamp(1, 4);
     counts.truncate(k);
     // The original never pairs a hotel with an apartment in one trip.
@@ -106,11 +82,7 @@ pub fn generate_task(rng: &mut ChaCha8Rng, pattern: &str, id: String, split: Spl
         all.shuffle(rng);
         let pick = &all[..k];
         if !(pick.contains(&Aspect::Hotel) && pick.contains(&Aspect::Apartment)) {
-            break TRIP_ORDER
-                .iter()
-                .copied()
-                .filter(|a| pick.contains(a))
-                .collect();
+            break TRIP_ORDER.iter().copied().filter(|a| pick.contains(a)).collect();
         }
     };
     counts.shuffle(rng);
@@ -149,9 +121,7 @@ pub fn generate_task(rng: &mut ChaCha8Rng, pattern: &str, id: String, split: Spl
     }
     let mut tasks = Vec::with_capacity(k);
     for (aspect, &n) in aspects.iter().zip(&counts) {
-        let template = *catalog::request_templates(*aspect)
-            .choose(rng)
-            .unwrap_or(&"");
+        let template = *catalog::request_templates(*aspect).choose(rng).unwrap_or(&"");
         let sentence = if *aspect == Aspect::Restaurant {
             fill(template, &trip).replace(&trip.start, &trip.day)
         } else {
@@ -181,40 +151,21 @@ pub fn generate_task(rng: &mut ChaCha8Rng, pattern: &str, id: String, split: Spl
 }
 
 fn arguments(aspect: Aspect, trip: &Trip) -> Vec<SearchArgument> {
-    let arg = |name: &str, value: &str| SearchArgument {
-        name: name.to_string(),
-        value: value.to_string(),
-    };
+    let arg = |name: &str, value: &str| SearchArgument { name: name.to_string(), value: value.to_string() };
     match aspect {
-        Aspect::Flight => vec![
-            arg("origin", trip.origin),
-            arg("destination", trip.city),
-            arg("date", &trip.start),
-        ],
+        Aspect::Flight => vec![arg("origin", trip.origin), arg("destination", trip.city), arg("date", &trip.start)],
         Aspect::Hotel | Aspect::Apartment => {
-            vec![
-                arg("city", trip.city),
-                arg("check_in", &trip.start),
-                arg("check_out", &trip.end),
-            ]
+            vec![arg("city", trip.city), arg("check_in", &trip.start), arg("check_out", &trip.end)]
         }
         Aspect::RentalCar => {
-            vec![
-                arg("city", trip.city),
-                arg("pickup_date", &trip.start),
-                arg("return_date", &trip.end),
-            ]
+            vec![arg("city", trip.city), arg("pickup_date", &trip.start), arg("return_date", &trip.end)]
         }
         Aspect::Restaurant => vec![arg("city", trip.city), arg("date", &trip.day)],
     }
 }
 
 /// The tags a list field can carry: its fillers, then every subcategory tag on it.
-fn tag_candidates(
-    spec: &AspectSpec,
-    field: &str,
-    fillers: &'static [&'static str],
-) -> Vec<&'static str> {
+fn tag_candidates(spec: &AspectSpec, field: &str, fillers: &'static [&'static str]) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = fillers.to_vec();
     for s in spec.subcats {
         for v in s.variants {
@@ -230,11 +181,8 @@ fn tag_candidates(
 }
 
 fn initials(name: &str) -> String {
-    let letters: String = name
-        .split_whitespace()
-        .filter_map(|w| w.chars().next())
-        .filter(|c| c.is_alphabetic())
-        .collect();
+    let letters: String =
+        name.split_whitespace().filter_map(|w| w.chars().next()).filter(|c| c.is_alphabetic()).collect();
     let mut code: String = letters.to_uppercase().chars().take(2).collect();
     while code.len() < 2 {
         code.push('X');
@@ -254,12 +202,9 @@ fn build_option(
     for f in spec.fields {
         let value = match f.kind {
             FieldKind::Pool(pool) => Value::String(fill(pool.choose(rng).unwrap_or(&""), trip)),
-            FieldKind::Sub => Value::String(fill(
-                catalog::sub_pool(spec.aspect, f.name)
-                    .choose(rng)
-                    .unwrap_or(&""),
-                trip,
-            )),
+            FieldKind::Sub => {
+                Value::String(fill(catalog::sub_pool(spec.aspect, f.name).choose(rng).unwrap_or(&""), trip))
+            }
             FieldKind::Tags(fillers) => {
                 let tags: Vec<Value> = tag_candidates(spec, f.name, fillers)
                     .into_iter()
@@ -282,11 +227,7 @@ fn build_option(
                     }
                 }
             }
-            Req::Value {
-                field,
-                good,
-                bad: wrong,
-            } => {
+            Req::Value { field, good, bad: wrong } => {
                 let pool = if bad { wrong } else { good };
                 let value = fill(pool.choose(rng).unwrap_or(&""), trip);
                 if let Some((_, v)) = fields.iter_mut().find(|(n, _)| n == field) {
@@ -300,20 +241,11 @@ fn build_option(
         if let FieldKind::Tags(fillers) = f.kind {
             let order = tag_candidates(spec, f.name, fillers);
             if let Some((_, Value::Array(tags))) = fields.iter_mut().find(|(n, _)| n == f.name) {
-                tags.sort_by_key(|t| {
-                    order
-                        .iter()
-                        .position(|o| Some(*o) == t.as_str())
-                        .unwrap_or(usize::MAX)
-                });
+                tags.sort_by_key(|t| order.iter().position(|o| Some(*o) == t.as_str()).unwrap_or(usize::MAX));
             }
         }
         if let FieldKind::Code(source) = f.kind {
-            let from = fields
-                .iter()
-                .find(|(n, _)| n == source)
-                .and_then(|(_, v)| v.as_str())
-                .unwrap_or("");
+            let from = fields.iter().find(|(n, _)| n == source).and_then(|(_, v)| v.as_str()).unwrap_or("");
             let code = format!("{} {}", initials(from), rng.random_range(100..=999));
             if let Some((_, v)) = fields.iter_mut().find(|(n, _)| n == f.name) {
                 *v = Value::String(code);
@@ -329,12 +261,7 @@ fn set_cost(fields: &mut [(String, Value)], cost: u32) {
     }
 }
 
-fn generate_aspect(
-    rng: &mut ChaCha8Rng,
-    spec: &AspectSpec,
-    n_prefs: usize,
-    trip: &Trip,
-) -> AspectTask {
+fn generate_aspect(rng: &mut ChaCha8Rng, spec: &AspectSpec, n_prefs: usize, trip: &Trip) -> AspectTask {
     let n_prefs = n_prefs.min(spec.subcats.len()).max(1);
     let mut order: Vec<usize> = (0..spec.subcats.len()).collect();
     order.shuffle(rng);
@@ -391,10 +318,7 @@ fn generate_aspect(
     let mut groups = OptionGroups::default();
     let mut best: Option<(u32, String)> = None;
     for (i, (kind, fields)) in drafts.into_iter().enumerate() {
-        let option = TravelOption {
-            id: format!("{letter}{}", i + 1),
-            fields,
-        };
+        let option = TravelOption { id: format!("{letter}{}", i + 1), fields };
         match kind {
             0 => {
                 let cost = option.cost().unwrap_or(f64::MAX) as u32;

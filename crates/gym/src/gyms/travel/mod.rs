@@ -85,13 +85,8 @@ pub enum Aspect {
 }
 
 impl Aspect {
-    pub const ALL: [Aspect; 5] = [
-        Aspect::Flight,
-        Aspect::Hotel,
-        Aspect::Restaurant,
-        Aspect::Apartment,
-        Aspect::RentalCar,
-    ];
+    pub const ALL: [Aspect; 5] =
+        [Aspect::Flight, Aspect::Hotel, Aspect::Restaurant, Aspect::Apartment, Aspect::RentalCar];
 
     /// The original's key (`rental_car`).
     pub fn key(self) -> &'static str {
@@ -124,9 +119,7 @@ impl Aspect {
     }
 
     pub fn from_letter(c: char) -> Option<Aspect> {
-        Aspect::ALL
-            .into_iter()
-            .find(|a| a.letter() == c.to_ascii_uppercase())
+        Aspect::ALL.into_iter().find(|a| a.letter() == c.to_ascii_uppercase())
     }
 
     /// Reads an aspect name as a model may write it: `rental_car`, `Rental Car`, `car rental`, `flights`.
@@ -146,9 +139,7 @@ impl Aspect {
             "hotel" => Some(Aspect::Hotel),
             "restaurant" => Some(Aspect::Restaurant),
             "apartment" => Some(Aspect::Apartment),
-            "rental car" | "car rental" | "rental" | "car" | "rental_car" => {
-                Some(Aspect::RentalCar)
-            }
+            "rental car" | "car rental" | "rental" | "car" | "rental_car" => Some(Aspect::RentalCar),
             _ => None,
         }
     }
@@ -191,21 +182,14 @@ impl TravelOption {
     pub fn json_line(&self) -> String {
         let mut out = format!("{{\"id\": {}", serde_json::Value::String(self.id.clone()));
         for (name, value) in &self.fields {
-            out.push_str(&format!(
-                ", {}: {}",
-                serde_json::Value::String(name.clone()),
-                value
-            ));
+            out.push_str(&format!(", {}: {}", serde_json::Value::String(name.clone()), value));
         }
         out.push('}');
         out
     }
 
     pub fn cost(&self) -> Option<f64> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == "cost")
-            .and_then(|(_, v)| v.as_f64())
+        self.fields.iter().find(|(n, _)| n == "cost").and_then(|(_, v)| v.as_f64())
     }
 }
 
@@ -233,21 +217,9 @@ pub struct AspectTask {
 impl AspectTask {
     /// All options in display order (by the number of their id).
     pub fn shown_options(&self) -> Vec<&TravelOption> {
-        let mut all: Vec<&TravelOption> = self
-            .options
-            .correct
-            .iter()
-            .chain(&self.options.wrong)
-            .chain(&self.options.noise)
-            .collect();
-        all.sort_by_key(|o| {
-            (
-                o.id.get(1..)
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(u64::MAX),
-                o.id.clone(),
-            )
-        });
+        let mut all: Vec<&TravelOption> =
+            self.options.correct.iter().chain(&self.options.wrong).chain(&self.options.noise).collect();
+        all.sort_by_key(|o| (o.id.get(1..).and_then(|n| n.parse::<u64>().ok()).unwrap_or(u64::MAX), o.id.clone()));
         all
     }
 }
@@ -314,11 +286,7 @@ impl TravelTask {
             return Err("the task has no travel aspects".into());
         }
         if self.dimensions.len() != self.aspects.len()
-            || self
-                .dimensions
-                .iter()
-                .zip(&self.aspects)
-                .any(|(d, a)| *d != a.aspect)
+            || self.dimensions.iter().zip(&self.aspects).any(|(d, a)| *d != a.aspect)
         {
             return Err("`dimensions` must list the aspects in order".into());
         }
@@ -330,13 +298,8 @@ impl TravelTask {
             let options = a.shown_options();
             let mut ids = std::collections::HashSet::new();
             for o in &options {
-                if !valid_id(&o.id)
-                    || Aspect::from_letter(o.id.chars().next().unwrap_or(' ')) != Some(a.aspect)
-                {
-                    return Err(format!(
-                        "option id `{}` does not belong to {}",
-                        o.id, a.aspect
-                    ));
+                if !valid_id(&o.id) || Aspect::from_letter(o.id.chars().next().unwrap_or(' ')) != Some(a.aspect) {
+                    return Err(format!("option id `{}` does not belong to {}", o.id, a.aspect));
                 }
                 if !ids.insert(o.id.as_str()) {
                     return Err(format!("option id `{}` appears twice", o.id));
@@ -344,19 +307,10 @@ impl TravelTask {
             }
             let correct: Vec<&str> = a.options.correct.iter().map(|o| o.id.as_str()).collect();
             if !correct.contains(&a.best_id.as_str()) || !a.correct_ids.contains(&a.best_id) {
-                return Err(format!(
-                    "best id `{}` of {} is not among its correct options",
-                    a.best_id, a.aspect
-                ));
+                return Err(format!("best id `{}` of {} is not among its correct options", a.best_id, a.aspect));
             }
-            if a.correct_ids
-                .iter()
-                .any(|id| !correct.contains(&id.as_str()))
-            {
-                return Err(format!(
-                    "`correct_ids` of {} lists an option that is not correct",
-                    a.aspect
-                ));
+            if a.correct_ids.iter().any(|id| !correct.contains(&id.as_str())) {
+                return Err(format!("`correct_ids` of {} lists an option that is not correct", a.aspect));
             }
             if a.arguments.is_empty() {
                 return Err(format!("{} has no search arguments", a.aspect));
@@ -390,15 +344,9 @@ impl TravelGym {
 
     pub fn from_tasks(tasks: Vec<TravelTask>) -> Result<TravelGym, GymError> {
         for t in &tasks {
-            t.validate().map_err(|message| GymError::Data {
-                gym: GymKind::Travel,
-                location: t.id.clone(),
-                message,
-            })?;
+            t.validate().map_err(|message| GymError::Data { gym: GymKind::Travel, location: t.id.clone(), message })?;
         }
-        Ok(TravelGym {
-            tasks: TaskSet::new(GymKind::Travel, tasks)?,
-        })
+        Ok(TravelGym { tasks: TaskSet::new(GymKind::Travel, tasks)? })
     }
 
     pub fn from_jsonl(text: &str, source: &str) -> Result<TravelGym, GymError> {
@@ -447,12 +395,7 @@ impl Gym for TravelGym {
     fn system_prompt(&self) -> String {
         SYSTEM_PROMPT.to_string()
     }
-    fn new_env(
-        &self,
-        task_id: &str,
-        config: &EnvConfig,
-        user: Arc<dyn User>,
-    ) -> Result<Box<dyn Env>, GymError> {
+    fn new_env(&self, task_id: &str, config: &EnvConfig, user: Arc<dyn User>) -> Result<Box<dyn Env>, GymError> {
         let task = self.tasks.get(task_id)?.clone();
         if user.kind() == UserKind::Scripted && task.preferences().any(|p| p.keywords.is_empty()) {
             return Err(GymError::User(UserError::NoScriptedData {
@@ -496,14 +439,11 @@ enum PrefStatus {
     Dropped,
 }
 
-pub const SEARCH_FAILED: &str =
-    "The search service is having trouble at the moment. Please try again a little later.";
+pub const SEARCH_FAILED: &str = "The search service is having trouble at the moment. Please try again a little later.";
 pub const SEARCH_REFINE: &str = "The database could not match your request. Send one focused query for a single \
 travel aspect that names the aspect and gives every detail it needs, such as the places and the dates.";
-pub const NO_PREFERENCE_REPLY: &str =
-    "I don't really have a particular preference about what you're asking right now.";
-pub const TOO_VAGUE_REPLY: &str =
-    "That's too broad for me to answer. Could you ask about one specific thing instead?";
+pub const NO_PREFERENCE_REPLY: &str = "I don't really have a particular preference about what you're asking right now.";
+pub const TOO_VAGUE_REPLY: &str = "That's too broad for me to answer. Could you ask about one specific thing instead?";
 pub const FALLBACK_REPLY: &str = "Sorry, I'm not sure how to respond to that.";
 
 pub struct TravelEnv {
@@ -536,11 +476,7 @@ impl TravelEnv {
             pref_aspect,
             searched: Vec::new(),
             remaining_best: task.aspects.iter().map(|a| a.best_id.clone()).collect(),
-            remaining_correct: task
-                .aspects
-                .iter()
-                .flat_map(|a| a.correct_ids.iter().cloned())
-                .collect(),
+            remaining_correct: task.aspects.iter().flat_map(|a| a.correct_ids.iter().cloned()).collect(),
             chosen: Vec::new(),
             search_times: 0,
             nonpreference_times: 0,
@@ -572,11 +508,7 @@ impl TravelEnv {
     }
 
     fn log(&mut self, role: LogRole, content: &str, note: Option<String>) {
-        self.history.push(LogEntry {
-            role,
-            content: content.chars().take(2000).collect(),
-            note,
-        });
+        self.history.push(LogEntry { role, content: content.chars().take(2000).collect(), note });
     }
 
     async fn search(&mut self, query: &str) -> EnvStep {
@@ -586,10 +518,7 @@ impl TravelEnv {
             self.log(LogRole::Database, SEARCH_FAILED, None);
             return EnvStep::reply(SEARCH_FAILED);
         }
-        let q = Query::Search {
-            task: self.task.clone(),
-            query: query.to_string(),
-        };
+        let q = Query::Search { task: self.task.clone(), query: query.to_string() };
         let reply = user::ask::<UserRole>(self.user.as_ref(), q).await.ok();
         let (alignment, aspect) = match reply {
             Some(Reply::Search { alignment, aspect }) => (alignment, aspect),
@@ -606,14 +535,9 @@ impl TravelEnv {
                 } else {
                     self.searched.push(at.aspect);
                     let spec = catalog::spec(at.aspect);
-                    let lines: Vec<String> =
-                        at.shown_options().iter().map(|o| o.json_line()).collect();
-                    let text = format!(
-                        "Search results for the {}:\n{}\n{}",
-                        at.aspect.noun(),
-                        spec.schema,
-                        lines.join("\n")
-                    );
+                    let lines: Vec<String> = at.shown_options().iter().map(|o| o.json_line()).collect();
+                    let text =
+                        format!("Search results for the {}:\n{}\n{}", at.aspect.noun(), spec.schema, lines.join("\n"));
                     EnvStep::rewarded(text, self.search_reward)
                 }
             }
@@ -626,11 +550,7 @@ impl TravelEnv {
             }
             _ => None,
         };
-        let summary = if note.is_some() {
-            "(search results)".to_string()
-        } else {
-            step.feedback.clone()
-        };
+        let summary = if note.is_some() { "(search results)".to_string() } else { step.feedback.clone() };
         self.log(LogRole::Database, &summary, note);
         step
     }
@@ -648,17 +568,13 @@ impl TravelEnv {
             remaining: remaining.clone(),
         };
         let (kind, preference_id) = match user::ask::<UserRole>(self.user.as_ref(), q).await {
-            Ok(Reply::Classify {
-                kind,
-                preference_id,
-            }) => (kind, preference_id),
+            Ok(Reply::Classify { kind, preference_id }) => (kind, preference_id),
             _ => (UtteranceType::Conversation, None),
         };
         let target = match kind {
-            UtteranceType::Preference => preference_id
-                .as_deref()
-                .and_then(|id| remaining.iter().find(|p| p.id == id))
-                .cloned(),
+            UtteranceType::Preference => {
+                preference_id.as_deref().and_then(|id| remaining.iter().find(|p| p.id == id)).cloned()
+            }
             _ => None,
         };
         let say = |reply: Result<Reply, UserError>| match reply {
@@ -677,11 +593,7 @@ impl TravelEnv {
             self.status[pref.index] = PrefStatus::Elicited;
             self.active_elicited += 1;
             self.nonpreference_times = 0;
-            self.log(
-                LogRole::User,
-                &response,
-                Some(format!("revealed {} implicitly", pref.id)),
-            );
+            self.log(LogRole::User, &response, Some(format!("revealed {} implicitly", pref.id)));
             return EnvStep::rewarded(response, self.preference_reward);
         }
         if self.nonpreference_times >= ELICITATION_INTERVAL && !remaining.is_empty() {
@@ -704,11 +616,7 @@ impl TravelEnv {
             let response = say(user::ask::<UserRole>(self.user.as_ref(), q).await);
             self.status[pref.index] = PrefStatus::Elicited;
             self.passive_elicited += 1;
-            self.log(
-                LogRole::User,
-                &response,
-                Some(format!("volunteered {} implicitly", pref.id)),
-            );
+            self.log(LogRole::User, &response, Some(format!("volunteered {} implicitly", pref.id)));
             return EnvStep::reply(response);
         }
         self.nonpreference_times += 1;
@@ -716,12 +624,7 @@ impl TravelEnv {
             UtteranceType::Missing => NO_PREFERENCE_REPLY.to_string(),
             UtteranceType::Vague => TOO_VAGUE_REPLY.to_string(),
             _ => {
-                let q = Query::Chat {
-                    task: self.task.clone(),
-                    history,
-                    utterance: utterance.to_string(),
-                    seed,
-                };
+                let q = Query::Chat { task: self.task.clone(), history, utterance: utterance.to_string(), seed };
                 say(user::ask::<UserRole>(self.user.as_ref(), q).await)
             }
         };
@@ -733,11 +636,7 @@ impl TravelEnv {
         self.log(LogRole::Agent, &format!("[answer] {content}"), None);
         let ids: Vec<String> = content
             .split(',')
-            .map(|s| {
-                s.trim()
-                    .trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '[' | ']' | '.'))
-                    .trim()
-            })
+            .map(|s| s.trim().trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '[' | ']' | '.')).trim())
             .filter(|s| !s.is_empty())
             .map(|s| s.to_ascii_uppercase())
             .collect();
@@ -752,9 +651,7 @@ impl TravelEnv {
         }
         let letters: Vec<char> = ids.iter().filter_map(|id| id.chars().next()).collect();
         if let Some(&c) = letters.iter().find(|c| self.chosen.contains(c)) {
-            let what = Aspect::from_letter(c)
-                .map(Aspect::noun)
-                .unwrap_or("this aspect");
+            let what = Aspect::from_letter(c).map(Aspect::noun).unwrap_or("this aspect");
             return EnvStep::reply(format!(
                 "You have already recommended an option for the {what}; only one recommendation per travel aspect \
                  is allowed."
@@ -795,15 +692,10 @@ impl TravelEnv {
         } else {
             "Your recommendation does not suit the user's preferences."
         };
-        let mut feedback = format!(
-            "{verdict} Your choice is recorded; do not recommend options of this travel aspect again."
-        );
+        let mut feedback =
+            format!("{verdict} Your choice is recorded; do not recommend options of this travel aspect again.");
         let all_best = self.remaining_best.is_empty();
-        let all_answered = self
-            .task
-            .dimensions
-            .iter()
-            .all(|a| self.chosen.contains(&a.letter()));
+        let all_answered = self.task.dimensions.iter().all(|a| self.chosen.contains(&a.letter()));
         let done = all_best || (all_answered && !self.compat.no_all_answered_termination);
         if done {
             feedback.push_str(" Every travel aspect has been settled.");
@@ -852,13 +744,7 @@ pub fn aspect_score(turns: &[TurnRecord], aspects: usize) -> f64 {
     }
     let mut best: BTreeMap<char, f64> = BTreeMap::new();
     for t in turns.iter().filter(|t| t.valid && t.choice == "answer") {
-        let Some(letter) = t
-            .content
-            .trim_start()
-            .chars()
-            .next()
-            .map(|c| c.to_ascii_uppercase())
-        else {
+        let Some(letter) = t.content.trim_start().chars().next().map(|c| c.to_ascii_uppercase()) else {
             continue;
         };
         let entry = best.entry(letter).or_insert(0.0);
@@ -895,54 +781,23 @@ impl TravelExpert {
             }
             plan.push_back((Choice::Answer, a.best_id.clone()));
         }
-        TravelExpert {
-            task,
-            plan,
-            last_search: None,
-            retries: 0,
-        }
+        TravelExpert { task, plan, last_search: None, retries: 0 }
     }
 }
 
 /// A natural search query naming the aspect and its arguments.
 pub fn search_query(a: &AspectTask) -> String {
-    let arg = |name: &str| {
-        a.arguments
-            .iter()
-            .find(|x| x.name == name)
-            .map(|x| x.value.as_str())
-            .unwrap_or("")
-    };
+    let arg = |name: &str| a.arguments.iter().find(|x| x.name == name).map(|x| x.value.as_str()).unwrap_or("");
     match a.aspect {
         Aspect::Flight => {
-            format!(
-                "One-way flight from {} to {} on {}",
-                arg("origin"),
-                arg("destination"),
-                arg("date")
-            )
+            format!("One-way flight from {} to {} on {}", arg("origin"), arg("destination"), arg("date"))
         }
-        Aspect::Hotel => format!(
-            "Hotel in {} from {} to {}",
-            arg("city"),
-            arg("check_in"),
-            arg("check_out")
-        ),
+        Aspect::Hotel => format!("Hotel in {} from {} to {}", arg("city"), arg("check_in"), arg("check_out")),
         Aspect::Apartment => {
-            format!(
-                "Apartment in {} from {} to {}",
-                arg("city"),
-                arg("check_in"),
-                arg("check_out")
-            )
+            format!("Apartment in {} from {} to {}", arg("city"), arg("check_in"), arg("check_out"))
         }
         Aspect::RentalCar => {
-            format!(
-                "Rental car in {} from {} to {}",
-                arg("city"),
-                arg("pickup_date"),
-                arg("return_date")
-            )
+            format!("Rental car in {} from {} to {}", arg("city"), arg("pickup_date"), arg("return_date"))
         }
         Aspect::Restaurant => format!("Restaurant in {} on {}", arg("city"), arg("date")),
     }
@@ -955,23 +810,13 @@ pub fn question_for(p: &Preference) -> String {
         .iter()
         .find(|s| s.concept == p.subcategory)
         .map(|s| s.question.to_string())
-        .unwrap_or_else(|| {
-            format!(
-                "For the {}, what do you need regarding {}?",
-                p.aspect.noun(),
-                p.subcategory
-            )
-        })
+        .unwrap_or_else(|| format!("For the {}, what do you need regarding {}?", p.aspect.noun(), p.subcategory))
 }
 
 #[async_trait::async_trait]
 impl Agent for TravelExpert {
     async fn act(&mut self, conversation: &[Message]) -> AgentTurn {
-        let last_tool = conversation
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::Tool)
-            .map(|m| m.content.as_str());
+        let last_tool = conversation.iter().rev().find(|m| m.role == Role::Tool).map(|m| m.content.as_str());
         // A search that did not list the option we mean to recommend (a backend failure, an LLM judge that
         // disagreed) is retried a couple of times before moving on.
         if let (Some((query, best)), Some(tool)) = (self.last_search.take(), last_tool)
@@ -980,11 +825,7 @@ impl Agent for TravelExpert {
         {
             self.retries += 1;
             self.last_search = Some((query.clone(), best));
-            return AgentTurn::call_with_thought(
-                "The search did not go through; trying again.",
-                Choice::Search,
-                query,
-            );
+            return AgentTurn::call_with_thought("The search did not go through; trying again.", Choice::Search, query);
         }
         let Some((choice, content)) = self.plan.pop_front() else {
             return AgentTurn::Text("Every part of the trip has a recommendation.".into());
@@ -1002,9 +843,7 @@ impl Agent for TravelExpert {
                 "First I need the options from the database."
             }
             Choice::Action => "I should learn what the user needs before recommending.",
-            Choice::Answer => {
-                "Among the options that fit everything the user told me, this is the cheapest."
-            }
+            Choice::Answer => "Among the options that fit everything the user told me, this is the cheapest.",
         };
         AgentTurn::call_with_thought(thought, choice, content)
     }

@@ -7,21 +7,14 @@ use futures::executor::block_on;
 
 use super::*;
 use crate::env::{Compat as EnvCompat, Episode, Termination};
-use crate::eval::{AgentSpec, evaluate};
+use crate::eval::{AgentSpec, EvalPlan, evaluate};
 use crate::gyms::Catalog;
 use crate::user::{Protocol, ScriptedUser};
 
 static GYM: LazyLock<TravelGym> = LazyLock::new(|| TravelGym::builtin().unwrap());
 
 fn config(mode: Mode, compat: Compat) -> EnvConfig {
-    EnvConfig {
-        mode,
-        compat: EnvCompat {
-            travel: compat,
-            ..EnvCompat::default()
-        },
-        ..EnvConfig::default()
-    }
+    EnvConfig { mode, compat: EnvCompat { travel: compat, ..EnvCompat::default() }, ..EnvConfig::default() }
 }
 
 /// The first task that satisfies `pred`.
@@ -68,10 +61,7 @@ fn builtin_task_set_has_the_original_structure() {
             let counts: Vec<usize> = t.aspects.iter().map(|a| a.preferences.len()).collect();
             let mut sorted = counts.clone();
             sorted.sort();
-            let mut want: Vec<usize> = pattern
-                .chars()
-                .map(|c| c.to_digit(10).unwrap() as usize)
-                .collect();
+            let mut want: Vec<usize> = pattern.chars().map(|c| c.to_digit(10).unwrap() as usize).collect();
             want.sort();
             assert_eq!(sorted, want, "{}", t.id);
         }
@@ -81,39 +71,17 @@ fn builtin_task_set_has_the_original_structure() {
         assert!(!(t.aspect(Aspect::Hotel).is_some() && t.aspect(Aspect::Apartment).is_some()));
         for a in &t.aspects {
             // The best option is the unique cheapest correct option.
-            let best = a
-                .options
-                .correct
-                .iter()
-                .find(|o| o.id == a.best_id)
-                .unwrap()
-                .cost()
-                .unwrap();
-            assert!(
-                a.options
-                    .correct
-                    .iter()
-                    .filter(|o| o.id != a.best_id)
-                    .all(|o| o.cost().unwrap() > best)
-            );
+            let best = a.options.correct.iter().find(|o| o.id == a.best_id).unwrap().cost().unwrap();
+            assert!(a.options.correct.iter().filter(|o| o.id != a.best_id).all(|o| o.cost().unwrap() > best));
             assert!(!a.options.wrong.is_empty() && !a.options.noise.is_empty());
-            let subcats: std::collections::HashSet<_> =
-                a.preferences.iter().map(|p| &p.subcategory).collect();
-            assert_eq!(
-                subcats.len(),
-                a.preferences.len(),
-                "one preference per subcategory"
-            );
+            let subcats: std::collections::HashSet<_> = a.preferences.iter().map(|p| &p.subcategory).collect();
+            assert_eq!(subcats.len(), a.preferences.len(), "one preference per subcategory");
         }
     }
     // Deterministic.
     assert_eq!(
         generate::generate_all(generate::SEED)[..20],
-        tasks
-            .iter()
-            .take(20)
-            .map(|t| (**t).clone())
-            .collect::<Vec<_>>()[..]
+        tasks.iter().take(20).map(|t| (**t).clone()).collect::<Vec<_>>()[..]
     );
 }
 
@@ -124,16 +92,12 @@ fn every_subcategory_variant_separates_correct_from_wrong_options() {
     for t in GYM.tasks.all().iter().take(200) {
         for a in &t.aspects {
             let satisfied = |o: &TravelOption, p: &Preference| {
-                let sub = catalog::spec(a.aspect)
-                    .subcats
-                    .iter()
-                    .find(|s| s.concept == p.subcategory)
-                    .unwrap();
+                let sub = catalog::spec(a.aspect).subcats.iter().find(|s| s.concept == p.subcategory).unwrap();
                 let v = sub.variants.iter().find(|v| v.text == p.text).unwrap();
                 match v.req {
-                    catalog::Req::Tag { field, tag } => o.fields.iter().any(|(n, val)| {
-                        n == field && val.as_array().unwrap().iter().any(|x| x == tag)
-                    }),
+                    catalog::Req::Tag { field, tag } => {
+                        o.fields.iter().any(|(n, val)| n == field && val.as_array().unwrap().iter().any(|x| x == tag))
+                    }
                     catalog::Req::Value { field, good, .. } => o.fields.iter().any(|(n, val)| {
                         n == field
                             && good.iter().any(|g| {
@@ -145,20 +109,10 @@ fn every_subcategory_variant_separates_correct_from_wrong_options() {
                 }
             };
             for o in &a.options.correct {
-                assert!(
-                    a.preferences.iter().all(|p| satisfied(o, p)),
-                    "{} {}",
-                    t.id,
-                    o.id
-                );
+                assert!(a.preferences.iter().all(|p| satisfied(o, p)), "{} {}", t.id, o.id);
             }
             for o in a.options.wrong.iter().chain(&a.options.noise) {
-                assert!(
-                    a.preferences.iter().any(|p| !satisfied(o, p)),
-                    "{} {}",
-                    t.id,
-                    o.id
-                );
+                assert!(a.preferences.iter().any(|p| !satisfied(o, p)), "{} {}", t.id, o.id);
             }
         }
     }
@@ -217,13 +171,7 @@ fn correct_search_pays_mode_reward_once() {
     assert_eq!(out.reward, 0.2);
     assert!(out.feedback.contains(&format!("\"id\": \"{}\"", f.best_id)));
     assert!(out.feedback.contains("path"), "schema and fields are shown");
-    assert_eq!(
-        out.feedback
-            .lines()
-            .filter(|l| l.starts_with("{\"id\""))
-            .count(),
-        f.shown_options().len()
-    );
+    assert_eq!(out.feedback.lines().filter(|l| l.starts_with("{\"id\"")).count(), f.shown_options().len());
     let again = search(&mut ep, &search_query(f));
     assert_eq!(again.reward, 0.0);
     assert!(again.feedback.contains("already"));
@@ -237,111 +185,42 @@ fn correct_search_pays_mode_reward_once() {
 fn search_understands_formats_and_rejects_wrong_arguments() {
     let t = flight_task();
     let f = t.aspect(Aspect::Flight).unwrap();
-    let arg = |n: &str| {
-        f.arguments
-            .iter()
-            .find(|a| a.name == n)
-            .unwrap()
-            .value
-            .clone()
-    };
+    let arg = |n: &str| f.arguments.iter().find(|a| a.name == n).unwrap().value.clone();
     let (origin, dest, date) = (arg("origin"), arg("destination"), arg("date"));
     let dates = user_role::extract_dates(&date);
     let (_, m, d) = dates[0];
     let month = &catalog::MONTHS[m as usize - 1];
     let ok = |q: &str| user_role::judge_search(&t, q);
     let yes = (Alignment::Aligned, Some(Aspect::Flight));
-    assert_eq!(
-        ok(&format!("plane tickets {origin} to {dest}, {m}/{d}")),
-        yes
-    );
-    assert_eq!(
-        ok(&format!(
-            "Find FLIGHTS to {dest} from {origin} on the {d}th of {month}"
-        )),
-        yes
-    );
-    assert_eq!(
-        ok(&format!("flight {origin} {dest} 2025-{m:02}-{d:02}")),
-        yes
-    );
-    assert_eq!(
-        ok(&format!(
-            "flying from {origin} to {dest} on {} {d}",
-            &month[..3]
-        )),
-        yes
-    );
+    assert_eq!(ok(&format!("plane tickets {origin} to {dest}, {m}/{d}")), yes);
+    assert_eq!(ok(&format!("Find FLIGHTS to {dest} from {origin} on the {d}th of {month}")), yes);
+    assert_eq!(ok(&format!("flight {origin} {dest} 2025-{m:02}-{d:02}")), yes);
+    assert_eq!(ok(&format!("flying from {origin} to {dest} on {} {d}", &month[..3])), yes);
     // Wrong direction, missing date, extra dates, several aspects, no aspect.
-    assert_eq!(
-        ok(&format!("flight from {dest} to {origin} on {date}")).0,
-        Alignment::Misaligned
-    );
-    assert_eq!(
-        ok(&format!("flight from {origin} to {dest}")).0,
-        Alignment::Misaligned
-    );
+    assert_eq!(ok(&format!("flight from {dest} to {origin} on {date}")).0, Alignment::Misaligned);
+    assert_eq!(ok(&format!("flight from {origin} to {dest}")).0, Alignment::Misaligned);
     let other = if d < 28 { d + 1 } else { d - 1 };
     assert_eq!(
-        ok(&format!(
-            "flight from {origin} to {dest} on {month} {d} or {month} {other}"
-        ))
-        .0,
+        ok(&format!("flight from {origin} to {dest} on {month} {d} or {month} {other}")).0,
         Alignment::Misaligned
     );
-    assert_eq!(
-        ok(&format!(
-            "flight and hotel from {origin} to {dest} on {date}"
-        ))
-        .0,
-        Alignment::Misaligned
-    );
-    assert_eq!(
-        ok(&format!("{origin} to {dest} on {date}")).0,
-        Alignment::Unrelated
-    );
+    assert_eq!(ok(&format!("flight and hotel from {origin} to {dest} on {date}")).0, Alignment::Misaligned);
+    assert_eq!(ok(&format!("{origin} to {dest} on {date}")).0, Alignment::Unrelated);
     // Stuffing every city the agent can think of fails.
     let all: Vec<&str> = catalog::CITIES.iter().map(|c| c.0).collect();
-    assert_eq!(
-        ok(&format!(
-            "flight from {origin} to {dest} on {date} {}",
-            all.join(" ")
-        ))
-        .0,
-        Alignment::Misaligned
-    );
+    assert_eq!(ok(&format!("flight from {origin} to {dest} on {date} {}", all.join(" "))).0, Alignment::Misaligned);
 }
 
 #[test]
 fn city_aliases_are_understood() {
-    let t = task_where(|t| {
-        t.aspect(Aspect::Hotel)
-            .is_some_and(|h| h.arguments.iter().any(|a| a.value == "New York City"))
-    });
+    let t =
+        task_where(|t| t.aspect(Aspect::Hotel).is_some_and(|h| h.arguments.iter().any(|a| a.value == "New York City")));
     let h = t.aspect(Aspect::Hotel).unwrap();
-    let arg = |n: &str| {
-        h.arguments
-            .iter()
-            .find(|a| a.name == n)
-            .unwrap()
-            .value
-            .clone()
-    };
-    let q = format!(
-        "hotel in NYC, check in {} and check out {}",
-        arg("check_in"),
-        arg("check_out")
-    );
-    assert_eq!(
-        user_role::judge_search(&t, &q),
-        (Alignment::Aligned, Some(Aspect::Hotel))
-    );
+    let arg = |n: &str| h.arguments.iter().find(|a| a.name == n).unwrap().value.clone();
+    let q = format!("hotel in NYC, check in {} and check out {}", arg("check_in"), arg("check_out"));
+    assert_eq!(user_role::judge_search(&t, &q), (Alignment::Aligned, Some(Aspect::Hotel)));
     // Check-out before check-in is wrong.
-    let q = format!(
-        "hotel in New York from {} to {}",
-        arg("check_out"),
-        arg("check_in")
-    );
+    let q = format!("hotel in New York from {} to {}", arg("check_out"), arg("check_in"));
     assert_eq!(user_role::judge_search(&t, &q).0, Alignment::Misaligned);
 }
 
@@ -375,10 +254,7 @@ fn concrete_question_reveals_one_preference_implicitly() {
     let out = say(&mut ep, &question_for(&p));
     assert_eq!(out.reward, 0.6);
     assert!(out.feedback.contains(&p.implicit));
-    assert!(
-        !out.feedback.contains(&p.text),
-        "the preference text itself stays hidden"
-    );
+    assert!(!out.feedback.contains(&p.text), "the preference text itself stays hidden");
     // Asking again: the preference is no longer remaining (type 3), nothing more to earn.
     let out = say(&mut ep, &question_for(&p));
     assert_eq!(out.reward, 0.0);
@@ -389,15 +265,9 @@ fn concrete_question_reveals_one_preference_implicitly() {
 
 #[test]
 fn judge_understands_synonyms_word_order_and_negation() {
-    let t = task_where(|t| {
-        t.preferences()
-            .any(|p| p.subcategory == "wifi" && p.aspect == Aspect::Hotel)
-    });
+    let t = task_where(|t| t.preferences().any(|p| p.subcategory == "wifi" && p.aspect == Aspect::Hotel));
     let remaining: Vec<PrefRef> = (0..t.preference_count()).map(PrefRef::new).collect();
-    let wifi = remaining
-        .iter()
-        .find(|r| t.preference(r.index).unwrap().subcategory == "wifi")
-        .unwrap();
+    let wifi = remaining.iter().find(|r| t.preference(r.index).unwrap().subcategory == "wifi").unwrap();
     for q in [
         "Will you need internet access in your hotel room?",
         "At the hotel, is a good wifi connection something you need?",
@@ -405,25 +275,13 @@ fn judge_understands_synonyms_word_order_and_negation() {
         "hotel: internet?",
     ] {
         let (kind, pref) = user_role::classify(&t, q, &remaining);
-        assert_eq!(
-            (kind, pref.map(|p| p.id.as_str())),
-            (UtteranceType::Preference, Some(wifi.id.as_str())),
-            "{q}"
-        );
+        assert_eq!((kind, pref.map(|p| p.id.as_str())), (UtteranceType::Preference, Some(wifi.id.as_str())), "{q}");
     }
     // The same topic for an aspect the user has no such preference on is type 3.
-    let other = t
-        .dimensions
-        .iter()
-        .find(|a| **a != Aspect::Hotel && **a != Aspect::Flight)
-        .copied();
+    let other = t.dimensions.iter().find(|a| **a != Aspect::Hotel && **a != Aspect::Flight).copied();
     if let Some(a) = other {
         let q = format!("For the {}, do you need internet?", a.noun());
-        assert_eq!(
-            user_role::classify(&t, &q, &remaining).0,
-            UtteranceType::Missing,
-            "{q}"
-        );
+        assert_eq!(user_role::classify(&t, &q, &remaining).0, UtteranceType::Missing, "{q}");
     }
 }
 
@@ -433,10 +291,7 @@ fn chit_chat_vague_and_missing_questions_earn_nothing_and_leak_nothing() {
     let mut ep = episode(&t, config(Mode::Eval, Compat::default()));
     let implicit: Vec<String> = t.preferences().map(|p| p.implicit.clone()).collect();
     // Type 1: a neutral half-hearted reply.
-    let out = say(
-        &mut ep,
-        "Hello! Thanks for choosing our agency, I'm happy to help.",
-    );
+    let out = say(&mut ep, "Hello! Thanks for choosing our agency, I'm happy to help.");
     assert_eq!(out.reward, 0.0);
     assert!(implicit.iter().all(|i| !out.feedback.contains(i.as_str())));
     // Type 4: a catch-all question.
@@ -446,16 +301,10 @@ fn chit_chat_vague_and_missing_questions_earn_nothing_and_leak_nothing() {
     let missing = catalog::spec(Aspect::Flight)
         .subcats
         .iter()
-        .find(|s| {
-            !t.preferences()
-                .any(|p| p.aspect == Aspect::Flight && p.subcategory == s.concept)
-        })
+        .find(|s| !t.preferences().any(|p| p.aspect == Aspect::Flight && p.subcategory == s.concept))
         .unwrap();
     let out = say(&mut ep, missing.question);
-    assert_eq!(
-        (out.reward, out.feedback.as_str()),
-        (0.0, NO_PREFERENCE_REPLY)
-    );
+    assert_eq!((out.reward, out.feedback.as_str()), (0.0, NO_PREFERENCE_REPLY));
 }
 
 #[test]
@@ -463,16 +312,10 @@ fn asking_about_everything_at_once_earns_nothing() {
     let t = task_where(|t| t.pattern == "444");
     let mut ep = episode(&t, config(Mode::Eval, Compat::default()));
     // Every question of the catalog in one message: three or more topics are too vague (type 4).
-    let all: Vec<&str> = catalog::SPECS
-        .iter()
-        .flat_map(|s| s.subcats.iter().map(|c| c.question))
-        .collect();
+    let all: Vec<&str> = catalog::SPECS.iter().flat_map(|s| s.subcats.iter().map(|c| c.question)).collect();
     assert_eq!(say(&mut ep, &all.join(" ")).reward, 0.0);
     // A keyword list is too vague too.
-    let words: Vec<&str> = t
-        .preferences()
-        .flat_map(|p| p.keywords.iter().map(String::as_str).take(1))
-        .collect();
+    let words: Vec<&str> = t.preferences().flat_map(|p| p.keywords.iter().map(String::as_str).take(1)).collect();
     let out = say(&mut ep, &words.join(", "));
     assert_eq!((out.reward, out.feedback.as_str()), (0.0, TOO_VAGUE_REPLY));
     // Three of the user's own topics in one sentence: too vague.
@@ -494,11 +337,7 @@ fn asking_about_everything_at_once_earns_nothing() {
     );
     let out = say(&mut ep, &q);
     assert_eq!(out.reward, 0.6);
-    let revealed = a
-        .preferences
-        .iter()
-        .filter(|p| out.feedback.contains(&p.implicit))
-        .count();
+    let revealed = a.preferences.iter().filter(|p| out.feedback.contains(&p.implicit)).count();
     assert_eq!(revealed, 1);
 }
 
@@ -522,29 +361,20 @@ fn proactive_elicitation_after_three_idle_turns() {
     }
     let out = say(&mut ep, "Nice weather today.");
     assert_eq!(out.reward, 0.0);
-    let volunteered: Vec<&Preference> = t
-        .preferences()
-        .filter(|p| out.feedback.contains(&p.implicit))
-        .collect();
+    let volunteered: Vec<&Preference> = t.preferences().filter(|p| out.feedback.contains(&p.implicit)).collect();
     assert_eq!(volunteered.len(), 1);
     // It counts as elicited: asking about it now earns nothing.
     let again = say(&mut ep, &question_for(volunteered[0]));
     assert_eq!(again.reward, 0.0);
     // Compat: the original always falls back and reveals nothing.
-    let compat = Compat {
-        proactive_elicitation_fallback: true,
-        ..Compat::default()
-    };
+    let compat = Compat { proactive_elicitation_fallback: true, ..Compat::default() };
     let mut ep = episode(&t, config(Mode::Eval, compat));
     for _ in 0..3 {
         say(&mut ep, "Nice weather today.");
     }
     let out = say(&mut ep, "Nice weather today.");
     assert_eq!(out.feedback, FALLBACK_REPLY);
-    assert_eq!(
-        say(&mut ep, &question_for(t.preference(0).unwrap())).reward,
-        0.6
-    );
+    assert_eq!(say(&mut ep, &question_for(t.preference(0).unwrap())).reward, 0.6);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -554,11 +384,7 @@ fn proactive_elicitation_after_three_idle_turns() {
 fn answers_pay_best_correct_wrong_and_one_per_aspect() {
     let t = flight_task();
     let f = t.aspect(Aspect::Flight).unwrap();
-    let other = t
-        .aspects
-        .iter()
-        .find(|a| a.aspect != Aspect::Flight)
-        .unwrap();
+    let other = t.aspects.iter().find(|a| a.aspect != Aspect::Flight).unwrap();
     let correct = f.correct_ids.iter().find(|id| **id != f.best_id).unwrap();
     // Reference §4.7: best 1.0, correct 0.8, wrong 0 (penalty 0), one choice per aspect.
     let mut ep = episode(&t, config(Mode::Eval, Compat::default()));
@@ -602,10 +428,7 @@ fn answer_format_and_multiple_ids() {
     assert_eq!(out.reward, 0.0);
     assert!(out.feedback.contains("exactly one option"));
     // Compat: the async path sums every id without a cap.
-    let compat = Compat {
-        uncapped_answer_reward: true,
-        ..Compat::default()
-    };
+    let compat = Compat { uncapped_answer_reward: true, ..Compat::default() };
     let mut ep = episode(&t, config(Mode::Eval, compat));
     let out = answer(&mut ep, &format!("{}, {}", f.best_id, correct));
     assert!((out.reward - 1.8).abs() < 1e-9);
@@ -614,11 +437,7 @@ fn answer_format_and_multiple_ids() {
 #[test]
 fn answering_an_aspect_drops_its_remaining_preferences() {
     let t = flight_task();
-    let p = t
-        .preferences()
-        .find(|p| p.aspect == Aspect::Flight)
-        .unwrap()
-        .clone();
+    let p = t.preferences().find(|p| p.aspect == Aspect::Flight).unwrap().clone();
     let mut ep = episode(&t, config(Mode::Eval, Compat::default()));
     answer(&mut ep, "F1");
     let out = say(&mut ep, &question_for(&p));
@@ -628,15 +447,8 @@ fn answering_an_aspect_drops_its_remaining_preferences() {
 #[test]
 fn all_answered_termination_is_a_switch() {
     let t = flight_task();
-    let wrongs: Vec<String> = t
-        .aspects
-        .iter()
-        .map(|a| a.options.wrong[0].id.clone())
-        .collect();
-    let compat = Compat {
-        no_all_answered_termination: true,
-        ..Compat::default()
-    };
+    let wrongs: Vec<String> = t.aspects.iter().map(|a| a.options.wrong[0].id.clone()).collect();
+    let compat = Compat { no_all_answered_termination: true, ..Compat::default() };
     let mut ep = episode(&t, config(Mode::Eval, compat));
     for id in &wrongs {
         assert!(!answer(&mut ep, id).terminated);
@@ -674,89 +486,41 @@ fn aspect_score_keeps_the_best_per_letter() {
 #[test]
 fn llm_parse_reads_realistic_outputs() {
     let t = flight_task();
-    let q = Query::Search {
-        task: t.clone(),
-        query: "x".into(),
-    };
+    let q = Query::Search { task: t.clone(), query: "x".into() };
     let p = |text: &str| UserRole::parse(&q, text);
     assert_eq!(
         p("```json\n{\"alignment_judgement\": \"True\", \"alignment_aspect\": \"flight\"}\n```"),
-        Some(Reply::Search {
-            alignment: Alignment::Aligned,
-            aspect: Some(Aspect::Flight)
-        })
+        Some(Reply::Search { alignment: Alignment::Aligned, aspect: Some(Aspect::Flight) })
     );
     assert_eq!(
         p("Judgement: {\"alignment_judgement\": \"N/A\", \"alignment_aspect\": \"\"} done"),
-        Some(Reply::Search {
-            alignment: Alignment::Unrelated,
-            aspect: None
-        })
+        Some(Reply::Search { alignment: Alignment::Unrelated, aspect: None })
     );
-    assert!(
-        p("{\"alignment_aspect\": \"flight\"}").is_none(),
-        "missing judgement"
-    );
+    assert!(p("{\"alignment_aspect\": \"flight\"}").is_none(), "missing judgement");
     assert!(p("{\"alignment_judgement\": \"True\", \"alignment_aspect\": \"cruise\"}").is_none());
-    let other = t
-        .aspects
-        .iter()
-        .find(|a| a.aspect != Aspect::Flight)
-        .unwrap()
-        .aspect;
-    let car = format!(
-        "{{\"alignment_judgement\": \"True\", \"alignment_aspect\": \"{}\"}}",
-        other.noun()
-    );
-    assert_eq!(
-        p(&car),
-        Some(Reply::Search {
-            alignment: Alignment::Aligned,
-            aspect: Some(other)
-        })
-    );
+    let other = t.aspects.iter().find(|a| a.aspect != Aspect::Flight).unwrap().aspect;
+    let car = format!("{{\"alignment_judgement\": \"True\", \"alignment_aspect\": \"{}\"}}", other.noun());
+    assert_eq!(p(&car), Some(Reply::Search { alignment: Alignment::Aligned, aspect: Some(other) }));
 
     let remaining = vec![PrefRef::new(0), PrefRef::new(2)];
-    let q = Query::Classify {
-        task: t.clone(),
-        history: vec![],
-        utterance: "x".into(),
-        remaining,
-    };
+    let q = Query::Classify { task: t.clone(), history: vec![], utterance: "x".into(), remaining };
     let c = |text: &str| UserRole::parse(&q, text);
     assert_eq!(
         c("The agent asks about P3.\n{\"type\": 2, \"preference_id\": \"P3\"}"),
-        Some(Reply::Classify {
-            kind: UtteranceType::Preference,
-            preference_id: Some("P3".into())
-        })
+        Some(Reply::Classify { kind: UtteranceType::Preference, preference_id: Some("P3".into()) })
     );
     assert_eq!(
         c("{'type': '4', 'preference_id': None}"),
-        Some(Reply::Classify {
-            kind: UtteranceType::Vague,
-            preference_id: None
-        })
+        Some(Reply::Classify { kind: UtteranceType::Vague, preference_id: None })
     );
-    assert!(
-        c("{\"type\": 2, \"preference_id\": \"P2\"}").is_none(),
-        "P2 is not remaining"
-    );
+    assert!(c("{\"type\": 2, \"preference_id\": \"P2\"}").is_none(), "P2 is not remaining");
     assert!(c("{\"type\": 7}").is_none());
     assert!(c("no idea").is_none());
 
-    let q = Query::Chat {
-        task: t.clone(),
-        history: vec![],
-        utterance: "hi".into(),
-        seed: 0,
-    };
+    let q = Query::Chat { task: t.clone(), history: vec![], utterance: "hi".into(), seed: 0 };
     assert_eq!(
         UserRole::parse(&q, "{\"thought\": \"meh\", \"response\": \"Sure.\"}"),
-        Some(Reply::Say {
-            thought: "meh".into(),
-            response: "Sure.".into()
-        })
+        Some(Reply::Say { thought: "meh".into(), response: "Sure.".into() })
     );
     assert!(UserRole::parse(&q, "{\"thought\": \"meh\"}").is_none());
     assert!(UserRole::parse(&q, "{\"response\": \"  \"}").is_none());
@@ -765,61 +529,24 @@ fn llm_parse_reads_realistic_outputs() {
 #[test]
 fn fallbacks_and_prompts() {
     let t = flight_task();
-    let search = Query::Search {
-        task: t.clone(),
-        query: "flights".into(),
-    };
-    assert_eq!(
-        UserRole::fallback(&search),
-        Reply::Search {
-            alignment: Alignment::Failed,
-            aspect: None
-        }
-    );
-    let classify = Query::Classify {
-        task: t.clone(),
-        history: vec![],
-        utterance: "x".into(),
-        remaining: vec![PrefRef::new(0)],
-    };
+    let search = Query::Search { task: t.clone(), query: "flights".into() };
+    assert_eq!(UserRole::fallback(&search), Reply::Search { alignment: Alignment::Failed, aspect: None });
+    let classify =
+        Query::Classify { task: t.clone(), history: vec![], utterance: "x".into(), remaining: vec![PrefRef::new(0)] };
     assert_eq!(
         UserRole::fallback(&classify),
-        Reply::Classify {
-            kind: UtteranceType::Conversation,
-            preference_id: None
-        }
+        Reply::Classify { kind: UtteranceType::Conversation, preference_id: None }
     );
-    let chat = Query::Chat {
-        task: t.clone(),
-        history: vec![],
-        utterance: "x".into(),
-        seed: 1,
-    };
-    assert_eq!(
-        UserRole::fallback(&chat),
-        Reply::Say {
-            thought: String::new(),
-            response: FALLBACK_REPLY.into()
-        }
-    );
+    let chat = Query::Chat { task: t.clone(), history: vec![], utterance: "x".into(), seed: 1 };
+    assert_eq!(UserRole::fallback(&chat), Reply::Say { thought: String::new(), response: FALLBACK_REPLY.into() });
     let prompt = UserRole::prompt(&search);
-    assert!(
-        prompt.user.contains("alignment_judgement") && prompt.user.contains("alignment_aspect")
-    );
+    assert!(prompt.user.contains("alignment_judgement") && prompt.user.contains("alignment_aspect"));
     let prompt = UserRole::prompt(&classify);
     assert!(prompt.user.contains("preference_id") && prompt.user.contains("P1"));
-    let reveal = Query::Reveal {
-        task: t.clone(),
-        history: vec![],
-        utterance: "x".into(),
-        preference: PrefRef::new(0),
-        seed: 0,
-    };
+    let reveal =
+        Query::Reveal { task: t.clone(), history: vec![], utterance: "x".into(), preference: PrefRef::new(0), seed: 0 };
     let prompt = UserRole::prompt(&reveal);
-    assert!(
-        prompt.user.contains(&t.preference(0).unwrap().implicit)
-            && prompt.user.contains("\"thought\"")
-    );
+    assert!(prompt.user.contains(&t.preference(0).unwrap().implicit) && prompt.user.contains("\"thought\""));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -835,14 +562,8 @@ fn scripted_user_needs_keywords_and_import_is_refused() {
     }
     let line = serde_json::to_string(&task).unwrap();
     let gym = TravelGym::from_jsonl(&line, "mem").unwrap();
-    let err = gym
-        .new_env(&task.id, &EnvConfig::default(), Arc::new(ScriptedUser))
-        .err()
-        .unwrap();
-    assert!(matches!(
-        err,
-        GymError::User(UserError::NoScriptedData { .. })
-    ));
+    let err = gym.new_env(&task.id, &EnvConfig::default(), Arc::new(ScriptedUser)).err().unwrap();
+    assert!(matches!(err, GymError::User(UserError::NoScriptedData { .. })));
     let err = import_original(std::path::Path::new("/nowhere")).unwrap_err();
     assert!(err.to_string().contains("not available"));
     // Broken data is refused at load.
@@ -852,18 +573,10 @@ fn scripted_user_needs_keywords_and_import_is_refused() {
 
 #[test]
 fn export_round_trips() {
-    let lines: Vec<String> = GYM
-        .export_tasks()
-        .iter()
-        .take(30)
-        .map(|v| v.to_string())
-        .collect();
+    let lines: Vec<String> = GYM.export_tasks().iter().take(30).map(|v| v.to_string()).collect();
     let gym = TravelGym::from_jsonl(&lines.join("\n"), "mem").unwrap();
     assert_eq!(gym.tasks().len(), 30);
-    assert_eq!(
-        **gym.task(&GYM.tasks.all()[3].id).unwrap(),
-        *GYM.tasks.all()[3]
-    );
+    assert_eq!(**gym.task(&GYM.tasks.all()[3].id).unwrap(), *GYM.tasks.all()[3]);
 }
 
 #[test]
@@ -873,34 +586,32 @@ fn expert_beats_random_on_the_test_split() {
     let cfg = EnvConfig::default();
     let (expert, _) = block_on(evaluate(
         &catalog,
-        Split::Test,
-        AgentSpec::Expert,
+        &EvalPlan {
+            split: Split::Test,
+            agent: AgentSpec::Expert,
+            config: cfg.clone(),
+            concurrency: 1,
+            limit_per_gym: None,
+        },
         user.clone(),
-        &cfg,
-        1,
-        None,
         |_| {},
     ))
     .unwrap();
     let (random, _) = block_on(evaluate(
         &catalog,
-        Split::Test,
-        AgentSpec::Random,
+        &EvalPlan {
+            split: Split::Test,
+            agent: AgentSpec::Random,
+            config: cfg.clone(),
+            concurrency: 1,
+            limit_per_gym: None,
+        },
         user,
-        &cfg,
-        1,
-        None,
         |_| {},
     ))
     .unwrap();
-    let (e, r) = (
-        expert.rows[0].mean_normalized,
-        random.rows[0].mean_normalized,
-    );
-    eprintln!(
-        "travel test split: expert {e:.3} (turns {:.2}), random {r:.3}",
-        expert.rows[0].mean_turns
-    );
+    let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
+    eprintln!("travel test split: expert {e:.3} (turns {:.2}), random {r:.3}", expert.rows[0].mean_turns);
     assert_eq!(expert.rows[0].episodes, 150);
     assert!(e >= 0.8, "expert {e}");
     assert!(r < 0.2, "random {r}");

@@ -28,10 +28,7 @@ pub struct PrefRef {
 
 impl PrefRef {
     pub fn new(index: usize) -> PrefRef {
-        PrefRef {
-            id: format!("P{}", index + 1),
-            index,
-        }
+        PrefRef { id: format!("P{}", index + 1), index }
     }
 }
 
@@ -56,40 +53,15 @@ pub struct LogEntry {
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum Query {
     /// Does the search query ask for exactly one aspect with all its ground-truth arguments?
-    Search {
-        task: Arc<TravelTask>,
-        query: String,
-    },
+    Search { task: Arc<TravelTask>, query: String },
     /// Which of types 1-4 is the agent's utterance, and which remaining preference does a type 2 ask about?
-    Classify {
-        task: Arc<TravelTask>,
-        history: Vec<LogEntry>,
-        utterance: String,
-        remaining: Vec<PrefRef>,
-    },
+    Classify { task: Arc<TravelTask>, history: Vec<LogEntry>, utterance: String, remaining: Vec<PrefRef> },
     /// Answer the question, revealing `preference` implicitly.
-    Reveal {
-        task: Arc<TravelTask>,
-        history: Vec<LogEntry>,
-        utterance: String,
-        preference: PrefRef,
-        seed: u64,
-    },
+    Reveal { task: Arc<TravelTask>, history: Vec<LogEntry>, utterance: String, preference: PrefRef, seed: u64 },
     /// Reply to a turn that asked nothing useful, volunteering `preference` implicitly.
-    Volunteer {
-        task: Arc<TravelTask>,
-        history: Vec<LogEntry>,
-        utterance: String,
-        preference: PrefRef,
-        seed: u64,
-    },
+    Volunteer { task: Arc<TravelTask>, history: Vec<LogEntry>, utterance: String, preference: PrefRef, seed: u64 },
     /// Reply briefly and neutrally, revealing nothing.
-    Chat {
-        task: Arc<TravelTask>,
-        history: Vec<LogEntry>,
-        utterance: String,
-        seed: u64,
-    },
+    Chat { task: Arc<TravelTask>, history: Vec<LogEntry>, utterance: String, seed: u64 },
 }
 
 /// The search judge's verdict: the original's "True", "False", "N/A", or an unreadable reply.
@@ -139,18 +111,9 @@ impl UtteranceType {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Search {
-        alignment: Alignment,
-        aspect: Option<Aspect>,
-    },
-    Classify {
-        kind: UtteranceType,
-        preference_id: Option<String>,
-    },
-    Say {
-        thought: String,
-        response: String,
-    },
+    Search { alignment: Alignment, aspect: Option<Aspect> },
+    Classify { kind: UtteranceType, preference_id: Option<String> },
+    Say { thought: String, response: String },
 }
 
 pub struct UserRole;
@@ -165,58 +128,20 @@ impl Protocol for UserRole {
                 let (alignment, aspect) = judge_search(task, query);
                 Reply::Search { alignment, aspect }
             }
-            Query::Classify {
-                task,
-                utterance,
-                remaining,
-                ..
-            } => {
+            Query::Classify { task, utterance, remaining, .. } => {
                 let (kind, pref) = classify(task, utterance, remaining);
-                Reply::Classify {
-                    kind,
-                    preference_id: pref.map(|p| p.id.clone()),
-                }
+                Reply::Classify { kind, preference_id: pref.map(|p| p.id.clone()) }
             }
-            Query::Reveal {
-                task,
-                preference,
-                seed,
-                ..
-            } => {
-                let implicit = task
-                    .preference(preference.index)
-                    .map(|p| p.implicit.as_str())
-                    .unwrap_or("");
-                let opener = pick(
-                    &[
-                        "",
-                        "Good question. ",
-                        "Hmm, let me think. ",
-                        "Well, ",
-                        "Oh, that reminds me: ",
-                    ],
-                    *seed,
-                );
+            Query::Reveal { task, preference, seed, .. } => {
+                let implicit = task.preference(preference.index).map(|p| p.implicit.as_str()).unwrap_or("");
+                let opener =
+                    pick(&["", "Good question. ", "Hmm, let me think. ", "Well, ", "Oh, that reminds me: "], *seed);
                 say(format!("{opener}{implicit}"))
             }
-            Query::Volunteer {
-                task,
-                preference,
-                seed,
-                ..
-            } => {
-                let implicit = task
-                    .preference(preference.index)
-                    .map(|p| p.implicit.as_str())
-                    .unwrap_or("");
-                let opener = pick(
-                    &[
-                        "By the way, ",
-                        "Oh, one more thing: ",
-                        "Actually, something I should mention: ",
-                    ],
-                    *seed,
-                );
+            Query::Volunteer { task, preference, seed, .. } => {
+                let implicit = task.preference(preference.index).map(|p| p.implicit.as_str()).unwrap_or("");
+                let opener =
+                    pick(&["By the way, ", "Oh, one more thing: ", "Actually, something I should mention: "], *seed);
                 say(format!("{opener}{implicit}"))
             }
             Query::Chat { seed, .. } => say(pick(
@@ -237,32 +162,16 @@ impl Protocol for UserRole {
     fn prompt(query: &Query) -> Prompt {
         match query {
             Query::Search { task, query } => search_prompt(task, query),
-            Query::Classify {
-                task,
-                history,
-                utterance,
-                remaining,
-            } => classify_prompt(task, history, utterance, remaining),
-            Query::Reveal {
-                task,
-                history,
-                utterance,
-                preference,
-                ..
-            } => responder_prompt(task, history, utterance, Some(preference), false),
-            Query::Volunteer {
-                task,
-                history,
-                utterance,
-                preference,
-                ..
-            } => responder_prompt(task, history, utterance, Some(preference), true),
-            Query::Chat {
-                task,
-                history,
-                utterance,
-                ..
-            } => responder_prompt(task, history, utterance, None, false),
+            Query::Classify { task, history, utterance, remaining } => {
+                classify_prompt(task, history, utterance, remaining)
+            }
+            Query::Reveal { task, history, utterance, preference, .. } => {
+                responder_prompt(task, history, utterance, Some(preference), false)
+            }
+            Query::Volunteer { task, history, utterance, preference, .. } => {
+                responder_prompt(task, history, utterance, Some(preference), true)
+            }
+            Query::Chat { task, history, utterance, .. } => responder_prompt(task, history, utterance, None, false),
         }
     }
 
@@ -283,9 +192,7 @@ impl Protocol for UserRole {
                     _ => return None,
                 };
                 let aspect = v["alignment_aspect"].as_str().and_then(Aspect::parse);
-                if alignment == Alignment::Aligned
-                    && aspect.is_none_or(|a| task.aspect(a).is_none())
-                {
+                if alignment == Alignment::Aligned && aspect.is_none_or(|a| task.aspect(a).is_none()) {
                     return None;
                 }
                 Some(Reply::Search { alignment, aspect })
@@ -307,15 +214,9 @@ impl Protocol for UserRole {
                 if kind == UtteranceType::Preference {
                     let id = preference_id?;
                     remaining.iter().find(|p| p.id == id)?;
-                    return Some(Reply::Classify {
-                        kind,
-                        preference_id: Some(id),
-                    });
+                    return Some(Reply::Classify { kind, preference_id: Some(id) });
                 }
-                Some(Reply::Classify {
-                    kind,
-                    preference_id: None,
-                })
+                Some(Reply::Classify { kind, preference_id: None })
             }
             _ => {
                 let response = v["response"].as_str()?.trim();
@@ -323,10 +224,7 @@ impl Protocol for UserRole {
                     return None;
                 }
                 let thought = v["thought"].as_str().unwrap_or("").to_string();
-                Some(Reply::Say {
-                    thought,
-                    response: response.to_string(),
-                })
+                Some(Reply::Say { thought, response: response.to_string() })
             }
         }
     }
@@ -334,15 +232,9 @@ impl Protocol for UserRole {
     fn fallback(query: &Query) -> Reply {
         match query {
             // The original answers an unreadable search judgement with the backend-issue message.
-            Query::Search { .. } => Reply::Search {
-                alignment: Alignment::Failed,
-                aspect: None,
-            },
+            Query::Search { .. } => Reply::Search { alignment: Alignment::Failed, aspect: None },
             // A judge error is treated as ordinary conversation (type 1).
-            Query::Classify { .. } => Reply::Classify {
-                kind: UtteranceType::Conversation,
-                preference_id: None,
-            },
+            Query::Classify { .. } => Reply::Classify { kind: UtteranceType::Conversation, preference_id: None },
             _ => say(FALLBACK_REPLY.to_string()),
         }
     }
@@ -360,10 +252,7 @@ impl Protocol for UserRole {
 }
 
 fn say(response: String) -> Reply {
-    Reply::Say {
-        thought: String::new(),
-        response,
-    }
+    Reply::Say { thought: String::new(), response }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -381,54 +270,18 @@ struct Lexicon {
 }
 
 static LEXICON: LazyLock<Lexicon> = LazyLock::new(|| {
-    let phrases = |list: &[&str]| {
-        list.iter()
-            .map(|s| Phrase::new(s))
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-    };
+    let phrases = |list: &[&str]| list.iter().map(|s| Phrase::new(s)).filter(|p| !p.is_empty()).collect::<Vec<_>>();
     let aspects = vec![
         (
             Aspect::Flight,
-            phrases(&[
-                "flight",
-                "fly",
-                "flying",
-                "plane",
-                "airfare",
-                "airline",
-                "air ticket",
-                "plane ticket",
-            ]),
+            phrases(&["flight", "fly", "flying", "plane", "airfare", "airline", "air ticket", "plane ticket"]),
         ),
-        (
-            Aspect::Hotel,
-            phrases(&["hotel", "motel", "inn", "resort", "hostel"]),
-        ),
+        (Aspect::Hotel, phrases(&["hotel", "motel", "inn", "resort", "hostel"])),
         (
             Aspect::Restaurant,
-            phrases(&[
-                "restaurant",
-                "dinner",
-                "lunch",
-                "dining",
-                "dine",
-                "eatery",
-                "bistro",
-                "place to eat",
-            ]),
+            phrases(&["restaurant", "dinner", "lunch", "dining", "dine", "eatery", "bistro", "place to eat"]),
         ),
-        (
-            Aspect::Apartment,
-            phrases(&[
-                "apartment",
-                "flat",
-                "airbnb",
-                "condo",
-                "vacation rental",
-                "holiday rental",
-            ]),
-        ),
+        (Aspect::Apartment, phrases(&["apartment", "flat", "airbnb", "condo", "vacation rental", "holiday rental"])),
         (
             Aspect::RentalCar,
             phrases(&[
@@ -491,22 +344,12 @@ static LEXICON: LazyLock<Lexicon> = LazyLock::new(|| {
         .flat_map(|(name, aliases)| aliases.iter().map(move |a| (crate::text::words(a), *name)))
         .collect();
     cities.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
-    Lexicon {
-        aspects,
-        concepts,
-        vague,
-        cities,
-    }
+    Lexicon { aspects, concepts, vague, cities }
 });
 
 /// The aspects a text names, in `Aspect::ALL` order.
 fn named_aspects(parsed: &Parsed) -> Vec<Aspect> {
-    LEXICON
-        .aspects
-        .iter()
-        .filter(|(_, ps)| parsed.find_any(ps).is_some())
-        .map(|(a, _)| *a)
-        .collect()
+    LEXICON.aspects.iter().filter(|(_, ps)| parsed.find_any(ps).is_some()).map(|(a, _)| *a).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -521,25 +364,19 @@ static MONTH_FIRST: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 static DAY_FIRST: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(&format!(
-        r"(?i)\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH_RE}\b"
-    ))
-    .expect("static regex")
+    Regex::new(&format!(r"(?i)\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH_RE}\b")).expect("static regex")
 });
 static NUMERIC: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:(\d{4})-(\d{1,2})-(\d{1,2})|(\d{1,2})/(\d{1,2})(?:/\d{2,4})?)\b")
-        .expect("static regex")
+    Regex::new(r"\b(?:(\d{4})-(\d{1,2})-(\d{1,2})|(\d{1,2})/(\d{1,2})(?:/\d{2,4})?)\b").expect("static regex")
 });
 
 fn month_number(name: &str) -> Option<u32> {
     let n = name.to_ascii_lowercase();
     let key = n.get(..3)?;
-    [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ]
-    .iter()
-    .position(|m| *m == key)
-    .map(|i| i as u32 + 1)
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+        .iter()
+        .position(|m| *m == key)
+        .map(|i| i as u32 + 1)
 }
 
 /// Every calendar date in a text as (byte position, month, day): "December 10th", "Dec 10-20", "10 December",
@@ -560,12 +397,8 @@ pub fn extract_dates(text: &str) -> Vec<(usize, u32, u32)> {
         if let Some(end) = c.get(3) {
             // "December 28 to 3 January": the second number belongs to the next month, read by DAY_FIRST.
             let rest = text[c.get(0).map_or(end.end(), |x| x.end())..].trim_start();
-            let next_is_month = rest
-                .split(|ch: char| !ch.is_alphabetic())
-                .next()
-                .and_then(month_number)
-                .is_some()
-                && !rest.is_empty();
+            let next_is_month =
+                rest.split(|ch: char| !ch.is_alphabetic()).next().and_then(month_number).is_some() && !rest.is_empty();
             if let (false, Ok(day2)) = (next_is_month, end.as_str().parse::<u32>())
                 && valid(m, day2)
             {
@@ -605,9 +438,10 @@ fn extract_cities(words: &[String]) -> Vec<(usize, &'static str, Option<&str>)> 
     let mut out = Vec::new();
     let mut i = 0;
     while i < words.len() {
-        let hit = LEXICON.cities.iter().find(|(alias, _)| {
-            words.len() - i >= alias.len() && words[i..i + alias.len()] == alias[..]
-        });
+        let hit = LEXICON
+            .cities
+            .iter()
+            .find(|(alias, _)| words.len() - i >= alias.len() && words[i..i + alias.len()] == alias[..]);
         match hit {
             Some((alias, name)) => {
                 out.push((i, *name, i.checked_sub(1).map(|j| words[j].as_str())));
@@ -625,21 +459,10 @@ fn extract_cities(words: &[String]) -> Vec<(usize, &'static str, Option<&str>)> 
 pub fn judge_search(task: &TravelTask, query: &str) -> (Alignment, Option<Aspect>) {
     let parsed = Parsed::new(query);
     let named = named_aspects(&parsed);
-    let in_task: Vec<Aspect> = named
-        .iter()
-        .copied()
-        .filter(|a| task.aspect(*a).is_some())
-        .collect();
+    let in_task: Vec<Aspect> = named.iter().copied().filter(|a| task.aspect(*a).is_some()).collect();
     if named.len() > 1 {
         // One focused request at a time: a query for several aspects is malformed.
-        return (
-            if in_task.is_empty() {
-                Alignment::Unrelated
-            } else {
-                Alignment::Misaligned
-            },
-            None,
-        );
+        return (if in_task.is_empty() { Alignment::Unrelated } else { Alignment::Misaligned }, None);
     }
     let Some(&aspect) = in_task.first() else {
         return (Alignment::Unrelated, None);
@@ -656,40 +479,20 @@ pub fn judge_search(task: &TravelTask, query: &str) -> (Alignment, Option<Aspect
         if let Some(&(_, m, d)) = extract_dates(&arg.value).first() {
             want_dates.push((arg.name.as_str(), (m, d)));
         } else {
-            let canonical = extract_cities(&crate::text::words(&arg.value))
-                .first()
-                .map(|c| c.1)
-                .unwrap_or("");
-            want_cities.push((
-                arg.name.as_str(),
-                if canonical.is_empty() {
-                    arg.value.as_str()
-                } else {
-                    canonical
-                },
-            ));
+            let canonical = extract_cities(&crate::text::words(&arg.value)).first().map(|c| c.1).unwrap_or("");
+            want_cities.push((arg.name.as_str(), if canonical.is_empty() { arg.value.as_str() } else { canonical }));
         }
     }
     // Every argument present.
-    let date_pos = |want: (u32, u32)| {
-        dates
-            .iter()
-            .find(|(_, m, d)| (*m, *d) == want)
-            .map(|(p, _, _)| *p)
-    };
+    let date_pos = |want: (u32, u32)| dates.iter().find(|(_, m, d)| (*m, *d) == want).map(|(p, _, _)| *p);
     let city_pos = |want: &str| cities.iter().find(|c| c.1 == want).map(|c| c.0);
-    if want_dates.iter().any(|(_, w)| date_pos(*w).is_none())
-        || want_cities.iter().any(|(_, w)| city_pos(w).is_none())
+    if want_dates.iter().any(|(_, w)| date_pos(*w).is_none()) || want_cities.iter().any(|(_, w)| city_pos(w).is_none())
     {
         return (Alignment::Misaligned, Some(aspect));
     }
     // No stray values: listing every date or city the agent can think of must not pass.
-    if dates
-        .iter()
-        .any(|(_, m, d)| !want_dates.iter().any(|(_, w)| *w == (*m, *d)))
-        || cities
-            .iter()
-            .any(|c| !want_cities.iter().any(|(_, w)| *w == c.1))
+    if dates.iter().any(|(_, m, d)| !want_dates.iter().any(|(_, w)| *w == (*m, *d)))
+        || cities.iter().any(|c| !want_cities.iter().any(|(_, w)| *w == c.1))
     {
         return (Alignment::Misaligned, Some(aspect));
     }
@@ -701,14 +504,8 @@ pub fn judge_search(task: &TravelTask, query: &str) -> (Alignment, Option<Aspect
         return (Alignment::Misaligned, Some(aspect));
     }
     // A flight's direction: "from X" must be the origin, "to Y" the destination; without markers, X before Y.
-    let origin = want_cities
-        .iter()
-        .find(|(n, _)| *n == "origin")
-        .map(|(_, c)| *c);
-    let destination = want_cities
-        .iter()
-        .find(|(n, _)| *n == "destination")
-        .map(|(_, c)| *c);
+    let origin = want_cities.iter().find(|(n, _)| *n == "origin").map(|(_, c)| *c);
+    let destination = want_cities.iter().find(|(n, _)| *n == "destination").map(|(_, c)| *c);
     if let (Some(origin), Some(destination)) = (origin, destination) {
         let mut marked = false;
         for (_, name, before) in &cities {
@@ -754,12 +551,7 @@ fn touched_concepts(parsed: &Parsed, task: &TravelTask) -> Vec<String> {
     // Data from elsewhere may carry subcategories the catalog does not know: use their own keywords.
     for p in task.preferences() {
         if !LEXICON.concepts.iter().any(|(c, _)| *c == p.subcategory) {
-            let phrases: Vec<Phrase> = p
-                .keywords
-                .iter()
-                .map(|k| Phrase::new(k))
-                .filter(|p| !p.is_empty())
-                .collect();
+            let phrases: Vec<Phrase> = p.keywords.iter().map(|k| Phrase::new(k)).filter(|p| !p.is_empty()).collect();
             add(&p.subcategory, parsed.find_any(&phrases));
         }
     }
@@ -788,21 +580,13 @@ pub fn classify<'a>(
     }
     if concepts.is_empty() {
         let vague = parsed.find_any(&LEXICON.vague).is_some();
-        return (
-            if vague {
-                UtteranceType::Vague
-            } else {
-                UtteranceType::Conversation
-            },
-            None,
-        );
+        return (if vague { UtteranceType::Vague } else { UtteranceType::Conversation }, None);
     }
     let named = named_aspects(&parsed);
     let in_scope = |a: Aspect| named.is_empty() || named.contains(&a);
-    let hit = remaining.iter().find(|r| {
-        task.preference(r.index)
-            .is_some_and(|p| in_scope(p.aspect) && concepts.contains(&p.subcategory))
-    });
+    let hit = remaining
+        .iter()
+        .find(|r| task.preference(r.index).is_some_and(|p| in_scope(p.aspect) && concepts.contains(&p.subcategory)));
     match hit {
         Some(r) => (UtteranceType::Preference, Some(r)),
         None => (UtteranceType::Missing, None),
@@ -838,11 +622,7 @@ fn search_prompt(task: &TravelTask, query: &str) -> Prompt {
         .aspects
         .iter()
         .map(|a| {
-            let list: Vec<String> = a
-                .arguments
-                .iter()
-                .map(|x| format!("{}: {}", x.name, x.value))
-                .collect();
+            let list: Vec<String> = a.arguments.iter().map(|x| format!("{}: {}", x.name, x.value)).collect();
             format!("- {}: {}", a.aspect.key(), list.join("; "))
         })
         .collect();
@@ -861,26 +641,13 @@ flight or rental_car, or empty>\"}}.",
     Prompt::new(system, user)
 }
 
-fn classify_prompt(
-    task: &TravelTask,
-    history: &[LogEntry],
-    utterance: &str,
-    remaining: &[PrefRef],
-) -> Prompt {
+fn classify_prompt(task: &TravelTask, history: &[LogEntry], utterance: &str, remaining: &[PrefRef]) -> Prompt {
     let prefs: Vec<String> = remaining
         .iter()
-        .filter_map(|r| {
-            task.preference(r.index)
-                .map(|p| format!("- {} ({}): {}", r.id, p.aspect.noun(), p.text))
-        })
+        .filter_map(|r| task.preference(r.index).map(|p| format!("- {} ({}): {}", r.id, p.aspect.noun(), p.text)))
         .collect();
-    let prefs = if prefs.is_empty() {
-        "(none left)".to_string()
-    } else {
-        prefs.join("\n")
-    };
-    let system =
-        "You classify what a travel agent says to a traveller. Reply with a JSON object only.";
+    let prefs = if prefs.is_empty() { "(none left)".to_string() } else { prefs.join("\n") };
+    let system = "You classify what a travel agent says to a traveller. Reply with a JSON object only.";
     let user = format!(
         "Trip: {}\n\nConversation so far:\n{}\n\nThe traveller's preferences not yet revealed:\n{prefs}\n\nThe agent \
 now says:\n{utterance}\n\nClassify the agent's message:\n1 - ordinary conversation that asks about no concrete \
