@@ -29,6 +29,9 @@ const TEST_FRACTION: f64 = 0.2;
 /// A question that touches more details than this is treated by the scripted judge as asking about everything
 /// at once, and covers nothing (so a catch-all question can never beat asking one thing at a time).
 pub const MAX_DETAILS_PER_QUESTION: usize = 2;
+/// A clarifying question longer than this (in characters) is not one question; the scripted side reads no
+/// further, which also keeps an 8 KB wall of text from costing more than a glance.
+pub const MAX_QUESTION_CHARS: usize = 600;
 /// How many earlier exchanges the user and the judge see (the original's window).
 const HISTORY_WINDOW: usize = 3;
 /// Penalty per extra detail covered by one question (reference §4.4).
@@ -322,6 +325,8 @@ pub enum Verdict {
     NotAQuestion,
     /// Asks about more than `MAX_DETAILS_PER_QUESTION` details at once.
     TooBroad,
+    /// Longer than `MAX_QUESTION_CHARS`: a wall of text, not one clarifying question.
+    TooLong,
     /// A proper question (it may still touch no detail).
     Clear,
 }
@@ -361,6 +366,9 @@ fn is_inquiry(text: &str, parsed: &Parsed) -> bool {
 pub fn read_question(lexicon: &Lexicon, question: &str) -> Reading {
     if !text::has_words(question) {
         return Reading { verdict: Verdict::Empty, touched: Vec::new(), on_topic: false };
+    }
+    if question.chars().count() > MAX_QUESTION_CHARS {
+        return Reading { verdict: Verdict::TooLong, touched: Vec::new(), on_topic: false };
     }
     let parsed = Parsed::new(question);
     let touched = lexicon.touched(&parsed);
@@ -476,7 +484,7 @@ fn scripted_respond(task: &IntentionTask, lexicon: &Lexicon, question: &str, his
     let (thought, response) = match reading.verdict {
         Verdict::Empty | Verdict::NotAQuestion => ("I did not hear a question.", line(UNCLEAR_LINES)),
         Verdict::KeywordList => ("That was a list of keywords, not a question.", line(KEYWORD_LINES)),
-        Verdict::TooBroad => ("They asked about too many things at once.", line(BROAD_LINES)),
+        Verdict::TooBroad | Verdict::TooLong => ("They asked about too many things at once.", line(BROAD_LINES)),
         Verdict::Clear if reading.touched.is_empty() && reading.on_topic => {
             ("This is not something I have a preference about.", line(NEUTRAL_LINES))
         }
@@ -517,7 +525,9 @@ fn scripted_judge(lexicon: &Lexicon, question: &str, remaining: &[usize]) -> Rep
             let analysis = if covered.is_empty() { "The question addresses none of the open details." } else { "The question addresses open details." };
             (analysis, related, covered)
         }
-        Verdict::TooBroad => ("The question tries to cover many details at once; it counts for none.", true, Vec::new()),
+        Verdict::TooBroad | Verdict::TooLong => {
+            ("The question tries to cover many details at once; it counts for none.", true, Vec::new())
+        }
         Verdict::KeywordList => ("A keyword list is not a clarifying question.", false, Vec::new()),
         Verdict::Empty | Verdict::NotAQuestion => ("This is not a clarifying question.", false, Vec::new()),
     };
@@ -1023,5 +1033,426 @@ impl Agent for IntentionExpert {
             Choice::Action,
             question,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{Episode, Termination};
+    use crate::eval::{AgentSpec, evaluate};
+    use crate::gyms::Catalog;
+    use crate::user::ScriptedUser;
+    use futures::executor::block_on;
+
+    fn gym() -> &'static IntentionGym {
+        static GYM: LazyLock<IntentionGym> = LazyLock::new(|| IntentionGym::builtin().unwrap());
+        &GYM
+    }
+
+    fn episode(task_id: &str, config: EnvConfig) -> Episode {
+        let env = gym().new_env(task_id, &config, Arc::new(ScriptedUser)).unwrap();
+        Episode::new(env, config)
+    }
+
+    fn ask_q(ep: &mut Episode, q: &str) -> crate::env::StepOutcome {
+        block_on(ep.step(Ok(Action::Action(q.to_string()))))
+    }
+
+    fn detail_index(task_id: &str, description: &str) -> usize {
+        gym().task(task_id).unwrap().missing_details.iter().position(|d| d.description == description).unwrap()
+    }
+
+    fn touched(task_id: &str, q: &str) -> Reading {
+        read_question(&gym().lexicon(task_id).unwrap(), q)
+    }
+
+    #[test]
+    fn embedded_tasks_load_and_split_120_30() {
+        let tasks = authored_tasks().unwrap();
+        assert_eq!(tasks.len(), 150);
+        assert_eq!(tasks.iter().filter(|t| t.split == Split::Test).count(), 30);
+        assert_eq!(gym().task_ids(Some(Split::Train)).len(), 120);
+        assert_eq!(tasks, authored_tasks().unwrap(), "the task set is deterministic");
+        let categories: HashSet<&str> = tasks.iter().map(|t| t.category.as_str()).collect();
+        assert!(categories.len() >= 10);
+        for t in &tasks {
+            assert!((2..=6).contains(&t.missing_details.len()), "{}", t.id);
+            assert!(t.has_scripted_data(), "{}", t.id);
+        }
+        // The embedded tasks survive the JSONL round trip.
+        let jsonl: String = gym().export_tasks().iter().map(|v| v.to_string() + "\n").collect();
+        let again = IntentionGym::from_jsonl(&jsonl, "export").unwrap();
+        assert_eq!(again.task("travel-01").unwrap().as_ref(), gym().task("travel-01").unwrap().as_ref());
+    }
+
+    // The data must be consistent for the scripted judge: each example inquiry touches exactly its own detail,
+    // both inside every task and across its whole category library.
+    #[test]
+    fn every_inquiry_covers_exactly_its_own_detail() {
+        let mut wrong = Vec::new();
+        for info in gym().tasks() {
+            let task = gym().task(&info.id).unwrap();
+            for (i, d) in task.missing_details.iter().enumerate() {
+                let r = touched(&info.id, &d.inquiry);
+                if (r.verdict, r.touched.clone()) != (Verdict::Clear, vec![i]) {
+                    wrong.push(format!("{}: {} -> {:?}", info.id, d.inquiry, r.touched));
+                }
+            }
+        }
+        let categories: BTreeMap<String, CategoryTemplate> = serde_json::from_str(CATEGORIES_JSON).unwrap();
+        for (name, c) in &categories {
+            let task = IntentionTask {
+                id: name.clone(),
+                split: Split::Train,
+                category: c.label.clone(),
+                task: "x".into(),
+                missing_details: c
+                    .details
+                    .values()
+                    .map(|t| MissingDetail {
+                        description: t.description.clone(),
+                        importance: t.importance,
+                        inquiry: t.inquiry.clone(),
+                        options: vec![],
+                        concepts: t.concepts.clone(),
+                        preference: Some(t.preferences[0].clone()),
+                    })
+                    .collect(),
+            };
+            let lexicon = Lexicon::new(&task);
+            for (i, d) in task.missing_details.iter().enumerate() {
+                let got = read_question(&lexicon, &d.inquiry).touched;
+                if got != vec![i] {
+                    let names: Vec<&str> = got.iter().map(|&j| task.missing_details[j].description.as_str()).collect();
+                    wrong.push(format!("{name}: {} -> {names:?}", d.inquiry));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    // Reference §4.4: r = 0 if nothing is covered, else {3: 1.0, 2: 0.7, 1: 0.4}[max importance] - 0.2 (k - 1),
+    // floored at 0 and clipped to [0, 1].
+    #[test]
+    fn reward_rule_follows_the_reference() {
+        use Importance as I;
+        assert_eq!(coverage_reward(&[]), 0.0);
+        assert_eq!(coverage_reward(&[I::HIGH]), 1.0);
+        assert_eq!(coverage_reward(&[I::MEDIUM]), 0.7);
+        assert_eq!(coverage_reward(&[I::LOW]), 0.4);
+        assert!((coverage_reward(&[I::LOW, I::HIGH]) - 0.8).abs() < 1e-12);
+        assert!((coverage_reward(&[I::MEDIUM, I::MEDIUM, I::LOW]) - 0.3).abs() < 1e-12);
+        assert_eq!(coverage_reward(&[I::LOW; 4]), 0.0);
+        assert_eq!(coverage_reward(&[I::HIGH; 9]), 0.0);
+        // max_score is the sum of the bases (one detail per question).
+        let t = gym().task("travel-01").unwrap();
+        let expected: f64 = t.missing_details.iter().map(|d| d.importance.base_reward()).sum();
+        assert_eq!(t.max_score(), expected);
+    }
+
+    // Reference §4.4: each covered detail pays by importance once, is removed, and the episode terminates when
+    // every detail has been covered.
+    #[test]
+    fn one_question_per_detail_reaches_max_score_and_terminates() {
+        let task = gym().task("travel-01").unwrap().clone();
+        let mut ep = episode("travel-01", EnvConfig::default());
+        for (i, d) in task.missing_details.iter().enumerate() {
+            let out = ask_q(&mut ep, &d.inquiry);
+            assert_eq!(out.reward, d.importance.base_reward(), "{}", d.inquiry);
+            assert!(out.feedback.contains(d.preference.as_deref().unwrap()), "{}", out.feedback);
+            assert_eq!(out.terminated, i + 1 == task.missing_details.len());
+        }
+        let t = ep.into_transcript();
+        assert!(t.success);
+        assert_eq!(t.termination, Termination::Terminated);
+        assert!((t.normalized - 1.0).abs() < 1e-12);
+    }
+
+    // Reference §4.4: `[finish]` ends the episode with reward 0.
+    #[test]
+    fn finish_ends_with_zero() {
+        let mut ep = episode("cooking-01", EnvConfig::default());
+        let out = block_on(ep.step(Ok(Action::Finish)));
+        assert_eq!((out.reward, out.terminated), (0.0, true));
+        assert_eq!(ep.into_transcript().termination, Termination::Finished);
+    }
+
+    // Reference §4.4: a covered detail leaves the remaining list, so asking again earns nothing.
+    #[test]
+    fn repeating_a_question_earns_nothing() {
+        let mut ep = episode("travel-01", EnvConfig::default());
+        let q = "What budget do you have in mind for the whole trip?";
+        assert_eq!(ask_q(&mut ep, q).reward, 1.0);
+        let again = ask_q(&mut ep, q);
+        assert_eq!(again.reward, 0.0);
+        assert!(again.feedback.contains(gym().task("travel-01").unwrap().missing_details[1].preference.as_deref().unwrap()));
+        assert_eq!(ask_q(&mut ep, "And how much money can you spend, again?").reward, 0.0);
+    }
+
+    // Anti-exploit: bundling everything into one question, keyword lists and statements earn nothing; two
+    // details at once earn less than asking them one by one.
+    #[test]
+    fn bundling_and_keyword_stuffing_do_not_pay() {
+        let all = "How long is the trip, what's your budget, where will you stay, which activities, and what food do you like?";
+        let mut ep = episode("travel-01", EnvConfig::default());
+        let out = ask_q(&mut ep, all);
+        assert_eq!(out.reward, 0.0);
+        assert!(!out.feedback.contains("dollars"), "nothing is revealed: {}", out.feedback);
+        let mut ep = episode("travel-01", EnvConfig::default());
+        assert_eq!(ask_q(&mut ep, "duration budget hotel activities food restaurant museum price nights").reward, 0.0);
+        assert_eq!(ask_q(&mut ep, "budget, hotel, duration?").reward, 0.0);
+        assert_eq!(ask_q(&mut ep, "I will book you a cheap hotel for five nights.").reward, 0.0);
+        let wall = format!("{} What is your budget?", "Let me explain my whole approach first. ".repeat(20));
+        assert_eq!(ask_q(&mut ep, &wall).reward, 0.0);
+        // Two at once: 1.0 - 0.2 = 0.8 versus 2.0 when asked separately.
+        let mut ep = episode("travel-01", EnvConfig::default());
+        let both = ask_q(&mut ep, "How many days will you be away, and what is your budget?").reward;
+        assert!((both - 0.8).abs() < 1e-12);
+        let mut ep = episode("travel-01", EnvConfig::default());
+        let apart = ask_q(&mut ep, "How many days will you be away?").reward + ask_q(&mut ep, "What is your budget?").reward;
+        assert!(apart > both + 1.0);
+        // Over a whole episode: every detail in one question, then nothing is left to gain by repeating it.
+        let mut ep = episode("travel-01", EnvConfig::default());
+        for _ in 0..16 {
+            ask_q(&mut ep, all);
+        }
+        assert_eq!(ep.into_transcript().score, 0.0);
+    }
+
+    #[test]
+    fn scripted_understanding_handles_synonyms_negation_and_word_order() {
+        let budget = detail_index("travel-01", "Total budget for the trip");
+        let duration = detail_index("travel-01", "How long the trip should last");
+        let lodging = detail_index("travel-01", "Preferred kind of accommodation");
+        for q in [
+            "How much are you willing to spend?",
+            "Is there a price limit I should keep in mind?",
+            "You don't have a strict budget, do you?",
+            "Could you tell me what the trip may cost at most?",
+        ] {
+            assert_eq!(touched("travel-01", q).touched, vec![budget], "{q}");
+        }
+        assert_eq!(touched("travel-01", "The trip, how long should it be?").touched, vec![duration]);
+        assert_eq!(touched("travel-01", "Where would you like to stay?").touched, vec![lodging]);
+        assert_eq!(touched("travel-01", "Stay where, ideally?").touched, vec![lodging]);
+        assert_eq!(touched("travel-01", "I was wondering about the number of nights").verdict, Verdict::Clear);
+        // Neutral answer to an on-topic question that touches no detail; redirect for an unrelated one.
+        let mut ep = episode("travel-01", EnvConfig::default());
+        let out = ask_q(&mut ep, "Is Lisbon your favourite city?");
+        assert_eq!(out.reward, 0.0);
+        assert!(NEUTRAL_LINES.contains(&out.feedback.as_str()), "{}", out.feedback);
+        let out = ask_q(&mut ep, "What is the capital of Australia?");
+        assert_eq!(out.reward, 0.0);
+        assert!(out.feedback.contains("plan a trip to Lisbon"), "{}", out.feedback);
+    }
+
+    // The scripted user never reveals what is missing: replies to vague, broad or off-topic questions contain
+    // no preference and no detail description.
+    #[test]
+    fn scripted_user_never_leaks_the_missing_details() {
+        let task = gym().task("events-03").unwrap().clone();
+        let mut ep = episode("events-03", EnvConfig::default());
+        for q in ["What else should I know?", "Is there anything I forgot to ask?", "hello", "Tell me everything.", "Any other details?"] {
+            let out = ask_q(&mut ep, q);
+            assert_eq!(out.reward, 0.0, "{q}");
+            for d in &task.missing_details {
+                assert!(!out.feedback.contains(d.preference.as_deref().unwrap()), "{q}: {}", out.feedback);
+                assert!(!out.feedback.to_lowercase().contains(&d.description.to_lowercase()), "{q}: {}", out.feedback);
+            }
+        }
+    }
+
+    #[test]
+    fn replies_vary_with_the_seed_and_are_deterministic() {
+        let q = "What budget do you have in mind for the whole trip?";
+        let reply = |seed| {
+            let mut ep = episode("travel-01", EnvConfig { seed, ..EnvConfig::default() });
+            ask_q(&mut ep, q).feedback
+        };
+        assert_eq!(reply(3), reply(3));
+        let distinct: HashSet<String> = (0..12).map(reply).collect();
+        assert!(distinct.len() >= 3, "{distinct:?}");
+    }
+
+    fn judge_query(task_id: &str, remaining: Vec<usize>) -> Query {
+        Query::Judge {
+            task: gym().task(task_id).unwrap().clone(),
+            lexicon: gym().lexicon(task_id).unwrap(),
+            question: "What is your budget?".into(),
+            history: vec![],
+            remaining,
+        }
+    }
+
+    fn respond_query(task_id: &str, leak: bool) -> Query {
+        Query::Respond {
+            task: gym().task(task_id).unwrap().clone(),
+            lexicon: gym().lexicon(task_id).unwrap(),
+            question: "What is your budget?".into(),
+            history: vec![Exchange { question: "How long?".into(), response: "Five days.".into() }],
+            leak_details: leak,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn llm_simulator_replies_parse_with_raw_text_fallback() {
+        let q = respond_query("travel-01", false);
+        let fenced = "```json\n{\"thought\": \"about money\", \"response\": \"About 1,500 dollars.\"}\n```";
+        assert_eq!(
+            UserRole::parse(&q, fenced),
+            Some(Reply::Respond { thought: "about money".into(), response: "About 1,500 dollars.".into() })
+        );
+        let prose = "Sure, here you go: {\"thought\": \"t\", \"response\": \"Cheap, please.\"} Hope it helps.";
+        assert!(matches!(UserRole::parse(&q, prose), Some(Reply::Respond { response, .. }) if response == "Cheap, please."));
+        // No JSON: the raw text is the answer (the original's behaviour).
+        assert!(matches!(UserRole::parse(&q, "  Maybe 800 dollars.  "), Some(Reply::Respond { response, .. }) if response == "Maybe 800 dollars."));
+        assert_eq!(UserRole::parse(&q, "{\"thought\": \"no answer\"}"), None);
+        assert_eq!(UserRole::parse(&q, "   "), None);
+        match UserRole::fallback(&q) {
+            Reply::Respond { response, .. } => assert!(FALLBACK_LINES.contains(&response.as_str())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn llm_judge_replies_parse_and_map_indices() {
+        let q = judge_query("travel-01", vec![1, 3, 4]);
+        let text = "```json\n{\"analysis\": \"asks about money\", \"is_task_related\": true, \"covered_detail_indices\": [0, 2]}\n```";
+        assert_eq!(
+            UserRole::parse(&q, text),
+            Some(Reply::Judge { analysis: "asks about money".into(), is_task_related: true, covered: vec![1, 4] })
+        );
+        // Extra prose, string indices, duplicates and out-of-range numbers.
+        let text = "My verdict: {\"analysis\": \"a\", \"is_task_related\": \"true\", \"covered_detail_indices\": [\"1\", 1, 7, -1, \"x\"]} done";
+        assert!(matches!(UserRole::parse(&q, text), Some(Reply::Judge { covered, .. }) if covered == vec![3]));
+        // Not task-related forces an empty list.
+        let text = "{\"analysis\": \"chit-chat\", \"is_task_related\": false, \"covered_detail_indices\": [0]}";
+        assert!(matches!(UserRole::parse(&q, text), Some(Reply::Judge { covered, is_task_related: false, .. }) if covered.is_empty()));
+        // Missing list or unreadable text: unusable.
+        assert_eq!(UserRole::parse(&q, "{\"analysis\": \"x\", \"is_task_related\": true}"), None);
+        assert_eq!(UserRole::parse(&q, "I think it covers the budget."), None);
+        assert!(matches!(UserRole::fallback(&q), Reply::Judge { covered, .. } if covered.is_empty()));
+    }
+
+    #[test]
+    fn llm_prompts_carry_the_right_information() {
+        let task = gym().task("travel-01").unwrap().clone();
+        let p = UserRole::prompt(&respond_query("travel-01", false));
+        assert!(p.user.contains(&task.task) && p.user.contains("\"response\"") && p.user.contains("Five days."));
+        assert!(p.user.contains(task.missing_details[0].preference.as_deref().unwrap()));
+        for d in &task.missing_details {
+            assert!(!p.user.contains(&d.description), "the default prompt lists no missing details");
+        }
+        let leaky = UserRole::prompt(&respond_query("travel-01", true));
+        assert!(leaky.user.contains("missing_details") && leaky.user.contains(&task.missing_details[0].description));
+        let j = UserRole::prompt(&judge_query("travel-01", vec![1, 3]));
+        assert!(j.user.contains(&format!("0. [HIGH] {}", task.missing_details[1].description)));
+        assert!(j.user.contains(&format!("1. [{}] {}", task.missing_details[3].importance.label(), task.missing_details[3].description)));
+        assert!(!j.user.contains(&task.missing_details[0].description));
+        assert!(j.user.contains("covered_detail_indices") && j.user.contains("is_task_related"));
+    }
+
+    /// A user that answers as an LLM would, with fixed texts, to test the env on the LLM path.
+    struct CannedLlm(&'static str, &'static str);
+
+    #[async_trait::async_trait]
+    impl User for CannedLlm {
+        fn kind(&self) -> UserKind {
+            UserKind::Llm
+        }
+        async fn reply(&self, query: &UserQuery) -> Result<UserReply, UserError> {
+            let UserQuery::Intention(q) = query else { return Err(UserError::WrongReply) };
+            let text = if matches!(q, Query::Respond { .. }) { self.0 } else { self.1 };
+            Ok(UserReply::Intention(UserRole::parse(q, text).unwrap_or_else(|| UserRole::fallback(q))))
+        }
+    }
+
+    // Reference §4.4: the judge's indices point into the remaining list; with k details covered the reward is
+    // the best base minus 0.2 (k - 1) (no scripted cap on the LLM path).
+    #[test]
+    fn llm_path_applies_the_reward_rule() {
+        let user = Arc::new(CannedLlm("Five days, 1,500 dollars, a hotel.", "{\"analysis\": \"\", \"is_task_related\": true, \"covered_detail_indices\": [0, 1, 2]}"));
+        let task = gym().task("travel-01").unwrap().clone();
+        let env = gym().new_env("travel-01", &EnvConfig::default(), user).unwrap();
+        let mut ep = Episode::new(env, EnvConfig::default());
+        let out = ask_q(&mut ep, "Tell me everything.");
+        let best = task.missing_details[..3].iter().map(|d| d.importance.base_reward()).fold(0.0, f64::max);
+        assert!((out.reward - (best - 0.4)).abs() < 1e-12);
+        assert_eq!(out.feedback, "Five days, 1,500 dollars, a hotel.");
+        // Garbage from the judge: fallback, no coverage.
+        let user = Arc::new(CannedLlm("ok", "no idea"));
+        let env = gym().new_env("travel-01", &EnvConfig::default(), user).unwrap();
+        let mut ep = Episode::new(env, EnvConfig::default());
+        assert_eq!(ask_q(&mut ep, "What is your budget?").reward, 0.0);
+    }
+
+    // Compat: the original ends the episode as terminated at max_steps; by default the shared budget truncates.
+    #[test]
+    fn max_steps_quirk_only_behind_compat() {
+        let mut config = EnvConfig { max_steps: 3, ..EnvConfig::default() };
+        let mut ep = episode("travel-01", config.clone());
+        for _ in 0..3 {
+            ask_q(&mut ep, "Is Lisbon nice?");
+        }
+        assert_eq!(ep.into_transcript().termination, Termination::MaxSteps);
+        config.compat.intention.terminate_at_max_steps = true;
+        let mut ep = episode("travel-01", config);
+        let outs: Vec<_> = (0..3).map(|_| ask_q(&mut ep, "Is Lisbon nice?")).collect();
+        assert!(!outs[1].terminated && outs[2].terminated);
+        assert_eq!(ep.into_transcript().termination, Termination::Terminated);
+    }
+
+    #[test]
+    fn expert_beats_random_on_the_test_split() {
+        let catalog = Catalog::builtin(&[GymKind::Intention]).unwrap();
+        let user: Arc<dyn User> = Arc::new(ScriptedUser);
+        let config = EnvConfig::default();
+        let (expert, _) = block_on(evaluate(&catalog, Split::Test, AgentSpec::Expert, user.clone(), &config, 1, None, |_| {})).unwrap();
+        let (random, _) = block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &config, 1, None, |_| {})).unwrap();
+        let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
+        assert_eq!(expert.rows[0].episodes, 30);
+        assert!(e >= 0.8, "expert {e}");
+        assert!(r < 0.2 && r < e - 0.6, "random {r} vs expert {e}");
+        assert!(expert.rows[0].mean_turns <= 6.0);
+    }
+
+    #[test]
+    fn import_reads_the_original_files() {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/userrl-data"));
+        let values = import_original(root).unwrap();
+        let tasks: Vec<IntentionTask> = values.iter().map(|v| serde_json::from_value(v.clone()).unwrap()).collect();
+        assert!(tasks.len() > 1000);
+        let test_ids = crate::import::parquet_ids(root, "intention_multiturn", "test").unwrap();
+        assert_eq!(test_ids.len(), 40);
+        assert_eq!(tasks.iter().filter(|t| t.split == Split::Test).count(), 40);
+        assert!(tasks.iter().filter(|t| t.split == Split::Test).all(|t| test_ids.contains(&t.id)));
+        assert!(tasks.iter().all(|t| !t.missing_details.is_empty() && !t.has_scripted_data()));
+        let jsonl: String = values.iter().map(|v| v.to_string() + "\n").collect();
+        let imported = IntentionGym::from_jsonl(&jsonl, "import").unwrap();
+        let id = &test_ids[0];
+        match imported.new_env(id, &EnvConfig::default(), Arc::new(ScriptedUser)) {
+            Err(GymError::User(UserError::NoScriptedData { .. })) => {}
+            other => panic!("expected NoScriptedData, got {:?}", other.err()),
+        }
+        let user = Arc::new(CannedLlm("I want it simple.", "{\"analysis\": \"\", \"is_task_related\": true, \"covered_detail_indices\": [0]}"));
+        let env = imported.new_env(id, &EnvConfig::default(), user).unwrap();
+        let mut ep = Episode::new(env, EnvConfig::default());
+        assert!(ask_q(&mut ep, "What level are you at?").reward > 0.0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        #[test]
+        fn random_text_never_panics_and_rewards_stay_in_bounds(content in "\\PC{0,300}", long in proptest::bool::ANY) {
+            let mut ep = episode("travel-01", EnvConfig::default());
+            let content = if long { content.repeat(8_192 / content.len().max(1)).chars().take(8_192).collect() } else { content };
+            let call = crate::tool::action_from_content(Choice::Action, &content);
+            let out = block_on(ep.step(call));
+            proptest::prop_assert!(out.reward.is_finite() && (0.0..=1.0).contains(&out.reward));
+            let out = block_on(ep.step(Ok(Action::Action(format!("What budget? {content}")))));
+            proptest::prop_assert!(out.reward.is_finite() && (0.0..=1.0).contains(&out.reward));
+        }
     }
 }
