@@ -164,7 +164,9 @@ impl IntentionTask {
 
     /// Whether the scripted user can play this task (every detail has concepts and a preference).
     pub fn has_scripted_data(&self) -> bool {
-        self.missing_details.iter().all(|d| !d.concepts.is_empty() && d.preference.as_deref().is_some_and(|p| !p.trim().is_empty()))
+        self.missing_details
+            .iter()
+            .all(|d| !d.concepts.is_empty() && d.preference.as_deref().is_some_and(|p| !p.trim().is_empty()))
     }
 }
 
@@ -230,15 +232,17 @@ fn data_error(location: impl Into<String>, message: impl Into<String>) -> GymErr
 
 /// Expands the authored templates and tasks into full tasks, with the seeded train/test split.
 pub fn authored_tasks() -> Result<Vec<IntentionTask>, GymError> {
-    let categories: BTreeMap<String, CategoryTemplate> =
-        serde_json::from_str(CATEGORIES_JSON).map_err(|e| data_error("data/intention/categories.json", e.to_string()))?;
+    let categories: BTreeMap<String, CategoryTemplate> = serde_json::from_str(CATEGORIES_JSON)
+        .map_err(|e| data_error("data/intention/categories.json", e.to_string()))?;
     let authored: Vec<AuthoredTask> =
         serde_json::from_str(TASKS_JSON).map_err(|e| data_error("data/intention/tasks.json", e.to_string()))?;
     let splits = split::assign(authored.len(), TEST_FRACTION, SPLIT_SEED);
     let mut tasks = Vec::with_capacity(authored.len());
     for (a, split) in authored.into_iter().zip(splits) {
         let location = format!("data/intention/tasks.json: {}", a.id);
-        let category = categories.get(&a.category).ok_or_else(|| data_error(&location, format!("unknown category `{}`", a.category)))?;
+        let category = categories
+            .get(&a.category)
+            .ok_or_else(|| data_error(&location, format!("unknown category `{}`", a.category)))?;
         let mut details = Vec::with_capacity(a.details.len());
         for r in a.details {
             let (spec, importance, preference) = match r {
@@ -246,17 +250,24 @@ pub fn authored_tasks() -> Result<Vec<IntentionTask>, GymError> {
                 DetailRef::Full { key, importance, preference } => (key, importance, preference),
             };
             let (key, index) = match spec.split_once(':') {
-                Some((k, i)) => (k.to_string(), Some(i.parse::<usize>().map_err(|e| data_error(&location, e.to_string()))?)),
+                Some((k, i)) => {
+                    (k.to_string(), Some(i.parse::<usize>().map_err(|e| data_error(&location, e.to_string()))?))
+                }
                 None => (spec, None),
             };
-            let t = category.details.get(&key).ok_or_else(|| data_error(&location, format!("unknown detail `{key}`")))?;
+            let t =
+                category.details.get(&key).ok_or_else(|| data_error(&location, format!("unknown detail `{key}`")))?;
             if t.preferences.is_empty() {
                 return Err(data_error(&location, format!("detail `{key}` has no preferences")));
             }
             let index = index.unwrap_or((mix(fnv(&a.id), fnv(&key)) % t.preferences.len() as u64) as usize);
             let preference = match preference {
                 Some(p) => p,
-                None => t.preferences.get(index).cloned().ok_or_else(|| data_error(&location, format!("no preference {index} for `{key}`")))?,
+                None => t
+                    .preferences
+                    .get(index)
+                    .cloned()
+                    .ok_or_else(|| data_error(&location, format!("no preference {index} for `{key}`")))?,
             };
             details.push(MissingDetail {
                 description: t.description.clone(),
@@ -267,7 +278,13 @@ pub fn authored_tasks() -> Result<Vec<IntentionTask>, GymError> {
                 preference: Some(preference),
             });
         }
-        tasks.push(IntentionTask { id: a.id, split, category: category.label.clone(), task: a.task, missing_details: details });
+        tasks.push(IntentionTask {
+            id: a.id,
+            split,
+            category: category.label.clone(),
+            task: a.task,
+            missing_details: details,
+        });
     }
     Ok(tasks)
 }
@@ -341,16 +358,66 @@ pub struct Reading {
 }
 
 const QUESTION_STARTS: &[&str] = &[
-    "what", "which", "how", "when", "where", "who", "whom", "whose", "why", "do", "does", "did", "are", "is", "was",
-    "were", "will", "would", "could", "can", "should", "shall", "may", "might", "have", "has", "had", "tell", "describe",
-    "share", "let", "please", "any", "explain", "give", "mention", "specify", "am", "roughly", "approximately",
+    "what",
+    "which",
+    "how",
+    "when",
+    "where",
+    "who",
+    "whom",
+    "whose",
+    "why",
+    "do",
+    "does",
+    "did",
+    "are",
+    "is",
+    "was",
+    "were",
+    "will",
+    "would",
+    "could",
+    "can",
+    "should",
+    "shall",
+    "may",
+    "might",
+    "have",
+    "has",
+    "had",
+    "tell",
+    "describe",
+    "share",
+    "let",
+    "please",
+    "any",
+    "explain",
+    "give",
+    "mention",
+    "specify",
+    "am",
+    "roughly",
+    "approximately",
 ];
 
 static REQUEST_MARKERS: LazyLock<Vec<Phrase>> = LazyLock::new(|| {
-    ["let me know", "tell me", "wondering", "curious", "could you", "would you", "can you", "like to know", "need to know", "want to know", "wanted to ask", "ask you"]
-        .iter()
-        .map(|p| Phrase::new(p))
-        .collect()
+    [
+        "let me know",
+        "tell me",
+        "wondering",
+        "curious",
+        "could you",
+        "would you",
+        "can you",
+        "like to know",
+        "need to know",
+        "want to know",
+        "wanted to ask",
+        "ask you",
+    ]
+    .iter()
+    .map(|p| Phrase::new(p))
+    .collect()
 });
 
 /// Whether the text asks the user something: a question mark, an interrogative or request opening, or a
@@ -448,7 +515,8 @@ const FALLBACK_LINES: &[&str] = &[
     "I'm glad you're helping me think this through.",
 ];
 
-const OPENERS: &[&str] = &["", "Good question. ", "Sure. ", "Right, I should have said. ", "Let me think. ", "Glad you asked. "];
+const OPENERS: &[&str] =
+    &["", "Good question. ", "Sure. ", "Right, I should have said. ", "Let me think. ", "Glad you asked. "];
 const REPEAT_OPENERS: &[&str] = &["As I said, ", "Like I mentioned, ", "Same as before: "];
 const NEUTRAL_LINES: &[&str] = &[
     "Hmm, maybe? I don't have a strong opinion on that.",
@@ -490,7 +558,17 @@ fn scripted_respond(task: &IntentionTask, lexicon: &Lexicon, question: &str, his
         }
         Verdict::Clear if reading.touched.is_empty() => (
             "This question is unrelated to my request; I steer back to it.",
-            format!("{} What I really need help with is this: {}", pick(&["I'm not sure how that relates to my request.", "That's interesting, but it's not really what I'm after."], seed), task.task),
+            format!(
+                "{} What I really need help with is this: {}",
+                pick(
+                    &[
+                        "I'm not sure how that relates to my request.",
+                        "That's interesting, but it's not really what I'm after."
+                    ],
+                    seed
+                ),
+                task.task
+            ),
         ),
         Verdict::Clear => {
             let answers: Vec<&str> = reading
@@ -522,7 +600,11 @@ fn scripted_judge(lexicon: &Lexicon, question: &str, remaining: &[usize]) -> Rep
         Verdict::Clear => {
             let covered: Vec<usize> = reading.touched.iter().copied().filter(|i| remaining.contains(i)).collect();
             let related = !reading.touched.is_empty() || reading.on_topic;
-            let analysis = if covered.is_empty() { "The question addresses none of the open details." } else { "The question addresses open details." };
+            let analysis = if covered.is_empty() {
+                "The question addresses none of the open details."
+            } else {
+                "The question addresses open details."
+            };
             (analysis, related, covered)
         }
         Verdict::TooBroad | Verdict::TooLong => {
@@ -547,7 +629,11 @@ fn history_text(history: &[Exchange], asker: &str, answerer: &str) -> String {
         return "(none yet)".to_string();
     }
     let start = history.len().saturating_sub(HISTORY_WINDOW);
-    history[start..].iter().map(|h| format!("{asker}: {}\n{answerer}: {}", h.question, h.response)).collect::<Vec<_>>().join("\n")
+    history[start..]
+        .iter()
+        .map(|h| format!("{asker}: {}\n{answerer}: {}", h.question, h.response))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 const RESPOND_SYSTEM: &str = "You play a person who asked for help with a request that was too vague. A helper now asks \
@@ -561,7 +647,8 @@ fn respond_prompt(task: &IntentionTask, question: &str, history: &[Exchange], le
         // The original's behaviour: the full task record, missing details included.
         format!("Your full task record:\n{}\n", serde_json::to_string_pretty(task).unwrap_or_default())
     } else {
-        let wishes: Vec<String> = task.missing_details.iter().filter_map(|d| d.preference.as_deref()).map(|p| format!("- {p}")).collect();
+        let wishes: Vec<String> =
+            task.missing_details.iter().filter_map(|d| d.preference.as_deref()).map(|p| format!("- {p}")).collect();
         if wishes.is_empty() {
             "You have not decided the specifics yet; when asked, give realistic and consistent preferences that a \
              person with this request could have.\n"
@@ -653,7 +740,9 @@ impl Protocol for UserRole {
 
     fn prompt(query: &Query) -> Prompt {
         match query {
-            Query::Respond { task, question, history, leak_details, .. } => respond_prompt(task, question, history, *leak_details),
+            Query::Respond { task, question, history, leak_details, .. } => {
+                respond_prompt(task, question, history, *leak_details)
+            }
             Query::Judge { task, question, history, remaining, .. } => judge_prompt(task, question, history, remaining),
         }
     }
@@ -695,10 +784,10 @@ impl Protocol for UserRole {
                             serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
                             _ => None,
                         };
-                        if let Some(&detail) = n.and_then(|n| usize::try_from(n).ok()).and_then(|n| remaining.get(n)) {
-                            if !covered.contains(&detail) {
-                                covered.push(detail);
-                            }
+                        if let Some(&detail) = n.and_then(|n| usize::try_from(n).ok()).and_then(|n| remaining.get(n))
+                            && !covered.contains(&detail)
+                        {
+                            covered.push(detail);
                         }
                     }
                 }
@@ -709,7 +798,9 @@ impl Protocol for UserRole {
 
     fn fallback(query: &Query) -> Reply {
         match query {
-            Query::Respond { seed, .. } => Reply::Respond { thought: String::new(), response: pick(FALLBACK_LINES, *seed).to_string() },
+            Query::Respond { seed, .. } => {
+                Reply::Respond { thought: String::new(), response: pick(FALLBACK_LINES, *seed).to_string() }
+            }
             Query::Judge { .. } => Reply::Judge {
                 analysis: "The judge's answer could not be read; nothing is counted as covered.".to_string(),
                 is_task_related: false,
@@ -757,13 +848,15 @@ pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>,
         missing_details: Vec<OriginalDetail>,
     }
     let dir = crate::import::tasks_dir(root, GymKind::Intention);
-    let test_ids: HashSet<String> = crate::import::parquet_ids(root, "intention_multiturn", "test")?.into_iter().collect();
+    let test_ids: HashSet<String> =
+        crate::import::parquet_ids(root, "intention_multiturn", "test")?.into_iter().collect();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (file, file_split) in [("all_intentions_train.json", Split::Train), ("all_intentions_test.json", Split::Test)] {
         let path = dir.join(file);
         let value = crate::import::read_json(&path)?;
-        let originals: Vec<Original> = serde_json::from_value(value).map_err(|e| data_error(path.display().to_string(), e.to_string()))?;
+        let originals: Vec<Original> =
+            serde_json::from_value(value).map_err(|e| data_error(path.display().to_string(), e.to_string()))?;
         for o in originals {
             if o.missing_details.is_empty() || !seen.insert(o.id.clone()) {
                 continue;
@@ -783,7 +876,11 @@ pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>,
                     importance: d.importance,
                     inquiry: d.inquiry,
                     // Options are free text in the original; numbers or other scalars are kept as their JSON text.
-                    options: d.options.into_iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect(),
+                    options: d
+                        .options
+                        .into_iter()
+                        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                        .collect(),
                     concepts: Vec::new(),
                     preference: None,
                 })
@@ -832,7 +929,10 @@ impl IntentionGym {
     }
 
     fn lexicon(&self, id: &str) -> Result<Arc<Lexicon>, GymError> {
-        self.lexicons.get(id).cloned().ok_or_else(|| GymError::UnknownTask { gym: GymKind::Intention, task: id.to_string() })
+        self.lexicons
+            .get(id)
+            .cloned()
+            .ok_or_else(|| GymError::UnknownTask { gym: GymKind::Intention, task: id.to_string() })
     }
 }
 
@@ -978,7 +1078,8 @@ impl Env for IntentionEnv {
         // Only details still open count, each once, whatever the user component returned.
         let mut seen = HashSet::new();
         covered.retain(|i| self.remaining.contains(i) && seen.insert(*i));
-        let importances: Vec<Importance> = covered.iter().filter_map(|&i| self.task.missing_details.get(i)).map(|d| d.importance).collect();
+        let importances: Vec<Importance> =
+            covered.iter().filter_map(|&i| self.task.missing_details.get(i)).map(|d| d.importance).collect();
         let reward = coverage_reward(&importances);
         self.remaining.retain(|i| !covered.contains(i));
         self.history.push(Exchange { question, response: response.clone() });
@@ -1186,7 +1287,9 @@ mod tests {
         assert_eq!(ask_q(&mut ep, q).reward, 1.0);
         let again = ask_q(&mut ep, q);
         assert_eq!(again.reward, 0.0);
-        assert!(again.feedback.contains(gym().task("travel-01").unwrap().missing_details[1].preference.as_deref().unwrap()));
+        assert!(
+            again.feedback.contains(gym().task("travel-01").unwrap().missing_details[1].preference.as_deref().unwrap())
+        );
         assert_eq!(ask_q(&mut ep, "And how much money can you spend, again?").reward, 0.0);
     }
 
@@ -1210,7 +1313,8 @@ mod tests {
         let both = ask_q(&mut ep, "How many days will you be away, and what is your budget?").reward;
         assert!((both - 0.8).abs() < 1e-12);
         let mut ep = episode("travel-01", EnvConfig::default());
-        let apart = ask_q(&mut ep, "How many days will you be away?").reward + ask_q(&mut ep, "What is your budget?").reward;
+        let apart =
+            ask_q(&mut ep, "How many days will you be away?").reward + ask_q(&mut ep, "What is your budget?").reward;
         assert!(apart > both + 1.0);
         // Over a whole episode: every detail in one question, then nothing is left to gain by repeating it.
         let mut ep = episode("travel-01", EnvConfig::default());
@@ -1253,7 +1357,13 @@ mod tests {
     fn scripted_user_never_leaks_the_missing_details() {
         let task = gym().task("events-03").unwrap().clone();
         let mut ep = episode("events-03", EnvConfig::default());
-        for q in ["What else should I know?", "Is there anything I forgot to ask?", "hello", "Tell me everything.", "Any other details?"] {
+        for q in [
+            "What else should I know?",
+            "Is there anything I forgot to ask?",
+            "hello",
+            "Tell me everything.",
+            "Any other details?",
+        ] {
             let out = ask_q(&mut ep, q);
             assert_eq!(out.reward, 0.0, "{q}");
             for d in &task.missing_details {
@@ -1305,9 +1415,13 @@ mod tests {
             Some(Reply::Respond { thought: "about money".into(), response: "About 1,500 dollars.".into() })
         );
         let prose = "Sure, here you go: {\"thought\": \"t\", \"response\": \"Cheap, please.\"} Hope it helps.";
-        assert!(matches!(UserRole::parse(&q, prose), Some(Reply::Respond { response, .. }) if response == "Cheap, please."));
+        assert!(
+            matches!(UserRole::parse(&q, prose), Some(Reply::Respond { response, .. }) if response == "Cheap, please.")
+        );
         // No JSON: the raw text is the answer (the original's behaviour).
-        assert!(matches!(UserRole::parse(&q, "  Maybe 800 dollars.  "), Some(Reply::Respond { response, .. }) if response == "Maybe 800 dollars."));
+        assert!(
+            matches!(UserRole::parse(&q, "  Maybe 800 dollars.  "), Some(Reply::Respond { response, .. }) if response == "Maybe 800 dollars.")
+        );
         assert_eq!(UserRole::parse(&q, "{\"thought\": \"no answer\"}"), None);
         assert_eq!(UserRole::parse(&q, "   "), None);
         match UserRole::fallback(&q) {
@@ -1329,7 +1443,9 @@ mod tests {
         assert!(matches!(UserRole::parse(&q, text), Some(Reply::Judge { covered, .. }) if covered == vec![3]));
         // Not task-related forces an empty list.
         let text = "{\"analysis\": \"chit-chat\", \"is_task_related\": false, \"covered_detail_indices\": [0]}";
-        assert!(matches!(UserRole::parse(&q, text), Some(Reply::Judge { covered, is_task_related: false, .. }) if covered.is_empty()));
+        assert!(
+            matches!(UserRole::parse(&q, text), Some(Reply::Judge { covered, is_task_related: false, .. }) if covered.is_empty())
+        );
         // Missing list or unreadable text: unusable.
         assert_eq!(UserRole::parse(&q, "{\"analysis\": \"x\", \"is_task_related\": true}"), None);
         assert_eq!(UserRole::parse(&q, "I think it covers the budget."), None);
@@ -1349,7 +1465,11 @@ mod tests {
         assert!(leaky.user.contains("missing_details") && leaky.user.contains(&task.missing_details[0].description));
         let j = UserRole::prompt(&judge_query("travel-01", vec![1, 3]));
         assert!(j.user.contains(&format!("0. [HIGH] {}", task.missing_details[1].description)));
-        assert!(j.user.contains(&format!("1. [{}] {}", task.missing_details[3].importance.label(), task.missing_details[3].description)));
+        assert!(j.user.contains(&format!(
+            "1. [{}] {}",
+            task.missing_details[3].importance.label(),
+            task.missing_details[3].description
+        )));
         assert!(!j.user.contains(&task.missing_details[0].description));
         assert!(j.user.contains("covered_detail_indices") && j.user.contains("is_task_related"));
     }
@@ -1373,7 +1493,10 @@ mod tests {
     // the best base minus 0.2 (k - 1) (no scripted cap on the LLM path).
     #[test]
     fn llm_path_applies_the_reward_rule() {
-        let user = Arc::new(CannedLlm("Five days, 1,500 dollars, a hotel.", "{\"analysis\": \"\", \"is_task_related\": true, \"covered_detail_indices\": [0, 1, 2]}"));
+        let user = Arc::new(CannedLlm(
+            "Five days, 1,500 dollars, a hotel.",
+            "{\"analysis\": \"\", \"is_task_related\": true, \"covered_detail_indices\": [0, 1, 2]}",
+        ));
         let task = gym().task("travel-01").unwrap().clone();
         let env = gym().new_env("travel-01", &EnvConfig::default(), user).unwrap();
         let mut ep = Episode::new(env, EnvConfig::default());
@@ -1409,8 +1532,11 @@ mod tests {
         let catalog = Catalog::builtin(&[GymKind::Intention]).unwrap();
         let user: Arc<dyn User> = Arc::new(ScriptedUser);
         let config = EnvConfig::default();
-        let (expert, _) = block_on(evaluate(&catalog, Split::Test, AgentSpec::Expert, user.clone(), &config, 1, None, |_| {})).unwrap();
-        let (random, _) = block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &config, 1, None, |_| {})).unwrap();
+        let (expert, _) =
+            block_on(evaluate(&catalog, Split::Test, AgentSpec::Expert, user.clone(), &config, 1, None, |_| {}))
+                .unwrap();
+        let (random, _) =
+            block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &config, 1, None, |_| {})).unwrap();
         let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
         assert_eq!(expert.rows[0].episodes, 30);
         assert!(e >= 0.8, "expert {e}");
@@ -1436,7 +1562,10 @@ mod tests {
             Err(GymError::User(UserError::NoScriptedData { .. })) => {}
             other => panic!("expected NoScriptedData, got {:?}", other.err()),
         }
-        let user = Arc::new(CannedLlm("I want it simple.", "{\"analysis\": \"\", \"is_task_related\": true, \"covered_detail_indices\": [0]}"));
+        let user = Arc::new(CannedLlm(
+            "I want it simple.",
+            "{\"analysis\": \"\", \"is_task_related\": true, \"covered_detail_indices\": [0]}",
+        ));
         let env = imported.new_env(id, &EnvConfig::default(), user).unwrap();
         let mut ep = Episode::new(env, EnvConfig::default());
         assert!(ask_q(&mut ep, "What level are you at?").reward > 0.0);
