@@ -330,6 +330,62 @@ impl Lexicon {
     }
 }
 
+/// Phrases that make a question at least related to some request even when it touches none of this task's
+/// details: every concept of the embedded categories plus words about wishes and constraints. Such a question
+/// gets a neutral answer; anything else is steered back to the request.
+static RELATED: LazyLock<Related> = LazyLock::new(|| {
+    let mut phrases: Vec<String> = [
+        "prefer",
+        "preference",
+        "important",
+        "priority",
+        "urgent",
+        "need",
+        "expect",
+        "plan",
+        "require",
+        "matter",
+        "mind",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(categories) = serde_json::from_str::<BTreeMap<String, CategoryTemplate>>(CATEGORIES_JSON) {
+        for c in categories.values() {
+            for d in c.details.values() {
+                // Whole single-phrase concepts with a content word only: `what + for` or `when` alone would make
+                // every question look related.
+                let useful = d.concepts.iter().filter(|c| !c.contains(" + ") && !text::content_stems(c).is_empty());
+                phrases.extend(useful.cloned());
+            }
+        }
+    }
+    let mut related = Related { words: HashSet::new(), phrases: Vec::new() };
+    for p in phrases {
+        let stems = text::stems(&p);
+        match stems.as_slice() {
+            [] => {}
+            [one] => {
+                related.words.insert(one.clone());
+            }
+            _ => related.phrases.push(Phrase::new(&p)),
+        }
+    }
+    related
+});
+
+/// One-word phrases are looked up in a set, so that checking a question against hundreds of them stays cheap.
+struct Related {
+    words: HashSet<String>,
+    phrases: Vec<Phrase>,
+}
+
+impl Related {
+    fn matches(&self, parsed: &Parsed) -> bool {
+        parsed.stems.iter().any(|s| self.words.contains(s)) || self.phrases.iter().any(|p| parsed.contains(p))
+    }
+}
+
 /// What the scripted side makes of a question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -353,7 +409,8 @@ pub struct Reading {
     pub verdict: Verdict,
     /// Details the question touches (indices into the task's list), whatever the verdict.
     pub touched: Vec<usize>,
-    /// Whether the question shares a content word with the request.
+    /// Whether the question is related to the request (shares a word with it, or asks about wishes and
+    /// constraints of any kind).
     pub on_topic: bool,
 }
 
@@ -439,7 +496,10 @@ pub fn read_question(lexicon: &Lexicon, question: &str) -> Reading {
     }
     let parsed = Parsed::new(question);
     let touched = lexicon.touched(&parsed);
-    let on_topic = text::content_stems(question).iter().any(|s| lexicon.topic.contains(s));
+    // Only needed when no detail is touched; skipped otherwise to keep the common case fast.
+    let on_topic = !touched.is_empty()
+        || text::content_stems(question).iter().any(|s| lexicon.topic.contains(s))
+        || RELATED.matches(&parsed);
     let verdict = if text::is_keyword_list(question) {
         Verdict::KeywordList
     } else if !is_inquiry(question, &parsed) {
@@ -599,7 +659,7 @@ fn scripted_judge(lexicon: &Lexicon, question: &str, remaining: &[usize]) -> Rep
     let (analysis, related, covered) = match reading.verdict {
         Verdict::Clear => {
             let covered: Vec<usize> = reading.touched.iter().copied().filter(|i| remaining.contains(i)).collect();
-            let related = !reading.touched.is_empty() || reading.on_topic;
+            let related = reading.on_topic;
             let analysis = if covered.is_empty() {
                 "The question addresses none of the open details."
             } else {
@@ -1345,6 +1405,8 @@ mod tests {
         let mut ep = episode("travel-01", EnvConfig::default());
         let out = ask_q(&mut ep, "Is Lisbon your favourite city?");
         assert_eq!(out.reward, 0.0);
+        assert!(NEUTRAL_LINES.contains(&out.feedback.as_str()), "{}", out.feedback);
+        let out = ask_q(&mut ep, "Is this urgent for you?");
         assert!(NEUTRAL_LINES.contains(&out.feedback.as_str()), "{}", out.feedback);
         let out = ask_q(&mut ep, "What is the capital of Australia?");
         assert_eq!(out.reward, 0.0);
