@@ -544,6 +544,7 @@ pub enum Query {
         #[serde(skip)]
         lexicon: Arc<Lexicon>,
         question: String,
+        /// The last exchanges before this question (at most three), as the original judge sees them.
         history: Vec<Exchange>,
         /// Indices (into the task's details) of the details not yet covered, in order; the judge numbers
         /// them from 0.
@@ -1534,6 +1535,10 @@ mod tests {
         )));
         assert!(!j.user.contains(&task.missing_details[0].description));
         assert!(j.user.contains("covered_detail_indices") && j.user.contains("is_task_related"));
+        // Queries serialise (for logs and the human user's page) without the compiled lexicon.
+        let v = serde_json::to_value(UserRole::wrap(judge_query("travel-01", vec![1, 3]))).unwrap();
+        assert_eq!(v["query"]["role"], "judge");
+        assert_eq!(v["query"]["remaining"], serde_json::json!([1, 3]));
     }
 
     /// A user that answers as an LLM would, with fixed texts, to test the env on the LLM path.
@@ -1600,6 +1605,7 @@ mod tests {
         let (random, _) =
             block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &config, 1, None, |_| {})).unwrap();
         let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
+        eprintln!("expert {e:.3} ({:.2} turns), random {r:.3}", expert.rows[0].mean_turns);
         assert_eq!(expert.rows[0].episodes, 30);
         assert!(e >= 0.8, "expert {e}");
         assert!(r < 0.2 && r < e - 0.6, "random {r} vs expert {e}");
