@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::agent::{Agent, AgentTurn, Message, Role};
+use crate::agent::{Agent, AgentTurn, Message};
 use crate::env::{Env, EnvConfig, EnvStep};
 use crate::gyms::{Gym, GymError, GymKind, Task, TaskInfo, TaskSet};
 use crate::llm::{Prompt, extract_json};
@@ -298,7 +298,10 @@ pub enum Query {
 pub enum Reply {
     Answer(Verdict),
     /// One score in {0, 0.5, 1} per criterion, in the criteria's order, and the judge's note (not shown).
-    Judgement { scores: Vec<f64>, feedback: String },
+    Judgement {
+        scores: Vec<f64>,
+        feedback: String,
+    },
     /// The user could not answer (the original's fallback).
     Unavailable,
 }
@@ -695,13 +698,8 @@ impl TurtleEnv {
         let reward = (score - self.best).max(0.0);
         self.best = self.best.max(score);
         let solved = score >= SUCCESS_THRESHOLD - SCORE_EPSILON;
-        let covered: Vec<&str> = task
-            .criteria
-            .iter()
-            .zip(&scores)
-            .filter(|(_, s)| **s >= 1.0)
-            .map(|(c, _)| c.statement.as_str())
-            .collect();
+        let covered: Vec<&str> =
+            task.criteria.iter().zip(&scores).filter(|(_, s)| **s >= 1.0).map(|(c, _)| c.statement.as_str()).collect();
         let feedback = if covered.is_empty() {
             "Your story does not capture any of the key points yet.".to_string()
         } else {
@@ -1043,7 +1041,8 @@ mod tests {
         assert!(weights.iter().sum::<f64>() < 1.0);
         let g = TurtleGym::from_tasks(vec![small_task(&weights)]).unwrap();
         let mut ep = episode(&g, "small", Arc::new(ScriptedUser));
-        let out = answer(&mut ep, "His nephew wanted insurance money, so he silenced the alarm and showed a fake necklace.");
+        let out =
+            answer(&mut ep, "His nephew wanted insurance money, so he silenced the alarm and showed a fake necklace.");
         assert!(out.terminated, "{}", out.feedback);
         assert!((ep.into_transcript().normalized - 1.0).abs() < 1e-9);
     }
@@ -1174,7 +1173,10 @@ mod tests {
         assert_eq!((q.feedback.as_str(), q.reward), (FALLBACK_FEEDBACK, 0.0));
         let out = answer(&mut ep, "Some story.");
         assert_eq!((out.feedback.as_str(), out.reward, out.terminated), (FALLBACK_FEEDBACK, 0.0, false));
-        assert!(matches!(UserRole::fallback(&Query::Question { puzzle: puzzle(SILENT_ALARM), question: "x".into() }), Reply::Unavailable));
+        assert!(matches!(
+            UserRole::fallback(&Query::Question { puzzle: puzzle(SILENT_ALARM), question: "x".into() }),
+            Reply::Unavailable
+        ));
     }
 
     #[test]
@@ -1185,7 +1187,10 @@ mod tests {
             Some(Reply::Answer(v)) => Some(v),
             _ => None,
         };
-        assert_eq!(verdict("```json\n{\"thought\": \"The bottom says so.\", \"response\": \"Yes\"}\n```"), Some(Verdict::Yes));
+        assert_eq!(
+            verdict("```json\n{\"thought\": \"The bottom says so.\", \"response\": \"Yes\"}\n```"),
+            Some(Verdict::Yes)
+        );
         assert_eq!(verdict("Sure. {\"thought\": \"no\", \"response\": \"no.\"} Hope this helps"), Some(Verdict::No));
         assert_eq!(verdict("{'thought': 'unclear', 'response': 'Maybe'}"), Some(Verdict::Maybe));
         assert_eq!(verdict("Yes."), Some(Verdict::Yes));
@@ -1196,7 +1201,12 @@ mod tests {
         let s = Query::Story { puzzle: p.clone(), story: ALARM_STORY.into() };
         let entry = |score: &str| format!("{{\"statement\": \"s\", \"thought\": \"t\", \"score\": {score}}}");
         let three = |a: &str, b: &str, c: &str| {
-            format!("Here you go:\n```json\n{{\"scores\": [{}, {}, {}], \"feedback\": \"Nice.\"}}\n```", entry(a), entry(b), entry(c))
+            format!(
+                "Here you go:\n```json\n{{\"scores\": [{}, {}, {}], \"feedback\": \"Nice.\"}}\n```",
+                entry(a),
+                entry(b),
+                entry(c)
+            )
         };
         match UserRole::parse(&s, &three("1.0", "\"0.5\"", "0.7")) {
             Some(Reply::Judgement { scores, feedback }) => {
@@ -1217,7 +1227,9 @@ mod tests {
     fn prompts_carry_what_the_judge_needs() {
         let p = puzzle(SILENT_ALARM);
         let q = UserRole::prompt(&Query::Question { puzzle: p.clone(), question: "Was it insurance?".into() });
-        assert!(q.user.contains(&p.task.surface) && q.user.contains(&p.task.bottom) && q.user.contains("Was it insurance?"));
+        assert!(
+            q.user.contains(&p.task.surface) && q.user.contains(&p.task.bottom) && q.user.contains("Was it insurance?")
+        );
         assert!(q.system.contains("\"response\"") && q.system.contains("Maybe"));
         let s = UserRole::prompt(&Query::Story { puzzle: p.clone(), story: "My story.".into() });
         assert!(s.user.contains("My story.") && s.user.contains(&p.task.bottom));
@@ -1232,9 +1244,18 @@ mod tests {
     fn expert_beats_random_on_the_test_split() {
         let catalog = Catalog::builtin(&[GymKind::Turtle]).unwrap();
         let run = |agent| {
-            block_on(evaluate(&catalog, Split::Test, agent, Arc::new(ScriptedUser), &EnvConfig::default(), 1, None, |_| {}))
-                .unwrap()
-                .0
+            block_on(evaluate(
+                &catalog,
+                Split::Test,
+                agent,
+                Arc::new(ScriptedUser),
+                &EnvConfig::default(),
+                1,
+                None,
+                |_| {},
+            ))
+            .unwrap()
+            .0
         };
         let expert = run(AgentSpec::Expert);
         let random = run(AgentSpec::Random);
