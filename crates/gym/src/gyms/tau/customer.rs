@@ -218,8 +218,22 @@ static LEX: LazyLock<Lexicon> = LazyLock::new(|| Lexicon {
     return_: phrases(&["return", "returned", "returning"]),
     exchange: phrases(&["exchange", "exchanged", "exchanging", "swap", "swapped", "replace", "replaced", "replacing"]),
     change: phrases(&[
-        "modify", "modified", "change", "changed", "changing", "update", "updated", "updating", "switch", "switched",
-        "replace", "replaced", "swap", "swapped", "exchange", "exchanged",
+        "modify",
+        "modified",
+        "change",
+        "changed",
+        "changing",
+        "update",
+        "updated",
+        "updating",
+        "switch",
+        "switched",
+        "replace",
+        "replaced",
+        "swap",
+        "swapped",
+        "exchange",
+        "exchanged",
     ]),
     pay: phrases(&["payment", "pay", "paid", "paying", "charged"]),
     place: phrases(&["address", "ship", "shipped", "shipping", "deliver", "delivery"]),
@@ -346,9 +360,10 @@ fn topics(p: &Parsed) -> Vec<Topic> {
         out.push(Topic::Reason);
     }
     let address = l.address.iter().any(|phrase| {
-        phrase.positions(&p.stems).into_iter().any(|pos| {
-            !(pos > 0 && matches!(p.words[pos - 1].as_str(), "email" | "mail" | "e"))
-        })
+        phrase
+            .positions(&p.stems)
+            .into_iter()
+            .any(|pos| !(pos > 0 && matches!(p.words[pos - 1].as_str(), "email" | "mail" | "e")))
     });
     if address {
         out.push(Topic::Address);
@@ -474,12 +489,12 @@ fn capitalize(s: &str) -> String {
 
 /// Whether the text names the item (by id or by product name).
 fn names_item(p: &Parsed, item: &ItemRef) -> bool {
-    p.words.iter().any(|w| *w == item.item_id) || p.contains(&Phrase::new(&item.name))
+    p.words.contains(&item.item_id) || p.contains(&Phrase::new(&item.name))
 }
 
 /// Whether the text identifies a replacement: its id, or every one of its option values.
 fn names_variant(p: &Parsed, item: &ItemRef) -> bool {
-    p.words.iter().any(|w| *w == item.item_id) || item.options.values().all(|v| p.contains(&Phrase::new(v)))
+    p.words.contains(&item.item_id) || item.options.values().all(|v| p.contains(&Phrase::new(v)))
 }
 
 /// Checks a proposal against the goal; `Err` carries the customer's correction.
@@ -563,7 +578,7 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
         }
         let asked = topics(&p);
         let (answers, _) = answer_topics(s, &asked);
-        if !answers.is_empty() && !(asked.len() > 1 && is_keyword_list(message)) {
+        if !(answers.is_empty() || asked.len() > 1 && is_keyword_list(message)) {
             return answers.join(" ");
         }
         return match &s.question {
@@ -576,12 +591,15 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
     let (accept, forbid) = verbs(s.goal);
     let done_report = !asks_confirmation && mentions(&p, &l.done);
     if done_report && affirmed(&p, accept) && !forbid.iter().any(|f| affirmed(&p, f)) {
-        if let Some(q) = &s.question {
-            if !has_answer_number(message) {
-                return format!("Thanks! One more thing: {q}");
-            }
+        if let Some(q) = &s.question
+            && !has_answer_number(message)
+        {
+            return format!("Thanks! One more thing: {q}");
         }
-        return format!("{} {STOP}", pick(&["Great, thank you! That's all I needed.", "Perfect, thanks for your help!"], salt));
+        return format!(
+            "{} {STOP}",
+            pick(&["Great, thank you! That's all I needed.", "Perfect, thanks for your help!"], salt)
+        );
     }
     if done_report && forbid.iter().any(|f| affirmed(&p, f)) {
         return format!("Wait, that's not what I asked for. {}", goal_line(s));
@@ -591,7 +609,9 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
             Ok(()) => {
                 let yes = pick(&["Yes, please go ahead.", "Yes, that's right. Please do it.", "Yes, I confirm."], salt);
                 match &s.question {
-                    Some(q) if !memory.question_asked && !has_answer_number(message) => format!("{yes} Also, {}", lower_first(q)),
+                    Some(q) if !memory.question_asked && !has_answer_number(message) => {
+                        format!("{yes} Also, {}", lower_first(q))
+                    }
                     _ => yes.to_string(),
                 }
             }
@@ -612,7 +632,8 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
     }
     if !asked.is_empty() {
         // Asked for something the customer has no part in: say so rather than invent it.
-        return pick(&["I don't think that matters for my request.", "I don't have anything to add about that."], salt).into();
+        return pick(&["I don't think that matters for my request.", "I don't have anything to add about that."], salt)
+            .into();
     }
     if mentions(&p, &l.help) {
         return goal_line(s);

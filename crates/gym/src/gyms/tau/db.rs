@@ -65,7 +65,9 @@ pub enum PaymentMethod {
 impl PaymentMethod {
     pub fn id(&self) -> &str {
         match self {
-            PaymentMethod::CreditCard { id, .. } | PaymentMethod::GiftCard { id, .. } | PaymentMethod::Paypal { id } => id,
+            PaymentMethod::CreditCard { id, .. }
+            | PaymentMethod::GiftCard { id, .. }
+            | PaymentMethod::Paypal { id } => id,
         }
     }
 
@@ -212,7 +214,9 @@ pub fn catalog() -> Result<&'static Catalog, GymError> {
             || c.traits.len() < 2
             || c.products.iter().any(|p| p.options.is_empty() || p.options.values().any(|v| v.len() < 2))
         {
-            return Err("the catalog needs products with options of two or more values, names, places and streets".into());
+            return Err(
+                "the catalog needs products with options of two or more values, names, places and streets".into()
+            );
         }
         Ok(c)
     });
@@ -247,11 +251,8 @@ impl BaseDb {
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         orders.sort_by(|a, b| a.order_id.cmp(&b.order_id));
         let product_index = products.iter().enumerate().map(|(i, p)| (p.product_id.clone(), i)).collect();
-        let item_index = products
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.variants.keys().map(move |k| (k.clone(), i)))
-            .collect();
+        let item_index =
+            products.iter().enumerate().flat_map(|(i, p)| p.variants.keys().map(move |k| (k.clone(), i))).collect();
         let user_index = users.iter().enumerate().map(|(i, u)| (u.user_id.clone(), i)).collect();
         let order_index = orders.iter().enumerate().map(|(i, o)| (o.order_id.clone(), i)).collect();
         let user_digests = users.iter().map(digest).collect();
@@ -408,7 +409,11 @@ fn price(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
 }
 
 fn address(rng: &mut ChaCha8Rng, c: &Catalog) -> Address {
-    let place = c.places.choose(rng).cloned().unwrap_or(Place { city: String::new(), state: String::new(), zip: String::new() });
+    let place = c.places.choose(rng).cloned().unwrap_or(Place {
+        city: String::new(),
+        state: String::new(),
+        zip: String::new(),
+    });
     let street = c.streets.choose(rng).cloned().unwrap_or_default();
     let address2 = match rng.random_range(0..3) {
         0 => String::new(),
@@ -453,7 +458,12 @@ pub fn generate(c: &Catalog, seed: u64) -> BaseDb {
             let item_id = fresh(&mut rng, 10, &mut used);
             // The first two stay available so that every product can be exchanged into something.
             let available = k < 2 || rng.random_bool(0.7);
-            let variant = Variant { item_id: item_id.clone(), options, available, price: price(&mut rng, pt.price.0, pt.price.1) };
+            let variant = Variant {
+                item_id: item_id.clone(),
+                options,
+                available,
+                price: price(&mut rng, pt.price.0, pt.price.1),
+            };
             variants.insert(item_id, variant);
         }
         products.push(Product { name: pt.name.clone(), product_id: fresh(&mut rng, 10, &mut used), variants });
@@ -520,12 +530,20 @@ pub fn generate(c: &Catalog, seed: u64) -> BaseDb {
             };
             let total = round2(items.iter().map(|i| i.price).sum());
             let method = method_ids.choose(&mut rng).cloned().unwrap_or_default();
-            let mut payment_history =
-                vec![Transaction { transaction_type: "payment".into(), amount: total, payment_method_id: method.clone() }];
+            let mut payment_history = vec![Transaction {
+                transaction_type: "payment".into(),
+                amount: total,
+                payment_method_id: method.clone(),
+            }];
             let mut cancel_reason = None;
             if status == "cancelled" {
-                payment_history.push(Transaction { transaction_type: "refund".into(), amount: total, payment_method_id: method });
-                cancel_reason = Some(if rng.random_bool(0.5) { "no longer needed" } else { "ordered by mistake" }.to_string());
+                payment_history.push(Transaction {
+                    transaction_type: "refund".into(),
+                    amount: total,
+                    payment_method_id: method,
+                });
+                cancel_reason =
+                    Some(if rng.random_bool(0.5) { "no longer needed" } else { "ordered by mistake" }.to_string());
             }
             let addr = if rng.random_bool(0.85) { home.clone() } else { address(&mut rng, c) };
             orders.push(Order {

@@ -99,7 +99,9 @@ fn plan(task: &TauTask, s: &Scenario, base: &BaseDb) -> Vec<(Choice, String)> {
         Goal::Cancel => "Which order would you like to cancel, and what is the reason for cancelling it?",
         Goal::Return => "Which order are the items from, and which items would you like to return?",
         Goal::Exchange => "Which order is it, which items would you like to exchange, and what would you like instead?",
-        Goal::ModifyItems => "Which order is it, which items would you like to change, and what would you like instead?",
+        Goal::ModifyItems => {
+            "Which order is it, which items would you like to change, and what would you like instead?"
+        }
         Goal::ModifyPayment => "Which order is it, and which payment method would you like to use for it now?",
         Goal::ModifyOrderAddress => "Which order should go to a new address, and what is that address?",
         _ => "What new address would you like on your account?",
@@ -149,18 +151,19 @@ fn plan(task: &TauTask, s: &Scenario, base: &BaseDb) -> Vec<(Choice, String)> {
             format!("The return of {} from order {order} has been requested.{amount}", join_and(&items)),
         ),
         Goal::Exchange => (
+            format!("I will exchange {} in order {order}, settling any price difference with {pay}.", join_and(&swaps)),
             format!(
-                "I will exchange {} in order {order}, settling any price difference with {pay}.",
-                join_and(&swaps)
+                "The exchange for order {order} has been requested; you will get instructions for sending the old items back."
             ),
-            format!("The exchange for order {order} has been requested; you will get instructions for sending the old items back."),
         ),
         Goal::ModifyItems => (
             format!("I will change {} in order {order}, settling any price difference with {pay}.", join_and(&swaps)),
             format!("The items of order {order} have been changed."),
         ),
         Goal::ModifyPayment => (
-            format!("I will change the payment method of order {order} to {pay}; the original payment will be refunded."),
+            format!(
+                "I will change the payment method of order {order} to {pay}; the original payment will be refunded."
+            ),
             format!("The payment method of order {order} has been updated to {pay}."),
         ),
         Goal::ModifyOrderAddress => (

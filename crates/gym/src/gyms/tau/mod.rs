@@ -30,11 +30,11 @@ use crate::split::Split;
 use crate::tool::Action;
 use crate::user::{self, Protocol, User, UserError, UserKind, UserQuery, UserReply};
 
+pub mod customer;
 pub mod db;
 mod expert;
 pub mod tasks;
 pub mod tools;
-pub mod customer;
 
 pub use tasks::{Goal, Identity, Scenario};
 
@@ -180,11 +180,11 @@ pub fn output_told(output: &str, message: &str) -> bool {
         let end = i + o.len();
         let before_ok = i == 0 || {
             let b = bytes[i - 1];
-            !word(b) && !(b == b'.' && digit_at(bytes, i.checked_sub(2)))
+            !(word(b) || b == b'.' && digit_at(bytes, i.checked_sub(2)))
         };
         let after_ok = end >= bytes.len() || {
             let a = bytes[end];
-            !word(a) && !(a == b'.' && digit_at(bytes, Some(end + 1)))
+            !(word(a) || a == b'.' && digit_at(bytes, Some(end + 1)))
         };
         before_ok && after_ok
     })
@@ -249,7 +249,9 @@ fn no_scripted_data(task: &TauTask) -> UserError {
         gym: "tau",
         task: task.id.clone(),
         missing: match task.database {
-            Database::TauBench { .. } => "a scenario over the generated database (this task uses tau-bench's own database)",
+            Database::TauBench { .. } => {
+                "a scenario over the generated database (this task uses tau-bench's own database)"
+            }
             Database::Generated { .. } => "the customer scenario",
         },
     }
@@ -392,10 +394,10 @@ impl TauGym {
     pub fn from_tasks(tasks: Vec<TauTask>) -> Result<TauGym, GymError> {
         let mut dbs = HashMap::new();
         for t in &tasks {
-            if let Database::Generated { seed } = t.database {
-                if let std::collections::hash_map::Entry::Vacant(e) = dbs.entry(seed) {
-                    e.insert(BaseDb::shared(seed)?);
-                }
+            if let Database::Generated { seed } = t.database
+                && let std::collections::hash_map::Entry::Vacant(e) = dbs.entry(seed)
+            {
+                e.insert(BaseDb::shared(seed)?);
             }
         }
         Ok(TauGym { tasks: TaskSet::new(GymKind::Tau, tasks)?, dbs })
@@ -461,7 +463,7 @@ impl Gym for TauGym {
     fn expert(&self, task_id: &str, _seed: u64) -> Result<Box<dyn Agent>, GymError> {
         let task = self.tasks.get(task_id)?.clone();
         let base = self.playable(&task)?;
-        Ok(Box::new(expert::TauExpert::new(task, base).map_err(|e| GymError::from(e))?))
+        Ok(Box::new(expert::TauExpert::new(task, base).map_err(GymError::from)?))
     }
     fn export_tasks(&self) -> Vec<serde_json::Value> {
         self.tasks.export()
@@ -498,10 +500,8 @@ pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>,
     let mut out = Vec::new();
     for (file, split) in [("tau_train.json", Split::Train), ("tau_test.json", Split::Test)] {
         let path = dir.join(file);
-        let records: Vec<Record> = serde_json::from_value(crate::import::read_json(&path)?).map_err(|e| GymError::Data {
-            gym: GymKind::Tau,
-            location: path.display().to_string(),
-            message: e.to_string(),
+        let records: Vec<Record> = serde_json::from_value(crate::import::read_json(&path)?).map_err(|e| {
+            GymError::Data { gym: GymKind::Tau, location: path.display().to_string(), message: e.to_string() }
         })?;
         for r in records {
             let category = r.id.split('-').next().unwrap_or("retail").to_string();

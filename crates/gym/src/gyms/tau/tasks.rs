@@ -62,10 +62,20 @@ pub struct ItemRef {
 
 impl ItemRef {
     fn of_order(i: &OrderItem) -> ItemRef {
-        ItemRef { name: i.name.clone(), product_id: i.product_id.clone(), item_id: i.item_id.clone(), options: i.options.clone() }
+        ItemRef {
+            name: i.name.clone(),
+            product_id: i.product_id.clone(),
+            item_id: i.item_id.clone(),
+            options: i.options.clone(),
+        }
     }
     fn of_variant(name: &str, product_id: &str, v: &Variant) -> ItemRef {
-        ItemRef { name: name.into(), product_id: product_id.into(), item_id: v.item_id.clone(), options: v.options.clone() }
+        ItemRef {
+            name: name.into(),
+            product_id: product_id.into(),
+            item_id: v.item_id.clone(),
+            options: v.options.clone(),
+        }
     }
     pub fn describe(&self) -> String {
         super::db::describe_item(&self.name, &self.options)
@@ -152,7 +162,9 @@ pub fn instruction(s: &Scenario) -> String {
     let traits = format!("You are {}.", s.traits.join(", "));
     let order = match (&s.order_id, s.knows_order_id) {
         (Some(id), true) => format!("order {id}"),
-        (Some(_), false) => format!("the order that contains {} (you do not remember its order id)", list_items(&s.items)),
+        (Some(_), false) => {
+            format!("the order that contains {} (you do not remember its order id)", list_items(&s.items))
+        }
         (None, _) => String::new(),
     };
     let mut want = match s.goal {
@@ -192,21 +204,23 @@ pub fn instruction(s: &Scenario) -> String {
             want.push_str(&format!(" You also want to know: \"{q}\""));
         }
     }
-    let mut out = format!("{who} {traits} {want}");
-    out = out.replace("  ", " ");
-    // An instruction that starts with the order's words reads oddly; capitalise its first letter.
-    let mut chars = out.chars();
-    chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
+    // A goal sentence may start with the order's words ("the order that contains …"): capitalise it.
+    let mut chars = want.chars();
+    let want = chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default();
+    format!("{who} {traits} {want}")
 }
 
 /// The customer's first message (it names the kind of request, not its details).
 pub fn opening(goal: Goal, rng: &mut ChaCha8Rng) -> String {
     let options: &[&str] = match goal {
         Goal::Cancel => &["Hi, I need to cancel an order I placed.", "Hello! I'd like to cancel one of my orders."],
-        Goal::Return => &["Hi, I'd like to return some things I received.", "Hello, I want to send back items from an order."],
-        Goal::Exchange => {
-            &["Hi, I'd like to exchange something from an order I got.", "Hello, can I swap an item I received for a different one?"]
+        Goal::Return => {
+            &["Hi, I'd like to return some things I received.", "Hello, I want to send back items from an order."]
         }
+        Goal::Exchange => &[
+            "Hi, I'd like to exchange something from an order I got.",
+            "Hello, can I swap an item I received for a different one?",
+        ],
         Goal::ModifyItems => &["Hi, I want to change an item in an order that hasn't shipped yet."],
         Goal::ModifyPayment => &["Hi, I'd like to change how I'm paying for one of my orders."],
         Goal::ModifyOrderAddress => &["Hi, I need an order shipped to a different address."],
@@ -324,7 +338,10 @@ fn draft(goal: Goal, db: &BaseDb, c: &Catalog, rng: &mut ChaCha8Rng) -> Option<D
                 s.question = Some("How much money will I get back?".into());
                 outputs.push(money(order.total()));
             }
-            (vec![gold("cancel_pending_order", json!({"order_id": order.order_id, "reason": reason}))], order.order_id.clone())
+            (
+                vec![gold("cancel_pending_order", json!({"order_id": order.order_id, "reason": reason}))],
+                order.order_id.clone(),
+            )
         }
         Goal::Return | Goal::Exchange | Goal::ModifyItems => {
             let status = if goal == Goal::ModifyItems { "pending" } else { "delivered" };
@@ -365,8 +382,11 @@ fn draft(goal: Goal, db: &BaseDb, c: &Catalog, rng: &mut ChaCha8Rng) -> Option<D
                 s.payment = Some(payment_ref(pm));
                 let new_ids: Vec<String> = new.iter().map(|i| i.item_id.clone()).collect();
                 s.new_items = new;
-                let name =
-                    if goal == Goal::Exchange { "exchange_delivered_order_items" } else { "modify_pending_order_items" };
+                let name = if goal == Goal::Exchange {
+                    "exchange_delivered_order_items"
+                } else {
+                    "modify_pending_order_items"
+                };
                 let a = gold(
                     name,
                     json!({"order_id": order.order_id, "item_ids": item_ids, "new_item_ids": new_ids, "payment_method_id": pm.id()}),
@@ -378,12 +398,14 @@ fn draft(goal: Goal, db: &BaseDb, c: &Catalog, rng: &mut ChaCha8Rng) -> Option<D
             let order = *with_status("pending").choose(rng)?;
             let current = order.payment_history.first()?.payment_method_id.clone();
             let total = order.total();
-            let usable: Vec<&&PaymentMethod> = methods.iter().filter(|m| m.id() != current && balance_ok(m, total)).collect();
+            let usable: Vec<&&PaymentMethod> =
+                methods.iter().filter(|m| m.id() != current && balance_ok(m, total)).collect();
             let pm = **usable.choose(rng)?;
             s.order_id = Some(order.order_id.clone());
             s.items = order_items_of(order);
             s.payment = Some(payment_ref(pm));
-            let a = gold("modify_pending_order_payment", json!({"order_id": order.order_id, "payment_method_id": pm.id()}));
+            let a =
+                gold("modify_pending_order_payment", json!({"order_id": order.order_id, "payment_method_id": pm.id()}));
             (vec![a], order.order_id.clone())
         }
         Goal::ModifyOrderAddress => {
@@ -420,6 +442,10 @@ fn draft(goal: Goal, db: &BaseDb, c: &Catalog, rng: &mut ChaCha8Rng) -> Option<D
             (Vec::new(), order.order_id.clone())
         }
     };
+    // An amount like "54.30" could be written "54.3"; such drafts are skipped so that an output has one spelling.
+    if outputs.iter().any(|o| o.contains('.') && o.ends_with('0')) {
+        return None;
+    }
     Some(Draft { scenario: s, actions, outputs, key: format!("{goal:?}:{key}") })
 }
 
@@ -480,12 +506,8 @@ pub fn generate(count: usize, seed: u64, db_seed: u64) -> Result<Vec<TauTask>, c
             });
         };
         seen.insert(d.key.clone());
-        let user_id = db
-            .users
-            .iter()
-            .find(|u| u.email == d.scenario.email)
-            .map(|u| u.user_id.clone())
-            .unwrap_or_default();
+        let user_id =
+            db.users.iter().find(|u| u.email == d.scenario.email).map(|u| u.user_id.clone()).unwrap_or_default();
         tasks.push(TauTask {
             id: format!("tau-{i:03}"),
             split: splits.get(i).copied().unwrap_or(Split::Train),

@@ -68,10 +68,23 @@ fn builtin_task_set_is_sized_split_and_deterministic() {
     assert_eq!(GYM.task_ids(Some(Split::Train)).len(), 240);
     let again = tasks::generate(tasks::TASK_COUNT, tasks::TASK_SEED, db::DB_SEED).unwrap();
     for (a, b) in GYM.tasks.all().iter().zip(&again) {
-        assert_eq!((&a.id, &a.instruction, &a.actions, &a.outputs, a.split), (&b.id, &b.instruction, &b.actions, &b.outputs, b.split));
+        assert_eq!(
+            (&a.id, &a.instruction, &a.actions, &a.outputs, a.split),
+            (&b.id, &b.instruction, &b.actions, &b.outputs, b.split)
+        );
     }
     // Every goal occurs, and the question goals carry outputs but no database change.
-    for goal in [Goal::Cancel, Goal::Return, Goal::Exchange, Goal::ModifyItems, Goal::ModifyPayment, Goal::ModifyOrderAddress, Goal::ModifyUserAddress, Goal::ProductCount, Goal::OrderTotal] {
+    for goal in [
+        Goal::Cancel,
+        Goal::Return,
+        Goal::Exchange,
+        Goal::ModifyItems,
+        Goal::ModifyPayment,
+        Goal::ModifyOrderAddress,
+        Goal::ModifyUserAddress,
+        Goal::ProductCount,
+        Goal::OrderTotal,
+    ] {
         let t = goal_task(goal);
         assert_eq!(t.actions.is_empty(), goal.is_question(), "{goal:?}");
     }
@@ -214,7 +227,8 @@ fn calling_every_tool_scores_zero() {
     let pay = user.payment_methods.keys().next().unwrap().clone();
     let item = s.items[0].item_id.clone();
     let new = s.items[0].item_id.clone();
-    let addr = json!({"address1": "1 A St", "address2": "", "city": "X", "state": "CO", "country": "USA", "zip": "80000"});
+    let addr =
+        json!({"address1": "1 A St", "address2": "", "city": "X", "state": "CO", "country": "USA", "zip": "80000"});
     let mut ep = episode(&t.id);
     let mut calls = vec![
         json!({"name": "find_user_id_by_email", "arguments": {"email": s.email}}),
@@ -253,7 +267,8 @@ fn spamming_confirmations_scores_zero() {
         assert!(!out.feedback.to_lowercase().starts_with("yes"), "{}", out.feedback);
         assert_eq!(out.reward, 0.0);
     }
-    let out = say(&mut ep, "Everything has been updated successfully: cancelled, returned, exchanged, address changed.");
+    let out =
+        say(&mut ep, "Everything has been updated successfully: cancelled, returned, exchanged, address changed.");
     assert_eq!(out.reward, 0.0);
     let out = block_on(ep.step(Ok(Action::Finish)));
     assert_eq!(out.reward, 0.0);
@@ -269,7 +284,11 @@ fn an_extra_change_scores_zero() {
     }
     let user = GYM.dbs[&db::DB_SEED].user(&t.user_id).unwrap().clone();
     if let Some(o) = user.orders.iter().find(|o| GYM.dbs[&db::DB_SEED].order(o).unwrap().status == "pending") {
-        call(&mut ep, &json!({"name": "cancel_pending_order", "arguments": {"order_id": o, "reason": "ordered by mistake"}}).to_string());
+        call(
+            &mut ep,
+            &json!({"name": "cancel_pending_order", "arguments": {"order_id": o, "reason": "ordered by mistake"}})
+                .to_string(),
+        );
         let out = block_on(ep.step(Ok(Action::Finish)));
         assert_eq!(out.reward, 0.0);
     } else {
@@ -328,7 +347,8 @@ fn repeats_and_keyword_stuffing_earn_nothing() {
 
 #[test]
 fn customer_reveals_identity_only_when_asked_with_synonyms() {
-    let t = task_where(|t| t.scenario.as_ref().is_some_and(|s| s.identity == Identity::NameZip && s.goal == Goal::Cancel));
+    let t =
+        task_where(|t| t.scenario.as_ref().is_some_and(|s| s.identity == Identity::NameZip && s.goal == Goal::Cancel));
     let s = t.scenario.as_ref().unwrap();
     let hello = scripted(&t, &[], "Hello! How can I help you today?");
     assert!(!hello.contains(&s.zip) && !hello.contains(&s.last_name), "{hello}");
@@ -420,9 +440,16 @@ fn llm_prompt_parse_and_fallback() {
     let q = Query::Customer { task: t.clone(), history, message: "Which order is it?".into(), seed: 0 };
     let p = UserRole::prompt(&q);
     assert!(p.system.contains(&t.instruction) && p.system.contains(customer::STOP));
-    assert!(p.user.contains(&t.opening) && p.user.contains("Customer: Sure, it's a@b.c") && p.user.ends_with("next message."));
+    assert!(
+        p.user.contains(&t.opening)
+            && p.user.contains("Customer: Sure, it's a@b.c")
+            && p.user.ends_with("next message.")
+    );
     let parse = |s: &str| UserRole::parse(&q, s).map(|r| r.text().to_string());
-    assert_eq!(parse("<think>they want the order</think>\nIt's order #W1234567."), Some("It's order #W1234567.".into()));
+    assert_eq!(
+        parse("<think>they want the order</think>\nIt's order #W1234567."),
+        Some("It's order #W1234567.".into())
+    );
     assert_eq!(parse("Customer: Thanks, that's all! ###STOP###"), Some("Thanks, that's all! ###STOP###".into()));
     assert_eq!(parse("reasoning only</think>  "), None);
     assert_eq!(parse("   "), None);
@@ -439,7 +466,8 @@ fn expert_solves_the_test_split_and_random_does_not() {
     let catalog = Catalog::builtin(&[GymKind::Tau]).unwrap();
     let user: Arc<dyn User> = Arc::new(ScriptedUser);
     let cfg = EnvConfig::default();
-    let (expert, transcripts) = block_on(evaluate(&catalog, Split::Test, AgentSpec::Expert, user.clone(), &cfg, 1, None, |_| {})).unwrap();
+    let (expert, transcripts) =
+        block_on(evaluate(&catalog, Split::Test, AgentSpec::Expert, user.clone(), &cfg, 1, None, |_| {})).unwrap();
     let failed: Vec<String> = transcripts
         .iter()
         .filter(|t| !t.success)
@@ -449,7 +477,8 @@ fn expert_solves_the_test_split_and_random_does_not() {
     assert_eq!(row.episodes, 60);
     assert!(row.mean_normalized >= 0.8, "expert {}: {failed:#?}", row.mean_normalized);
     assert!(row.mean_turns <= 14.0, "{}", row.mean_turns);
-    let (random, _) = block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &cfg, 1, None, |_| {})).unwrap();
+    let (random, _) =
+        block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &cfg, 1, None, |_| {})).unwrap();
     assert!(random.rows[0].mean_normalized <= 0.05, "random {}", random.rows[0].mean_normalized);
     eprintln!("tau test split: expert {:.3}, random {:.3}", row.mean_normalized, random.rows[0].mean_normalized);
 }
@@ -500,7 +529,9 @@ fn import_reads_the_original_files_and_refuses_to_play_them() {
     let t = gym.task("retail-train-000").unwrap();
     assert_eq!(t.database, Database::TauBench { category: "retail".into() });
     assert!(!t.actions.is_empty() && !t.instruction.is_empty() && !t.opening.is_empty() && t.scenario.is_none());
-    assert!(matches!(gym.task("airline-000").unwrap().database, Database::TauBench { ref category } if category == "airline"));
+    assert!(
+        matches!(gym.task("airline-000").unwrap().database, Database::TauBench { ref category } if category == "airline")
+    );
     let cfg = EnvConfig::default();
     match gym.new_env("retail-train-000", &cfg, Arc::new(ScriptedUser)) {
         Err(GymError::User(UserError::NoScriptedData { gym: "tau", .. })) => {}
@@ -519,7 +550,10 @@ fn generated_tasks_need_a_scenario_for_the_scripted_customer_only() {
     t.scenario = None;
     let gym = TauGym::from_tasks(vec![t.clone()]).unwrap();
     let cfg = EnvConfig::default();
-    assert!(matches!(gym.new_env(&t.id, &cfg, Arc::new(ScriptedUser)), Err(GymError::User(UserError::NoScriptedData { .. }))));
+    assert!(matches!(
+        gym.new_env(&t.id, &cfg, Arc::new(ScriptedUser)),
+        Err(GymError::User(UserError::NoScriptedData { .. }))
+    ));
     // An LLM customer plays from the instruction alone.
     let mut ep = Episode::new(gym.new_env(&t.id, &cfg, Arc::new(FakeLlm)).unwrap(), cfg);
     let out = say(&mut ep, "Hello!");

@@ -70,7 +70,10 @@ pub const TOOLS: &[ToolSpec] = &[
         name: "cancel_pending_order",
         description: "Cancel a pending order. The payment is refunded to the original payment method (at once for a \
             gift card). Ask the customer for explicit confirmation first.",
-        params: with_order!(("reason", "Why the order is cancelled: either 'no longer needed' or 'ordered by mistake'.")),
+        params: with_order!((
+            "reason",
+            "Why the order is cancelled: either 'no longer needed' or 'ordered by mistake'."
+        )),
     },
     ToolSpec {
         name: "modify_pending_order_address",
@@ -200,7 +203,8 @@ fn arguments_of(v: Option<&Value>) -> Option<Map<String, Value>> {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Reads `{"name": …, "arguments": {…}}` (also `kwargs`/`parameters`), `name: {…}`, `name({…})`, or a bare
@@ -321,7 +325,11 @@ fn clip(s: &str) -> String {
 /// `W1234567` and `#w1234567` both mean `#W1234567`.
 pub fn normalize_order_id(id: &str) -> String {
     let t = id.trim().trim_start_matches('#');
-    if t.len() > 1 && (t.starts_with('W') || t.starts_with('w')) { format!("#W{}", &t[1..]) } else { id.trim().to_string() }
+    if t.len() > 1 && (t.starts_with('W') || t.starts_with('w')) {
+        format!("#W{}", &t[1..])
+    } else {
+        id.trim().to_string()
+    }
 }
 
 fn to_json<T: serde::Serialize>(record: &T) -> String {
@@ -342,13 +350,19 @@ fn run(db: &mut Db, name: &str, a: &Args) -> ToolResult {
     match name {
         "find_user_id_by_email" => {
             let email = a.str("email")?.to_lowercase();
-            db.users().find(|u| u.email.to_lowercase() == email).map(|u| u.user_id.clone()).ok_or_else(|| "user not found".into())
+            db.users()
+                .find(|u| u.email.to_lowercase() == email)
+                .map(|u| u.user_id.clone())
+                .ok_or_else(|| "user not found".into())
         }
         "find_user_id_by_name_zip" => {
-            let (first, last, zip) = (a.str("first_name")?.to_lowercase(), a.str("last_name")?.to_lowercase(), a.str("zip")?);
+            let (first, last, zip) =
+                (a.str("first_name")?.to_lowercase(), a.str("last_name")?.to_lowercase(), a.str("zip")?);
             db.users()
                 .find(|u| {
-                    u.name.first_name.to_lowercase() == first && u.name.last_name.to_lowercase() == last && u.address.zip == zip
+                    u.name.first_name.to_lowercase() == first
+                        && u.name.last_name.to_lowercase() == last
+                        && u.address.zip == zip
                 })
                 .map(|u| u.user_id.clone())
                 .ok_or_else(|| "user not found".into())
@@ -360,13 +374,15 @@ fn run(db: &mut Db, name: &str, a: &Args) -> ToolResult {
             match db.product(&id) {
                 Some(p) => Ok(to_json(p)),
                 None if db.variant(&id).is_some() => {
-                    Err("product not found; this is an item id — product ids are listed by list_all_product_types".into())
+                    Err("product not found; this is an item id — product ids are listed by list_all_product_types"
+                        .into())
                 }
                 None => Err("product not found".into()),
             }
         }
         "list_all_product_types" => {
-            let map: BTreeMap<&str, &str> = db.products().iter().map(|p| (p.name.as_str(), p.product_id.as_str())).collect();
+            let map: BTreeMap<&str, &str> =
+                db.products().iter().map(|p| (p.name.as_str(), p.product_id.as_str())).collect();
             Ok(to_json(&map))
         }
         "cancel_pending_order" => cancel(db, a),
@@ -404,7 +420,9 @@ fn run(db: &mut Db, name: &str, a: &Args) -> ToolResult {
             let original = order.payment_history.first().map(|t| t.payment_method_id.as_str()).unwrap_or("");
             let is_gift_card = matches!(user.payment_methods.get(&method), Some(PaymentMethod::GiftCard { .. }));
             if method != original && !is_gift_card {
-                return Err("the refund must go to the original payment method or to one of the user's gift cards".into());
+                return Err(
+                    "the refund must go to the original payment method or to one of the user's gift cards".into()
+                );
             }
             let mut sorted = item_ids;
             sorted.sort();
@@ -438,7 +456,11 @@ fn cancel(db: &mut Db, a: &Args) -> ToolResult {
         .payment_history
         .iter()
         .filter(|t| t.transaction_type == "payment")
-        .map(|t| Transaction { transaction_type: "refund".into(), amount: t.amount, payment_method_id: t.payment_method_id.clone() })
+        .map(|t| Transaction {
+            transaction_type: "refund".into(),
+            amount: t.amount,
+            payment_method_id: t.payment_method_id.clone(),
+        })
         .collect();
     // Gift cards are refunded at once.
     if let Some(user) = db.user_mut(&user_id) {
@@ -480,7 +502,10 @@ fn swap_items(db: &mut Db, a: &Args, delivered: bool) -> ToolResult {
         return Err(format!("only a delivered order can be exchanged (status: {})", order.status));
     }
     if !delivered && order.status != "pending" {
-        return Err(format!("only a pending order whose items were not modified yet can be modified (status: {})", order.status));
+        return Err(format!(
+            "only a pending order whose items were not modified yet can be modified (status: {})",
+            order.status
+        ));
     }
     check_items(&order.items, &item_ids)?;
     if item_ids.len() != new_ids.len() {
@@ -506,10 +531,10 @@ fn swap_items(db: &mut Db, a: &Args, delivered: bool) -> ToolResult {
     let diff = round2(diff);
     let user = db.user(&order.user_id).ok_or("user not found")?;
     let pm = user.payment_methods.get(&method).ok_or("payment method not found")?;
-    if let PaymentMethod::GiftCard { balance, .. } = pm {
-        if diff > *balance {
-            return Err("insufficient gift card balance to pay for the price difference".into());
-        }
+    if let PaymentMethod::GiftCard { balance, .. } = pm
+        && diff > *balance
+    {
+        return Err("insufficient gift card balance to pay for the price difference".into());
     }
     let user_id = order.user_id.clone();
     if delivered {
@@ -524,7 +549,9 @@ fn swap_items(db: &mut Db, a: &Args, delivered: bool) -> ToolResult {
         order.exchange_price_difference = Some(diff);
         return Ok(to_json(order));
     }
-    if let Some(PaymentMethod::GiftCard { balance, .. }) = db.user_mut(&user_id).and_then(|u| u.payment_methods.get_mut(&method)) {
+    if let Some(PaymentMethod::GiftCard { balance, .. }) =
+        db.user_mut(&user_id).and_then(|u| u.payment_methods.get_mut(&method))
+    {
         *balance = round2(*balance - diff);
     }
     let order = db.order_mut(&id).ok_or("order not found")?;
@@ -566,10 +593,10 @@ fn change_payment(db: &mut Db, a: &Args) -> ToolResult {
     let user_id = order.user_id.clone();
     let user = db.user(&user_id).ok_or("user not found")?;
     let pm = user.payment_methods.get(&method).ok_or("payment method not found")?;
-    if let PaymentMethod::GiftCard { balance, .. } = pm {
-        if amount > *balance {
-            return Err("insufficient gift card balance to pay for the order".into());
-        }
+    if let PaymentMethod::GiftCard { balance, .. } = pm
+        && amount > *balance
+    {
+        return Err("insufficient gift card balance to pay for the order".into());
     }
     if let Some(user) = db.user_mut(&user_id) {
         if let Some(PaymentMethod::GiftCard { balance, .. }) = user.payment_methods.get_mut(&method) {
@@ -607,15 +634,29 @@ mod tests {
 
     #[test]
     fn calls_parse_in_every_accepted_shape() {
-        let want = Call { name: "get_user_details".into(), arguments: json!({"user_id": "x"}).as_object().unwrap().clone() };
+        let want =
+            Call { name: "get_user_details".into(), arguments: json!({"user_id": "x"}).as_object().unwrap().clone() };
         assert_eq!(parse_call(r#"{"name": "get_user_details", "arguments": {"user_id": "x"}}"#), Some(want.clone()));
         assert_eq!(parse_call(r#"{"name": "get_user_details", "kwargs": {"user_id": "x"}}"#), Some(want.clone()));
-        assert_eq!(parse_call(r#"{"name": "get_user_details", "arguments": "{\"user_id\": \"x\"}"}"#), Some(want.clone()));
+        assert_eq!(
+            parse_call(r#"{"name": "get_user_details", "arguments": "{\"user_id\": \"x\"}"}"#),
+            Some(want.clone())
+        );
         assert_eq!(parse_call(r#"get_user_details: {"user_id": "x"}"#), Some(want.clone()));
         assert_eq!(parse_call(r#"get_user_details({"user_id": "x"})"#), Some(want.clone()));
-        assert_eq!(parse_call("```json\n{\"name\": \"get_user_details\", \"arguments\": {\"user_id\": \"x\"}}\n```"), Some(want));
+        assert_eq!(
+            parse_call("```json\n{\"name\": \"get_user_details\", \"arguments\": {\"user_id\": \"x\"}}\n```"),
+            Some(want)
+        );
         assert_eq!(parse_call("list_all_product_types").unwrap().arguments.len(), 0);
-        for bad in ["", "please look me up", "{\"arguments\": {}}", "{\"name\": 3}", "get_user_details: [1]", "{\"name\": \"a b\"}"] {
+        for bad in [
+            "",
+            "please look me up",
+            "{\"arguments\": {}}",
+            "{\"name\": 3}",
+            "get_user_details: [1]",
+            "{\"name\": \"a b\"}",
+        ] {
             assert_eq!(parse_call(bad), None, "{bad}");
         }
     }
@@ -640,8 +681,14 @@ mod tests {
             call("cancel_pending_order", json!({"order_id": pending})),
             call("cancel_pending_order", json!({"order_id": pending, "reason": "no longer needed", "x": 1})),
             call("cancel_pending_order", json!({"order_id": 5, "reason": "no longer needed"})),
-            call("return_delivered_order_items", json!({"order_id": pending, "item_ids": ["1"], "payment_method_id": "p"})),
-            call("modify_pending_order_items", json!({"order_id": pending, "item_ids": "x", "new_item_ids": [], "payment_method_id": "p"})),
+            call(
+                "return_delivered_order_items",
+                json!({"order_id": pending, "item_ids": ["1"], "payment_method_id": "p"}),
+            ),
+            call(
+                "modify_pending_order_items",
+                json!({"order_id": pending, "item_ids": "x", "new_item_ids": [], "payment_method_id": "p"}),
+            ),
             call("get_user_details", json!({"user_id": "nobody"})),
         ];
         for c in &cases {
@@ -657,7 +704,10 @@ mod tests {
         let base = BaseDb::shared(DB_SEED).unwrap();
         let order = base.orders.iter().find(|o| o.status == "pending").unwrap();
         let mut db = Db::new(base.clone());
-        let c = call("cancel_pending_order", json!({"order_id": order.order_id.trim_start_matches('#'), "reason": "ordered by mistake"}));
+        let c = call(
+            "cancel_pending_order",
+            json!({"order_id": order.order_id.trim_start_matches('#'), "reason": "ordered by mistake"}),
+        );
         let out = execute(&mut db, &c).unwrap();
         assert!(out.ok, "{}", out.observation);
         let after = db.order(&order.order_id).unwrap();
