@@ -38,7 +38,10 @@ struct Lexicon {
     payment: Vec<Phrase>,
     help: Vec<Phrase>,
     confirm: Vec<Phrase>,
-    done: Vec<Phrase>,
+    /// Phrases that ask permission for an action, whatever follows.
+    proposal: Vec<Phrase>,
+    /// Phrases that ask permission when an action verb follows them.
+    soft_proposal: Vec<Phrase>,
     cancel: Vec<Phrase>,
     return_: Vec<Phrase>,
     exchange: Vec<Phrase>,
@@ -194,26 +197,20 @@ static LEX: LazyLock<Lexicon> = LazyLock::new(|| Lexicon {
         "do you agree",
         "can i go ahead",
     ]),
-    done: phrases(&[
-        "has been",
-        "have been",
-        "successfully",
-        "is now",
-        "are now",
-        "all set",
-        "all done",
-        "is complete",
-        "is completed",
-        "went through",
-        "was submitted",
-        "been submitted",
-        "been processed",
-        "is done",
-        "i have cancelled",
-        "i have canceled",
-        "i've cancelled",
-        "i've canceled",
+    proposal: phrases(&[
+        "shall i",
+        "should i",
+        "would you like me to",
+        "do you want me to",
+        "want me to",
+        "are you sure",
+        "yes or no",
+        "yes no",
+        "may i proceed",
+        "can i proceed",
+        "shall we",
     ]),
+    soft_proposal: phrases(&["would you like to", "do you want to", "confirm", "proceed", "go ahead"]),
     cancel: phrases(&["cancel", "cancelled", "canceled", "cancellation", "cancelling", "canceling"]),
     return_: phrases(&["return", "returned", "returning"]),
     exchange: phrases(&["exchange", "exchanged", "exchanging", "swap", "swapped", "replace", "replaced", "replacing"]),
@@ -272,6 +269,68 @@ fn verbs(goal: Goal) -> (&'static [Phrase], Vec<&'static [Phrase]>) {
 fn mentions_any_action(p: &Parsed) -> bool {
     let l = &*LEX;
     [&l.cancel, &l.return_, &l.exchange, &l.change, &l.pay, &l.place].iter().any(|v| mentions(p, v))
+}
+
+/// Words after which a participle reports a change as made ("has been cancelled", "I've updated", "all set").
+const COMPLETION_LEAD: &[&str] =
+    &["been", "was", "were", "is", "are", "now", "successfully", "have", "has", "i", "we", "just", "all"];
+const PARTICIPLES: &[&str] = &[
+    "cancelled",
+    "canceled",
+    "returned",
+    "exchanged",
+    "requested",
+    "submitted",
+    "processed",
+    "updated",
+    "changed",
+    "modified",
+    "replaced",
+    "swapped",
+    "switched",
+    "completed",
+    "complete",
+    "placed",
+    "initiated",
+    "issued",
+    "refunded",
+    "done",
+    "set",
+    "filed",
+    "scheduled",
+    "arranged",
+    "applied",
+];
+
+/// Whether the message reports something as done (not negated: "has not been cancelled" is no report).
+fn reports_completion(p: &Parsed) -> bool {
+    p.words.iter().enumerate().any(|(i, w)| {
+        PARTICIPLES.contains(&w.as_str())
+            && !p.negated_at(i)
+            // "Before it is cancelled", "once it has been returned": a condition, not a report.
+            && !p.words[i.saturating_sub(4)..i]
+                .iter()
+                .any(|x| matches!(x.as_str(), "before" | "if" | "once" | "when" | "until" | "after" | "unless"))
+            && (p.words[i.saturating_sub(2)..i].iter().any(|x| COMPLETION_LEAD.contains(&x.as_str()))
+                || p.words.get(i + 1).is_some_and(|x| x == "successfully"))
+    })
+}
+
+/// Whether the message asks permission for an action ("Shall I…", "Would you like to cancel it?"). "I can
+/// confirm that…" reports rather than asks.
+fn proposes(p: &Parsed) -> bool {
+    let l = &*LEX;
+    if mentions(p, &l.proposal) {
+        return true;
+    }
+    let verbs: Vec<usize> = [&l.cancel, &l.return_, &l.exchange, &l.change, &l.pay, &l.place]
+        .iter()
+        .flat_map(|list| list.iter().flat_map(|ph| ph.positions(&p.stems)))
+        .collect();
+    l.soft_proposal.iter().flat_map(|ph| ph.positions(&p.stems)).any(|pos| {
+        let reporting = pos > 0 && matches!(p.words[pos - 1].as_str(), "can" | "i" | "to");
+        !reporting && verbs.iter().any(|&v| v > pos)
+    })
 }
 
 /// What the customer would say the request is, without its details.
@@ -569,14 +628,15 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
     }
     let memory = Memory::of(s, history);
     let l = &*LEX;
-    let asks_confirmation = mentions(&p, &l.confirm);
+    let asked = topics(&p);
+    // "Would you like to cancel it?" asks permission; "Which items would you like to return?" asks a question.
+    let asks_confirmation = mentions(&p, &l.confirm) || (asked.is_empty() && proposes(&p));
 
     // An information goal ends once the agent answers the question.
     if s.goal.is_question() {
-        if memory.question_asked && has_answer_number(message) && !asks_confirmation {
+        if memory.question_asked && has_answer_number(message) && !proposes(&p) {
             return format!("{} {STOP}", pick(&["Great, thanks for checking!", "Got it, thank you!"], salt));
         }
-        let asked = topics(&p);
         let (answers, _) = answer_topics(s, &asked);
         if !(answers.is_empty() || asked.len() > 1 && is_keyword_list(message)) {
             return answers.join(" ");
@@ -589,7 +649,7 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
     }
 
     let (accept, forbid) = verbs(s.goal);
-    let done_report = !asks_confirmation && mentions(&p, &l.done);
+    let done_report = reports_completion(&p) && !proposes(&p);
     if done_report && affirmed(&p, accept) && !forbid.iter().any(|f| affirmed(&p, f)) {
         if let Some(q) = &s.question
             && !has_answer_number(message)
@@ -618,7 +678,6 @@ pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &
             Err(correction) => correction,
         };
     }
-    let asked = topics(&p);
     if asked.len() > 1 && is_keyword_list(message) {
         return "Sorry, I don't follow. Could you ask me in a full sentence?".into();
     }

@@ -15,7 +15,9 @@
 //!   doing the work therefore counts; finishing early scores 0 either way.
 //! * An output must appear in an agent message as a whole token (`7` does not match inside `17` or an order id;
 //!   the original matches substrings), and a message that lists more than `MAX_NUMBERS_PER_MESSAGE` distinct
-//!   numbers does not count, so that reciting every candidate answer earns nothing.
+//!   numbers of the output's shape does not count, so that reciting every candidate answer earns nothing.
+//! * The tools are ours, after tau-bench's semantics, and a little more forgiving in form: an order id without
+//!   its `#`, or a zip code or item id sent as a number, is accepted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +42,8 @@ pub use tasks::{Goal, Identity, Scenario};
 
 use db::{BaseDb, Db};
 
-/// A message that names more distinct numbers than this does not count for the outputs.
+/// A message that names more distinct numbers of the output's shape (integers for a count, decimals for an
+/// amount) than this does not count for the outputs.
 pub const MAX_NUMBERS_PER_MESSAGE: usize = 6;
 
 /// Which database a task's gold calls refer to.
@@ -168,7 +171,9 @@ pub fn output_told(output: &str, message: &str) -> bool {
     if o.is_empty() {
         return true;
     }
-    let mut distinct = number_tokens(&m);
+    // Only numbers of the output's shape count as candidates: prices do not crowd out a count, nor counts a price.
+    let decimal = o.contains('.');
+    let mut distinct: Vec<String> = number_tokens(&m).into_iter().filter(|t| t.contains('.') == decimal).collect();
     distinct.sort();
     distinct.dedup();
     if distinct.len() > MAX_NUMBERS_PER_MESSAGE {

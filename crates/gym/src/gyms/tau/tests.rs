@@ -318,6 +318,8 @@ fn reciting_candidates_earns_nothing() {
     assert!(!output_told("7", "about 7.5 dollars"));
     assert!(output_told("1093.34", "That comes to $1,093.34."));
     assert!(!output_told("3", &format!("maybe {}", all.join(" or "))));
+    // Prices listed beside a count do not make the count a recital.
+    assert!(output_told("7", "There are 7: 10.11, 12.13, 14.15, 16.17, 18.19, 20.21 and 22.23 dollars."));
 }
 
 // A repeated message gets the same kind of answer and earns nothing; a keyword list gets a neutral reply.
@@ -421,6 +423,37 @@ fn customer_is_neutral_when_lost_and_stops_when_done() {
     assert!(r.contains(customer::STOP), "{r}");
     let r = scripted(&t, &[], &format!("The payment method for order {order} has not been updated yet."));
     assert!(!r.contains(customer::STOP), "{r}");
+}
+
+#[test]
+fn customer_tells_reports_from_proposals() {
+    let t = task_where(|t| {
+        t.scenario.as_ref().is_some_and(|s| s.goal == Goal::Cancel && s.knows_order_id) && t.outputs.is_empty()
+    });
+    let order = t.scenario.as_ref().unwrap().order_id.clone().unwrap();
+    for done in [
+        format!("Your order {order} has been successfully cancelled. Is there anything else I can help you with?"),
+        format!("I've cancelled order {order} for you; the refund will reach your card in 5-7 business days."),
+        format!("I can confirm that order {order} was cancelled."),
+        format!("All done: order {order} is now cancelled."),
+    ] {
+        let r = scripted(&t, &[], &done);
+        assert!(r.contains(customer::STOP), "{done} -> {r}");
+    }
+    for not_done in [
+        format!("I found order {order}. Would you like to cancel it?"),
+        format!("Order {order} has been located. Would you like me to cancel it?"),
+        format!("Order {order} has not been cancelled yet."),
+        format!("Before anything is cancelled: is order {order} the right one?"),
+    ] {
+        let r = scripted(&t, &[], &not_done);
+        assert!(!r.contains(customer::STOP), "{not_done} -> {r}");
+    }
+    let r = scripted(&t, &[], &format!("I found order {order}. Would you like to cancel it?"));
+    assert!(r.starts_with("Yes"), "{r}");
+    // A report of the wrong change is challenged.
+    let r = scripted(&t, &[], &format!("The items of order {order} have been returned."));
+    assert!(r.starts_with("Wait"), "{r}");
 }
 
 const NEUTRAL_REPLIES: [&str; 4] = [
@@ -607,5 +640,6 @@ fn scripted_steps_are_fast() {
         n += 1;
     }
     // Debug builds are far slower than release; this only guards against pathological costs.
+    eprintln!("tau scripted steps (debug build): {} per second", n * 1000 / 300);
     assert!(n >= 300, "{n} steps in 300 ms");
 }
