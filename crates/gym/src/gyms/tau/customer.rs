@@ -619,9 +619,8 @@ const NEUTRAL: [&str; 4] = [
 ];
 
 /// The scripted customer's next message.
-pub fn scripted_reply(task: &TauTask, s: &Scenario, history: &[Turn], message: &str, seed: u64) -> String {
+pub fn scripted_reply(s: &Scenario, history: &[Turn], message: &str, seed: u64) -> String {
     let salt = mix(seed, history.len() as u64);
-    let _ = task;
     let p = Parsed::new(message);
     if p.words.is_empty() {
         return pick(&NEUTRAL, salt).to_string();

@@ -226,7 +226,7 @@ impl Protocol for UserRole {
     fn scripted(query: &Query) -> Result<Reply, UserError> {
         let Query::Customer { task, history, message, seed } = query;
         let scenario = task.scenario.as_ref().ok_or_else(|| no_scripted_data(task))?;
-        Ok(Reply::Customer { text: customer::scripted_reply(task, scenario, history, message, *seed) })
+        Ok(Reply::Customer { text: customer::scripted_reply(scenario, history, message, *seed) })
     }
     fn prompt(query: &Query) -> Prompt {
         let Query::Customer { task, history, message, .. } = query;

@@ -163,7 +163,8 @@ pub fn instruction(s: &Scenario) -> String {
     let order = match (&s.order_id, s.knows_order_id) {
         (Some(id), true) => format!("order {id}"),
         (Some(_), false) => {
-            format!("the order that contains {} (you do not remember its order id)", list_items(&s.items))
+            let all: Vec<ItemRef> = s.items.iter().chain(&s.other_items).cloned().collect();
+            format!("the order that contains {} (you do not remember its order id)", list_items(&all))
         }
         (None, _) => String::new(),
     };

@@ -513,7 +513,10 @@ fn expert_solves_the_test_split_and_random_does_not() {
     let (random, _) =
         block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &cfg, 1, None, |_| {})).unwrap();
     assert!(random.rows[0].mean_normalized <= 0.05, "random {}", random.rows[0].mean_normalized);
-    eprintln!("tau test split: expert {:.3}, random {:.3}", row.mean_normalized, random.rows[0].mean_normalized);
+    eprintln!(
+        "tau test split: expert {:.3} ({:.1} turns), random {:.3}",
+        row.mean_normalized, row.mean_turns, random.rows[0].mean_normalized
+    );
 }
 
 #[test]
