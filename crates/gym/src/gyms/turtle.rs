@@ -874,7 +874,7 @@ pub fn import_original(root: &std::path::Path) -> Result<Vec<Value>, GymError> {
 mod tests {
     use super::*;
     use crate::env::{Episode, Termination};
-    use crate::eval::{AgentSpec, evaluate};
+    use crate::eval::{AgentSpec, EvalPlan, evaluate};
     use crate::gyms::Catalog;
     use crate::user::ScriptedUser;
     use futures::executor::block_on;
@@ -1246,12 +1246,14 @@ mod tests {
         let run = |agent| {
             block_on(evaluate(
                 &catalog,
-                Split::Test,
-                agent,
+                &EvalPlan {
+                    split: Split::Test,
+                    agent: agent,
+                    config: EnvConfig::default().clone(),
+                    concurrency: 1,
+                    limit_per_gym: None,
+                },
                 Arc::new(ScriptedUser),
-                &EnvConfig::default(),
-                1,
-                None,
                 |_| {},
             ))
             .unwrap()

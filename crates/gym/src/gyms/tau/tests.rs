@@ -11,7 +11,7 @@ use serde_json::json;
 use super::*;
 use crate::agent::RandomAgent;
 use crate::env::{Episode, Termination};
-use crate::eval::{AgentSpec, evaluate, run_episode};
+use crate::eval::{AgentSpec, EvalPlan, evaluate, run_episode};
 use crate::gyms::Catalog;
 use crate::user::ScriptedUser;
 
@@ -499,8 +499,19 @@ fn expert_solves_the_test_split_and_random_does_not() {
     let catalog = Catalog::builtin(&[GymKind::Tau]).unwrap();
     let user: Arc<dyn User> = Arc::new(ScriptedUser);
     let cfg = EnvConfig::default();
-    let (expert, transcripts) =
-        block_on(evaluate(&catalog, Split::Test, AgentSpec::Expert, user.clone(), &cfg, 1, None, |_| {})).unwrap();
+    let (expert, transcripts) = block_on(evaluate(
+        &catalog,
+        &EvalPlan {
+            split: Split::Test,
+            agent: AgentSpec::Expert,
+            config: cfg.clone(),
+            concurrency: 1,
+            limit_per_gym: None,
+        },
+        user.clone(),
+        |_| {},
+    ))
+    .unwrap();
     let failed: Vec<String> = transcripts
         .iter()
         .filter(|t| !t.success)
@@ -510,8 +521,19 @@ fn expert_solves_the_test_split_and_random_does_not() {
     assert_eq!(row.episodes, 60);
     assert!(row.mean_normalized >= 0.8, "expert {}: {failed:#?}", row.mean_normalized);
     assert!(row.mean_turns <= 14.0, "{}", row.mean_turns);
-    let (random, _) =
-        block_on(evaluate(&catalog, Split::Test, AgentSpec::Random, user, &cfg, 1, None, |_| {})).unwrap();
+    let (random, _) = block_on(evaluate(
+        &catalog,
+        &EvalPlan {
+            split: Split::Test,
+            agent: AgentSpec::Random,
+            config: cfg.clone(),
+            concurrency: 1,
+            limit_per_gym: None,
+        },
+        user,
+        |_| {},
+    ))
+    .unwrap();
     assert!(random.rows[0].mean_normalized <= 0.05, "random {}", random.rows[0].mean_normalized);
     eprintln!(
         "tau test split: expert {:.3} ({:.1} turns), random {:.3}",
