@@ -119,8 +119,17 @@ impl Sentence {
             }
         }
         let stems = words.iter().map(|w| text::stem(w)).collect();
-        let valid = words.len() >= 3 && !text::is_keyword_list(text);
+        let valid = words.len() >= 3 && !is_keyword_list(text, &words);
         Sentence { words, stems, clauses, valid }
+    }
+
+    /// The sentence's content stems (neither stopwords nor negators).
+    fn content_stems(&self) -> impl Iterator<Item = &String> {
+        self.words
+            .iter()
+            .zip(&self.stems)
+            .filter(|(w, _)| !text::is_stopword(w) && !NEGATORS.contains(&w.as_str()))
+            .map(|(_, s)| s)
     }
 
     /// A negator among the three words before `at`, in the same clause (`not only` does not negate).
@@ -132,6 +141,16 @@ impl Sentence {
                 && !(self.words[j] == "not" && self.words.get(j + 1).is_some_and(|w| w == "only"))
         })
     }
+}
+
+/// `text::is_keyword_list` on words already split (the same rule, without tokenising the sentence twice).
+fn is_keyword_list(text: &str, words: &[String]) -> bool {
+    if words.len() < 8 {
+        return false;
+    }
+    let function_words = words.iter().filter(|w| text::is_stopword(w)).count();
+    let separators = text.chars().filter(|c| matches!(c, ',' | ';' | '|' | '/' | '\n')).count();
+    (function_words as f64) / (words.len() as f64) < 0.12 || separators * 3 >= words.len()
 }
 
 /// Splits a text into sentences (at `.`, `!`, `?`, `;` and line breaks).
@@ -270,7 +289,7 @@ impl Lexicon {
             }
         }
         analysis.agrees = find_any(&AGREE, &sentences);
-        let stems: HashSet<String> = text::content_stems(argument).into_iter().collect();
+        let stems: HashSet<String> = sentences.iter().flat_map(Sentence::content_stems).cloned().collect();
         let negates = sentences.iter().any(|s| s.words.iter().any(|w| NEGATORS.contains(&w.as_str())));
         analysis.flat_denial = find_any(&DENY, &sentences) || (negates && jaccard(&stems, &self.claim) >= 0.3);
         analysis.on_topic = stems.iter().any(|s| self.topic.contains(s));

@@ -42,7 +42,6 @@ use std::sync::Mutex;
 
 use futures::executor::block_on;
 
-use crate::agent::RandomAgent;
 use crate::env::{Episode, StepOutcome, Termination};
 use crate::eval::{self, AgentSpec};
 use crate::gyms::Catalog;
@@ -482,5 +481,5 @@ fn expert_messages_are_fluent_sentences() {
     assert!(!text::is_keyword_list(content));
     assert!(content.ends_with('.'));
     assert_eq!(arguments["choice"], "answer");
-    let _ = RandomAgent::new(GymKind::Persuade, 0);
 }
+
