@@ -704,8 +704,8 @@ const TOO_MUCH: &[&str] = &[
 
 const STILL: &[&str] = &[
     "But I'm not all the way there.",
-    "Still, one thing holds me back.",
-    "Even so,",
+    "Still, something holds me back.",
+    "Even so, I have my reasons.",
 ];
 
 const MISSING: &[&str] = &[
