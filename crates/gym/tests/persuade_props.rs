@@ -18,24 +18,11 @@ static VOCAB: LazyLock<Vec<String>> = LazyLock::new(|| {
     let mut words: Vec<String> = ["policy-01", "science-01"]
         .iter()
         .flat_map(|id| GYM.task(id).unwrap().points.clone())
-        .flat_map(|p| {
-            p.concepts
-                .into_iter()
-                .flatten()
-                .chain(std::iter::once(p.text))
-        })
-        .flat_map(|phrase| {
-            phrase
-                .split_whitespace()
-                .map(|w| w.trim_end_matches('*').to_string())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|p| p.concepts.into_iter().flatten().chain(std::iter::once(p.text)))
+        .flat_map(|phrase| phrase.split_whitespace().map(|w| w.trim_end_matches('*').to_string()).collect::<Vec<_>>())
         .collect();
     words.extend(
-        [
-            "not", "no", "never", "I", "agree", "you", "are", "wrong", "the", "a", ".", ",", "\n",
-        ]
-        .map(String::from),
+        ["not", "no", "never", "I", "agree", "you", "are", "wrong", "the", "a", ".", ",", "\n"].map(String::from),
     );
     words
 });

@@ -112,10 +112,7 @@ impl Sentence {
     fn new(text: &str) -> Sentence {
         let mut words = Vec::new();
         let mut clauses = Vec::new();
-        for (c, clause) in text
-            .split([',', ':', '(', ')', '—', '–', '"', '“', '”'])
-            .enumerate()
-        {
+        for (c, clause) in text.split([',', ':', '(', ')', '—', '–', '"', '“', '”']).enumerate() {
             for w in text::words(clause) {
                 words.push(w);
                 clauses.push(c.min(u16::MAX as usize) as u16);
@@ -123,12 +120,7 @@ impl Sentence {
         }
         let stems = words.iter().map(|w| text::stem(w)).collect();
         let valid = words.len() >= 3 && !is_keyword_list(text, &words);
-        Sentence {
-            words,
-            stems,
-            clauses,
-            valid,
-        }
+        Sentence { words, stems, clauses, valid }
     }
 
     /// The sentence's content stems (neither stopwords nor negators).
@@ -157,19 +149,13 @@ fn is_keyword_list(text: &str, words: &[String]) -> bool {
         return false;
     }
     let function_words = words.iter().filter(|w| text::is_stopword(w)).count();
-    let separators = text
-        .chars()
-        .filter(|c| matches!(c, ',' | ';' | '|' | '/' | '\n'))
-        .count();
+    let separators = text.chars().filter(|c| matches!(c, ',' | ';' | '|' | '/' | '\n')).count();
     (function_words as f64) / (words.len() as f64) < 0.12 || separators * 3 >= words.len()
 }
 
 /// Splits a text into sentences (at `.`, `!`, `?`, `;` and line breaks).
 pub fn sentences(text: &str) -> Vec<Sentence> {
-    text.split(['.', '!', '?', ';', '\n'])
-        .filter(|s| text::has_words(s))
-        .map(Sentence::new)
-        .collect()
+    text.split(['.', '!', '?', ';', '\n']).filter(|s| text::has_words(s)).map(Sentence::new).collect()
 }
 
 /// A counter-argument point, compiled: every group must be present (one of its patterns).
@@ -182,12 +168,7 @@ impl CompiledPoint {
     pub fn new(concepts: &[Vec<String>]) -> CompiledPoint {
         let groups = concepts
             .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|p| Pattern::new(p))
-                    .filter(|p| !p.is_empty())
-                    .collect::<Vec<_>>()
-            })
+            .map(|g| g.iter().map(|p| Pattern::new(p)).filter(|p| !p.is_empty()).collect::<Vec<_>>())
             .filter(|g: &Vec<Pattern>| !g.is_empty())
             .collect();
         CompiledPoint { groups }
@@ -213,22 +194,15 @@ impl CompiledPoint {
         }
         let status: Vec<Vec<Option<bool>>> = sentences
             .iter()
-            .map(|s| {
-                self.groups
-                    .iter()
-                    .map(|g| if s.valid { Self::group_in(g, s) } else { None })
-                    .collect()
-            })
+            .map(|s| self.groups.iter().map(|g| if s.valid { Self::group_in(g, s) } else { None }).collect())
             .collect();
         let mut denied = false;
         for i in 0..status.len() {
             // Windows of one sentence and of two adjacent sentences.
             for j in i..(i + 2).min(status.len()) {
                 let window = &status[i..=j];
-                let all_affirmed =
-                    (0..self.groups.len()).all(|g| window.iter().any(|s| s[g] == Some(false)));
-                let all_present =
-                    (0..self.groups.len()).all(|g| window.iter().any(|s| s[g].is_some()));
+                let all_affirmed = (0..self.groups.len()).all(|g| window.iter().any(|s| s[g] == Some(false)));
+                let all_present = (0..self.groups.len()).all(|g| window.iter().any(|s| s[g].is_some()));
                 if all_affirmed {
                     return Some(true);
                 }
@@ -273,9 +247,7 @@ fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
 }
 
 fn find_any(patterns: &[Pattern], sentences: &[Sentence]) -> bool {
-    sentences
-        .iter()
-        .any(|s| patterns.iter().any(|p| p.find(s) == Some(false)))
+    sentences.iter().any(|s| patterns.iter().any(|p| p.find(s) == Some(false)))
 }
 
 impl Lexicon {
@@ -284,12 +256,7 @@ impl Lexicon {
         topic.extend(text::content_stems(argument));
         for concepts in points {
             for phrase in concepts.iter().flatten() {
-                topic.extend(
-                    phrase
-                        .split_whitespace()
-                        .filter(|w| !w.ends_with('*'))
-                        .flat_map(text::content_stems),
-                );
+                topic.extend(phrase.split_whitespace().filter(|w| !w.ends_with('*')).flat_map(text::content_stems));
             }
         }
         Lexicon {
@@ -315,16 +282,9 @@ impl Lexicon {
             }
         }
         analysis.agrees = find_any(&AGREE, &sentences);
-        let stems: HashSet<String> = sentences
-            .iter()
-            .flat_map(Sentence::content_stems)
-            .cloned()
-            .collect();
-        let negates = sentences
-            .iter()
-            .any(|s| s.words.iter().any(|w| NEGATORS.contains(&w.as_str())));
-        analysis.flat_denial =
-            find_any(&DENY, &sentences) || (negates && jaccard(&stems, &self.claim) >= 0.3);
+        let stems: HashSet<String> = sentences.iter().flat_map(Sentence::content_stems).cloned().collect();
+        let negates = sentences.iter().any(|s| s.words.iter().any(|w| NEGATORS.contains(&w.as_str())));
+        analysis.flat_denial = find_any(&DENY, &sentences) || (negates && jaccard(&stems, &self.claim) >= 0.3);
         analysis.on_topic = stems.iter().any(|s| self.topic.contains(s));
         analysis.echo = jaccard(&stems, &self.own_argument);
         analysis
@@ -336,12 +296,7 @@ mod tests {
     use super::*;
 
     fn point(groups: &[&[&str]]) -> CompiledPoint {
-        CompiledPoint::new(
-            &groups
-                .iter()
-                .map(|g| g.iter().map(|s| s.to_string()).collect())
-                .collect::<Vec<_>>(),
-        )
+        CompiledPoint::new(&groups.iter().map(|g| g.iter().map(|s| s.to_string()).collect()).collect::<Vec<_>>())
     }
 
     #[test]
@@ -366,28 +321,11 @@ mod tests {
     #[test]
     fn a_point_needs_every_group_in_one_window() {
         let p = point(&[&["shop*", "business*"], &["los* customers", "sales"]]);
-        assert_eq!(
-            p.judge(&sentences("Local shops would lose customers.")),
-            Some(true)
-        );
-        assert_eq!(
-            p.judge(&sentences("Sales would fall for every business in town.")),
-            Some(true)
-        );
-        assert_eq!(
-            p.judge(&sentences("Think of the shops. Their sales would fall.")),
-            Some(true)
-        );
-        assert_eq!(
-            p.judge(&sentences(
-                "Think of the shops. It is raining today. Their sales would fall."
-            )),
-            None
-        );
-        assert_eq!(
-            p.judge(&sentences("Shops would not lose customers at all.")),
-            Some(false)
-        );
+        assert_eq!(p.judge(&sentences("Local shops would lose customers.")), Some(true));
+        assert_eq!(p.judge(&sentences("Sales would fall for every business in town.")), Some(true));
+        assert_eq!(p.judge(&sentences("Think of the shops. Their sales would fall.")), Some(true));
+        assert_eq!(p.judge(&sentences("Think of the shops. It is raining today. Their sales would fall.")), None);
+        assert_eq!(p.judge(&sentences("Shops would not lose customers at all.")), Some(false));
         assert_eq!(p.judge(&sentences("Shops are nice.")), None);
     }
 }

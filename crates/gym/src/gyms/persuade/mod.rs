@@ -45,22 +45,10 @@ const ECHO_THRESHOLD: f64 = 0.5;
 /// The authored claims, by theme.
 const DATA: [(&str, &str); 5] = [
     ("policy", include_str!("../../../data/persuade/policy.json")),
-    (
-        "technology",
-        include_str!("../../../data/persuade/technology.json"),
-    ),
-    (
-        "lifestyle",
-        include_str!("../../../data/persuade/lifestyle.json"),
-    ),
-    (
-        "science",
-        include_str!("../../../data/persuade/science.json"),
-    ),
-    (
-        "economy",
-        include_str!("../../../data/persuade/economy.json"),
-    ),
+    ("technology", include_str!("../../../data/persuade/technology.json")),
+    ("lifestyle", include_str!("../../../data/persuade/lifestyle.json")),
+    ("science", include_str!("../../../data/persuade/science.json")),
+    ("economy", include_str!("../../../data/persuade/economy.json")),
 ];
 
 /// Switches that reproduce the original's bugs (reference §4.3, §11); all off by default.
@@ -135,18 +123,10 @@ impl Stance {
             .trim()
             .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
             .chars()
-            .map(|c| {
-                if c == '_' || c == '-' {
-                    ' '
-                } else {
-                    c.to_ascii_lowercase()
-                }
-            })
+            .map(|c| if c == '_' || c == '-' { ' ' } else { c.to_ascii_lowercase() })
             .collect();
         let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
-        Stance::ALL
-            .into_iter()
-            .find(|s| s.label().to_ascii_lowercase() == cleaned)
+        Stance::ALL.into_iter().find(|s| s.label().to_ascii_lowercase() == cleaned)
     }
 
     /// The original's tracked `stance_to_score`: the index over 6.
@@ -162,17 +142,9 @@ fn round6(x: f64) -> f64 {
 /// The reward of one turn (reference §4.3): `Δ = idx(new) − idx(base)`, 0 when `Δ ≤ 0`, else `round(Δ/6, 6)`.
 /// The base is the previous stance with `repay_levels` (the original), else the furthest stance reached.
 pub fn stance_reward(previous: Stance, new: Stance, furthest: Stance, compat: &Compat) -> f64 {
-    let base = if compat.repay_levels {
-        previous
-    } else {
-        previous.max(furthest)
-    };
+    let base = if compat.repay_levels { previous } else { previous.max(furthest) };
     let delta = new.index() as i64 - base.index() as i64;
-    if delta <= 0 {
-        0.0
-    } else {
-        round6(delta as f64 / 6.0)
-    }
+    if delta <= 0 { 0.0 } else { round6(delta as f64 / 6.0) }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -223,11 +195,7 @@ impl PersuadeTask {
     /// The levels an episode can gain with the scripted persuadee: every point made once, each in a turn of its
     /// own if need be, so nothing is lost to the per-turn cap.
     pub fn reachable_levels(&self) -> usize {
-        self.points
-            .iter()
-            .map(|p| p.strength.clamp(1, 2) as usize)
-            .sum::<usize>()
-            .min(6)
+        self.points.iter().map(|p| p.strength.clamp(1, 2) as usize).sum::<usize>().min(6)
     }
 }
 
@@ -271,26 +239,15 @@ pub fn builtin_tasks() -> Result<Vec<PersuadeTask>, GymError> {
 }
 
 fn validate(task: &PersuadeTask) -> Result<(), GymError> {
-    let bad = |message: String| GymError::Data {
-        gym: GymKind::Persuade,
-        location: task.id.clone(),
-        message,
-    };
+    let bad = |message: String| GymError::Data { gym: GymKind::Persuade, location: task.id.clone(), message };
     if task.claim.trim().is_empty() {
         return Err(bad("the claim is empty".into()));
     }
     for (i, p) in task.points.iter().enumerate() {
         if !(1..=2).contains(&p.strength) {
-            return Err(bad(format!(
-                "point {i} has strength {} (expected 1 or 2)",
-                p.strength
-            )));
+            return Err(bad(format!("point {i} has strength {} (expected 1 or 2)", p.strength)));
         }
-        if p.concepts.is_empty()
-            || p.concepts
-                .iter()
-                .any(|g| g.iter().all(|s| s.trim().is_empty()))
-        {
+        if p.concepts.is_empty() || p.concepts.iter().any(|g| g.iter().all(|s| s.trim().is_empty())) {
             return Err(bad(format!("point {i} has an empty concept group")));
         }
     }
@@ -315,18 +272,11 @@ impl PersuadeGym {
         let lexicons = tasks
             .iter()
             .map(|t| {
-                let concepts: Vec<Vec<Vec<String>>> =
-                    t.points.iter().map(|p| p.concepts.clone()).collect();
-                (
-                    t.id.clone(),
-                    Arc::new(Lexicon::new(&t.claim, &t.argument, &concepts)),
-                )
+                let concepts: Vec<Vec<Vec<String>>> = t.points.iter().map(|p| p.concepts.clone()).collect();
+                (t.id.clone(), Arc::new(Lexicon::new(&t.claim, &t.argument, &concepts)))
             })
             .collect();
-        Ok(PersuadeGym {
-            tasks: TaskSet::new(GymKind::Persuade, tasks)?,
-            lexicons,
-        })
+        Ok(PersuadeGym { tasks: TaskSet::new(GymKind::Persuade, tasks)?, lexicons })
     }
 
     pub fn from_jsonl(text: &str, source: &str) -> Result<PersuadeGym, GymError> {
@@ -373,12 +323,7 @@ impl Gym for PersuadeGym {
     fn system_prompt(&self) -> String {
         SYSTEM_PROMPT.to_string()
     }
-    fn new_env(
-        &self,
-        task_id: &str,
-        config: &EnvConfig,
-        user: Arc<dyn User>,
-    ) -> Result<Box<dyn Env>, GymError> {
+    fn new_env(&self, task_id: &str, config: &EnvConfig, user: Arc<dyn User>) -> Result<Box<dyn Env>, GymError> {
         let task = self.tasks.get(task_id)?.clone();
         if user.kind() == UserKind::Scripted && task.points.is_empty() {
             return Err(GymError::User(UserError::NoScriptedData {
@@ -465,11 +410,7 @@ impl Env for PersuadeEnv {
     }
     fn max_score(&self) -> f64 {
         // With the LLM persuadee any task can reach Strongly Disagree; the scripted one needs enough points.
-        if self.user.kind() == UserKind::Scripted {
-            self.task.reachable_levels() as f64 / 6.0
-        } else {
-            1.0
-        }
+        if self.user.kind() == UserKind::Scripted { self.task.reachable_levels() as f64 / 6.0 } else { 1.0 }
     }
 
     async fn step(&mut self, action: &Action) -> EnvStep {
@@ -509,17 +450,10 @@ impl Env for PersuadeEnv {
                 self.made.push(p);
             }
         }
-        self.history.push(Exchange {
-            argument,
-            response: reply.response.clone(),
-        });
+        self.history.push(Exchange { argument, response: reply.response.clone() });
         let step = EnvStep::rewarded(reply.response, reward);
         // Reference §4.3: the episode ends when the persuadee strongly disagrees.
-        if self.stance == Stance::StronglyDisagree {
-            step.end()
-        } else {
-            step
-        }
+        if self.stance == Stance::StronglyDisagree { step.end() } else { step }
     }
 }
 
@@ -568,11 +502,7 @@ impl Protocol for UserRole {
     }
 
     fn prompt(query: &Query) -> Prompt {
-        let labels = Stance::ALL
-            .iter()
-            .map(|s| format!("\"{}\"", s.label()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let labels = Stance::ALL.iter().map(|s| format!("\"{}\"", s.label())).collect::<Vec<_>>().join(", ");
         let system = format!(
             "You are playing a person in a debate. You firmly hold a claim, and someone (the persuader) is trying \
              to change your mind. Stay in character and react as a thoughtful, sceptical person would.\n\n\
@@ -622,18 +552,8 @@ impl Protocol for UserRole {
             return None;
         }
         let stance = Stance::parse(value.get("stance")?.as_str()?)?;
-        let thought = value
-            .get("thought")
-            .and_then(|t| t.as_str())
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        Some(Reply {
-            thought,
-            response: response.to_string(),
-            stance,
-            points: Vec::new(),
-        })
+        let thought = value.get("thought").and_then(|t| t.as_str()).unwrap_or("").trim().to_string();
+        Some(Reply { thought, response: response.to_string(), stance, points: Vec::new() })
     }
 
     fn fallback(query: &Query) -> Reply {
@@ -660,30 +580,15 @@ impl Protocol for UserRole {
 
 /// How the persuadee describes where it stands (two wordings a level).
 const STANCE_LINES: [[&str; 2]; 7] = [
-    [
-        "I still agree with this claim completely.",
-        "My view hasn't changed: I stand fully behind the claim.",
-    ],
+    ["I still agree with this claim completely.", "My view hasn't changed: I stand fully behind the claim."],
     [
         "I still agree with the claim, just a little less firmly.",
         "You've dented my confidence slightly, but I still agree.",
     ],
-    [
-        "I only partly agree with the claim now.",
-        "I'd say I partly agree at this point; you've raised some doubts.",
-    ],
-    [
-        "Honestly, I'm on the fence about this now.",
-        "I'm torn now; I can see both sides.",
-    ],
-    [
-        "I'm starting to lean against the claim.",
-        "I'd say I partly disagree with the claim now.",
-    ],
-    [
-        "I now disagree with the claim.",
-        "At this point I disagree with the claim.",
-    ],
+    ["I only partly agree with the claim now.", "I'd say I partly agree at this point; you've raised some doubts."],
+    ["Honestly, I'm on the fence about this now.", "I'm torn now; I can see both sides."],
+    ["I'm starting to lean against the claim.", "I'd say I partly disagree with the claim now."],
+    ["I now disagree with the claim.", "At this point I disagree with the claim."],
     [
         "All right, you've convinced me: I strongly disagree with the claim now.",
         "I have to admit it: I now strongly disagree with the claim.",
@@ -702,11 +607,8 @@ const TOO_MUCH: &[&str] = &[
     "That's a lot at once; I need time to weigh all of it.",
 ];
 
-const STILL: &[&str] = &[
-    "But I'm not all the way there.",
-    "Still, something holds me back.",
-    "Even so, I have my reasons.",
-];
+const STILL: &[&str] =
+    &["But I'm not all the way there.", "Still, something holds me back.", "Even so, I have my reasons."];
 
 const MISSING: &[&str] = &[
     "You haven't given me a concrete reason or any evidence.",
@@ -720,12 +622,7 @@ fn stance_line(stance: Stance, seed: u64) -> &'static str {
 }
 
 fn rebuttal(task: &PersuadeTask, seed: u64) -> String {
-    let lines: Vec<&str> = task
-        .rebuttals
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = task.rebuttals.iter().map(String::as_str).filter(|s| !s.trim().is_empty()).collect();
     if lines.is_empty() {
         "I still think the reasons for the claim outweigh what you've said.".to_string()
     } else {
@@ -734,12 +631,7 @@ fn rebuttal(task: &PersuadeTask, seed: u64) -> String {
 }
 
 fn reply(stance: Stance, response: String, thought: &str, points: Vec<usize>) -> Reply {
-    Reply {
-        thought: thought.to_string(),
-        response,
-        stance,
-        points,
-    }
+    Reply { thought: thought.to_string(), response, stance, points }
 }
 
 /// The rule-based persuadee: new points move it by their strength (at most 2 levels a turn); points heard
@@ -750,12 +642,7 @@ fn scripted_reply(q: &Query) -> Reply {
     let text = q.argument.as_str();
     let s = |salt: u64| mix(seed, salt);
     if !text::has_words(text) {
-        return reply(
-            q.stance,
-            "I didn't hear an argument there. What's your case?".into(),
-            "empty",
-            Vec::new(),
-        );
+        return reply(q.stance, "I didn't hear an argument there. What's your case?".into(), "empty", Vec::new());
     }
     if text::is_keyword_list(text) {
         let response = pick(
@@ -769,24 +656,13 @@ fn scripted_reply(q: &Query) -> Reply {
         return reply(q.stance, response.into(), "keyword list", Vec::new());
     }
     let analysis = q.lexicon.analyze(text);
-    let new: Vec<usize> = analysis
-        .made
-        .iter()
-        .copied()
-        .filter(|p| !q.made.contains(p) && *p < q.task.points.len())
-        .collect();
+    let new: Vec<usize> =
+        analysis.made.iter().copied().filter(|p| !q.made.contains(p) && *p < q.task.points.len()).collect();
     if !new.is_empty() {
-        let total: usize = new
-            .iter()
-            .map(|&p| q.task.points[p].strength.clamp(1, 2) as usize)
-            .sum();
+        let total: usize = new.iter().map(|&p| q.task.points[p].strength.clamp(1, 2) as usize).sum();
         let levels = total.min(MAX_LEVELS_PER_TURN);
         let stance = Stance::from_index(q.stance.index() + levels);
-        let gists: Vec<&str> = new
-            .iter()
-            .take(2)
-            .map(|&p| q.task.points[p].gist.trim())
-            .collect();
+        let gists: Vec<&str> = new.iter().take(2).map(|&p| q.task.points[p].gist.trim()).collect();
         let mut response = pick(ACKNOWLEDGE, s(2)).replace("{}", &gists.join(", and also "));
         if total > MAX_LEVELS_PER_TURN && stance != Stance::StronglyDisagree {
             response.push(' ');
@@ -817,10 +693,7 @@ fn scripted_reply(q: &Query) -> Reply {
         let response = format!(
             "{} {} What else do you have?",
             pick(
-                &[
-                    "I've already taken that point into account.",
-                    "You made that point before, and I've weighed it."
-                ],
+                &["I've already taken that point into account.", "You made that point before, and I've weighed it."],
                 s(8)
             ),
             rebuttal(&q.task, s(9))
@@ -856,23 +729,12 @@ fn scripted_reply(q: &Query) -> Reply {
     if !analysis.on_topic {
         let response = format!(
             "{} We're talking about this claim: {}",
-            pick(
-                &[
-                    "I don't see what that has to do with it.",
-                    "That seems beside the point."
-                ],
-                s(13)
-            ),
+            pick(&["I don't see what that has to do with it.", "That seems beside the point."], s(13)),
             q.task.claim.trim()
         );
         return reply(q.stance, response, "off topic", Vec::new());
     }
-    let response = format!(
-        "{} {} {}",
-        pick(MISSING, s(14)),
-        rebuttal(&q.task, s(15)),
-        stance_line(q.stance, s(16))
-    );
+    let response = format!("{} {} {}", pick(MISSING, s(14)), rebuttal(&q.task, s(15)), stance_line(q.stance, s(16)));
     reply(q.stance, response, "unconvinced", Vec::new())
 }
 
@@ -891,24 +753,15 @@ struct PersuadeExpert {
 impl PersuadeExpert {
     fn new(task: Arc<PersuadeTask>, seed: u64) -> PersuadeExpert {
         let plan = expert_plan(&task);
-        PersuadeExpert {
-            task,
-            plan,
-            turn: 0,
-            seed,
-        }
+        PersuadeExpert { task, plan, turn: 0, seed }
     }
 }
 
 /// Groups the points into turns worth 2 levels each (a strong point alone, or two light ones), stopping once
 /// the turns reach Strongly Disagree.
 pub fn expert_plan(task: &PersuadeTask) -> Vec<Vec<usize>> {
-    let strong: Vec<usize> = (0..task.points.len())
-        .filter(|&i| task.points[i].strength >= 2)
-        .collect();
-    let light: Vec<usize> = (0..task.points.len())
-        .filter(|&i| task.points[i].strength < 2)
-        .collect();
+    let strong: Vec<usize> = (0..task.points.len()).filter(|&i| task.points[i].strength >= 2).collect();
+    let light: Vec<usize> = (0..task.points.len()).filter(|&i| task.points[i].strength < 2).collect();
     let mut turns: Vec<Vec<usize>> = strong.into_iter().map(|i| vec![i]).collect();
     turns.extend(light.chunks(2).map(<[usize]>::to_vec));
     let mut plan = Vec::new();
@@ -917,11 +770,7 @@ pub fn expert_plan(task: &PersuadeTask) -> Vec<Vec<usize>> {
         if levels >= 6 {
             break;
         }
-        levels += t
-            .iter()
-            .map(|&i| task.points[i].strength.clamp(1, 2) as usize)
-            .sum::<usize>()
-            .min(2);
+        levels += t.iter().map(|&i| task.points[i].strength.clamp(1, 2) as usize).sum::<usize>().min(2);
         plan.push(t);
     }
     plan
@@ -931,11 +780,8 @@ const OPENERS: &[&str] = &[
     "I see why you hold this view, but I think it overlooks some real problems.",
     "I see the appeal of your position, yet there is a serious problem with it.",
 ];
-const FOLLOW_UPS: &[&str] = &[
-    "Here is another angle to weigh.",
-    "Let me add something else to consider.",
-    "There is more to think about.",
-];
+const FOLLOW_UPS: &[&str] =
+    &["Here is another angle to weigh.", "Let me add something else to consider.", "There is more to think about."];
 
 #[async_trait::async_trait]
 impl Agent for PersuadeExpert {
@@ -970,7 +816,10 @@ impl Agent for PersuadeExpert {
 pub fn import_original(root: &std::path::Path) -> Result<Vec<serde_json::Value>, GymError> {
     Err(GymError::Data {
         gym: GymKind::Persuade,
-        location: crate::import::tasks_dir(root, GymKind::Persuade).join("all_statements_refined.json").display().to_string(),
+        location: crate::import::tasks_dir(root, GymKind::Persuade)
+            .join("all_statements_refined.json")
+            .display()
+            .to_string(),
         message: "the original PersuadeGym statements file is not available in the shared data, so PersuadeGym \
                   cannot be imported; use the built-in claims"
             .into(),

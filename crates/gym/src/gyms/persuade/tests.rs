@@ -13,10 +13,7 @@ fn data_points_are_understood() {
         for (i, p) in t.points.iter().enumerate() {
             let a = lex.analyze(&p.text);
             if a.made != vec![i] {
-                problems.push(format!(
-                    "{} point {i}: made {:?} denied {:?}: {}",
-                    t.id, a.made, a.denied, p.text
-                ));
+                problems.push(format!("{} point {i}: made {:?} denied {:?}: {}", t.id, a.made, a.denied, p.text));
             }
         }
         for (n, turn) in expert_plan(t).iter().enumerate() {
@@ -26,10 +23,7 @@ fn data_points_are_understood() {
             let mut want = turn.clone();
             want.sort();
             if a.made != want {
-                problems.push(format!(
-                    "{} turn {n}: made {:?}, want {:?}",
-                    t.id, a.made, want
-                ));
+                problems.push(format!("{} turn {n}: made {:?}, want {:?}", t.id, a.made, want));
             }
         }
         let a = lex.analyze(&t.argument);
@@ -37,11 +31,7 @@ fn data_points_are_understood() {
             problems.push(format!("{} own argument makes {:?}", t.id, a.made));
         }
         if t.reachable_levels() < 6 {
-            problems.push(format!(
-                "{} reaches only {} levels",
-                t.id,
-                t.reachable_levels()
-            ));
+            problems.push(format!("{} reaches only {} levels", t.id, t.reachable_levels()));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -53,13 +43,12 @@ use std::sync::Mutex;
 use futures::executor::block_on;
 
 use crate::env::{Episode, StepOutcome, Termination};
-use crate::eval::{self, AgentSpec};
+use crate::eval::{self, AgentSpec, EvalPlan};
 use crate::gyms::Catalog;
 use crate::user::ScriptedUser;
 
 fn gym() -> &'static PersuadeGym {
-    static GYM: std::sync::LazyLock<PersuadeGym> =
-        std::sync::LazyLock::new(|| PersuadeGym::builtin().unwrap());
+    static GYM: std::sync::LazyLock<PersuadeGym> = std::sync::LazyLock::new(|| PersuadeGym::builtin().unwrap());
     &GYM
 }
 
@@ -100,12 +89,7 @@ impl User for FixedUser {
         UserKind::Llm
     }
     async fn reply(&self, _query: &UserQuery) -> Result<UserReply, UserError> {
-        let stance = self
-            .0
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Stance::StronglyAgree);
+        let stance = self.0.lock().unwrap().pop_front().unwrap_or(Stance::StronglyAgree);
         Ok(UserReply::Persuade(Reply {
             thought: String::new(),
             response: format!("Now I am at {}.", stance.label()),
@@ -147,10 +131,7 @@ fn stance_labels_parse_and_reject_unknown() {
         assert_eq!(Stance::parse(s.label()), Some(s));
         assert_eq!(Stance::from_index(s.index()), s);
     }
-    assert_eq!(
-        Stance::parse("  strongly disagree. "),
-        Some(Stance::StronglyDisagree)
-    );
+    assert_eq!(Stance::parse("  strongly disagree. "), Some(Stance::StronglyDisagree));
     assert_eq!(Stance::parse("Partly_Agree"), Some(Stance::PartlyAgree));
     assert_eq!(Stance::parse("Somewhat Agree"), None);
     assert_eq!(Stance::parse("Disagree strongly"), None);
@@ -164,67 +145,26 @@ fn stance_labels_parse_and_reject_unknown() {
 #[test]
 fn reward_is_levels_gained_over_six() {
     let repay = Compat { repay_levels: true };
-    assert_eq!(
-        stance_reward(
-            Stance::StronglyAgree,
-            Stance::Neutral,
-            Stance::StronglyAgree,
-            &repay
-        ),
-        0.5
-    );
-    assert_eq!(
-        stance_reward(Stance::Agree, Stance::PartlyAgree, Stance::Agree, &repay),
-        SIXTH
-    );
-    assert_eq!(
-        stance_reward(
-            Stance::StronglyAgree,
-            Stance::StronglyDisagree,
-            Stance::StronglyAgree,
-            &repay
-        ),
-        1.0
-    );
-    assert_eq!(
-        stance_reward(Stance::Neutral, Stance::Agree, Stance::Neutral, &repay),
-        0.0
-    );
-    assert_eq!(
-        stance_reward(Stance::Neutral, Stance::Neutral, Stance::Neutral, &repay),
-        0.0
-    );
+    assert_eq!(stance_reward(Stance::StronglyAgree, Stance::Neutral, Stance::StronglyAgree, &repay), 0.5);
+    assert_eq!(stance_reward(Stance::Agree, Stance::PartlyAgree, Stance::Agree, &repay), SIXTH);
+    assert_eq!(stance_reward(Stance::StronglyAgree, Stance::StronglyDisagree, Stance::StronglyAgree, &repay), 1.0);
+    assert_eq!(stance_reward(Stance::Neutral, Stance::Agree, Stance::Neutral, &repay), 0.0);
+    assert_eq!(stance_reward(Stance::Neutral, Stance::Neutral, Stance::Neutral, &repay), 0.0);
     // The default pays only beyond the furthest stance reached.
     let sane = Compat::default();
-    assert_eq!(
-        stance_reward(Stance::Agree, Stance::Disagree, Stance::Neutral, &sane),
-        THIRD
-    );
-    assert_eq!(
-        stance_reward(Stance::Agree, Stance::Neutral, Stance::Neutral, &sane),
-        0.0
-    );
-    assert_eq!(
-        stance_reward(Stance::Agree, Stance::Neutral, Stance::Neutral, &repay),
-        THIRD
-    );
+    assert_eq!(stance_reward(Stance::Agree, Stance::Disagree, Stance::Neutral, &sane), THIRD);
+    assert_eq!(stance_reward(Stance::Agree, Stance::Neutral, Stance::Neutral, &sane), 0.0);
+    assert_eq!(stance_reward(Stance::Agree, Stance::Neutral, Stance::Neutral, &repay), THIRD);
 }
 
 // Reference §4.3 (bug kept behind `repay_levels`): the stance may move back and the original pays the same levels
 // again; by default an episode sums to at most 1.
 #[test]
 fn moving_back_is_repaid_only_with_the_compat_switch() {
-    let path = [
-        Stance::Neutral,
-        Stance::Agree,
-        Stance::Neutral,
-        Stance::StronglyDisagree,
-    ];
+    let path = [Stance::Neutral, Stance::Agree, Stance::Neutral, Stance::StronglyDisagree];
     let play = |repay: bool| {
         let mut ep = episode_with("policy-01", FixedUser::new(&path), repay);
-        let rewards: Vec<f64> = (0..4)
-            .map(|i| say(&mut ep, &format!("argument {i}")).reward)
-            .collect();
+        let rewards: Vec<f64> = (0..4).map(|i| say(&mut ep, &format!("argument {i}")).reward).collect();
         (rewards, ep.into_transcript())
     };
     let (rewards, t) = play(false);
@@ -242,11 +182,7 @@ fn moving_back_is_repaid_only_with_the_compat_switch() {
 // the budget truncates at 16 turns.
 #[test]
 fn termination_finish_and_budget() {
-    let mut ep = episode_with(
-        "policy-01",
-        FixedUser::new(&[Stance::StronglyDisagree]),
-        false,
-    );
+    let mut ep = episode_with("policy-01", FixedUser::new(&[Stance::StronglyDisagree]), false);
     let out = say(&mut ep, "Here is my argument.");
     assert_eq!((out.reward, out.terminated), (1.0, true));
     assert_eq!(out.feedback, "Now I am at Strongly Disagree.");
@@ -285,10 +221,7 @@ fn fallback_keeps_the_stance() {
         seed: 0,
     };
     let reply = UserRole::fallback(&query);
-    assert_eq!(
-        (reply.response.as_str(), reply.stance),
-        (FALLBACK_RESPONSE, Stance::Neutral)
-    );
+    assert_eq!((reply.response.as_str(), reply.stance), (FALLBACK_RESPONSE, Stance::Neutral));
 }
 
 #[test]
@@ -296,18 +229,9 @@ fn scripted_user_needs_points() {
     let mut task = gym().task("policy-01").unwrap().as_ref().clone();
     task.points.clear();
     let bare = PersuadeGym::from_tasks(vec![task]).unwrap();
-    let err = bare
-        .new_env("policy-01", &EnvConfig::default(), Arc::new(ScriptedUser))
-        .err()
-        .unwrap();
-    assert!(matches!(
-        err,
-        GymError::User(UserError::NoScriptedData { .. })
-    ));
-    assert!(
-        bare.new_env("policy-01", &EnvConfig::default(), FixedUser::new(&[]))
-            .is_ok()
-    );
+    let err = bare.new_env("policy-01", &EnvConfig::default(), Arc::new(ScriptedUser)).err().unwrap();
+    assert!(matches!(err, GymError::User(UserError::NoScriptedData { .. })));
+    assert!(bare.new_env("policy-01", &EnvConfig::default(), FixedUser::new(&[])).is_ok());
     assert!(bare.expert("policy-01", 0).is_err());
 }
 
@@ -316,19 +240,13 @@ fn jsonl_round_trip() {
     let lines: Vec<String> = gym().export_tasks().iter().map(|v| v.to_string()).collect();
     let again = PersuadeGym::from_jsonl(&lines.join("\n"), "test").unwrap();
     assert_eq!(again.tasks(), gym().tasks());
-    assert_eq!(
-        again.task("science-01").unwrap(),
-        gym().task("science-01").unwrap()
-    );
+    assert_eq!(again.task("science-01").unwrap(), gym().task("science-01").unwrap());
     assert!(PersuadeGym::from_jsonl("{\"id\": 3}", "bad").is_err());
 }
 
 #[test]
 fn import_explains_that_the_statements_are_missing() {
-    let root = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/userrl-data"
-    ));
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/userrl-data"));
     match import_original(root) {
         Err(GymError::Data { message, .. }) => assert!(message.contains("not available")),
         other => panic!("expected a data error, got {other:?}"),
@@ -342,16 +260,10 @@ fn import_explains_that_the_statements_are_missing() {
 #[test]
 fn a_new_point_moves_the_stance_by_its_strength() {
     let mut ep = scripted("policy-01");
-    let out = say(
-        &mut ep,
-        "Think about elderly residents who rely on their car to get to the doctor.",
-    );
+    let out = say(&mut ep, "Think about elderly residents who rely on their car to get to the doctor.");
     assert_eq!(out.reward, THIRD);
     assert!(out.feedback.contains("elderly"), "{}", out.feedback);
-    let out = say(
-        &mut ep,
-        "Also, the buses in most cities are already overcrowded at rush hour.",
-    );
+    let out = say(&mut ep, "Also, the buses in most cities are already overcrowded at rush hour.");
     assert_eq!(out.reward, SIXTH);
 }
 
@@ -370,14 +282,8 @@ fn synonyms_and_word_order_are_understood() {
 #[test]
 fn a_negated_point_counts_for_the_claim() {
     let mut ep = scripted("policy-01");
-    assert_eq!(
-        say(&mut ep, "Local shops would lose customers to the malls.").reward,
-        THIRD
-    );
-    let out = say(
-        &mut ep,
-        "Of course, disabled people do not rely on cars at all.",
-    );
+    assert_eq!(say(&mut ep, "Local shops would lose customers to the malls.").reward, THIRD);
+    let out = say(&mut ep, "Of course, disabled people do not rely on cars at all.");
     assert_eq!(out.reward, 0.0);
     assert!(
         out.feedback.contains("supports my view")
@@ -387,10 +293,7 @@ fn a_negated_point_counts_for_the_claim() {
         out.feedback
     );
     // The moved-back level is not paid again by default.
-    let out = say(
-        &mut ep,
-        "The traffic would just be displaced into the surrounding suburbs.",
-    );
+    let out = say(&mut ep, "The traffic would just be displaced into the surrounding suburbs.");
     assert_eq!(out.reward, 0.0);
 }
 
@@ -399,26 +302,13 @@ fn agreeing_with_the_claim_moves_back_one_level() {
     for (repay, regained) in [(false, SIXTH), (true, THIRD)] {
         let mut ep = episode_with("policy-01", Arc::new(ScriptedUser), repay);
         // Strongly Agree -> Partly Agree.
-        assert_eq!(
-            say(
-                &mut ep,
-                "Shops in the centre would lose sales to out-of-town malls."
-            )
-            .reward,
-            THIRD
-        );
+        assert_eq!(say(&mut ep, "Shops in the centre would lose sales to out-of-town malls.").reward, THIRD);
         // Back to Agree.
-        let out = say(
-            &mut ep,
-            "Honestly, I agree with you that cars make streets dangerous.",
-        );
+        let out = say(&mut ep, "Honestly, I agree with you that cars make streets dangerous.");
         assert_eq!(out.reward, 0.0);
         // Agree -> Neutral: by default only the level beyond Partly Agree is paid; with `repay_levels` (the
         // original) the regained level is paid again.
-        let out = say(
-            &mut ep,
-            "Elderly residents rely on a car, and a ban would leave them stranded.",
-        );
+        let out = say(&mut ep, "Elderly residents rely on a car, and a ban would leave them stranded.");
         assert_eq!(out.reward, regained, "repay_levels = {repay}");
     }
 }
@@ -430,27 +320,16 @@ fn repetition_earns_nothing() {
     assert_eq!(say(&mut ep, text).reward, THIRD);
     let out = say(&mut ep, text);
     assert_eq!(out.reward, 0.0);
-    assert!(
-        out.feedback.contains("already") || out.feedback.contains("over this"),
-        "{}",
-        out.feedback
-    );
+    assert!(out.feedback.contains("already") || out.feedback.contains("over this"), "{}", out.feedback);
     // A paraphrase of a point already made earns nothing either.
-    let out = say(
-        &mut ep,
-        "Retailers would see their revenue collapse, believe me.",
-    );
+    let out = say(&mut ep, "Retailers would see their revenue collapse, believe me.");
     assert_eq!(out.reward, 0.0);
 }
 
 #[test]
 fn keyword_stuffing_earns_nothing() {
     let task = gym().task("policy-01").unwrap().clone();
-    let all: Vec<String> = task
-        .points
-        .iter()
-        .flat_map(|p| p.concepts.iter().flatten().cloned())
-        .collect();
+    let all: Vec<String> = task.points.iter().flat_map(|p| p.concepts.iter().flatten().cloned()).collect();
     let stuffed = [
         all.join(", "),
         all.join(" ").replace('*', ""),
@@ -483,59 +362,30 @@ fn every_point_at_once_earns_at_most_two_levels() {
 #[test]
 fn off_topic_and_bare_assertions_move_nothing() {
     let mut ep = scripted("policy-01");
-    let out = say(
-        &mut ep,
-        "My favourite colour is blue and I enjoy jazz on Sundays.",
-    );
+    let out = say(&mut ep, "My favourite colour is blue and I enjoy jazz on Sundays.");
     assert_eq!(out.reward, 0.0);
-    assert!(
-        out.feedback.contains("beside the point") || out.feedback.contains("has to do with"),
-        "{}",
-        out.feedback
-    );
-    let out = say(
-        &mut ep,
-        "You are wrong. The claim is false and banning cars is a bad idea.",
-    );
+    assert!(out.feedback.contains("beside the point") || out.feedback.contains("has to do with"), "{}", out.feedback);
+    let out = say(&mut ep, "You are wrong. The claim is false and banning cars is a bad idea.");
     assert_eq!(out.reward, 0.0);
-    assert!(
-        out.feedback.contains("wrong") || out.feedback.contains("false"),
-        "{}",
-        out.feedback
-    );
-    let out = say(
-        &mut ep,
-        "Cities should think harder about private cars in their centres.",
-    );
+    assert!(out.feedback.contains("wrong") || out.feedback.contains("false"), "{}", out.feedback);
+    let out = say(&mut ep, "Cities should think harder about private cars in their centres.");
     assert_eq!(out.reward, 0.0);
-    assert!(
-        MISSING.iter().any(|m| out.feedback.contains(m)),
-        "{}",
-        out.feedback
-    );
+    assert!(MISSING.iter().any(|m| out.feedback.contains(m)), "{}", out.feedback);
 }
 
 #[test]
 fn replies_never_reveal_unmade_points() {
     for task in builtin_tasks().unwrap() {
         let mut ep = scripted(&task.id);
-        for (i, text) in [
-            "I think you should reconsider this.",
-            "There are serious downsides you ignore.",
-            "Trust me, it is wrong.",
-        ]
-        .iter()
-        .enumerate()
+        for (i, text) in
+            ["I think you should reconsider this.", "There are serious downsides you ignore.", "Trust me, it is wrong."]
+                .iter()
+                .enumerate()
         {
             let out = say(&mut ep, text);
             assert_eq!(out.reward, 0.0);
             for p in &task.points {
-                assert!(
-                    !out.feedback.contains(p.gist.as_str()),
-                    "{} turn {i} leaks `{}`",
-                    task.id,
-                    p.gist
-                );
+                assert!(!out.feedback.contains(p.gist.as_str()), "{} turn {i} leaks `{}`", task.id, p.gist);
             }
         }
     }
@@ -558,10 +408,7 @@ fn llm_query() -> Query {
         task: gym().task("policy-01").unwrap().clone(),
         lexicon: Arc::new(Lexicon::default()),
         stance: Stance::PartlyAgree,
-        history: vec![Exchange {
-            argument: "Shops suffer.".into(),
-            response: "Maybe a little.".into(),
-        }],
+        history: vec![Exchange { argument: "Shops suffer.".into(), response: "Maybe a little.".into() }],
         argument: "Buses are already overcrowded.".into(),
         made: Vec::new(),
         seed: 0,
@@ -574,14 +421,8 @@ fn prompt_carries_claim_argument_stance_and_history() {
     let p = UserRole::prompt(&q);
     assert!(p.user.contains(&q.task.claim));
     assert!(p.user.contains(&q.task.argument));
-    assert!(
-        p.user
-            .contains("Your stance before this turn: Partly Agree")
-    );
-    assert!(
-        p.user
-            .contains("Turn 1:\nPersuader: Shops suffer.\nYou: Maybe a little.")
-    );
+    assert!(p.user.contains("Your stance before this turn: Partly Agree"));
+    assert!(p.user.contains("Turn 1:\nPersuader: Shops suffer.\nYou: Maybe a little."));
     assert!(p.user.contains("Buses are already overcrowded."));
     for field in ["\"thought\"", "\"response\"", "\"stance\""] {
         assert!(p.system.contains(field));
@@ -598,17 +439,11 @@ fn parse_reads_realistic_model_output() {
     let q = llm_query();
     let fenced = "```json\n{\"thought\": \"fair\", \"response\": \"You have a point.\", \"stance\": \"Neutral\"}\n```";
     let r = UserRole::parse(&q, fenced).unwrap();
-    assert_eq!(
-        (r.stance, r.response.as_str(), r.thought.as_str()),
-        (Stance::Neutral, "You have a point.", "fair")
-    );
+    assert_eq!((r.stance, r.response.as_str(), r.thought.as_str()), (Stance::Neutral, "You have a point.", "fair"));
     let prose = "Sure, here is my answer: {\"response\": \"Not convinced.\", \"stance\": \"agree\"} Hope it helps.";
     assert_eq!(UserRole::parse(&q, prose).unwrap().stance, Stance::Agree);
     let python = "{'thought': 'ok', 'response': 'Fine, I see it.', 'stance': 'Partly Disagree'}";
-    assert_eq!(
-        UserRole::parse(&q, python).unwrap().stance,
-        Stance::PartlyDisagree
-    );
+    assert_eq!(UserRole::parse(&q, python).unwrap().stance, Stance::PartlyDisagree);
     for bad in [
         "{\"thought\": \"x\", \"response\": \"y\", \"stance\": \"Somewhat Agree\"}",
         "{\"thought\": \"x\", \"response\": \"y\"}",
@@ -630,12 +465,14 @@ fn expert_persuades_and_random_does_not() {
     let run = |agent| {
         block_on(eval::evaluate(
             &catalog,
-            Split::Test,
-            agent,
+            &EvalPlan {
+                split: Split::Test,
+                agent: agent,
+                config: EnvConfig::default().clone(),
+                concurrency: 1,
+                limit_per_gym: None,
+            },
             user.clone(),
-            &EnvConfig::default(),
-            1,
-            None,
             |_| {},
         ))
         .unwrap()
@@ -648,10 +485,7 @@ fn expert_persuades_and_random_does_not() {
     assert!(e.mean_normalized >= 0.8, "expert {}", e.mean_normalized);
     assert!(e.mean_turns <= 3.0, "expert turns {}", e.mean_turns);
     assert!(r.mean_normalized <= 0.2, "random {}", r.mean_normalized);
-    println!(
-        "expert {:.3} ({:.2} turns), random {:.3}",
-        e.mean_normalized, e.mean_turns, r.mean_normalized
-    );
+    println!("expert {:.3} ({:.2} turns), random {:.3}", e.mean_normalized, e.mean_turns, r.mean_normalized);
 }
 
 #[test]
@@ -659,9 +493,7 @@ fn expert_messages_are_fluent_sentences() {
     let task = gym().task("lifestyle-01").unwrap().clone();
     let mut expert = PersuadeExpert::new(task, 7);
     let turn = block_on(expert.act(&[]));
-    let AgentTurn::Call { arguments, .. } = turn else {
-        panic!("expected a call")
-    };
+    let AgentTurn::Call { arguments, .. } = turn else { panic!("expected a call") };
     let content = arguments["content"].as_str().unwrap();
     assert!(!text::is_keyword_list(content));
     assert!(content.ends_with('.'));
