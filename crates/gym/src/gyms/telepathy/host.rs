@@ -792,8 +792,8 @@ fn parse_time_at(words: &[String], i: usize) -> Option<(usize, TimeSpan)> {
             let extra = usize::from(matches!(words.get(i + 2).map(String::as_str), Some("old" | "ago")));
             return Some((2 + extra, TimeSpan::Age(n)));
         }
-        if w.len() >= 3 {
-            let bc = bc_len(i + 1);
+        let bc = bc_len(i + 1);
+        if w.len() >= 3 || bc > 0 {
             let y = if bc > 0 { -n } else { n };
             let ad = usize::from(bc == 0 && matches!(next, Some("ad" | "ce")));
             return Some((1 + bc + ad, TimeSpan::Years { from: y, to: y }));
@@ -1002,7 +1002,12 @@ pub fn answer_question(ontology: &Ontology, entity: &Entity, question: &str) -> 
         }
     }
     found.extend(ontology.phrases.find_all(stems));
-    let chosen = longest_non_overlapping(found, words.len());
+    let mut chosen = longest_non_overlapping(found, words.len());
+    // "Was he alive in 1920?", "Did he die after 1950?": the time expression already reads "alive" / "die"
+    // as a date of life or death, so the flag must not be asked on its own as well.
+    if chosen.iter().any(|(_, _, t)| matches!(t, Target::Time(q) if matches!(q.of, YearOf::Died | YearOf::Lifespan))) {
+        chosen.retain(|(_, _, t)| !matches!(t, Target::Flag { attr, .. } if attr == "alive"));
+    }
     if chosen.is_empty() {
         return Reading { answer: Answer::Maybe, targets: 0, why: "not understood" };
     }
