@@ -269,10 +269,10 @@ impl Ontology {
         let mut clashes: Vec<String> = Vec::new();
         // A phrase owned by two concepts could never be answered consistently; all clashes are reported.
         let mut claim = |stems: &Vec<String>, owner: &str| -> Result<(), String> {
-            if let Some(prev) = seen_phrases.insert(stems.clone(), owner.to_string()) {
-                if prev != owner {
-                    clashes.push(format!("phrase `{}` belongs to both `{prev}` and `{owner}`", stems.join(" ")));
-                }
+            if let Some(prev) = seen_phrases.insert(stems.clone(), owner.to_string())
+                && prev != owner
+            {
+                clashes.push(format!("phrase `{}` belongs to both `{prev}` and `{owner}`", stems.join(" ")));
             }
             Ok(())
         };
@@ -457,85 +457,14 @@ pub static BUILTIN_NAMES: LazyLock<NameIndex> = LazyLock::new(|| {
 });
 
 /// Words that may surround a name in a guess or an "is it X?" question without changing what it names.
+#[rustfmt::skip]
 const NAME_FILLER: &[&str] = &[
-    "is",
-    "it",
-    "a",
-    "an",
-    "the",
-    "this",
-    "that",
-    "you",
-    "are",
-    "were",
-    "was",
-    "thinking",
-    "think",
-    "thought",
-    "of",
-    "about",
-    "could",
-    "would",
-    "can",
-    "be",
-    "maybe",
-    "perhaps",
-    "probably",
-    "entity",
-    "answer",
-    "your",
-    "my",
-    "guess",
-    "i",
-    "called",
-    "named",
-    "one",
-    "mean",
-    "do",
-    "does",
-    "am",
-    "final",
-    "it's",
-    "must",
-    "so",
-    "then",
-    "ok",
-    "okay",
-    "well",
-    "hmm",
-    "sure",
-    "certain",
-    "believe",
-    "say",
-    "would",
-    "going",
-    "go",
-    "with",
-    "yes",
-    "right",
-    "correct",
-    "what",
-    "who",
-    "thing",
-    "something",
-    "someone",
-    "person",
-    "famous",
-    "known",
-    "as",
-    "s",
-    "to",
-    "me",
-    "have",
-    "got",
-    "in",
-    "mind",
-    "character",
-    "animal",
-    "place",
-    "object",
-    "food",
-    "plant",
+    "is", "it", "a", "an", "the", "this", "that", "you", "are", "were", "was", "thinking", "think", "thought", "of",
+    "about", "could", "would", "can", "be", "maybe", "perhaps", "probably", "entity", "answer", "your", "my", "guess",
+    "i", "called", "named", "one", "mean", "do", "does", "am", "final", "it's", "must", "so", "then", "ok", "okay",
+    "well", "hmm", "sure", "certain", "believe", "say", "would", "going", "go", "with", "yes", "right", "correct",
+    "what", "who", "thing", "something", "someone", "person", "famous", "known", "as", "s", "to", "me", "have", "got",
+    "in", "mind", "character", "animal", "place", "object", "food", "plant",
 ];
 
 /// Words that join several candidates into one guess.
@@ -674,31 +603,15 @@ fn number_word(w: &str) -> Option<f64> {
     if w.len() <= 3 && w.chars().all(|c| c.is_ascii_digit()) { w.parse().ok() } else { None }
 }
 
+#[rustfmt::skip]
+const ORDINALS: [&str; 20] = [
+    "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+    "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth", "eighteenth",
+    "nineteenth", "twentieth",
+];
+
 fn ordinal(w: &str) -> Option<f64> {
-    const WORDS: [&str; 21] = [
-        "first",
-        "second",
-        "third",
-        "fourth",
-        "fifth",
-        "sixth",
-        "seventh",
-        "eighth",
-        "ninth",
-        "tenth",
-        "eleventh",
-        "twelfth",
-        "thirteenth",
-        "fourteenth",
-        "fifteenth",
-        "sixteenth",
-        "seventeenth",
-        "eighteenth",
-        "nineteenth",
-        "twentieth",
-        "twenty-first",
-    ];
-    if let Some(i) = WORDS.iter().position(|x| *x == w) {
+    if let Some(i) = ORDINALS.iter().position(|x| *x == w) {
         return Some(i as f64 + 1.0);
     }
     let digits = w.trim_end_matches(|c: char| c.is_ascii_alphabetic());
@@ -710,42 +623,11 @@ fn ordinal(w: &str) -> Option<f64> {
 }
 
 /// Words after a number that make it a measure rather than a year.
+#[rustfmt::skip]
 const UNITS: &[&str] = &[
-    "meter",
-    "meters",
-    "metre",
-    "metres",
-    "m",
-    "km",
-    "kilometers",
-    "kilometres",
-    "kg",
-    "kilograms",
-    "feet",
-    "foot",
-    "ft",
-    "miles",
-    "mile",
-    "pounds",
-    "lbs",
-    "tons",
-    "tonnes",
-    "people",
-    "percent",
-    "mph",
-    "degrees",
-    "keys",
-    "legs",
-    "inches",
-    "cm",
-    "dollars",
-    "species",
-    "million",
-    "thousand",
-    "billion",
-    "times",
-    "pieces",
-    "strings",
+    "meter", "meters", "metre", "metres", "m", "km", "kilometers", "kilometres", "kg", "kilograms", "feet", "foot",
+    "ft", "miles", "mile", "pounds", "lbs", "tons", "tonnes", "people", "percent", "mph", "degrees", "keys", "legs",
+    "inches", "cm", "dollars", "species", "million", "thousand", "billion", "times", "pieces", "strings",
 ];
 
 /// A time expression found in the words: its span and the years it names, or an age in years.
@@ -766,6 +648,8 @@ fn parse_time_at(words: &[String], i: usize) -> Option<(usize, TimeSpan)> {
     };
     // Centuries: "19th century", "nineteenth century", "5th century bc".
     if let (Some(n), Some("century" | "centuries")) = (ordinal(w), next) {
+        // "twenty-first" arrives as two words.
+        let n = if i > 0 && words[i - 1] == "twenty" { n + 20.0 } else { n };
         let bc = bc_len(i + 2);
         let (from, to) =
             if bc > 0 { (-(n * 100.0), -((n - 1.0) * 100.0) - 1.0) } else { ((n - 1.0) * 100.0, n * 100.0 - 1.0) };
@@ -807,6 +691,14 @@ fn parse_time_at(words: &[String], i: usize) -> Option<(usize, TimeSpan)> {
     }
 }
 
+/// Words that date a thing's making ("built before 1900").
+#[rustfmt::skip]
+const CREATED_WORDS: &[&str] = &[
+    "built", "build", "invent", "invented", "create", "created", "made", "founded", "appear", "appeared", "written",
+    "published", "discovered", "constructed", "released", "introduced", "first", "painted", "erected", "completed",
+    "designed", "exist", "existed",
+];
+
 fn year_of(words: &[String]) -> YearOf {
     let has = |list: &[&str]| words.iter().any(|w| list.contains(&w.as_str()));
     if has(&["born", "birth", "birthday"]) {
@@ -815,31 +707,7 @@ fn year_of(words: &[String]) -> YearOf {
         YearOf::Died
     } else if has(&["alive", "live", "lived", "living", "lifetime", "life"]) {
         YearOf::Lifespan
-    } else if has(&[
-        "built",
-        "build",
-        "invent",
-        "invented",
-        "create",
-        "created",
-        "made",
-        "founded",
-        "appear",
-        "appeared",
-        "written",
-        "published",
-        "discovered",
-        "constructed",
-        "released",
-        "introduced",
-        "first",
-        "painted",
-        "erected",
-        "completed",
-        "designed",
-        "exist",
-        "existed",
-    ]) {
+    } else if has(CREATED_WORDS) {
         YearOf::Created
     } else {
         YearOf::Default
@@ -887,12 +755,12 @@ fn parse_legs(words: &[String], stems: &[String], i: usize) -> Option<(usize, us
     let mut cmp = 0i8;
     for j in (from..i).rev() {
         let w = words[j].as_str();
-        if count.is_none() {
-            if let Some(n) = number_word(w) {
-                count = Some(n);
-                start = j;
-                continue;
-            }
+        if count.is_none()
+            && let Some(n) = number_word(w)
+        {
+            count = Some(n);
+            start = j;
+            continue;
         }
         match w {
             "more" | "over" => cmp = 1,
@@ -1155,10 +1023,10 @@ pub fn shared_names<'a>(entities: impl IntoIterator<Item = (&'a str, &'a [String
     for (title, aliases) in entities {
         let key = entity_key(title);
         for v in name_variants(title, aliases) {
-            if let Some(prev) = owner.insert(v.clone(), key.clone()) {
-                if prev != key {
-                    shared.insert(v.join(" "));
-                }
+            if let Some(prev) = owner.insert(v.clone(), key.clone())
+                && prev != key
+            {
+                shared.insert(v.join(" "));
             }
         }
     }

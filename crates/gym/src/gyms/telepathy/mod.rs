@@ -480,7 +480,8 @@ impl Protocol for UserRole {
             Query::Question { task, question } => Prompt::new(
                 QUESTION_SYSTEM,
                 format!(
-                    "The entity you have in mind:\n{}\n\nThe player's question:\n{}\n\nAnswer with the JSON object only.",
+                    "The entity you have in mind:\n{}\n\nThe player's question:\n{}\n\nAnswer with the JSON object \
+                     only.",
                     entity_line(task),
                     question.trim()
                 ),

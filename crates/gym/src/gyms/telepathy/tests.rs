@@ -15,8 +15,7 @@ fn gym() -> &'static TelepathyGym {
 }
 
 fn task(title: &str) -> Arc<TelepathyTask> {
-    let tasks = builtin_tasks().unwrap();
-    Arc::new(tasks.into_iter().find(|t| t.title == title).unwrap_or_else(|| panic!("no entity {title}")))
+    GYM.tasks.all().iter().find(|t| t.title == title).unwrap_or_else(|| panic!("no entity {title}")).clone()
 }
 
 fn ask(title: &str, question: &str) -> Answer {
@@ -284,7 +283,9 @@ fn repeating_questions_and_guessing_blindly_earn_nothing() {
 #[test]
 fn correct_guess_pays_one_and_ends() {
     // Reference §4.2: a correct guess scores 1, pays max(0, score − best), and terminates the episode.
-    for g in ["Albert Einstein", "It is Albert Einstein.", "Einstein?", "i think it's albert einstein!", "ALBERT EINSTEIN"] {
+    for g in
+        ["Albert Einstein", "It is Albert Einstein.", "Einstein?", "i think it's albert einstein!", "ALBERT EINSTEIN"]
+    {
         let mut ep = episode("Albert Einstein");
         let out = step(&mut ep, guess(g));
         assert_eq!((out.reward, out.terminated), (1.0, true), "{g}");
@@ -400,7 +401,10 @@ fn llm_replies_are_parsed_tolerantly() {
         _ => None,
     };
     assert_eq!(
-        judgment("```json\n{\"thought\": \"a tiger is not a lion\", \"judgment\": \"No\", \"feedback\": \"Not quite, you can do it!\"}\n```"),
+        judgment(
+            "```json\n{\"thought\": \"a tiger is not a lion\", \"judgment\": \"No\", \
+             \"feedback\": \"Not quite, you can do it!\"}\n```"
+        ),
         Some((false, "Not quite, you can do it!".to_string()))
     );
     assert_eq!(judgment("{\"judgment\": \"Yes\", \"feedback\": \"You got it!\"}").map(|j| j.0), Some(true));
@@ -460,7 +464,8 @@ fn llm_host_drives_the_env_and_garbage_falls_back() {
 
 #[test]
 fn expert_asks_answerable_questions_then_guesses() {
-    for t in builtin_tasks().unwrap() {
+    // Every other entity, to keep the debug test run short; the test split is covered in full below.
+    for t in builtin_tasks().unwrap().into_iter().step_by(2) {
         let plan = TelepathyExpert::plan(&t, 3);
         assert_eq!(plan.len(), EXPERT_QUESTIONS, "{}", t.title);
         for q in &plan {
@@ -529,7 +534,15 @@ fn import_reproduces_the_original_split_and_refuses_the_scripted_host() {
 #[test]
 fn odd_input_never_panics() {
     let mut ep = episode("Albert Einstein");
-    for text in ["", "\u{0}\u{7}\u{1b}[31m", "ǘ́́́", "日本の人ですか？", "is it ".repeat(1500).as_str(), "1999s 0th century 99999 bc", "4 4 4 legs legs"] {
+    for text in [
+        "",
+        "\u{0}\u{7}\u{1b}[31m",
+        "ǘ́́́",
+        "日本の人ですか？",
+        "is it ".repeat(1500).as_str(),
+        "1999s 0th century 99999 bc",
+        "4 4 4 legs legs",
+    ] {
         let q = step(&mut ep, question(text));
         assert!(["Yes", "No", "Maybe"].contains(&q.feedback.as_str()));
         let a = step(&mut ep, guess(text));
