@@ -736,7 +736,7 @@ fn age_direction(words: &[String], start: usize, end: usize) -> bool {
     let mut older = true;
     for w in around {
         match w.as_str() {
-            "under" | "less" | "younger" | "fewer" | "newer" | "recent" => older = false,
+            "under" | "less" | "younger" | "fewer" | "newer" | "recent" | "last" | "past" | "within" => older = false,
             "over" | "more" | "older" | "least" => older = true,
             _ => {}
         }
@@ -879,6 +879,30 @@ pub fn answer_question(ontology: &Ontology, entity: &Entity, question: &str) -> 
     if chosen.is_empty() {
         return Reading { answer: Answer::Maybe, targets: 0, why: "not understood" };
     }
+    // "Is the person an entertainer?": when only the kind of thing was understood and the property asked
+    // about was not, answering the kind alone would mislead.
+    if chosen.iter().all(|(_, _, t)| is_context(t)) {
+        let mut covered = vec![false; words.len()];
+        for (start, len, _) in &chosen {
+            covered[*start..*start + *len].iter_mut().for_each(|c| *c = true);
+        }
+        let unknown = words.iter().zip(&covered).any(|(w, c)| {
+            !*c && !text::is_stopword(w)
+                && !text::NEGATORS.contains(&w.as_str())
+                && !OR_WORDS.contains(&w.as_str())
+                && !GENERIC.contains(&w.as_str())
+                && !NAME_FILLER.contains(&w.as_str())
+        });
+        if unknown {
+            // The subject can still be wrong ("Is the person an entertainer?" about a tower): then No.
+            let subject = chosen.iter().fold(Answer::Yes, |acc, (start, _, t)| {
+                let a = evaluate(ontology, entity, t);
+                acc.and(if negated_at(words, *start) { a.flip() } else { a })
+            });
+            let answer = if subject == Answer::No { Answer::No } else { Answer::Maybe };
+            return Reading { answer, targets: chosen.len(), why: "the property was not understood" };
+        }
+    }
     if chosen.len() > 1 && (or_like || listy) {
         return Reading { answer: Answer::Maybe, targets: chosen.len(), why: "several targets joined by or / a list" };
     }
@@ -893,6 +917,30 @@ pub fn answer_question(ontology: &Ontology, entity: &Entity, question: &str) -> 
     }
     Reading { answer, targets: chosen.len(), why: "answered" }
 }
+
+/// Concepts that say what kind of thing the entity is; a question often names them only as its subject.
+const CONTEXT_ATTRS: &[&str] =
+    &["person", "animal", "plant", "food", "object", "place", "phenomenon", "celestial", "living_thing", "character"];
+
+fn is_context(target: &Target) -> bool {
+    match target {
+        Target::Flag { attr, positive: true } => CONTEXT_ATTRS.contains(&attr.as_str()),
+        Target::All(_) => true,
+        _ => false,
+    }
+}
+
+/// Words that add nothing to what a question asks ("Is it a *famous* person?").
+#[rustfmt::skip]
+const GENERIC: &[&str] = &[
+    "famous", "well", "known", "kind", "type", "sort", "thing", "things", "anything", "specific", "particular",
+    "typical", "typically", "commonly", "usually", "often", "generally", "mostly", "primarily", "mainly",
+    "considered", "regarded", "associated", "related", "connected", "involved", "ever", "anyone", "certain",
+    "many", "much", "popular", "described", "exactly", "actually", "truly", "currently", "now", "general",
+    "overall", "example", "form", "variety", "category", "group", "member", "part", "class", "guessing", "game",
+    "notable", "renowned", "celebrated", "important", "significant", "single", "individual", "specifically",
+    "really", "physical", "concrete", "tangible", "alright", "type", "question",
+];
 
 fn evaluate(ontology: &Ontology, entity: &Entity, target: &Target) -> Answer {
     match target {
