@@ -122,7 +122,7 @@ impl TensorType {
     }
     /// Bytes for `n` elements (`n` a multiple of the block size for block formats).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
-        let blocks = || (n % quant::BLOCK as u64 == 0).then_some(n / quant::BLOCK as u64);
+        let blocks = || n.is_multiple_of(quant::BLOCK as u64).then_some(n / quant::BLOCK as u64);
         match self {
             TensorType::F32 => n.checked_mul(4),
             TensorType::F16 => n.checked_mul(2),

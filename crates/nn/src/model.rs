@@ -56,9 +56,9 @@ impl LlamaConfig {
             && self.hidden > 0
             && self.heads > 0
             && self.kv_heads > 0
-            && self.hidden % self.heads == 0
-            && self.heads % self.kv_heads == 0
-            && self.head_dim() % 2 == 0;
+            && self.hidden.is_multiple_of(self.heads)
+            && self.heads.is_multiple_of(self.kv_heads)
+            && self.head_dim().is_multiple_of(2);
         if ok { Ok(()) } else { Err(ModelError::Unsupported(format!("inconsistent config {self:?}"))) }
     }
 }

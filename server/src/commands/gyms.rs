@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<10} {:<14} {:<22} {:>6} {:>6}  {}", "gym", "title", "choices", "train", "test", "role");
+    println!("{:<10} {:<14} {:<22} {:>6} {:>6}  role", "gym", "title", "choices", "train", "test");
     for r in &rows {
         let choices = r["choices"]
             .as_array()

@@ -1248,7 +1248,7 @@ mod tests {
                 &catalog,
                 &EvalPlan {
                     split: Split::Test,
-                    agent: agent,
+                    agent,
                     config: EnvConfig::default().clone(),
                     concurrency: 1,
                     limit_per_gym: None,

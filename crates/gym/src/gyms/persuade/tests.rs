@@ -467,7 +467,7 @@ fn expert_persuades_and_random_does_not() {
             &catalog,
             &EvalPlan {
                 split: Split::Test,
-                agent: agent,
+                agent,
                 config: EnvConfig::default().clone(),
                 concurrency: 1,
                 limit_per_gym: None,

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::env::{Episode, StepOutcome, Termination};
-use crate::eval::{AgentSpec, evaluate};
+use crate::eval::{AgentSpec, EvalPlan, evaluate};
 use crate::gyms::Catalog;
 use crate::user::ScriptedUser;
 use futures::executor::block_on;
@@ -486,8 +486,19 @@ fn expert_asks_answerable_questions_then_guesses() {
 fn expert_beats_random_on_the_test_split() {
     let catalog = Catalog::builtin(&[GymKind::Telepathy]).unwrap();
     let run = |agent| {
-        block_on(evaluate(&catalog, Split::Test, agent, Arc::new(ScriptedUser), &EnvConfig::default(), 1, None, |_| {}))
-            .unwrap()
+        block_on(evaluate(
+            &catalog,
+            &EvalPlan {
+                split: Split::Test,
+                agent,
+                config: EnvConfig::default().clone(),
+                concurrency: 1,
+                limit_per_gym: None,
+            },
+            Arc::new(ScriptedUser),
+            |_| {},
+        ))
+        .unwrap()
     };
     let (expert, transcripts) = run(AgentSpec::Expert);
     let (random, _) = run(AgentSpec::Random);
