@@ -608,4 +608,63 @@ mod tests {
             .unwrap();
         assert_eq!(extract_json(&text).unwrap()["response"], "Yes");
     }
+
+    /// The whole LLM-user path on a real gym: prompt -> local server -> think stripping -> fenced JSON ->
+    /// typed reply -> the gym's reward rule; then a dead endpoint and garbage give the gym's fallback in time.
+    #[tokio::test]
+    async fn llm_user_drives_a_gym_and_falls_back() {
+        use crate::env::{EnvConfig, Episode};
+        use crate::gyms::{Catalog, GymKind};
+        use crate::split::Split;
+        use crate::tool::Action;
+
+        let catalog = Catalog::builtin(&[GymKind::Telepathy]).unwrap();
+        let gym = catalog.get(GymKind::Telepathy).unwrap().clone();
+        let task = gym.task_ids(Some(Split::Test))[0].clone();
+        let title = gym.export_tasks().into_iter().find(|t| t["id"] == task.as_str()).unwrap()["title"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let server = testserver::start(Arc::new(|i, _| match i {
+            0 => Behavior::Reply(
+                "<think>The entity is a person.</think>\n```json\n{\"thought\": \"yes\", \"response\": \"Yes\"}\n```"
+                    .into(),
+            ),
+            _ => Behavior::Reply(
+                "Sure: {\"thought\": \"same\", \"judgment\": \"Yes\", \"feedback\": \"Correct.\"}".into(),
+            ),
+        }))
+        .await
+        .unwrap();
+        let user = Arc::new(LlmUser::new(Arc::new(LlmClient::new(config(vec![server.base_url.clone()])).unwrap())));
+        let env_config = EnvConfig::default();
+        let mut episode = Episode::new(gym.new_env(&task, &env_config, user).unwrap(), env_config.clone());
+        let out = episode.step(Ok(Action::Action("Is it a person?".into()))).await;
+        assert_eq!((out.feedback.as_str(), out.reward), ("Yes", 0.0));
+        let out = episode.step(Ok(Action::Answer(title))).await;
+        assert_eq!((out.reward, out.terminated), (1.0, true));
+
+        // A dead endpoint: the fallback reply, within the tries' timeouts.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dead = LlmConfig { max_tries: 2, timeout_ms: 300, ..config_for(format!("http://127.0.0.1:{port}/v1")) };
+        let user = Arc::new(LlmUser::new(Arc::new(LlmClient::new(dead).unwrap())));
+        let mut episode = Episode::new(gym.new_env(&task, &env_config, user).unwrap(), env_config.clone());
+        let start = Instant::now();
+        let out = episode.step(Ok(Action::Action("Is it alive?".into()))).await;
+        assert_eq!((out.feedback.as_str(), out.reward), ("Unable to respond to your question right now.", 0.0));
+        assert!(start.elapsed() < Duration::from_secs(2));
+
+        // Garbage and unparseable replies: the fallback too.
+        for script in [Behavior::Garbage, Behavior::Reply("I refuse to answer in JSON.".into())] {
+            let server = testserver::start(Arc::new(move |_, _| script.clone())).await.unwrap();
+            let user = Arc::new(LlmUser::new(Arc::new(LlmClient::new(config(vec![server.base_url.clone()])).unwrap())));
+            let mut episode = Episode::new(gym.new_env(&task, &env_config, user).unwrap(), env_config.clone());
+            let out = episode.step(Ok(Action::Answer("Nobody".into()))).await;
+            assert_eq!((out.feedback.as_str(), out.reward), ("Unable to evaluate your guess right now.", 0.0));
+        }
+    }
+
+    fn config_for(url: String) -> LlmConfig {
+        config(vec![url])
+    }
 }
