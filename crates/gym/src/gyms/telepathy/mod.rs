@@ -567,21 +567,9 @@ impl TelepathyExpert {
         let (Some(entity), Ok(ontology)) = (task.entity(), host::ONTOLOGY.as_ref()) else {
             return Vec::new();
         };
-        let mut yes = Vec::new();
-        let mut no = Vec::new();
-        for probe in ontology.probes() {
-            match host::answer_question(ontology, &entity, &probe.text).answer {
-                Answer::Yes => yes.push(probe.text.clone()),
-                Answer::No => no.push(probe.text.clone()),
-                Answer::Maybe => {}
-            }
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        yes.shuffle(&mut rng);
-        no.shuffle(&mut rng);
-        let broad = |q: &String| {
+        let broad = |q: &str| {
             matches!(
-                q.as_str(),
+                q,
                 "Is it a person?"
                     | "Is it an animal?"
                     | "Is it a plant?"
@@ -592,8 +580,23 @@ impl TelepathyExpert {
                     | "Is it a celestial body?"
             )
         };
-        let mut plan: Vec<String> = yes.iter().filter(|q| !broad(q)).take(EXPERT_QUESTIONS - 1).cloned().collect();
-        plan.extend(no.iter().filter(|q| !broad(q)).take(EXPERT_QUESTIONS - plan.len()).cloned());
+        // Probes in a seeded order, answered only until the plan is full: the expert must stay cheap, since
+        // it runs in every benchmark and evaluation episode.
+        let mut probes: Vec<&str> = ontology.probes().iter().map(|p| p.text.as_str()).filter(|q| !broad(q)).collect();
+        probes.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let (mut yes, mut no) = (Vec::new(), Vec::new());
+        for probe in probes {
+            if yes.len() >= EXPERT_QUESTIONS - 1 && no.len() >= EXPERT_QUESTIONS {
+                break;
+            }
+            match host::answer_question(ontology, &entity, probe).answer {
+                Answer::Yes if yes.len() < EXPERT_QUESTIONS - 1 => yes.push(probe.to_string()),
+                Answer::No if no.len() < EXPERT_QUESTIONS => no.push(probe.to_string()),
+                _ => {}
+            }
+        }
+        let mut plan = yes;
+        plan.extend(no.into_iter().take(EXPERT_QUESTIONS - plan.len()));
         plan
     }
 }
