@@ -103,6 +103,8 @@ pub enum Termination {
     NoToolCall,
     /// The agent failed (its model endpoint died, its output ran past the length limit…).
     AgentError,
+    /// Stopped from outside before it ended (a person quit, a run was cancelled).
+    Abandoned,
 }
 
 impl Termination {
@@ -113,6 +115,7 @@ impl Termination {
             Termination::MaxSteps => "max_steps",
             Termination::NoToolCall => "no_tool_call",
             Termination::AgentError => "agent_error",
+            Termination::Abandoned => "abandoned",
         }
     }
 }
@@ -278,7 +281,7 @@ impl Episode {
         self.env.episode_score(&self.turns)
     }
 
-    /// Closes the episode and returns its transcript. An episode still open is marked as ended by the budget.
+    /// Closes the episode and returns its transcript. An episode still open is marked as abandoned.
     pub fn into_transcript(self) -> Transcript {
         let score = self.score();
         let max = self.env.max_score();
@@ -290,7 +293,7 @@ impl Episode {
             success: self.env.success(),
             score,
             normalized,
-            termination: self.ended.unwrap_or(Termination::MaxSteps),
+            termination: self.ended.unwrap_or(Termination::Abandoned),
             turns: self.turns,
         }
     }

@@ -36,6 +36,9 @@ pub struct Args {
     /// Write every episode's transcript to this JSONL file.
     #[arg(long)]
     transcripts: Option<PathBuf>,
+    /// Reproduce bugs of the original system by name (e.g. `persuade.repay_levels`); see docs/gyms.md.
+    #[arg(long, value_name = "GYM.SWITCH,...")]
+    compat: Vec<String>,
     #[command(flatten)]
     tasks: super::TaskArgs,
     #[command(flatten)]
@@ -46,7 +49,12 @@ pub fn run(args: Args) -> Result<()> {
     let kinds = super::parse_gyms(&args.gyms)?;
     let catalog = args.tasks.catalog(&kinds)?;
     let user = args.user.build()?;
-    let config = EnvConfig { mode: Mode::Eval, seed: args.seed, max_steps: args.max_steps, ..EnvConfig::default() };
+    let config = EnvConfig {
+        mode: Mode::Eval,
+        seed: args.seed,
+        max_steps: args.max_steps,
+        compat: super::parse_compat(&args.compat)?,
+    };
     let total: usize = catalog
         .gyms()
         .iter()

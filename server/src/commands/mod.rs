@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use userrl_gym::env::Compat;
 use userrl_gym::llm::{LlmClient, LlmConfig, LlmUser};
 use userrl_gym::user::ScriptedUser;
 use userrl_gym::{Catalog, GymKind, User, UserKind};
@@ -93,6 +94,48 @@ impl UserArgs {
     }
 }
 
+/// Turns `--compat persuade.repay_levels,travel.uncapped_answer_reward` into switches; unknown names are errors
+/// that list the known ones.
+pub fn parse_compat(list: &[String]) -> Result<Compat> {
+    let mut value = serde_json::to_value(Compat::default())?;
+    let known = || {
+        let mut names = Vec::new();
+        if let Some(gyms) = serde_json::to_value(Compat::default()).ok().and_then(|v| v.as_object().cloned()) {
+            for (gym, switches) in gyms {
+                for name in switches.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                    names.push(format!("{gym}.{name}"));
+                }
+            }
+        }
+        names.join(", ")
+    };
+    for name in list.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
+        let slot = name
+            .split_once('.')
+            .and_then(|(gym, switch)| value.get_mut(gym)?.get_mut(switch))
+            .filter(|v| v.is_boolean());
+        let Some(slot) = slot else {
+            anyhow::bail!("unknown compatibility switch `{name}` (known: {})", known());
+        };
+        *slot = serde_json::Value::Bool(true);
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
 pub fn parse_gyms(list: &str) -> Result<Vec<GymKind>> {
     GymKind::parse_list(list).map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compat_switches_parse_by_name() {
+        let c = parse_compat(&["persuade.repay_levels,travel.uncapped_answer_reward".into()]).unwrap();
+        assert!(c.persuade.repay_levels && c.travel.uncapped_answer_reward && !c.intention.leak_details_to_simulator);
+        let err = parse_compat(&["persuade.nope".into()]).unwrap_err().to_string();
+        assert!(err.contains("intention.leak_details_to_simulator"), "{err}");
+        assert!(parse_compat(&[]).is_ok());
+    }
 }

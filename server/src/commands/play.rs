@@ -25,6 +25,9 @@ pub struct Args {
     /// Print the system prompt the agent would read.
     #[arg(long)]
     show_prompt: bool,
+    /// Reproduce bugs of the original system by name (e.g. `persuade.repay_levels`); see docs/gyms.md.
+    #[arg(long, value_name = "GYM.SWITCH,...")]
+    compat: Vec<String>,
     #[command(flatten)]
     tasks: super::TaskArgs,
     #[command(flatten)]
@@ -61,7 +64,8 @@ pub fn run(args: Args) -> Result<()> {
         None => gym.task_ids(Some(args.split)).into_iter().next().context("the split has no tasks")?,
     };
     let user = args.user.build()?;
-    let config = EnvConfig { mode, seed: args.seed, ..EnvConfig::default() };
+    let config =
+        EnvConfig { mode, seed: args.seed, compat: super::parse_compat(&args.compat)?, ..EnvConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let env = gym.new_env(&task, &config, user)?;
     let mut episode = Episode::new(env, config);
