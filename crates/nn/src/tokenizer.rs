@@ -49,42 +49,112 @@ pub struct Tokenizer {
     pub bos: Option<u32>,
     pub eos: u32,
     vocab_size: usize,
+    data: TokenizerData,
+}
+
+/// Everything the tokenizer is built from, as the GGUF `tokenizer.*` keys hold it. Serialised as a checkpoint's
+/// `tokenizer.json` (our own format, not the HF one) and written back as GGUF metadata on export.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenizerData {
+    /// `tokenizer.ggml.model`; only `gpt2` (byte-level BPE) is supported.
+    pub model: String,
+    /// `tokenizer.ggml.pre`, the llama.cpp pre-tokenizer name (`smollm`), kept so exports load in llama.cpp.
+    #[serde(default)]
+    pub pre: Option<String>,
+    pub tokens: Vec<String>,
+    /// GGUF token types (1 normal, 3 control, 4 user-defined, ...), one per token.
+    pub token_types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub bos: Option<u32>,
+    pub eos: u32,
+    #[serde(default)]
+    pub unknown: Option<u32>,
+    #[serde(default)]
+    pub padding: Option<u32>,
+    #[serde(default)]
+    pub add_bos_token: Option<bool>,
+    #[serde(default)]
+    pub add_space_prefix: Option<bool>,
+    #[serde(default)]
+    pub chat_template: Option<String>,
+}
+
+impl TokenizerData {
+    pub fn from_gguf(gguf: &Gguf) -> Result<TokenizerData, TokenizerError> {
+        let model = gguf.str("tokenizer.ggml.model").map_err(|e| TokenizerError::Missing(e.to_string()))?;
+        let strings = |key: &str| -> Result<Vec<String>, TokenizerError> {
+            let items = gguf.get(key).and_then(Value::as_array).ok_or_else(|| TokenizerError::Missing(key.into()))?;
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| TokenizerError::Missing(format!("{key}[{i}] is not a string")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let token_types: Vec<i32> = gguf
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_u64().map_or(1, |x| x as i32)).collect())
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        let id = |key: &str| gguf.u64(key).ok().map(|v| v as u32);
+        let flag = |key: &str| match gguf.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        Ok(TokenizerData {
+            model: model.to_string(),
+            pre: gguf.str("tokenizer.ggml.pre").ok().map(str::to_string),
+            tokens,
+            token_types,
+            merges,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id")
+                .ok_or_else(|| TokenizerError::Missing("tokenizer.ggml.eos_token_id".into()))?,
+            unknown: id("tokenizer.ggml.unknown_token_id"),
+            padding: id("tokenizer.ggml.padding_token_id"),
+            add_bos_token: flag("tokenizer.ggml.add_bos_token"),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix"),
+            chat_template: gguf.str("tokenizer.chat_template").ok().map(str::to_string),
+        })
+    }
 }
 
 impl Tokenizer {
     pub fn from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerError> {
-        let model = gguf.str("tokenizer.ggml.model").map_err(|e| TokenizerError::Missing(e.to_string()))?;
-        if model != "gpt2" {
-            return Err(TokenizerError::Unsupported(model.into()));
+        Tokenizer::from_data(TokenizerData::from_gguf(gguf)?)
+    }
+
+    /// Builds the tokenizer from its plain description (what a checkpoint's `tokenizer.json` holds).
+    pub fn from_data(data: TokenizerData) -> Result<Tokenizer, TokenizerError> {
+        if data.model != "gpt2" {
+            return Err(TokenizerError::Unsupported(data.model.clone()));
         }
-        let tokens = gguf
-            .get("tokenizer.ggml.tokens")
-            .and_then(Value::as_array)
-            .ok_or_else(|| TokenizerError::Missing("tokenizer.ggml.tokens".into()))?;
-        let merges = gguf
-            .get("tokenizer.ggml.merges")
-            .and_then(Value::as_array)
-            .ok_or_else(|| TokenizerError::Missing("tokenizer.ggml.merges".into()))?;
-        let types: Vec<i64> = gguf
-            .get("tokenizer.ggml.token_type")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(|v| v.as_u64().map_or(1, |x| x as i64)).collect())
-            .unwrap_or_default();
         let mut vocab = Vocab::default();
         let mut specials = Vec::new();
-        for (id, token) in tokens.iter().enumerate() {
-            let text = token.as_str().ok_or_else(|| TokenizerError::Missing(format!("token {id} is not a string")))?;
-            vocab.insert(text.to_string(), id as u32);
-            if matches!(types.get(id), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)) {
-                specials.push(AddedToken::from(text.to_string(), true));
+        for (id, text) in data.tokens.iter().enumerate() {
+            vocab.insert(text.clone(), id as u32);
+            if matches!(data.token_types.get(id).map(|&t| t as i64), Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+            {
+                specials.push(AddedToken::from(text.clone(), true));
             }
         }
-        let mut merge_pairs = Vec::with_capacity(merges.len());
-        for (i, m) in merges.iter().enumerate() {
-            let m = m.as_str().ok_or_else(|| TokenizerError::Missing(format!("merge {i} is not a string")))?;
+        let mut merge_pairs = Vec::with_capacity(data.merges.len());
+        for (i, m) in data.merges.iter().enumerate() {
             let (a, b) =
                 m.split_once(' ').ok_or_else(|| TokenizerError::Build(format!("merge {i} `{m}` has no space")))?;
             merge_pairs.push((a.to_string(), b.to_string()));
+        }
+        let vocab_size = data.tokens.len();
+        if data.eos as usize >= vocab_size {
+            return Err(TokenizerError::Build(format!(
+                "eos id {} is outside the vocabulary of {vocab_size}",
+                data.eos
+            )));
         }
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merge_pairs)
@@ -97,10 +167,12 @@ impl Tokenizer {
         ])));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         inner.add_special_tokens(specials).map_err(|e| TokenizerError::Build(e.to_string()))?;
-        let eos = gguf.u64("tokenizer.ggml.eos_token_id").map_err(|e| TokenizerError::Missing(e.to_string()))? as u32;
-        let bos = gguf.u64("tokenizer.ggml.bos_token_id").ok().map(|b| b as u32);
-        let template = gguf.str("tokenizer.chat_template").ok().map(str::to_string);
-        Ok(Tokenizer { inner, template, bos, eos, vocab_size: tokens.len() })
+        Ok(Tokenizer { inner, template: data.chat_template.clone(), bos: data.bos, eos: data.eos, vocab_size, data })
+    }
+
+    /// The plain description this tokenizer was built from (saved with checkpoints and GGUF exports).
+    pub fn data(&self) -> &TokenizerData {
+        &self.data
     }
 
     pub fn vocab_size(&self) -> usize {
