@@ -1,5 +1,6 @@
 //! `userrl`: the command-line entry point. Lists the gyms, plays one in the terminal, evaluates agents
-//! across gyms and users, imports the original UserRL task files, and runs the benchmarks.
+//! across gyms and users, imports the original UserRL task files, generates with the policy model, and runs the
+//! benchmarks.
 
 mod commands;
 
@@ -21,12 +22,14 @@ enum Command {
     Play(commands::play::Args),
     /// Evaluate an agent over gyms and print the per-gym table.
     Eval(commands::eval::Args),
+    /// Generate one chat answer from a model (.gguf or checkpoint directory) on the CPU.
+    Generate(commands::generate::Args),
     /// Task data: import the original UserRL files.
     Data {
         #[command(subcommand)]
         command: commands::data::Command,
     },
-    /// Benchmarks: gym step throughput, LLM-client overhead.
+    /// Benchmarks: gym step throughput, LLM-client overhead, the policy engine on the CPU.
     Bench {
         #[command(subcommand)]
         command: commands::bench::Command,
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         Command::Gyms(args) => commands::gyms::run(args),
         Command::Play(args) => commands::play::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Data { command } => commands::data::run(command),
         Command::Bench { command } => commands::bench::run(command),
     }

@@ -83,6 +83,17 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
 }
 
 pub fn generate(model: &Llama, prompt: &[u32], stop: &[u32], sampling: &Sampling) -> Result<Generation, ModelError> {
+    generate_with(model, prompt, stop, sampling, &mut |_| {})
+}
+
+/// `generate`, calling `on_token` with each token as soon as it is sampled (streaming output).
+pub fn generate_with(
+    model: &Llama,
+    prompt: &[u32],
+    stop: &[u32],
+    sampling: &Sampling,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Generation, ModelError> {
     let mut cache = model.new_cache();
     let mut rng = Rng(sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut logits = model.forward_last(prompt, &mut cache)?;
@@ -91,6 +102,7 @@ pub fn generate(model: &Llama, prompt: &[u32], stop: &[u32], sampling: &Sampling
         let next = sample(&logits, sampling, &mut rng);
         out.tokens.push(next as u32);
         out.logprobs.push(log_softmax_at(&logits, next));
+        on_token(next as u32);
         if stop.contains(&(next as u32)) {
             out.stopped = true;
             break;

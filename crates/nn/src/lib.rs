@@ -2,10 +2,13 @@
 //! Q4_1, Q8_0 dequantised to f32). The model, the two backends (wgpu WGSL and native CPU), the tokenizer and
 //! generation follow (issue #3).
 
+pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod skinny;
 pub mod tokenizer;

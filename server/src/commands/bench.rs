@@ -1,7 +1,8 @@
 //! `userrl bench`: throughput numbers for the note and the README. `gyms` plays the expert against the
 //! scripted user over every gym on one thread and counts env steps per second; `llm` starts a local
 //! OpenAI-compatible test server with a fixed latency and measures how much latency our client adds at a
-//! given number of requests in flight.
+//! given number of requests in flight. `nn` measures the policy engine's CPU backend (matmul, prefill, decode
+//! at batch 1 and batch N) on SmolLM2.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,13 +41,107 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Policy-engine CPU backend: matmul GFLOP/s vs the raw sgemm, prefill and decode tokens/s (medians).
+    Nn {
+        /// A `.gguf` file or a checkpoint directory.
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: std::path::PathBuf,
+        /// Timed runs per number (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Square matmul size.
+        #[arg(long, default_value_t = 1024)]
+        matmul_n: usize,
+        #[arg(long, default_value_t = 512)]
+        prefill_tokens: usize,
+        /// Tokens already in the cache before the timed decode steps.
+        #[arg(long, default_value_t = 64)]
+        decode_context: usize,
+        /// Decode steps per timed run.
+        #[arg(long, default_value_t = 32)]
+        decode_steps: usize,
+        /// The batch of the batched decode (0 skips it).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Gyms { seconds, gyms, json } => bench_gyms(seconds, &gyms, json),
         Command::Llm { concurrency, requests, latency_ms, json } => bench_llm(concurrency, requests, latency_ms, json),
+        Command::Nn { model, runs, matmul_n, prefill_tokens, decode_context, decode_steps, batch, json } => {
+            let opts = NnOptions { runs, matmul_n, prefill_tokens, decode_context, decode_steps, batch };
+            bench_nn(&model, &opts, json)
+        }
     }
+}
+
+struct NnOptions {
+    runs: usize,
+    matmul_n: usize,
+    prefill_tokens: usize,
+    decode_context: usize,
+    decode_steps: usize,
+    batch: usize,
+}
+
+fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
+    use anyhow::Context;
+    use userrl_nn::bench;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let say = |what: &str| {
+        if !json_out {
+            eprintln!("[bench nn] {what}");
+        }
+    };
+    say(&format!("matmul {0}x{0}x{0}, {1} runs", o.matmul_n, o.runs));
+    let mm = bench::matmul(o.matmul_n, o.runs);
+    let loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {}", path.display()))?;
+    let model = &loaded.model;
+    say(&format!("prefill {} tokens", o.prefill_tokens));
+    let prefill = bench::prefill(model, o.prefill_tokens, o.runs)?;
+    say(&format!("decode batch 1, {} steps after {} tokens", o.decode_steps, o.decode_context));
+    let decode1 = bench::decode(model, o.decode_context, o.decode_steps, o.runs)?;
+    let decode_n = if o.batch > 0 {
+        say(&format!("decode batch {}, {} steps after {} tokens each", o.batch, o.decode_steps, o.decode_context));
+        Some(bench::decode_batch(model, o.batch, o.decode_context, o.decode_steps, o.runs)?)
+    } else {
+        None
+    };
+    let report = json!({
+        "device": "cpu",
+        "threads": threads,
+        "runs": o.runs,
+        "statistic": "median",
+        "model": path.display().to_string(),
+        "matmul": mm,
+        "prefill": {"tokens": o.prefill_tokens, "tokens_per_s": prefill},
+        "decode": {
+            "context": o.decode_context,
+            "steps": o.decode_steps,
+            "batch1_tokens_per_s": decode1,
+            "batch": o.batch,
+            "batch_tokens_per_s": decode_n,
+        },
+    });
+    if json_out {
+        println!("{report}");
+    } else {
+        println!("cpu backend, {threads} threads, median of {} runs, model {}", o.runs, path.display());
+        println!(
+            "matmul {0}^3: linear {1:.1} GFLOP/s, raw sgemm {2:.1} GFLOP/s, ratio {3:.2}",
+            mm.n, mm.linear_gflops, mm.sgemm_gflops, mm.ratio
+        );
+        println!("prefill {} tokens: {prefill:.1} tokens/s", o.prefill_tokens);
+        println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
+        if let Some(n) = decode_n {
+            println!("decode batch {}: {n:.1} tokens/s in total", o.batch);
+        }
+    }
+    Ok(())
 }
 
 fn bench_gyms(seconds: f64, list: &str, json_out: bool) -> Result<()> {

@@ -1,0 +1,104 @@
+//! `y[t, out] = x[t, in] · w[out, in]ᵀ` for few rows `t` (decoding): one pass over the weight rows, each row
+//! dotted with every input row while it is in L1, output rows split over the rayon pool. The general sgemm
+//! packs the whole weight matrix on every call, which at one token a step costs more than the arithmetic
+//! (SmolLM2 decoded at ~5 tokens/s through it). AVX2 is used when the CPU has it (checked at run time).
+
+use rayon::prelude::*;
+
+/// Up to this many rows `model::linear` comes here; measured on 2 cores, at 16 rows this still beats the sgemm
+/// on SmolLM2's layers (0.47 vs 0.69 ms for 576 -> 1536) and ties on the LM head.
+pub const MAX_ROWS: usize = 16;
+
+/// Output rows per rayon task: enough work per task to amortise scheduling, small enough to balance two to
+/// sixteen threads on SmolLM2's 576..49,152-wide layers.
+const ROWS_PER_TASK: usize = 64;
+
+/// `y = x · wᵀ` with `x` `[t, in_dim]`, `w` `[out_dim, in_dim]`, `y` `[t, out_dim]`, all row-major.
+pub fn linear_few_rows(x: &[f32], t: usize, w: &[f32], in_dim: usize, out_dim: usize, y: &mut [f32]) {
+    debug_assert_eq!(x.len(), t * in_dim);
+    debug_assert_eq!(w.len(), out_dim * in_dim);
+    debug_assert_eq!(y.len(), t * out_dim);
+    if t == 0 || out_dim == 0 {
+        return;
+    }
+    if in_dim == 0 {
+        y.fill(0.0);
+        return;
+    }
+    // Computed as yᵀ `[out, t]` so each task owns a contiguous slice; transposed after (t × out is small).
+    let mut yt = vec![0.0f32; out_dim * t];
+    yt.par_chunks_mut(ROWS_PER_TASK * t).zip(w.par_chunks(ROWS_PER_TASK * in_dim)).for_each(|(out, rows)| {
+        block(x, t, rows, in_dim, out);
+    });
+    if t == 1 {
+        y.copy_from_slice(&yt);
+        return;
+    }
+    for (o, col) in yt.chunks_exact(t).enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            y[r * out_dim + o] = *v;
+        }
+    }
+}
+
+fn block(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above); the function is otherwise safe Rust.
+            unsafe { block_avx2(x, t, rows, in_dim, out) };
+            return;
+        }
+    }
+    block_generic(x, t, rows, in_dim, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn block_avx2(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f32]) {
+    block_generic(x, t, rows, in_dim, out);
+}
+
+#[inline(always)]
+fn block_generic(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f32]) {
+    for (row, o) in rows.chunks_exact(in_dim).zip(out.chunks_exact_mut(t)) {
+        for (xr, v) in x.chunks_exact(in_dim).zip(o.iter_mut()) {
+            *v = dot(xr, row);
+        }
+    }
+}
+
+/// A dot product with 16 independent accumulators, so it vectorises (a plain iterator sum is sequential).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive_for_odd_shapes() {
+        for (t, i, o) in [(1, 5, 3), (3, 37, 130), (4, 64, 64), (2, 16, 1), (1, 577, 200)] {
+            let x: Vec<f32> = (0..t * i).map(|v| ((v * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            let w: Vec<f32> = (0..o * i).map(|v| (v as f32 * 0.37).sin()).collect();
+            let mut y = vec![f32::NAN; t * o];
+            linear_few_rows(&x, t, &w, i, o, &mut y);
+            for r in 0..t {
+                for c in 0..o {
+                    let want: f64 = (0..i).map(|k| x[r * i + k] as f64 * w[c * i + k] as f64).sum();
+                    assert!((y[r * o + c] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{t}x{i}x{o} at {r},{c}");
+                }
+            }
+        }
+    }
+}
