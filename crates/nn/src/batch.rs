@@ -118,9 +118,11 @@ fn split_rows<'a>(mut buf: &'a mut [f32], starts: &[usize], width: usize) -> Vec
     parts
 }
 
-/// Causal grouped-query attention of `t` new rows (positions `start..start + t`) over a cache of `start + t`.
+/// Causal grouped-query attention of `t` new rows (positions `start..start + t`) over a cache of `start + t`
+/// positions: `q`, `out` `[t, heads * hd]`, caches `[positions, kv_heads * hd]`. Query rows run in parallel (a
+/// long prefill spends most of its time here).
 #[allow(clippy::too_many_arguments)]
-fn attend(
+pub(crate) fn attend(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
@@ -134,26 +136,28 @@ fn attend(
 ) {
     let h = heads * hd;
     let kvd = h / group;
-    let mut scores = vec![0.0f32; start + t];
-    for i in 0..t {
+    debug_assert_eq!(out.len(), t * h);
+    debug_assert!(kc.len() >= (start + t) * kvd && vc.len() >= (start + t) * kvd);
+    out.par_chunks_mut(h).zip(q.par_chunks(h)).enumerate().for_each(|(i, (out, q))| {
         let visible = start + i + 1;
+        let mut scores = vec![0.0f32; visible];
         for head in 0..heads {
             let kvh = head / group;
-            let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
+            let qh = &q[head * hd..(head + 1) * hd];
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores[..visible].iter_mut().enumerate() {
+            for (j, s) in scores.iter_mut().enumerate() {
                 let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                *s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                *s = crate::skinny::dot(qh, kj) * scale;
                 max = max.max(*s);
             }
             let mut sum = 0.0;
-            for s in scores[..visible].iter_mut() {
+            for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            let o = &mut out[i * h + head * hd..i * h + (head + 1) * hd];
+            let o = &mut out[head * hd..(head + 1) * hd];
             o.fill(0.0);
-            for (j, s) in scores[..visible].iter().enumerate() {
+            for (j, s) in scores.iter().enumerate() {
                 let w = s / sum;
                 let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
                 for (a, b) in o.iter_mut().zip(vj) {
@@ -161,7 +165,7 @@ fn attend(
                 }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]

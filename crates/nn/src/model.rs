@@ -204,35 +204,8 @@ impl Llama {
             }
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
-            let (kc, vc) = (&cache.k[li], &cache.v[li]);
-            let mut scores = vec![0.0f32; start + t];
-            for i in 0..t {
-                let visible = start + i + 1;
-                for head in 0..c.heads {
-                    let kvh = head / group;
-                    let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores[..visible].iter_mut().enumerate() {
-                        let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                        *s = dot(qh, kj) * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0.0;
-                    for s in scores[..visible].iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let out = &mut attn[i * h + head * hd..i * h + (head + 1) * hd];
-                    out.fill(0.0);
-                    for (j, s) in scores[..visible].iter().enumerate() {
-                        let w = s / sum;
-                        let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                        for (o, vv) in out.iter_mut().zip(vj) {
-                            *o += w * vv;
-                        }
-                    }
-                }
-            }
+            // Causal grouped-query attention over the cache, query rows in parallel.
+            crate::batch::attend(&q, &cache.k[li], &cache.v[li], &mut attn, start, t, c.heads, group, hd, scale);
             linear(&attn, t, &layer.wo, h, h, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
@@ -255,10 +228,6 @@ pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     pub len: usize,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// `y[t, out] = x[t, in] · w[out, in]ᵀ`.

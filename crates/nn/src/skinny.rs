@@ -70,7 +70,7 @@ fn block_generic(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f3
 
 /// A dot product with 16 independent accumulators, so it vectorises (a plain iterator sum is sequential).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
