@@ -67,22 +67,20 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args()
 
-    n_ctx = max(args.prefill_tokens, args.batch * (args.decode_context + args.decode_steps)) + 16
+    n_batch = max(args.prefill_tokens, args.decode_context, args.batch)
     llm = Llama(
         model_path=args.model,
-        n_ctx=n_ctx,
-        n_batch=max(args.prefill_tokens, args.batch * args.decode_context),
-        n_ubatch=512,
+        n_ctx=max(args.prefill_tokens, args.decode_context + args.decode_steps) + 16,
+        n_batch=n_batch,
+        n_ubatch=n_batch,
         n_threads=args.threads,
         n_threads_batch=args.threads,
-        n_seq_max=max(args.batch, 1),
         verbose=False,
     )
     ctx = llm._ctx.ctx
     n_vocab = llm.n_vocab()
     tokens = synthetic_tokens(n_vocab, max(args.prefill_tokens, args.decode_context + args.decode_steps + args.batch))
-    batch = llama_cpp.llama_batch_init(max(args.prefill_tokens, args.batch * args.decode_context, args.batch), 0,
-                                       max(args.batch, 1))
+    batch = llama_cpp.llama_batch_init(n_batch, 0, max(args.batch, 1))
 
     def prefill():
         clear_kv(ctx)
@@ -117,6 +115,17 @@ def main():
 
     if args.batch > 0:
         b = args.batch
+        # A second context with one KV stream per sequence (the high-level Llama has one sequence).
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = b * (c + steps + 8)
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = b
+        params.n_threads = args.threads
+        params.n_threads_batch = args.threads
+        ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not ctx:
+            raise RuntimeError("llama_init_from_model failed for the batched context")
 
         def decode_b():
             clear_kv(ctx)
@@ -131,6 +140,7 @@ def main():
         decode_b_s = statistics.median(decode_b() for _ in range(args.runs))
         result["decode"]["batch"] = b
         result["decode"]["batch_tokens_per_s"] = b * steps / decode_b_s
+        llama_cpp.llama_free(ctx)
 
     llama_cpp.llama_batch_free(batch)
     print(json.dumps(result))

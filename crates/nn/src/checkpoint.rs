@@ -28,12 +28,14 @@ pub enum CheckpointError {
     Corrupt { path: String, message: String },
     #[error("{path} does not match the checkpoint's config: {message}")]
     Mismatch { path: String, message: String },
-    #[error("{path}: {source}")]
-    Gguf { path: String, source: GgufError },
-    #[error("{path}: {source}")]
-    Model { path: String, source: ModelError },
-    #[error("{path}: {source}")]
-    Tokenizer { path: String, source: TokenizerError },
+    // The inner errors are shown in the message rather than chained as `source`, so that anyhow's report
+    // does not print them twice.
+    #[error("{path}: {error}")]
+    Gguf { path: String, error: GgufError },
+    #[error("{path}: {error}")]
+    Model { path: String, error: ModelError },
+    #[error("{path}: {error}")]
+    Tokenizer { path: String, error: TokenizerError },
 }
 
 /// `config.json`: the `LlamaConfig` fields plus whether the LM head is tied to the embedding.
@@ -169,13 +171,13 @@ pub fn load(dir: &Path) -> Result<LoadedModel, CheckpointError> {
     let config: ConfigFile =
         serde_json::from_slice(&read_file(&config_path)?).map_err(|e| corrupt(&config_path, &e))?;
     if config.architecture != "llama" {
-        let source = ModelError::Unsupported(format!("architecture `{}` (only llama)", config.architecture));
-        return Err(CheckpointError::Model { path: config_path.display().to_string(), source });
+        let error = ModelError::Unsupported(format!("architecture `{}` (only llama)", config.architecture));
+        return Err(CheckpointError::Model { path: config_path.display().to_string(), error });
     }
     let llama_config = config.llama_config();
     llama_config
         .validate()
-        .map_err(|source| CheckpointError::Model { path: config_path.display().to_string(), source })?;
+        .map_err(|error| CheckpointError::Model { path: config_path.display().to_string(), error })?;
 
     let tok_path = dir.join(TOKENIZER_FILE);
     let data: TokenizerData = serde_json::from_slice(&read_file(&tok_path)?).map_err(|e| corrupt(&tok_path, &e))?;
@@ -186,7 +188,7 @@ pub fn load(dir: &Path) -> Result<LoadedModel, CheckpointError> {
         });
     }
     let tokenizer = Tokenizer::from_data(data)
-        .map_err(|source| CheckpointError::Tokenizer { path: tok_path.display().to_string(), source })?;
+        .map_err(|error| CheckpointError::Tokenizer { path: tok_path.display().to_string(), error })?;
 
     let st_path = dir.join(MODEL_FILE);
     let bytes = read_file(&st_path)?;
@@ -274,9 +276,9 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, CheckpointError> {
         let dir: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return load(&dir);
     }
-    let gguf = Gguf::open(path).map_err(|source| CheckpointError::Gguf { path: shown.clone(), source })?;
-    let model = Llama::from_gguf(&gguf).map_err(|source| CheckpointError::Model { path: shown.clone(), source })?;
-    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| CheckpointError::Tokenizer { path: shown, source })?;
+    let gguf = Gguf::open(path).map_err(|error| CheckpointError::Gguf { path: shown.clone(), error })?;
+    let model = Llama::from_gguf(&gguf).map_err(|error| CheckpointError::Model { path: shown.clone(), error })?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|error| CheckpointError::Tokenizer { path: shown, error })?;
     Ok(LoadedModel { model, tokenizer })
 }
 

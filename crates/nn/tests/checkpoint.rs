@@ -174,10 +174,10 @@ fn bad_paths_and_files_are_clear_errors() {
     let cut = dir.join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     let err = load_model(&cut).err().unwrap();
-    assert!(matches!(err, CheckpointError::Gguf { source: GgufError::Truncated(_), .. }), "{err}");
+    assert!(matches!(err, CheckpointError::Gguf { error: GgufError::Truncated(_), .. }), "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
     std::fs::write(&cut, b"not a model at all").unwrap();
-    assert!(matches!(load_model(&cut), Err(CheckpointError::Gguf { source: GgufError::BadMagic(_), .. })));
+    assert!(matches!(load_model(&cut), Err(CheckpointError::Gguf { error: GgufError::BadMagic(_), .. })));
 
     // A checkpoint with a truncated safetensors file, a missing file, or a config that does not fit.
     let ckpt = dir.join("ckpt");
