@@ -21,6 +21,8 @@ enum Command {
     Play(commands::play::Args),
     /// Evaluate an agent over gyms and print the per-gym table.
     Eval(commands::eval::Args),
+    /// Write SFT cold-start data: expert trajectories as chat records with tool calls (JSONL).
+    SftData(commands::sft_data::Args),
     /// Task data: import the original UserRL files.
     Data {
         #[command(subcommand)]
@@ -47,6 +49,7 @@ fn main() -> Result<()> {
         Command::Gyms(args) => commands::gyms::run(args),
         Command::Play(args) => commands::play::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::SftData(args) => commands::sft_data::run(args),
         Command::Data { command } => commands::data::run(command),
         Command::Bench { command } => commands::bench::run(command),
     }

@@ -24,6 +24,25 @@ pub async fn run_episode(
     user: Arc<dyn User>,
     config: &EnvConfig,
 ) -> Result<Transcript, GymError> {
+    Ok(play_episode(gym, task_id, agent, user, config).await?.transcript)
+}
+
+/// An episode with the conversation exactly as the agent saw it (system prompt, opening, its calls and the
+/// tool responses in the config's mode).
+#[derive(Clone, Debug)]
+pub struct PlayedEpisode {
+    pub transcript: Transcript,
+    pub conversation: Vec<Message>,
+}
+
+/// Like `run_episode`, keeping the conversation (for SFT data and transcripts with the agent's reasoning).
+pub async fn play_episode(
+    gym: &dyn Gym,
+    task_id: &str,
+    agent: &mut dyn Agent,
+    user: Arc<dyn User>,
+    config: &EnvConfig,
+) -> Result<PlayedEpisode, GymError> {
     let env = gym.new_env(task_id, config, user)?;
     let mut episode = Episode::new(env, config.clone());
     let mut conversation =
@@ -49,7 +68,7 @@ pub async fn run_episode(
             }
         }
     }
-    Ok(episode.into_transcript())
+    Ok(PlayedEpisode { transcript: episode.into_transcript(), conversation })
 }
 
 /// Which built-in agent plays.

@@ -186,7 +186,10 @@ mod tests {
     // Reference §7.2: EM maps 0 -> 0.5, 0.2 -> 0.6906, 0.5 -> 0.8655, 0.8 -> 0.9615, 1 -> 1.
     #[test]
     fn em_credit_values() {
-        assert_eq!(turn_credits(&[0.0, 0.2, 0.5, 0.8, 1.0], TurnCredit::Em, 0.8), vec![0.5, 0.6906, 0.8655, 0.9615, 1.0]);
+        assert_eq!(
+            turn_credits(&[0.0, 0.2, 0.5, 0.8, 1.0], TurnCredit::Em, 0.8),
+            vec![0.5, 0.6906, 0.8655, 0.9615, 1.0]
+        );
         assert_eq!(turn_credits(&[0.3, 0.0], TurnCredit::Naive, 0.8), vec![0.3, 0.0]);
         assert_eq!(turn_credits(&[0.3, 0.0], TurnCredit::Equalized, 0.8), vec![1.0, 1.0]);
     }

@@ -5,6 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod gyms;
 pub mod play;
+pub mod sft_data;
 
 use std::path::PathBuf;
 use std::sync::Arc;
