@@ -103,6 +103,8 @@ pub enum Termination {
     NoToolCall,
     /// The agent failed (its model endpoint died, its output ran past the length limit…).
     AgentError,
+    /// The agent's output ran past its token budget (a turn's or the whole episode's).
+    Length,
     /// Stopped from outside before it ended (a person quit, a run was cancelled).
     Abandoned,
 }
@@ -115,6 +117,7 @@ impl Termination {
             Termination::MaxSteps => "max_steps",
             Termination::NoToolCall => "no_tool_call",
             Termination::AgentError => "agent_error",
+            Termination::Length => "length",
             Termination::Abandoned => "abandoned",
         }
     }
