@@ -3,6 +3,7 @@
 //! spread over policy tokens) and SFT cold-start data. The GRPO update, the run config and the training loop
 //! follow (issue #4).
 
+pub mod config;
 pub mod rollout;
 pub mod sft_data;
 pub mod shaping;
