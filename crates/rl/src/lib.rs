@@ -4,6 +4,7 @@
 //! follow (issue #4).
 
 pub mod config;
+pub mod events;
 pub mod rollout;
 pub mod sft_data;
 pub mod shaping;
