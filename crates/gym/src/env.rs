@@ -286,9 +286,10 @@ impl Episode {
 
     /// Closes the episode and returns its transcript. An episode still open is marked as abandoned.
     pub fn into_transcript(self) -> Transcript {
-        let score = self.score();
+        // `+ 0.0` turns the -0.0 of an empty float sum into 0.0.
+        let score = self.score() + 0.0;
         let max = self.env.max_score();
-        let normalized = if max > 0.0 { (score / max).clamp(0.0, 1.0) } else { 0.0 };
+        let normalized = if max > 0.0 { (score / max).clamp(0.0, 1.0) + 0.0 } else { 0.0 };
         Transcript {
             gym: self.env.kind(),
             task_id: self.env.task_id().to_string(),

@@ -58,6 +58,11 @@ pub async fn play_episode(
                 let outcome = episode.step(action).await;
                 conversation.push(Message::new(Role::Tool, outcome.tool_response));
             }
+            AgentTurn::Invalid { thought, error } => {
+                conversation.push(Message::new(Role::Assistant, thought));
+                let outcome = episode.step(Err(error)).await;
+                conversation.push(Message::new(Role::Tool, outcome.tool_response));
+            }
             AgentTurn::Text(text) => {
                 conversation.push(Message::new(Role::Assistant, text));
                 episode.abort(Termination::NoToolCall);
@@ -71,16 +76,29 @@ pub async fn play_episode(
     Ok(PlayedEpisode { transcript: episode.into_transcript(), conversation })
 }
 
-/// Which built-in agent plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which agent plays.
+#[derive(Clone)]
 pub enum AgentSpec {
+    /// Each gym's scripted expert.
     Expert,
     Random,
+    /// Any OpenAI-compatible chat model calling the tool.
+    Llm(Arc<crate::llm::LlmClient>),
+}
+
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentSpec::Expert => f.write_str("expert"),
+            AgentSpec::Random => f.write_str("random"),
+            AgentSpec::Llm(client) => write!(f, "llm:{}", client.config().model),
+        }
+    }
 }
 
 impl std::str::FromStr for AgentSpec {
     type Err = String;
+    /// `expert` or `random`; an endpoint agent is built by the caller (it needs a client).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "expert" => Ok(AgentSpec::Expert),
@@ -91,10 +109,11 @@ impl std::str::FromStr for AgentSpec {
 }
 
 /// Makes the agent for one task.
-pub fn make_agent(spec: AgentSpec, gym: &dyn Gym, task_id: &str, seed: u64) -> Result<Box<dyn Agent>, GymError> {
+pub fn make_agent(spec: &AgentSpec, gym: &dyn Gym, task_id: &str, seed: u64) -> Result<Box<dyn Agent>, GymError> {
     match spec {
         AgentSpec::Expert => gym.expert(task_id, seed),
         AgentSpec::Random => Ok(Box::new(RandomAgent::new(gym.kind(), seed))),
+        AgentSpec::Llm(client) => Ok(Box::new(crate::llm::LlmAgent::new(client.clone()))),
     }
 }
 
@@ -215,7 +234,7 @@ pub async fn evaluate(
     user: Arc<dyn User>,
     mut on_done: impl FnMut(&Transcript),
 ) -> Result<(EvalReport, Vec<Transcript>), GymError> {
-    let EvalPlan { split, agent, ref config, concurrency, limit_per_gym } = *plan;
+    let EvalPlan { split, ref agent, ref config, concurrency, limit_per_gym } = *plan;
     let mut jobs = Vec::new();
     for gym in catalog.gyms() {
         let ids = gym.task_ids(Some(split));

@@ -98,7 +98,7 @@ pub async fn generate(
             for sample in 0..options.samples_per_task.max(1) {
                 let seed = episode_seed(options.seed.wrapping_add(sample as u64), gym.kind(), index);
                 let config = EnvConfig { seed, ..config.clone() };
-                let mut agent = make_agent(options.agent, gym.as_ref(), id, seed)?;
+                let mut agent = make_agent(&options.agent, gym.as_ref(), id, seed)?;
                 let played = play_episode(gym.as_ref(), id, agent.as_mut(), user.clone(), &config).await?;
                 stats.episodes += 1;
                 // Higher score first, then fewer turns: shorter successful dialogues teach efficiency.
