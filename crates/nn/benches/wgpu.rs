@@ -41,6 +41,31 @@ fn matmul(device: &Device, n: usize) -> Result<(), WgpuError> {
     Ok(())
 }
 
+/// The decode-shaped product (one row) of SmolLM2's LM head, `[1, 576] · [49152, 576]ᵀ`.
+fn matvec(device: &Device) -> Result<(), WgpuError> {
+    let (k, n) = (576, 49_152);
+    let (gx, gw, gy) = (device.upload(&values(k))?, device.upload_matrix(&values(n * k), n, k)?, device.zeros(n)?);
+    let run = |reps: usize| -> Result<f64, WgpuError> {
+        let start = Instant::now();
+        let mut b = device.batch();
+        for _ in 0..reps {
+            b.linear(&gx, 1, &gw, &gy)?;
+        }
+        b.submit()?;
+        device.download_range(&gy, 0, 1)?;
+        Ok(start.elapsed().as_secs_f64() / reps as f64)
+    };
+    run(1)?;
+    let dt = run(10)?;
+    println!(
+        "matvec 1x{k}x{n}: wgpu {:.2} ms, {:.2} GFLOP/s, {:.2} GB/s of weights",
+        dt * 1e3,
+        2.0 * (k * n) as f64 / dt / 1e9,
+        (4 * k * n) as f64 / dt / 1e9
+    );
+    Ok(())
+}
+
 fn smollm2(device: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
@@ -54,7 +79,8 @@ fn smollm2(device: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let prompt = tokenizer.render_chat(&[ChatMessage::new("user", "Write a long story about a dragon.")], true)?;
     let ids = tokenizer.encode(&prompt)?;
     let steps = 32;
-    let next = |logits: &[f32]| logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i) as u32;
+    let next =
+        |logits: &[f32]| logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i) as u32;
 
     let mut cache = cpu.new_cache();
     let t = Instant::now();
@@ -91,5 +117,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for n in [256, 1024] {
         matmul(&device, n)?;
     }
+    matvec(&device)?;
     smollm2(&device)
 }

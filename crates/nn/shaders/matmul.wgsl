@@ -2,7 +2,7 @@
 // `matmul_tiled` (prefill): each invocation keeps a 4×4 block of y in registers and streams vec4s of four x rows and
 // four w rows, so every loaded vec4 feeds four dot products; no workgroup memory (barriers cost more than they save on
 // CPU drivers, and the caches serve the reuse on GPUs).
-// `matmul_rows` (decode, few rows): a workgroup of 64 computes four outputs of one x row; adjacent invocations read
+// `matmul_rows` (decode, few rows): a workgroup computes eight outputs of one x row; adjacent invocations read
 // adjacent vec4s of the same w row (coalesced), then reduce in workgroup memory.
 // Large grids arrive folded into two dimensions (65,535 workgroups per dimension): the group id is x + y·groups_x.
 
@@ -72,36 +72,46 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     if (r0 + 3u < p.m) { store_row(r0 + 3u, c0, acc3); }
 }
 
-var<workgroup> part: array<vec4<f32>, 64>;
+// Invocations per `matmul_rows` workgroup (a power of two <= 64): 64 on GPUs, 8 on CPU drivers, where a workgroup of
+// one SIMD vector makes the barriers cheap.
+override WG: u32 = 64u;
+var<workgroup> part: array<vec4<f32>, 128>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let gid = wg.x + wg.y * p.groups_x;
-    let col_groups = (p.n + 3u) / 4u;
+    let col_groups = (p.n + 7u) / 8u;
     let r = gid / col_groups;
-    let c0 = (gid % col_groups) * 4u;
+    let c0 = (gid % col_groups) * 8u;
     if (r >= p.m) {
         return;
     }
     let xr = p.x_off4 + r * p.k4;
-    let wa = c0 * p.k4;
-    let wb = min(c0 + 1u, p.n - 1u) * p.k4;
-    let wc = min(c0 + 2u, p.n - 1u) * p.k4;
-    let wd = min(c0 + 3u, p.n - 1u) * p.k4;
-    var s = vec4<f32>(0.0);
-    for (var kk = li; kk < p.k4; kk += 64u) {
-        let a = x[xr + kk];
-        s += vec4<f32>(dot(a, w[wa + kk]), dot(a, w[wb + kk]), dot(a, w[wc + kk]), dot(a, w[wd + kk]));
+    var wr: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        wr[j] = min(c0 + j, p.n - 1u) * p.k4;
     }
-    part[li] = s;
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    for (var kk = li; kk < p.k4; kk += WG) {
+        let a = x[xr + kk];
+        s0 += vec4<f32>(dot(a, w[wr[0] + kk]), dot(a, w[wr[1] + kk]), dot(a, w[wr[2] + kk]), dot(a, w[wr[3] + kk]));
+        s1 += vec4<f32>(dot(a, w[wr[4] + kk]), dot(a, w[wr[5] + kk]), dot(a, w[wr[6] + kk]), dot(a, w[wr[7] + kk]));
+    }
+    part[li] = s0;
+    part[li + WG] = s1;
     workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride >>= 1u) {
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if (li < stride) {
             part[li] += part[li + stride];
+            part[li + WG] += part[li + WG + stride];
         }
         workgroupBarrier();
     }
     if (li == 0u) {
         store_row(r, c0, part[0]);
+        if (c0 + 4u < p.n) {
+            store_row(r, c0 + 4u, part[WG]);
+        }
     }
 }

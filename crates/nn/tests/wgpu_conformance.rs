@@ -42,9 +42,8 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 fn linear_matches_cpu() {
     let dev = device();
     // Few rows take the reduction kernel, more the 4×4-blocked one; odd sizes hit the edges.
-    for (i, &(t, k, n)) in [(1, 64, 64), (3, 128, 201), (8, 64, 64), (65, 256, 130), (200, 128, 256), (7, 4, 3)]
-        .iter()
-        .enumerate()
+    for (i, &(t, k, n)) in
+        [(1, 64, 64), (3, 128, 201), (8, 64, 64), (65, 256, 130), (200, 128, 256), (7, 4, 3)].iter().enumerate()
     {
         let x = random(t * k, i as u64 + 1, 1.0);
         let w = random(n * k, i as u64 + 100, 0.5);
@@ -177,7 +176,11 @@ fn attention_matches_cpu() {
         let mut b = dev.batch();
         b.attention(&gq, &gk, &gv, &go, t, start, heads, kv_heads, hd).unwrap();
         b.submit().unwrap();
-        assert_close(&format!("attention t={t} start={start} {heads}/{kv_heads}x{hd}"), &dev.download(&go).unwrap(), &want);
+        assert_close(
+            &format!("attention t={t} start={start} {heads}/{kv_heads}x{hd}"),
+            &dev.download(&go).unwrap(),
+            &want,
+        );
     }
 }
 
@@ -282,9 +285,17 @@ fn tiny_llama_long_prompt_chunks_and_grows_the_cache() {
     let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
     let prompt: Vec<u32> = (0..300).map(|i| (i * 13 + 1) % 300).collect();
     let (mut cc, mut gc) = (cpu.new_cache(), gpu.new_cache());
-    assert_close("long prefill", &gpu.forward_last(&prompt, &mut gc).unwrap(), &cpu.forward_last(&prompt, &mut cc).unwrap());
+    assert_close(
+        "long prefill",
+        &gpu.forward_last(&prompt, &mut gc).unwrap(),
+        &cpu.forward_last(&prompt, &mut cc).unwrap(),
+    );
     for tok in [5u32, 299] {
-        assert_close("decode", &gpu.forward_last(&[tok], &mut gc).unwrap(), &cpu.forward_last(&[tok], &mut cc).unwrap());
+        assert_close(
+            "decode",
+            &gpu.forward_last(&[tok], &mut gc).unwrap(),
+            &cpu.forward_last(&[tok], &mut cc).unwrap(),
+        );
     }
     // Greedy decoding through the shared trait picks the same tokens on both backends.
     let sampling = Sampling { max_new_tokens: 6, ..Sampling::default() };
