@@ -673,3 +673,27 @@ impl Batch<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_table_is_in_enum_order_and_names_real_shaders() {
+        // Pipelines are indexed by `Kernel as usize`.
+        for (i, (kernel, file, entry)) in KERNELS.iter().enumerate() {
+            assert_eq!(*kernel as usize, i);
+            let src = SHADERS.iter().find(|(n, _)| n == file).map(|(_, s)| s).unwrap();
+            assert!(src.contains(&format!("fn {entry}(")), "{file}.wgsl has no entry point {entry}");
+        }
+    }
+
+    #[test]
+    fn grids_fold_past_65535_workgroups() {
+        assert_eq!(grid(0).unwrap(), (1, 1));
+        assert_eq!(grid(65_535).unwrap(), (65_535, 1));
+        assert_eq!(grid(65_536).unwrap(), (65_535, 2));
+        assert_eq!(grid(200_000).unwrap(), (65_535, 4));
+        assert!(grid(65_535 * 65_535 + 1).is_err());
+    }
+}
