@@ -257,14 +257,39 @@ pub struct KvCache {
     pub len: usize,
 }
 
+/// A dot product with eight independent accumulators, so the compiler vectorises it.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (xa, xb) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += xa[i] * xb[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
+
+/// Up to this many rows, `linear` runs as dot products over the weight rows: a GEMM would repack the whole
+/// weight matrix for a handful of rows, which dominates decoding.
+const GEMV_MAX_ROWS: usize = 4;
 
 /// `y[t, out] = x[t, in] · w[out, in]ᵀ`.
 pub fn linear(x: &[f32], t: usize, w: &[f32], in_dim: usize, out_dim: usize, y: &mut [f32]) {
     debug_assert_eq!(x.len(), t * in_dim);
     debug_assert_eq!(w.len(), out_dim * in_dim);
+    if t <= GEMV_MAX_ROWS {
+        use rayon::prelude::*;
+        const BLOCK: usize = 64;
+        for (xr, yr) in x.chunks_exact(in_dim).zip(y.chunks_exact_mut(out_dim)) {
+            yr.par_chunks_mut(BLOCK).zip(w.par_chunks(BLOCK * in_dim)).for_each(|(ys, ws)| {
+                for (yv, wr) in ys.iter_mut().zip(ws.chunks_exact(in_dim)) {
+                    *yv = dot(xr, wr);
+                }
+            });
+        }
+        return;
+    }
     // SAFETY: the slices cover the strided extents: x is t×in (row stride in), w is out×in read as its
     // transpose (in×out with row stride 1, column stride in), y is t×out (row stride out).
     unsafe {
