@@ -2,6 +2,7 @@
 //! Q4_1, Q8_0 dequantised to f32). The model, the two backends (wgpu WGSL and native CPU), the tokenizer and
 //! generation follow (issue #3).
 
+pub mod cpu_ops;
 pub mod generate;
 pub mod gguf;
 pub mod model;
