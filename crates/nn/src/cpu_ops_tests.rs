@@ -404,3 +404,58 @@ fn grpo_pieces_match_a_worked_example() {
     };
     assert_close("grpo dlogp", &d, &fd(&f, &f64s(&logp)), 1e-3);
 }
+
+#[test]
+fn fast_exp_is_accurate() {
+    let mut worst = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + i as f32 * (175.0 / 200_000.0);
+        let want = (x as f64).exp();
+        worst = worst.max(((exp_f32(x) as f64) - want).abs() / want);
+    }
+    assert!(worst < 1e-6, "{worst}");
+    assert!(exp_f32(f32::NEG_INFINITY) < 1e-37 && exp_f32(0.0) == 1.0);
+}
+
+#[test]
+fn long_attention_blocks_match_the_reference() {
+    // Longer than one causal block (64 rows), so the blocked path's later blocks are checked too.
+    let seq_lens = [150usize, 70];
+    let shape = AttnShape { seq_lens: &seq_lens, heads: 2, kv_heads: 1, head_dim: 4 };
+    let n: usize = seq_lens.iter().sum();
+    let (q, k, v) = (rand_vec(n * 8, 30), rand_vec(n * 4, 31), rand_vec(n * 4, 32));
+    let r = rand_vec(n * 8, 33);
+    let (mut out, mut lse) = (vec![0.0; n * 8], vec![0.0; n * 2]);
+    attention_fwd(shape, &q, &k, &v, &mut out, &mut lse);
+    let (q64, k64, v64) = (f64s(&q), f64s(&k), f64s(&v));
+    assert_close("long attention fwd", &out, &ref_attention(shape, &q64, &k64, &v64), 1e-5);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n * 8], vec![0.0; n * 4], vec![0.0; n * 4]);
+    attention_bwd(shape, &q, &k, &v, &out, &lse, &r, &mut dq, &mut dk, &mut dv);
+    // The gradient of Σ r·out w.r.t. v is exact in closed form: dv_j = Σ_i p_ij r_i; check dk by differences of
+    // a few entries (the full FD would need n·4 reference attentions).
+    let f = |k: &[f64]| dot64(&ref_attention(shape, &q64, k, &v64), &r);
+    for idx in [0usize, 5, 63 * 4 + 1, 64 * 4 + 2, 149 * 4 + 3, 150 * 4, 219 * 4 + 1] {
+        let eps = 1e-6;
+        let (mut up, mut down) = (k64.clone(), k64.clone());
+        up[idx] += eps;
+        down[idx] -= eps;
+        let num = (f(&up) - f(&down)) / (2.0 * eps);
+        assert!((dk[idx] as f64 - num).abs() <= 1e-3 * (1.0 + num.abs()), "dk[{idx}] {} vs {num}", dk[idx]);
+    }
+    let fq = |q: &[f64]| dot64(&ref_attention(shape, q, &k64, &v64), &r);
+    let fv = |v: &[f64]| dot64(&ref_attention(shape, &q64, &k64, v), &r);
+    for idx in [3usize, 64 * 8 + 5, 100 * 8 + 7, 180 * 8] {
+        let eps = 1e-6;
+        let (mut up, mut down) = (q64.clone(), q64.clone());
+        up[idx] += eps;
+        down[idx] -= eps;
+        let num = (fq(&up) - fq(&down)) / (2.0 * eps);
+        assert!((dq[idx] as f64 - num).abs() <= 1e-3 * (1.0 + num.abs()), "dq[{idx}] {} vs {num}", dq[idx]);
+        let vi = idx / 2;
+        let (mut up, mut down) = (v64.clone(), v64.clone());
+        up[vi] += eps;
+        down[vi] -= eps;
+        let num = (fv(&up) - fv(&down)) / (2.0 * eps);
+        assert!((dv[vi] as f64 - num).abs() <= 1e-3 * (1.0 + num.abs()), "dv[{vi}] {} vs {num}", dv[vi]);
+    }
+}
