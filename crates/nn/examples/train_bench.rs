@@ -18,6 +18,14 @@ fn vm_hwm_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Seconds of CPU (user + system) this process has used, from /proc/self/stat (clock ticks of 1/100 s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
@@ -51,12 +59,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     model.token_logprobs(&toks)?;
     println!("forward + chunked head only: {:.2}s", t.elapsed().as_secs_f64());
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_seconds().unwrap_or(f64::NAN));
     for _ in 0..steps {
         let s = model.train_step(&step)?;
         println!("  loss {:.3} grad norm {:.3} entropy {:.3}", s.loss, s.grad_norm, s.entropy);
     }
     let per_step = t.elapsed().as_secs_f64() / steps as f64;
+    let cpu_per_step = (cpu_seconds().unwrap_or(f64::NAN) - cpu0) / steps as f64;
+    println!("CPU time {cpu_per_step:.2} s/step over {} threads", rayon::current_num_threads());
     println!(
         "seq {seq} batch {batch}: {per_step:.2} s/step, {:.1} tokens/s (forward + backward + AdamW), peak RSS {:.0} MiB",
         (seq * batch) as f64 / per_step,

@@ -279,6 +279,7 @@ const ATTN_BLOCK: usize = 64;
 
 /// `s[rows, cols] = q_rows · k_colsᵀ` (unscaled) for one head, into `s` with row stride `cols`; `q` and `k`
 /// point at the first row's head columns.
+#[allow(clippy::too_many_arguments)]
 fn scores(q: &[f32], q_stride: usize, k: &[f32], k_stride: usize, rows: usize, cols: usize, hd: usize, s: &mut [f32]) {
     matmul_strided(rows, hd, cols, q, q_stride, 1, k, 1, k_stride, 0.0, s, cols, 1);
 }

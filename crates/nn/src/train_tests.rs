@@ -44,9 +44,9 @@ fn sft_loss(m: &TrainableLlama, seqs: &[TrainSequence]) -> f64 {
     let lp = m.token_logprobs(&toks).unwrap();
     let (mut sum, mut n) = (0.0f64, 0usize);
     for (s, l) in seqs.iter().zip(&lp) {
-        for i in 0..s.tokens.len() {
-            if s.mask[i] {
-                sum -= l[i] as f64;
+        for (&m, &lp) in s.mask.iter().zip(l) {
+            if m {
+                sum -= lp as f64;
                 n += 1;
             }
         }
