@@ -322,6 +322,8 @@ fn causal_softmax(
 pub fn attention_fwd(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], lse: &mut [f32]) {
     let AttnShape { heads, kv_heads, head_dim: hd, .. } = shape;
     let (qw, kw, group, scale) = (heads * hd, kv_heads * hd, heads / kv_heads, shape.scale());
+    let n: usize = shape.seq_lens.iter().sum();
+    assert!(q.len() == n * qw && k.len() == n * kw && v.len() == n * kw && lse.len() == n * heads, "attention: shapes");
     let starts = shape.starts();
     let tasks: Vec<(usize, usize)> = (0..shape.seq_lens.len())
         .flat_map(|s| (0..heads).map(move |h| (s, h)))
@@ -546,6 +548,7 @@ pub fn lm_head_bwd(
     dx: &mut [f32],
     dw: &mut [f32],
 ) {
+    assert!(dlogp.len() == n && stats.lse.len() == n && dx.len() == n * hidden, "lm_head_bwd: shapes");
     let chunk = chunk.clamp(1, vocab.max(1));
     let mut logits = vec![0.0f32; n * chunk];
     for c0 in (0..vocab).step_by(chunk) {
