@@ -440,7 +440,7 @@ impl TrainableLlama {
     /// training never materialises them).
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, TrainError> {
         self.check_tokens(&[tokens])?;
-        let acts = self.forward(&Flat::new(std::iter::once(tokens)));
+        let acts = self.forward(&Flat::new(std::iter::once(tokens)), false);
         let c = &self.config;
         let mut out = vec![0.0f32; tokens.len() * c.vocab];
         cpu_ops::linear_fwd(&acts.xf, tokens.len(), &self.params[self.layout.head()], c.hidden, c.vocab, &mut out);
@@ -452,7 +452,7 @@ impl TrainableLlama {
     pub fn token_logprobs(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, TrainError> {
         self.check_tokens(seqs)?;
         let flat = Flat::new(seqs.iter().copied());
-        let acts = self.forward(&flat);
+        let acts = self.forward(&flat, false);
         let (rows, targets): (Vec<usize>, Vec<u32>) = row_targets(seqs.iter().map(|s| (*s, None)));
         let stats = self.head_fwd(&acts.xf, &rows, &targets);
         let mut out: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0.0; s.len()]).collect();
@@ -478,7 +478,8 @@ impl TrainableLlama {
         cpu_ops::lm_head_fwd(&xs, rows.len(), c.hidden, w, c.vocab, targets, self.head_chunk)
     }
 
-    fn forward(&self, flat: &Flat) -> Acts {
+    /// The trunk's forward; `keep` keeps each layer's activations for a backward (inference drops them).
+    fn forward(&self, flat: &Flat, keep: bool) -> Acts {
         let c = &self.config;
         let (n, h, kvd, f) = (flat.ids.len(), c.hidden, c.kv_dim(), c.ffn);
         let shape =
@@ -520,7 +521,9 @@ impl TrainableLlama {
             cpu_ops::swiglu_fwd(&a.gate, &a.up, &mut act);
             cpu_ops::linear_fwd(&act, n, &p[s.w_down.clone()], f, h, &mut proj);
             cpu_ops::add_inplace(&mut x, &proj);
-            layers.push(a);
+            if keep {
+                layers.push(a);
+            }
         }
         let mut rstd_f = vec![0.0; n];
         let mut xf = vec![0.0; n * h];
@@ -606,7 +609,7 @@ impl TrainableLlama {
         let c = self.config.clone();
         let h = c.hidden;
         let flat = Flat::new(seqs.iter().map(|s| s.tokens.as_slice()));
-        let acts = self.forward(&flat);
+        let acts = self.forward(&flat, true);
         // The rows the loss reads: position i-1 predicts token i where mask[i].
         let (mut rows, mut targets, mut adv, mut old) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut start = 0;
