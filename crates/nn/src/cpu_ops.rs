@@ -277,11 +277,27 @@ impl AttnShape<'_> {
 /// masked upper triangle (at 512 tokens the matmuls do 56% of the full square instead of 100%).
 const ATTN_BLOCK: usize = 64;
 
+/// Column tiles of attention's matmuls. `matrixmultiply` splits a gemm across its own threads once `m·k + k·n`
+/// reaches 2·2¹⁴; attention already runs one rayon task per head, where a second level of threads only contends
+/// (and wakes a pool per call), so each gemm is cut into key-column tiles below that size.
+fn attn_col_tile(rows: usize, hd: usize) -> usize {
+    const LIMIT: usize = 2 << 14;
+    let c = (LIMIT / hd).saturating_sub(rows).min(LIMIT / (rows + hd)).min((LIMIT / rows.max(1)).saturating_sub(hd));
+    (c.saturating_sub(1) / 16 * 16).max(16)
+}
+
+/// `(c0, c1)` column ranges of width `tile` covering `0..cols`.
+fn col_tiles(cols: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..cols).step_by(tile).map(move |c0| (c0, (c0 + tile).min(cols)))
+}
+
 /// `s[rows, cols] = q_rows · k_colsᵀ` (unscaled) for one head, into `s` with row stride `cols`; `q` and `k`
 /// point at the first row's head columns.
 #[allow(clippy::too_many_arguments)]
 fn scores(q: &[f32], q_stride: usize, k: &[f32], k_stride: usize, rows: usize, cols: usize, hd: usize, s: &mut [f32]) {
-    matmul_strided(rows, hd, cols, q, q_stride, 1, k, 1, k_stride, 0.0, s, cols, 1);
+    for (c0, c1) in col_tiles(cols, attn_col_tile(ATTN_BLOCK, hd)) {
+        matmul_strided(rows, hd, c1 - c0, q, q_stride, 1, &k[c0 * k_stride..], 1, k_stride, 0.0, &mut s[c0..], cols, 1);
+    }
 }
 
 /// Turns a block of raw scores into causal probabilities in place: row `i` (absolute `r0 + i`) keeps columns
@@ -337,12 +353,17 @@ pub fn attention_fwd(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mu
             let mut p = vec![0.0f32; ATTN_BLOCK.min(t) * t];
             let mut o = vec![0.0f32; t * hd];
             let mut row_lse = vec![0.0f32; t];
+            let tile = attn_col_tile(ATTN_BLOCK, hd);
             for r0 in (0..t).step_by(ATTN_BLOCK) {
                 let (r1, cols) = ((r0 + ATTN_BLOCK).min(t), (r0 + ATTN_BLOCK).min(t));
                 let pb = &mut p[..(r1 - r0) * cols];
                 scores(&qh[r0 * qw..], qw, kg, kw, r1 - r0, cols, hd, pb);
                 causal_softmax(pb, cols, r0, scale, None, &mut row_lse[r0..r1]);
-                matmul_strided(r1 - r0, cols, hd, pb, cols, 1, vg, kw, 1, 0.0, &mut o[r0 * hd..], hd, 1);
+                for (c0, c1) in col_tiles(cols, tile) {
+                    let beta = if c0 == 0 { 0.0 } else { 1.0 };
+                    let (pt, vt) = (&pb[c0..], &vg[c0 * kw..]);
+                    matmul_strided(r1 - r0, c1 - c0, hd, pt, cols, 1, vt, kw, 1, beta, &mut o[r0 * hd..], hd, 1);
+                }
             }
             (o, row_lse)
         })
@@ -389,6 +410,7 @@ pub fn attention_bwd(
             let mut dk_g = vec![0.0f32; t * hd];
             let mut dv_g = vec![0.0f32; t * hd];
             let mut dqs = Vec::with_capacity(group);
+            let tile = attn_col_tile(ATTN_BLOCK, hd);
             for h in g * group..(g + 1) * group {
                 let (qh, oh, doh) = (&q[st * qw + h * hd..], &out[st * qw + h * hd..], &dout[st * qw + h * hd..]);
                 let mut dq_h = vec![0.0f32; t * hd];
@@ -401,8 +423,11 @@ pub fn attention_bwd(
                     causal_softmax(pb, cols, r0, scale, Some(&row_lse), &mut []);
                     let (q_b, o_b, do_b) = (&qh[r0 * qw..], &oh[r0 * qw..], &doh[r0 * qw..]);
                     // dv[..cols] += pᵀ · do; dp = do · v[..cols]ᵀ
-                    matmul_strided(cols, rb, hd, pb, 1, cols, do_b, qw, 1, 1.0, &mut dv_g, hd, 1);
-                    matmul_strided(rb, hd, cols, do_b, qw, 1, vg, 1, kw, 0.0, dpb, cols, 1);
+                    for (c0, c1) in col_tiles(cols, tile) {
+                        let (pt, vt, cw) = (&pb[c0..], &vg[c0 * kw..], c1 - c0);
+                        matmul_strided(cw, rb, hd, pt, 1, cols, do_b, qw, 1, 1.0, &mut dv_g[c0 * hd..], hd, 1);
+                        matmul_strided(rb, hd, cw, do_b, qw, 1, vt, 1, kw, 0.0, &mut dpb[c0..], cols, 1);
+                    }
                     // ds = p ⊙ (dp - rowsum(do ⊙ o)), scaled here once for both dq and dk.
                     for (i, (prow, dprow)) in pb.chunks_exact(cols).zip(dpb.chunks_exact_mut(cols)).enumerate() {
                         let (o_i, do_i) = (&o_b[i * qw..i * qw + hd], &do_b[i * qw..i * qw + hd]);
@@ -411,8 +436,12 @@ pub fn attention_bwd(
                             *x = pv * (*x - d) * scale;
                         }
                     }
-                    matmul_strided(rb, cols, hd, dpb, cols, 1, kg, kw, 1, 0.0, &mut dq_h[r0 * hd..], hd, 1);
-                    matmul_strided(cols, rb, hd, dpb, 1, cols, q_b, qw, 1, 1.0, &mut dk_g, hd, 1);
+                    for (c0, c1) in col_tiles(cols, tile) {
+                        let (dst, kt, cw) = (&dpb[c0..], &kg[c0 * kw..], c1 - c0);
+                        let beta = if c0 == 0 { 0.0 } else { 1.0 };
+                        matmul_strided(rb, cw, hd, dst, cols, 1, kt, kw, 1, beta, &mut dq_h[r0 * hd..], hd, 1);
+                        matmul_strided(cw, rb, hd, dst, 1, cols, q_b, qw, 1, 1.0, &mut dk_g[c0 * hd..], hd, 1);
+                    }
                 }
                 dqs.push(dq_h);
             }

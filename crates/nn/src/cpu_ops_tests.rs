@@ -419,8 +419,10 @@ fn fast_exp_is_accurate() {
 
 #[test]
 fn long_attention_blocks_match_the_reference() {
-    // Longer than one causal block (64 rows), so the blocked path's later blocks are checked too.
-    let seq_lens = [150usize, 70];
+    // Longer than one causal block (64 rows) and than one key-column tile (480 at head_dim 4), so the blocked and
+    // tiled paths are checked too.
+    assert_eq!(attn_col_tile(ATTN_BLOCK, 4), 480);
+    let seq_lens = [600usize, 70];
     let shape = AttnShape { seq_lens: &seq_lens, heads: 2, kv_heads: 1, head_dim: 4 };
     let n: usize = seq_lens.iter().sum();
     let (q, k, v) = (rand_vec(n * 8, 30), rand_vec(n * 4, 31), rand_vec(n * 4, 32));
@@ -434,7 +436,7 @@ fn long_attention_blocks_match_the_reference() {
     // The gradient of Σ r·out w.r.t. v is exact in closed form: dv_j = Σ_i p_ij r_i; check dk by differences of
     // a few entries (the full FD would need n·4 reference attentions).
     let f = |k: &[f64]| dot64(&ref_attention(shape, &q64, k, &v64), &r);
-    for idx in [0usize, 5, 63 * 4 + 1, 64 * 4 + 2, 149 * 4 + 3, 150 * 4, 219 * 4 + 1] {
+    for idx in [0usize, 5, 63 * 4 + 1, 64 * 4 + 2, 479 * 4 + 3, 480 * 4, 599 * 4 + 2, 600 * 4, 669 * 4 + 1] {
         let eps = 1e-6;
         let (mut up, mut down) = (k64.clone(), k64.clone());
         up[idx] += eps;
@@ -444,7 +446,7 @@ fn long_attention_blocks_match_the_reference() {
     }
     let fq = |q: &[f64]| dot64(&ref_attention(shape, q, &k64, &v64), &r);
     let fv = |v: &[f64]| dot64(&ref_attention(shape, &q64, &k64, v), &r);
-    for idx in [3usize, 64 * 8 + 5, 100 * 8 + 7, 180 * 8] {
+    for idx in [3usize, 64 * 8 + 5, 100 * 8 + 7, 490 * 8 + 2, 599 * 8 + 6, 610 * 8] {
         let eps = 1e-6;
         let (mut up, mut down) = (q64.clone(), q64.clone());
         up[idx] += eps;
