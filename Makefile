@@ -20,8 +20,10 @@ lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# wgpu tests run on Vulkan (lavapipe without a GPU); XDG_RUNTIME_DIR silences the windowing probes.
 test: lint
-	cargo test --workspace
+	mkdir -p -m700 /tmp/xdg-$$(id -u)
+	WGPU_BACKEND=$${WGPU_BACKEND:-vulkan} XDG_RUNTIME_DIR=/tmp/xdg-$$(id -u) cargo test --workspace
 
 fmt:
 	cargo fmt --all

@@ -34,11 +34,14 @@ impl Message {
 }
 
 /// What the agent does in one turn.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum AgentTurn {
     /// A call of `interact_with_env`, with the text the agent wrote around it (its reasoning, if any). The raw
     /// arguments are kept as JSON so that a model's malformed call reaches the gym's error handling.
     Call { thought: String, arguments: serde_json::Value },
+    /// A tool call that could not be read (a wrong tool name, arguments that are not JSON); the episode gets the
+    /// error as feedback and the turn is spent.
+    Invalid { thought: String, error: crate::tool::ToolError },
     /// Text without a tool call: the episode ends (reference §6.1).
     Text(String),
     /// The agent could not produce a turn (its endpoint is down, its output overflowed…).

@@ -103,6 +103,8 @@ pub enum Termination {
     NoToolCall,
     /// The agent failed (its model endpoint died, its output ran past the length limit…).
     AgentError,
+    /// The agent's output ran past its token budget (a turn's or the whole episode's).
+    Length,
     /// Stopped from outside before it ended (a person quit, a run was cancelled).
     Abandoned,
 }
@@ -115,6 +117,7 @@ impl Termination {
             Termination::MaxSteps => "max_steps",
             Termination::NoToolCall => "no_tool_call",
             Termination::AgentError => "agent_error",
+            Termination::Length => "length",
             Termination::Abandoned => "abandoned",
         }
     }
@@ -283,9 +286,10 @@ impl Episode {
 
     /// Closes the episode and returns its transcript. An episode still open is marked as abandoned.
     pub fn into_transcript(self) -> Transcript {
-        let score = self.score();
+        // `+ 0.0` turns the -0.0 of an empty float sum into 0.0.
+        let score = self.score() + 0.0;
         let max = self.env.max_score();
-        let normalized = if max > 0.0 { (score / max).clamp(0.0, 1.0) } else { 0.0 };
+        let normalized = if max > 0.0 { (score / max).clamp(0.0, 1.0) + 0.0 } else { 0.0 };
         Transcript {
             gym: self.env.kind(),
             task_id: self.env.task_id().to_string(),

@@ -24,6 +24,25 @@ pub async fn run_episode(
     user: Arc<dyn User>,
     config: &EnvConfig,
 ) -> Result<Transcript, GymError> {
+    Ok(play_episode(gym, task_id, agent, user, config).await?.transcript)
+}
+
+/// An episode with the conversation exactly as the agent saw it (system prompt, opening, its calls and the
+/// tool responses in the config's mode).
+#[derive(Clone, Debug)]
+pub struct PlayedEpisode {
+    pub transcript: Transcript,
+    pub conversation: Vec<Message>,
+}
+
+/// Like `run_episode`, keeping the conversation (for SFT data and transcripts with the agent's reasoning).
+pub async fn play_episode(
+    gym: &dyn Gym,
+    task_id: &str,
+    agent: &mut dyn Agent,
+    user: Arc<dyn User>,
+    config: &EnvConfig,
+) -> Result<PlayedEpisode, GymError> {
     let env = gym.new_env(task_id, config, user)?;
     let mut episode = Episode::new(env, config.clone());
     let mut conversation =
@@ -39,6 +58,11 @@ pub async fn run_episode(
                 let outcome = episode.step(action).await;
                 conversation.push(Message::new(Role::Tool, outcome.tool_response));
             }
+            AgentTurn::Invalid { thought, error } => {
+                conversation.push(Message::new(Role::Assistant, thought));
+                let outcome = episode.step(Err(error)).await;
+                conversation.push(Message::new(Role::Tool, outcome.tool_response));
+            }
             AgentTurn::Text(text) => {
                 conversation.push(Message::new(Role::Assistant, text));
                 episode.abort(Termination::NoToolCall);
@@ -49,19 +73,32 @@ pub async fn run_episode(
             }
         }
     }
-    Ok(episode.into_transcript())
+    Ok(PlayedEpisode { transcript: episode.into_transcript(), conversation })
 }
 
-/// Which built-in agent plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which agent plays.
+#[derive(Clone)]
 pub enum AgentSpec {
+    /// Each gym's scripted expert.
     Expert,
     Random,
+    /// Any OpenAI-compatible chat model calling the tool.
+    Llm(Arc<crate::llm::LlmClient>),
+}
+
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentSpec::Expert => f.write_str("expert"),
+            AgentSpec::Random => f.write_str("random"),
+            AgentSpec::Llm(client) => write!(f, "llm:{}", client.config().model),
+        }
+    }
 }
 
 impl std::str::FromStr for AgentSpec {
     type Err = String;
+    /// `expert` or `random`; an endpoint agent is built by the caller (it needs a client).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "expert" => Ok(AgentSpec::Expert),
@@ -72,10 +109,11 @@ impl std::str::FromStr for AgentSpec {
 }
 
 /// Makes the agent for one task.
-pub fn make_agent(spec: AgentSpec, gym: &dyn Gym, task_id: &str, seed: u64) -> Result<Box<dyn Agent>, GymError> {
+pub fn make_agent(spec: &AgentSpec, gym: &dyn Gym, task_id: &str, seed: u64) -> Result<Box<dyn Agent>, GymError> {
     match spec {
         AgentSpec::Expert => gym.expert(task_id, seed),
         AgentSpec::Random => Ok(Box::new(RandomAgent::new(gym.kind(), seed))),
+        AgentSpec::Llm(client) => Ok(Box::new(crate::llm::LlmAgent::new(client.clone()))),
     }
 }
 
@@ -196,7 +234,7 @@ pub async fn evaluate(
     user: Arc<dyn User>,
     mut on_done: impl FnMut(&Transcript),
 ) -> Result<(EvalReport, Vec<Transcript>), GymError> {
-    let EvalPlan { split, agent, ref config, concurrency, limit_per_gym } = *plan;
+    let EvalPlan { split, ref agent, ref config, concurrency, limit_per_gym } = *plan;
     let mut jobs = Vec::new();
     for gym in catalog.gyms() {
         let ids = gym.task_ids(Some(split));

@@ -215,6 +215,48 @@ impl LlmClient {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        let body = json!({
+            "model": self.config.model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            "temperature": self.config.temperature,
+            "max_tokens": prompt.max_tokens.unwrap_or(self.config.max_tokens),
+        });
+        let message = self.request(&body).await?;
+        // Servers with a reasoning parser put the thinking in its own field; the answer is `content`.
+        let Some(text) = message["content"].as_str() else {
+            return Err(LlmError::BadResponse("no choices[0].message.content".into()));
+        };
+        let text = if self.config.strip_think { strip_think(text) } else { text.to_string() };
+        if let Some(key) = key
+            && accept(&text)
+            && let Ok(mut cache) = self.cache.lock()
+        {
+            cache.insert(key, text.clone());
+        }
+        Ok(text)
+    }
+
+    /// A chat completion with a full message list and optional tools (the agent side); returns the reply's
+    /// `choices[0].message` object. Retries like `complete`; never cached.
+    pub async fn chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<Value, LlmError> {
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        });
+        if let Some(tools) = tools {
+            body["tools"] = tools.clone();
+            body["tool_choice"] = json!("auto");
+        }
+        self.request(&body).await
+    }
+
+    /// Posts `body` with retries and exponential backoff; returns `choices[0].message`.
+    async fn request(&self, body: &Value) -> Result<Value, LlmError> {
         let mut backoff = Duration::from_millis(self.config.backoff_ms);
         let mut last_error = LlmError::NoEndpoint;
         for attempt in 0..self.config.max_tries.max(1) {
@@ -223,17 +265,8 @@ impl LlmClient {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
-            match self.send_once(prompt).await {
-                Ok(text) => {
-                    let text = if self.config.strip_think { strip_think(&text) } else { text };
-                    if let Some(key) = key
-                        && accept(&text)
-                        && let Ok(mut cache) = self.cache.lock()
-                    {
-                        cache.insert(key, text.clone());
-                    }
-                    return Ok(text);
-                }
+            match self.send_once(body).await {
+                Ok(message) => return Ok(message),
                 Err(e) if e.retryable() => {
                     tracing::debug!(attempt, error = %e, "LLM request failed, will retry");
                     last_error = e;
@@ -248,27 +281,18 @@ impl LlmClient {
         Err(last_error)
     }
 
-    async fn send_once(&self, prompt: &Prompt) -> Result<String, LlmError> {
+    async fn send_once(&self, body: &Value) -> Result<Value, LlmError> {
         let _permit = self.permits.acquire().await.map_err(|e| LlmError::Client(e.to_string()))?;
         let endpoint = self.pick();
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let result = self.post(endpoint, prompt).await;
+        let result = self.post(endpoint, body).await;
         endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         result
     }
 
-    async fn post(&self, endpoint: &Endpoint, prompt: &Prompt) -> Result<String, LlmError> {
-        let body = json!({
-            "model": self.config.model,
-            "messages": [
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
-            ],
-            "temperature": self.config.temperature,
-            "max_tokens": prompt.max_tokens.unwrap_or(self.config.max_tokens),
-        });
-        let mut request = self.http.post(&endpoint.url).json(&body);
+    async fn post(&self, endpoint: &Endpoint, body: &Value) -> Result<Value, LlmError> {
+        let mut request = self.http.post(&endpoint.url).json(body);
         if let Some(key) = &self.config.api_key {
             request = request.bearer_auth(key);
         }
@@ -295,15 +319,12 @@ impl LlmClient {
         };
         let text =
             tokio::time::timeout(timeout, exchange).await.map_err(|_| LlmError::Timeout(self.config.timeout_ms))??;
-        let value: Value = serde_json::from_str(&text)
+        let mut value: Value = serde_json::from_str(&text)
             .map_err(|e| LlmError::BadResponse(format!("{e}: {}", text.chars().take(120).collect::<String>())))?;
-        let message = &value["choices"][0]["message"];
-        let content = message["content"].as_str().unwrap_or_default();
-        // Servers with a reasoning parser put the thinking in its own field; the answer is `content`.
-        if content.is_empty() && message["content"].is_null() {
-            return Err(LlmError::BadResponse("no choices[0].message.content".into()));
+        match value.pointer_mut("/choices/0/message") {
+            Some(message) if message.is_object() => Ok(message.take()),
+            _ => Err(LlmError::BadResponse("no choices[0].message".into())),
         }
-        Ok(content.to_string())
     }
 }
 
@@ -449,6 +470,92 @@ impl User for LlmUser {
                 tracing::warn!(%error, "LLM user failed; using the fallback");
                 Ok(query.fallback())
             }
+        }
+    }
+}
+
+/// An agent played by any OpenAI-compatible chat model calling the tool (GPT-4o, a vLLM-served Qwen3…), as
+/// the paper's evaluation does: the first tool call of each reply is used, a reply without one ends the
+/// episode, and a server's separate reasoning field is put back as `<think>…</think>` in the history.
+pub struct LlmAgent {
+    client: Arc<LlmClient>,
+}
+
+impl LlmAgent {
+    pub fn new(client: Arc<LlmClient>) -> LlmAgent {
+        LlmAgent { client }
+    }
+}
+
+/// The conversation in the OpenAI messages format; each call gets an id that its tool response refers to.
+pub fn openai_messages(conversation: &[crate::agent::Message]) -> Vec<Value> {
+    use crate::agent::Role;
+    let mut out = Vec::with_capacity(conversation.len());
+    let mut pending_call: Option<String> = None;
+    for (i, m) in conversation.iter().enumerate() {
+        match (m.role, &m.call) {
+            (Role::System, _) => out.push(json!({"role": "system", "content": m.content})),
+            (Role::User, _) => out.push(json!({"role": "user", "content": m.content})),
+            (Role::Assistant, Some((choice, content))) => {
+                let id = format!("call_{i}");
+                let arguments = json!({"choice": choice.name(), "content": content}).to_string();
+                out.push(json!({
+                    "role": "assistant",
+                    "content": m.content,
+                    "tool_calls": [{"id": id, "type": "function", "function": {"name": crate::tool::TOOL_NAME, "arguments": arguments}}],
+                }));
+                pending_call = Some(id);
+            }
+            (Role::Assistant, None) => out.push(json!({"role": "assistant", "content": m.content})),
+            (Role::Tool, _) => match pending_call.take() {
+                Some(id) => out.push(json!({"role": "tool", "tool_call_id": id, "content": m.content})),
+                // The answer to a call that could not be read: shown as the environment's message.
+                None => out.push(json!({"role": "user", "content": m.content})),
+            },
+        }
+    }
+    out
+}
+
+/// Reads an assistant message (OpenAI format) as an agent turn.
+pub fn agent_turn_from_message(message: &Value) -> crate::agent::AgentTurn {
+    use crate::agent::AgentTurn;
+    use crate::tool::{TOOL_NAME, ToolError};
+    let content = message["content"].as_str().unwrap_or_default();
+    let thought = match message["reasoning_content"].as_str().or_else(|| message["reasoning"].as_str()) {
+        Some(reasoning) if !reasoning.is_empty() => format!("<think>{reasoning}</think>\n{content}"),
+        _ => content.to_string(),
+    };
+    let call = message["tool_calls"].as_array().and_then(|calls| calls.first()).map(|c| {
+        let name = c["function"]["name"].as_str().unwrap_or_default().to_string();
+        let arguments = match &c["function"]["arguments"] {
+            Value::String(text) => {
+                serde_json::from_str::<Value>(text).map_err(|e| ToolError::InvalidJson(e.to_string()))
+            }
+            other => Ok(other.clone()),
+        };
+        (name, arguments)
+    });
+    // Servers without a tool parser leave Hermes blocks in the text.
+    let call =
+        call.or_else(|| crate::tool::parse_hermes(content).calls.into_iter().next().map(|c| (c.name, Ok(c.arguments))));
+    match call {
+        Some((name, _)) if name != TOOL_NAME => {
+            AgentTurn::Invalid { thought, error: ToolError::UnknownTool(name.chars().take(60).collect()) }
+        }
+        Some((_, Ok(arguments))) => AgentTurn::Call { thought, arguments },
+        Some((_, Err(error))) => AgentTurn::Invalid { thought, error },
+        None => AgentTurn::Text(thought),
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::agent::Agent for LlmAgent {
+    async fn act(&mut self, conversation: &[crate::agent::Message]) -> crate::agent::AgentTurn {
+        let messages = openai_messages(conversation);
+        match self.client.chat(&messages, Some(&json!([crate::tool::schema()]))).await {
+            Ok(message) => agent_turn_from_message(&message),
+            Err(error) => crate::agent::AgentTurn::Failed(error.to_string()),
         }
     }
 }
@@ -666,5 +773,66 @@ mod tests {
 
     fn config_for(url: String) -> LlmConfig {
         config(vec![url])
+    }
+
+    #[test]
+    fn assistant_messages_become_turns() {
+        use crate::agent::AgentTurn;
+        let call = |args: Value| json!({"content": "", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "interact_with_env", "arguments": args}}]});
+        let turn = agent_turn_from_message(&call(json!("{\"choice\": \"answer\", \"content\": \"7\"}")));
+        assert!(matches!(turn, AgentTurn::Call { ref arguments, .. } if arguments["content"] == "7"));
+        assert!(matches!(agent_turn_from_message(&call(json!("{oops"))), AgentTurn::Invalid { .. }));
+        let wrong = json!({"content": "", "tool_calls": [{"function": {"name": "search_web", "arguments": "{}"}}]});
+        assert!(matches!(
+            agent_turn_from_message(&wrong),
+            AgentTurn::Invalid { error: crate::tool::ToolError::UnknownTool(_), .. }
+        ));
+        let hermes = json!({"content": "<tool_call>{\"name\": \"interact_with_env\", \"arguments\": {\"choice\": \"search\", \"content\": \"test\"}}</tool_call>"});
+        assert!(matches!(agent_turn_from_message(&hermes), AgentTurn::Call { .. }));
+        let thinking = json!({"content": "done", "reasoning_content": "hmm"});
+        assert_eq!(agent_turn_from_message(&thinking), AgentTurn::Text("<think>hmm</think>\ndone".into()));
+    }
+
+    /// An OpenAI-compatible model as the agent, end to end on FunctionGym against the local test server: the
+    /// request carries the tool and the history with call ids; the reply's call drives the gym.
+    #[tokio::test]
+    async fn llm_agent_plays_through_the_tool() {
+        use crate::agent::Agent;
+        use crate::env::EnvConfig;
+        use crate::eval::run_episode;
+        use crate::gyms::{Catalog, GymKind};
+        use crate::user::ScriptedUser;
+        let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
+        let gym = catalog.get(GymKind::Function).unwrap().clone();
+        let task = gym.task_ids(None)[0].clone();
+        let expected = gym.export_tasks()[0]["expected"].as_f64().unwrap();
+        let server = testserver::start(Arc::new(move |i, body: &Value| {
+            assert_eq!(body["tools"][0]["function"]["name"], "interact_with_env");
+            let last = body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+            if i > 0 {
+                assert_eq!(last["role"], "tool");
+                assert_eq!(last["tool_call_id"], format!("call_{}", 2 * i));
+            }
+            let (choice, content) = match i {
+                0 => ("search", "test".to_string()),
+                _ => ("answer", expected.to_string()),
+            };
+            Behavior::Reply(format!(
+                "<tool_call>{{\"name\": \"interact_with_env\", \"arguments\": {{\"choice\": \"{choice}\", \"content\": \"{content}\"}}}}</tool_call>"
+            ))
+        }))
+        .await
+        .unwrap();
+        let mut agent = LlmAgent::new(Arc::new(LlmClient::new(config(vec![server.base_url.clone()])).unwrap()));
+        let t = run_episode(
+            gym.as_ref(),
+            &task,
+            &mut agent as &mut dyn Agent,
+            Arc::new(ScriptedUser),
+            &EnvConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((t.score, t.turns.len()), (1.0, 2));
     }
 }

@@ -90,7 +90,8 @@ impl Action {
 }
 
 /// Why a tool call could not be turned into an action. The `Display` text is the feedback the agent reads.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
 pub enum ToolError {
     #[error("The tool arguments must be a JSON object with the fields `choice` and `content`.")]
     NotAnObject,

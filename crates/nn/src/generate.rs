@@ -1,6 +1,7 @@
 //! Decoding: prefill the prompt, then sample one token at a time from the KV cache (greedy at temperature 0,
 //! else temperature + top-k + top-p with a seeded RNG), stopping at a stop token or the token budget.
 
+use crate::backend::LogitsModel;
 use crate::model::{Llama, ModelError};
 
 #[derive(Clone, Debug)]
@@ -83,17 +84,27 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
 }
 
 pub fn generate(model: &Llama, prompt: &[u32], stop: &[u32], sampling: &Sampling) -> Result<Generation, ModelError> {
-    generate_with(model, prompt, stop, sampling, &mut |_| {})
+    generate_with(model, prompt, stop, sampling)
 }
 
-/// `generate`, calling `on_token` with each token as soon as it is sampled (streaming output).
-pub fn generate_with(
-    model: &Llama,
+/// [`generate`] on any backend (the CPU [`Llama`] or `wgpu::WgpuLlama`).
+pub fn generate_with<M: LogitsModel>(
+    model: &M,
+    prompt: &[u32],
+    stop: &[u32],
+    sampling: &Sampling,
+) -> Result<Generation, M::Error> {
+    generate_stream(model, prompt, stop, sampling, &mut |_| {})
+}
+
+/// [`generate_with`], calling `on_token` with each token as soon as it is sampled (streaming output).
+pub fn generate_stream<M: LogitsModel>(
+    model: &M,
     prompt: &[u32],
     stop: &[u32],
     sampling: &Sampling,
     on_token: &mut dyn FnMut(u32),
-) -> Result<Generation, ModelError> {
+) -> Result<Generation, M::Error> {
     let mut cache = model.new_cache();
     let mut rng = Rng(sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut logits = model.forward_last(prompt, &mut cache)?;
@@ -107,7 +118,7 @@ pub fn generate_with(
             out.stopped = true;
             break;
         }
-        if cache.len + 1 > model.config.context {
+        if M::cache_len(&cache) + 1 > model.config().context {
             break;
         }
         logits = model.forward_last(&[next as u32], &mut cache)?;

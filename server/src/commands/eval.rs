@@ -4,17 +4,25 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use userrl_gym::Split;
 use userrl_gym::env::{EnvConfig, Mode};
 use userrl_gym::eval::{AgentSpec, EvalPlan, evaluate};
+use userrl_gym::llm::{LlmClient, LlmConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// expert (the scripted expert of each gym) or random.
-    #[arg(long, default_value = "expert")]
+    #[arg(long, default_value = "expert", conflicts_with = "model")]
     agent: AgentSpec,
+    /// Evaluate a model served by an OpenAI-compatible endpoint as the agent: `openai:<base URL>#<model>`,
+    /// e.g. `openai:http://localhost:8000/v1#Qwen/Qwen3-8B` (key from USERRL_AGENT_API_KEY or OPENAI_API_KEY).
+    /// Paper protocol: temperature 0, 2048 tokens a turn, the first tool call of each reply.
+    #[arg(long)]
+    model: Option<String>,
     /// `all` or a comma-separated list of gyms.
     #[arg(long, default_value = "all")]
     gyms: String,
@@ -43,6 +51,27 @@ pub struct Args {
     tasks: super::TaskArgs,
     #[command(flatten)]
     user: super::UserArgs,
+}
+
+/// Parses `openai:<base URL>#<model>` into an endpoint agent.
+fn endpoint_agent(spec: &str) -> Result<AgentSpec> {
+    let rest = spec.strip_prefix("openai:").context(
+        "--model takes `openai:<base URL>#<model>` (local GGUF and checkpoint agents come with the policy engine)",
+    )?;
+    let (url, model) = rest.split_once('#').context("--model needs `#<model>` after the base URL")?;
+    anyhow::ensure!(!url.is_empty() && !model.is_empty(), "--model needs both a base URL and a model name");
+    let api_key = std::env::var("USERRL_AGENT_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).ok();
+    let config = LlmConfig {
+        base_urls: vec![url.to_string()],
+        api_key,
+        model: model.to_string(),
+        temperature: 0.0,
+        max_tokens: 2048,
+        timeout_ms: 120_000,
+        strip_think: false,
+        ..LlmConfig::default()
+    };
+    Ok(AgentSpec::Llm(Arc::new(LlmClient::new(config)?)))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -76,13 +105,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut write_error: Option<std::io::Error> = None;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let plan = EvalPlan {
-        split: args.split,
-        agent: args.agent,
-        config,
-        concurrency: args.concurrency,
-        limit_per_gym: args.limit,
+    let agent = match &args.model {
+        Some(spec) => endpoint_agent(spec)?,
+        None => args.agent.clone(),
     };
+    let plan = EvalPlan { split: args.split, agent, config, concurrency: args.concurrency, limit_per_gym: args.limit };
     let (report, _) = runtime.block_on(evaluate(&catalog, &plan, user, |t| {
         bar.inc(1);
         bar.set_message(t.gym.name());

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use userrl_nn::checkpoint::load_model;
-use userrl_nn::generate::{Sampling, generate_with};
+use userrl_nn::generate::{Sampling, generate_stream};
 use userrl_nn::tokenizer::{ChatMessage, Tokenizer};
 
 #[derive(clap::Args, Debug)]
@@ -97,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut first_token_at = None;
     let mut print_error = None;
     let start = Instant::now();
-    let generation = generate_with(model, &ids, &stop, &sampling, &mut |id| {
+    let generation = generate_stream(model, &ids, &stop, &sampling, &mut |id| {
         first_token_at.get_or_insert_with(|| start.elapsed().as_secs_f64());
         if stop.contains(&id) || print_error.is_some() {
             return;

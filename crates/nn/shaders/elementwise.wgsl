@@ -1,0 +1,32 @@
+// Element-wise kernels: SwiGLU (a = silu(a) · b, model.rs's gate/up step) and the residual add (a += b).
+// Large arrays arrive as a 2D grid of 64-wide workgroups.
+
+struct Params {
+    n: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+
+@compute @workgroup_size(64)
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= p.n) {
+        return;
+    }
+    let g = a[i];
+    a[i] = g / (1.0 + exp(-g)) * b[i];
+}
+
+@compute @workgroup_size(64)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= p.n) {
+        return;
+    }
+    a[i] = a[i] + b[i];
+}

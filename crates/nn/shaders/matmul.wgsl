@@ -1,0 +1,117 @@
+// y = x · wᵀ for row-major x [m, k] and w [n, k] (the layout of model.rs `linear`).
+// `matmul_tiled` (prefill): each invocation keeps a 4×4 block of y in registers and streams vec4s of four x rows and
+// four w rows, so every loaded vec4 feeds four dot products; no workgroup memory (barriers cost more than they save on
+// CPU drivers, and the caches serve the reuse on GPUs).
+// `matmul_rows` (decode, few rows): a workgroup computes eight outputs of one x row; adjacent invocations read
+// adjacent vec4s of the same w row (coalesced), then reduce in workgroup memory.
+// Large grids arrive folded into two dimensions (65,535 workgroups per dimension): the group id is x + y·groups_x.
+
+struct Params {
+    m: u32,        // rows of x used
+    n: u32,        // rows of w (outputs)
+    k4: u32,       // inner dimension / 4
+    x_off4: u32,   // first x row, in vec4 units
+    y_off: u32,    // y index of output (0, 0)
+    ldy: u32,      // row stride of y, in floats
+    groups_x: u32, // workgroups dispatched along x
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+fn store_row(r: u32, c0: u32, v: vec4<f32>) {
+    let base = p.y_off + r * p.ldy + c0;
+    y[base] = v.x;
+    if (c0 + 1u < p.n) { y[base + 1u] = v.y; }
+    if (c0 + 2u < p.n) { y[base + 2u] = v.z; }
+    if (c0 + 3u < p.n) { y[base + 3u] = v.w; }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let col_blocks = (p.n + 63u) / 64u;
+    let r0 = ((gid / col_blocks) * 16u + lid.y) * 4u;
+    let c0 = ((gid % col_blocks) * 16u + lid.x) * 4u;
+    if (r0 >= p.m || c0 >= p.n) {
+        return;
+    }
+    // Clamped loads: the rows past the edge compute garbage that is never stored.
+    let xa = p.x_off4 + r0 * p.k4;
+    let xb = p.x_off4 + min(r0 + 1u, p.m - 1u) * p.k4;
+    let xc = p.x_off4 + min(r0 + 2u, p.m - 1u) * p.k4;
+    let xd = p.x_off4 + min(r0 + 3u, p.m - 1u) * p.k4;
+    let wa = c0 * p.k4;
+    let wb = min(c0 + 1u, p.n - 1u) * p.k4;
+    let wc = min(c0 + 2u, p.n - 1u) * p.k4;
+    let wd = min(c0 + 3u, p.n - 1u) * p.k4;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k4; kk++) {
+        let b0 = w[wa + kk];
+        let b1 = w[wb + kk];
+        let b2 = w[wc + kk];
+        let b3 = w[wd + kk];
+        let a0 = x[xa + kk];
+        let a1 = x[xb + kk];
+        let a2 = x[xc + kk];
+        let a3 = x[xd + kk];
+        acc0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        acc1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        acc2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        acc3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+    }
+    store_row(r0, c0, acc0);
+    if (r0 + 1u < p.m) { store_row(r0 + 1u, c0, acc1); }
+    if (r0 + 2u < p.m) { store_row(r0 + 2u, c0, acc2); }
+    if (r0 + 3u < p.m) { store_row(r0 + 3u, c0, acc3); }
+}
+
+// Invocations per `matmul_rows` workgroup (a power of two <= 64): 64 on GPUs, 8 on CPU drivers, where a workgroup of
+// one SIMD vector makes the barriers cheap.
+override WG: u32 = 64u;
+var<workgroup> part: array<vec4<f32>, 128>;
+
+@compute @workgroup_size(WG)
+fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let col_groups = (p.n + 7u) / 8u;
+    let r = gid / col_groups;
+    let c0 = (gid % col_groups) * 8u;
+    if (r >= p.m) {
+        return;
+    }
+    let xr = p.x_off4 + r * p.k4;
+    var wr: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        wr[j] = min(c0 + j, p.n - 1u) * p.k4;
+    }
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    for (var kk = li; kk < p.k4; kk += WG) {
+        let a = x[xr + kk];
+        s0 += vec4<f32>(dot(a, w[wr[0] + kk]), dot(a, w[wr[1] + kk]), dot(a, w[wr[2] + kk]), dot(a, w[wr[3] + kk]));
+        s1 += vec4<f32>(dot(a, w[wr[4] + kk]), dot(a, w[wr[5] + kk]), dot(a, w[wr[6] + kk]), dot(a, w[wr[7] + kk]));
+    }
+    part[li] = s0;
+    part[li + WG] = s1;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (li < stride) {
+            part[li] += part[li + stride];
+            part[li + WG] += part[li + WG + stride];
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        store_row(r, c0, part[0]);
+        if (c0 + 4u < p.n) {
+            store_row(r, c0 + 4u, part[WG]);
+        }
+    }
+}

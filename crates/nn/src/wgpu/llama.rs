@@ -1,0 +1,200 @@
+//! The LLaMA inference forward on the wgpu backend: the weights of a CPU [`Llama`] uploaded once, a GPU KV cache
+//! that grows on demand, and `forward_last` with the semantics of `Llama::forward_last` (one queue submission per
+//! prompt chunk, only the logits read back).
+
+use super::{Batch, Device, Matrix, Tensor, WgpuError};
+use crate::model::{Llama, LlamaConfig, ModelError};
+
+/// Prompts are run this many tokens at a time, which bounds the activation buffers (`[t, ffn]` must stay within
+/// one storage binding) and the workgroup grids.
+const PREFILL_CHUNK: usize = 256;
+/// First KV cache allocation, in positions; it doubles when full (up to the context).
+const INITIAL_CACHE: usize = 256;
+
+struct GpuLayer {
+    attn_norm: Tensor,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    ffn_norm: Tensor,
+    w_gate: Matrix,
+    w_up: Matrix,
+    w_down: Matrix,
+}
+
+/// A [`Llama`] whose weights live on a wgpu device.
+pub struct WgpuLlama {
+    pub config: LlamaConfig,
+    device: Device,
+    embed: Matrix,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Matrix>,
+    layers: Vec<GpuLayer>,
+    norm: Tensor,
+    rope: Tensor,
+}
+
+/// Keys and values of every layer on the GPU, `[capacity, kv_dim]` per layer.
+pub struct WgpuKvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    capacity: usize,
+    pub len: usize,
+}
+
+impl WgpuLlama {
+    /// Uploads the weights of `model` (f32) to `device`.
+    pub fn new(device: &Device, model: &Llama) -> Result<WgpuLlama, WgpuError> {
+        let c = &model.config;
+        c.validate()?;
+        let (h, kvd, f, hd) = (c.hidden, c.kv_dim(), c.ffn, c.head_dim());
+        if !h.is_multiple_of(4) || !f.is_multiple_of(4) || hd > 256 {
+            return Err(WgpuError::Shape(format!(
+                "the wgpu kernels need hidden and ffn to be multiples of 4 and head_dim <= 256 (got {h}, {f}, {hd})"
+            )));
+        }
+        let d = device;
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(GpuLayer {
+                    attn_norm: d.upload(&l.attn_norm)?,
+                    wq: d.upload_matrix(&l.wq, h, h)?,
+                    wk: d.upload_matrix(&l.wk, kvd, h)?,
+                    wv: d.upload_matrix(&l.wv, kvd, h)?,
+                    wo: d.upload_matrix(&l.wo, h, h)?,
+                    ffn_norm: d.upload(&l.ffn_norm)?,
+                    w_gate: d.upload_matrix(&l.w_gate, f, h)?,
+                    w_up: d.upload_matrix(&l.w_up, f, h)?,
+                    w_down: d.upload_matrix(&l.w_down, h, f)?,
+                })
+            })
+            .collect::<Result<Vec<_>, WgpuError>>()?;
+        Ok(WgpuLlama {
+            embed: d.upload_matrix(&model.embed, c.vocab, h)?,
+            lm_head: model.lm_head.as_deref().map(|w| d.upload_matrix(w, c.vocab, h)).transpose()?,
+            norm: d.upload(&model.norm)?,
+            rope: d.rope_table(c.rope_theta, hd, c.context)?,
+            layers,
+            config: c.clone(),
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> WgpuKvCache {
+        WgpuKvCache { k: Vec::new(), v: Vec::new(), capacity: 0, len: 0 }
+    }
+
+    /// Makes room for `needed` positions, keeping what the cache holds.
+    fn reserve(&self, cache: &mut WgpuKvCache, needed: usize) -> Result<(), WgpuError> {
+        if needed <= cache.capacity {
+            return Ok(());
+        }
+        let kvd = self.config.kv_dim();
+        let capacity = needed.max(cache.capacity * 2).max(INITIAL_CACHE).min(self.config.context);
+        let mut batch = self.device.batch();
+        let mut grow = |old: &[Tensor]| -> Result<Vec<Tensor>, WgpuError> {
+            (0..self.config.layers)
+                .map(|li| {
+                    let t = self.device.zeros(capacity * kvd)?;
+                    if let Some(old) = old.get(li) {
+                        batch.copy(old, 0, &t, 0, cache.len * kvd)?;
+                    }
+                    Ok(t)
+                })
+                .collect()
+        };
+        let k = grow(&cache.k)?;
+        let v = grow(&cache.v)?;
+        batch.submit()?;
+        cache.k = k;
+        cache.v = v;
+        cache.capacity = capacity;
+        Ok(())
+    }
+
+    /// Runs `tokens` after what the cache holds and returns the last position's logits, like
+    /// `Llama::forward_last`.
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut WgpuKvCache) -> Result<Vec<f32>, WgpuError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(ModelError::Empty.into());
+        }
+        if cache.len + tokens.len() > c.context {
+            return Err(ModelError::ContextOverflow { len: cache.len + tokens.len(), context: c.context }.into());
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(ModelError::BadToken { id, vocab: c.vocab }.into());
+        }
+        self.reserve(cache, cache.len + tokens.len())?;
+        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+        let mut logits = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let out = self.run(chunk, cache, last)?;
+            cache.len += chunk.len();
+            if let Some(out) = out {
+                logits = self.device.download(&out)?;
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Records and submits the layers for `tokens` at positions `cache.len..`; with `logits`, also the final norm
+    /// and the LM head of the last position (returned, not yet read back).
+    fn run(&self, tokens: &[u32], cache: &WgpuKvCache, logits: bool) -> Result<Option<Tensor>, WgpuError> {
+        let c = &self.config;
+        let d = &self.device;
+        let (t, start) = (tokens.len(), cache.len);
+        let (h, kvd, hd) = (c.hidden, c.kv_dim(), c.head_dim());
+        let ids = d.upload_u32(tokens)?;
+        let x = d.zeros(t * h)?;
+        let normed = d.zeros(t * h)?;
+        let q = d.zeros(t * h)?;
+        let k = d.zeros(t * kvd)?;
+        let v = d.zeros(t * kvd)?;
+        let attn = d.zeros(t * h)?;
+        let proj = d.zeros(t * h)?;
+        let gate = d.zeros(t * c.ffn)?;
+        let up = d.zeros(t * c.ffn)?;
+        let mut b: Batch<'_> = d.batch();
+        b.embed(&ids, t, &self.embed, &x)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            b.rms_norm(&x, &l.attn_norm, c.eps, h, t, &normed)?;
+            b.linear(&normed, t, &l.wq, &q)?;
+            b.linear(&normed, t, &l.wk, &k)?;
+            b.linear(&normed, t, &l.wv, &v)?;
+            b.rope(&q, t, h, hd, start, &self.rope)?;
+            b.rope(&k, t, kvd, hd, start, &self.rope)?;
+            b.copy(&k, 0, &cache.k[li], start * kvd, t * kvd)?;
+            b.copy(&v, 0, &cache.v[li], start * kvd, t * kvd)?;
+            b.attention(&q, &cache.k[li], &cache.v[li], &attn, t, start, c.heads, c.kv_heads, hd)?;
+            b.linear(&attn, t, &l.wo, &proj)?;
+            b.add(&x, &proj, t * h)?;
+            b.rms_norm(&x, &l.ffn_norm, c.eps, h, t, &normed)?;
+            b.linear(&normed, t, &l.w_gate, &gate)?;
+            b.linear(&normed, t, &l.w_up, &up)?;
+            b.swiglu(&gate, &up, t * c.ffn)?;
+            b.linear(&gate, t, &l.w_down, &proj)?;
+            b.add(&x, &proj, t * h)?;
+        }
+        let out = if logits {
+            b.rms_norm(&x, &self.norm, c.eps, h, t, &normed)?;
+            let out = d.zeros(c.vocab)?;
+            // The head is split by vocabulary rows into chunks of at most one binding; each writes its columns.
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            b.linear_into(&normed, t - 1, 1, head, &out, 0, c.vocab)?;
+            Some(out)
+        } else {
+            None
+        };
+        b.submit()?;
+        Ok(out)
+    }
+}

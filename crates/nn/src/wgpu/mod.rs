@@ -1,0 +1,699 @@
+//! The wgpu backend: adapter selection, f32 tensors in GPU storage buffers (upload / download), and the WGSL
+//! kernels of the LLaMA inference forward (`shaders/*.wgsl`), recorded into a [`Batch`] and submitted at once.
+//! Every kernel has the semantics of its CPU counterpart in `model.rs`, which the conformance tests hold it to.
+//!
+//! Portability: the device is opened with the WebGPU default limits (one storage binding <= 128 MiB, 8 storage
+//! buffers per stage, 16 KiB workgroup memory, 65,535 workgroups per dimension), so what runs on lavapipe runs on
+//! any WebGPU implementation. Matrices larger than one binding are split by rows ([`Matrix`]); large grids are
+//! folded into two dimensions.
+
+mod llama;
+
+pub use llama::{WgpuKvCache, WgpuLlama};
+
+use std::sync::Arc;
+
+use ::wgpu::util::DeviceExt;
+
+/// The largest storage binding WebGPU guarantees (128 MiB).
+pub const MAX_BINDING_BYTES: u64 = 128 << 20;
+const MAX_GROUPS_PER_DIM: u32 = 65_535;
+/// Bytes of uniform parameters per dispatch; 256 is the WebGPU `minUniformBufferOffsetAlignment`.
+const PARAM_STRIDE: u64 = 256;
+const PARAM_BYTES: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WgpuError {
+    #[error(
+        "no wgpu adapter found (backends {backends}): install a Vulkan driver — on Debian run scripts/setup, \
+         which installs Mesa's lavapipe (mesa-vulkan-drivers) — or set WGPU_BACKEND"
+    )]
+    NoAdapter { backends: String },
+    #[error("could not open the wgpu device on `{adapter}`: {message}")]
+    RequestDevice { adapter: String, message: String },
+    #[error("a tensor of {bytes} bytes is past the largest storage binding ({max} bytes)")]
+    TooLarge { bytes: u64, max: u64 },
+    #[error("unsupported shape for the wgpu kernels: {0}")]
+    Shape(String),
+    #[error("wgpu validation failed: {0}")]
+    Validation(String),
+    #[error("reading a buffer back from the GPU failed: {0}")]
+    Readback(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+}
+
+/// Compute pipelines, one per kernel entry point.
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    MatmulTiled,
+    MatmulRows,
+    RmsNorm,
+    Rope,
+    Attention,
+    Swiglu,
+    Add,
+    Embed,
+}
+
+const KERNELS: [(Kernel, &str, &str); 8] = [
+    (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
+    (Kernel::MatmulRows, "matmul", "matmul_rows"),
+    (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
+    (Kernel::Rope, "rope", "rope"),
+    (Kernel::Attention, "attention", "attention"),
+    (Kernel::Swiglu, "elementwise", "swiglu"),
+    (Kernel::Add, "elementwise", "add"),
+    (Kernel::Embed, "embed", "embed"),
+];
+
+const SHADERS: [(&str, &str); 6] = [
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("rope", include_str!("../../shaders/rope.wgsl")),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    ("embed", include_str!("../../shaders/embed.wgsl")),
+];
+
+struct Inner {
+    device: ::wgpu::Device,
+    queue: ::wgpu::Queue,
+    info: ::wgpu::AdapterInfo,
+    pipelines: Vec<::wgpu::ComputePipeline>,
+}
+
+/// An opened wgpu device with the kernels compiled. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+    /// Largest storage buffer this handle creates (lowered by [`Device::with_binding_limit`]).
+    max_binding: u64,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wgpu::Device({} {:?} on {:?})",
+            self.inner.info.name, self.inner.info.device_type, self.inner.info.backend
+        )
+    }
+}
+
+fn instance() -> (::wgpu::Instance, ::wgpu::Backends) {
+    let desc = ::wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    let backends = desc.backends;
+    (::wgpu::Instance::new(desc), backends)
+}
+
+/// Hardware first, then native APIs before GL (whose shader compiles are slow on llvmpipe).
+fn rank(info: &::wgpu::AdapterInfo) -> (u8, u8) {
+    use ::wgpu::DeviceType::*;
+    let kind = match info.device_type {
+        DiscreteGpu => 0,
+        IntegratedGpu => 1,
+        VirtualGpu => 2,
+        Cpu => 3,
+        Other => 4,
+    };
+    (kind, u8::from(info.backend == ::wgpu::Backend::Gl))
+}
+
+fn is_hardware(info: &::wgpu::AdapterInfo) -> bool {
+    matches!(info.device_type, ::wgpu::DeviceType::DiscreteGpu | ::wgpu::DeviceType::IntegratedGpu)
+}
+
+impl Device {
+    /// A hardware GPU (discrete or integrated) when there is one; `None` means "use the CPU backend".
+    pub fn auto() -> Option<Device> {
+        let (instance, _) = instance();
+        let mut adapters: Vec<_> = pollster::block_on(instance.enumerate_adapters(::wgpu::Backends::all()))
+            .into_iter()
+            .filter(|a| is_hardware(&a.get_info()))
+            .collect();
+        adapters.sort_by_key(|a| rank(&a.get_info()));
+        adapters.into_iter().find_map(|a| Device::open(a).ok())
+    }
+
+    /// The best wgpu adapter of any kind, software ones (lavapipe) included.
+    pub fn wgpu() -> Result<Device, WgpuError> {
+        let (instance, backends) = instance();
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        adapters.sort_by_key(|a| rank(&a.get_info()));
+        let mut last = None;
+        for adapter in adapters {
+            match Device::open(adapter) {
+                Ok(device) => return Ok(device),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(WgpuError::NoAdapter { backends: format!("{backends:?}") }))
+    }
+
+    fn open(adapter: ::wgpu::Adapter) -> Result<Device, WgpuError> {
+        let info = adapter.get_info();
+        let limits = ::wgpu::Limits::default();
+        let desc = ::wgpu::DeviceDescriptor {
+            label: Some("userrl-nn"),
+            required_features: ::wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: ::wgpu::MemoryHints::Performance,
+            trace: ::wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| WgpuError::RequestDevice { adapter: info.name.clone(), message: e.to_string() })?;
+        let scope = device.push_error_scope(::wgpu::ErrorFilter::Validation);
+        let modules: Vec<_> = SHADERS
+            .iter()
+            .map(|(name, src)| {
+                let module = device.create_shader_module(::wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: ::wgpu::ShaderSource::Wgsl((*src).into()),
+                });
+                (*name, module)
+            })
+            .collect();
+        // On CPU drivers (lavapipe) a workgroup barrier switches coroutines: the decode matmul reduces over one SIMD
+        // vector of 8 there (4x faster), and over 64 invocations on GPUs (coalesced loads, full warps).
+        let rows_wg: &[(&str, f64)] = if info.device_type == ::wgpu::DeviceType::Cpu { &[("WG", 8.0)] } else { &[] };
+        let pipelines = KERNELS
+            .iter()
+            .map(|(kernel, file, entry)| {
+                let module = &modules.iter().find(|(n, _)| n == file).map(|(_, m)| m);
+                let constants = if matches!(kernel, Kernel::MatmulRows) { rows_wg } else { &[] };
+                device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: module.unwrap_or(&modules[0].1),
+                    entry_point: Some(entry),
+                    compilation_options: ::wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+                    cache: None,
+                })
+            })
+            .collect();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(WgpuError::Validation(e.to_string()));
+        }
+        let max_binding = MAX_BINDING_BYTES.min(limits.max_storage_buffer_binding_size);
+        Ok(Device { inner: Arc::new(Inner { device, queue, info, pipelines }), max_binding })
+    }
+
+    pub fn info(&self) -> &::wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// True for a discrete or integrated GPU, false for software adapters such as lavapipe.
+    pub fn is_hardware(&self) -> bool {
+        is_hardware(&self.inner.info)
+    }
+
+    /// The same device with a lower cap on one storage buffer, so that tests exercise the row-chunked matrices
+    /// (embedding, LM head) on small models.
+    pub fn with_binding_limit(&self, bytes: u64) -> Device {
+        Device { inner: self.inner.clone(), max_binding: self.max_binding.min(bytes) }
+    }
+
+    fn check_size(&self, bytes: u64) -> Result<(), WgpuError> {
+        if bytes > self.max_binding {
+            return Err(WgpuError::TooLarge { bytes, max: self.max_binding });
+        }
+        Ok(())
+    }
+
+    fn storage(&self, bytes: u64) -> Result<::wgpu::Buffer, WgpuError> {
+        self.check_size(bytes)?;
+        Ok(self.inner.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: None,
+            // Never zero-sized: a binding needs at least one element.
+            size: bytes.max(16).next_multiple_of(16),
+            usage: ::wgpu::BufferUsages::STORAGE | ::wgpu::BufferUsages::COPY_SRC | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A zero-filled tensor of `len` floats.
+    pub fn zeros(&self, len: usize) -> Result<Tensor, WgpuError> {
+        Ok(Tensor { buf: self.storage(len as u64 * 4)?, len })
+    }
+
+    /// Copies `data` into a new GPU tensor.
+    pub fn upload(&self, data: &[f32]) -> Result<Tensor, WgpuError> {
+        let t = self.zeros(data.len())?;
+        self.inner.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Copies `data` (token ids) into a new GPU buffer of u32.
+    pub fn upload_u32(&self, data: &[u32]) -> Result<Tensor, WgpuError> {
+        let t = self.zeros(data.len())?;
+        self.inner.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Overwrites the start of `t` with `data`.
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<(), WgpuError> {
+        if data.len() > t.len {
+            return Err(WgpuError::Shape(format!("writing {} floats into a tensor of {}", data.len(), t.len)));
+        }
+        self.inner.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// A `[rows, cols]` row-major matrix, split by rows into pieces of at most one storage binding.
+    pub fn upload_matrix(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix, WgpuError> {
+        if data.len() != rows * cols || rows == 0 || cols == 0 {
+            return Err(WgpuError::Shape(format!("{} values for a [{rows}, {cols}] matrix", data.len())));
+        }
+        let per_chunk = (self.max_binding / (cols as u64 * 4)) as usize;
+        if per_chunk == 0 {
+            return Err(WgpuError::TooLarge { bytes: cols as u64 * 4, max: self.max_binding });
+        }
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = per_chunk.min(rows - start);
+            chunks.push((start, self.upload(&data[start * cols..(start + n) * cols])?));
+            start += n;
+        }
+        Ok(Matrix { chunks, rows, cols })
+    }
+
+    /// Reads `t` back (waits for the work submitted before).
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>, WgpuError> {
+        self.download_range(t, 0, t.len)
+    }
+
+    /// Reads floats `offset..offset + len` of `t` back.
+    pub fn download_range(&self, t: &Tensor, offset: usize, len: usize) -> Result<Vec<f32>, WgpuError> {
+        if offset + len > t.len {
+            return Err(WgpuError::Shape(format!("reading {offset}..{} of a tensor of {}", offset + len, t.len)));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let dev = &self.inner.device;
+        let bytes = (len as u64 * 4).next_multiple_of(4);
+        let staging = dev.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&t.buf, offset as u64 * 4, &staging, 0, bytes);
+        self.inner.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(::wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        dev.poll(::wgpu::PollType::wait_indefinitely()).map_err(|e| WgpuError::Readback(e.to_string()))?;
+        rx.recv().map_err(|e| WgpuError::Readback(e.to_string()))?.map_err(|e| WgpuError::Readback(e.to_string()))?;
+        let out = {
+            let view = staging.slice(..).get_mapped_range().map_err(|e| WgpuError::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Starts recording kernels; nothing runs until [`Batch::submit`].
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { dev: self, ops: Vec::new() }
+    }
+
+    /// The `(cos, sin)` table for RoPE at positions `0..positions`, computed exactly as model.rs `rope` does.
+    pub fn rope_table(&self, theta: f32, head_dim: usize, positions: usize) -> Result<Tensor, WgpuError> {
+        let half = head_dim / 2;
+        let mut table = Vec::with_capacity(positions * half * 2);
+        for pos in 0..positions {
+            for i in 0..half {
+                let freq = theta.powf(-((2 * i) as f32) / head_dim as f32);
+                let (sin, cos) = (pos as f32 * freq).sin_cos();
+                table.extend_from_slice(&[cos, sin]);
+            }
+        }
+        self.upload(&table)
+    }
+}
+
+/// A flat f32 (or u32) array in one GPU storage buffer.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buf: ::wgpu::Buffer,
+    len: usize,
+}
+
+impl Tensor {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A row-major `[rows, cols]` matrix in row chunks `(first row, data)`, each within one storage binding.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    chunks: Vec<(usize, Tensor)>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Matrix {
+    /// Number of row chunks (1 unless the matrix is past 128 MiB).
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+enum Op {
+    Dispatch { kernel: Kernel, buffers: Vec<::wgpu::Buffer>, params: [u32; 16], groups: (u32, u32) },
+    Copy { src: ::wgpu::Buffer, src_off: u64, dst: ::wgpu::Buffer, dst_off: u64, bytes: u64 },
+}
+
+/// Folds `n` workgroups into `(x, y)` with `x <= 65,535`.
+fn grid(n: usize) -> Result<(u32, u32), WgpuError> {
+    let n = n.max(1);
+    let x = n.min(MAX_GROUPS_PER_DIM as usize);
+    let y = n.div_ceil(x);
+    if y > MAX_GROUPS_PER_DIM as usize {
+        return Err(WgpuError::Shape(format!("{n} workgroups is past 65,535²")));
+    }
+    Ok((x as u32, y as u32))
+}
+
+fn params(values: &[u32]) -> [u32; 16] {
+    let mut p = [0u32; 16];
+    p[..values.len()].copy_from_slice(values);
+    p
+}
+
+fn need(what: &str, have: usize, want: usize) -> Result<(), WgpuError> {
+    if have < want {
+        return Err(WgpuError::Shape(format!("{what} has {have} values, the kernel reads {want}")));
+    }
+    Ok(())
+}
+
+/// Kernels recorded in order, run by one queue submission. Arguments are checked when recorded.
+pub struct Batch<'d> {
+    dev: &'d Device,
+    ops: Vec<Op>,
+}
+
+impl Batch<'_> {
+    fn dispatch(
+        &mut self,
+        kernel: Kernel,
+        buffers: &[&Tensor],
+        values: &[u32],
+        groups: usize,
+    ) -> Result<(), WgpuError> {
+        let groups = grid(groups)?;
+        self.ops.push(Op::Dispatch {
+            kernel,
+            buffers: buffers.iter().map(|t| t.buf.clone()).collect(),
+            params: params(values),
+            groups,
+        });
+        Ok(())
+    }
+
+    /// `y[r, y_off + c]` (row stride `ldy`) `= Σ_k x[x_row + r, k] · w[c, k]` for `r < rows`, `c < w.rows`:
+    /// model.rs `linear` on rows `x_row..x_row + rows` of `x`, written into a column window of `y`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_into(
+        &mut self,
+        x: &Tensor,
+        x_row: usize,
+        rows: usize,
+        w: &Matrix,
+        y: &Tensor,
+        y_off: usize,
+        ldy: usize,
+    ) -> Result<(), WgpuError> {
+        let k = w.cols;
+        if !k.is_multiple_of(4) {
+            return Err(WgpuError::Shape(format!("linear needs the inner dimension {k} to be a multiple of 4")));
+        }
+        need("linear input", x.len, (x_row + rows) * k)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        need("linear output", y.len, y_off + (rows - 1) * ldy + w.rows)?;
+        for (row_start, chunk) in &w.chunks {
+            let n = chunk.len / k;
+            // Few rows (decode): one coalesced reduction per 4 outputs; else 64×64 register-blocked tiles.
+            let (kernel, groups) = if rows < 8 {
+                (Kernel::MatmulRows, rows * n.div_ceil(8))
+            } else {
+                (Kernel::MatmulTiled, rows.div_ceil(64) * n.div_ceil(64))
+            };
+            let (gx, _) = grid(groups)?;
+            let values = [
+                rows as u32,
+                n as u32,
+                (k / 4) as u32,
+                (x_row * k / 4) as u32,
+                (y_off + row_start) as u32,
+                ldy as u32,
+                gx,
+            ];
+            self.dispatch(kernel, &[x, chunk, y], &values, groups)?;
+        }
+        Ok(())
+    }
+
+    /// `y[t, w.rows] = x[t, w.cols] · wᵀ` (model.rs `linear`).
+    pub fn linear(&mut self, x: &Tensor, t: usize, w: &Matrix, y: &Tensor) -> Result<(), WgpuError> {
+        self.linear_into(x, 0, t, w, y, 0, w.rows)
+    }
+
+    /// model.rs `rms_norm` over `rows` rows of `dim`.
+    pub fn rms_norm(
+        &mut self,
+        x: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+        dim: usize,
+        rows: usize,
+        out: &Tensor,
+    ) -> Result<(), WgpuError> {
+        need("rms_norm input", x.len, rows * dim)?;
+        need("rms_norm weight", weight.len, dim)?;
+        need("rms_norm output", out.len, rows * dim)?;
+        let (gx, _) = grid(rows)?;
+        self.dispatch(Kernel::RmsNorm, &[x, weight, out], &[rows as u32, dim as u32, eps.to_bits(), gx], rows)
+    }
+
+    /// model.rs `rope` in place on `rows` rows of `width` floats (whole heads), row `i` at position `start + i`;
+    /// `table` comes from [`Device::rope_table`] with at least `start + rows` positions.
+    pub fn rope(
+        &mut self,
+        x: &Tensor,
+        rows: usize,
+        width: usize,
+        head_dim: usize,
+        start: usize,
+        table: &Tensor,
+    ) -> Result<(), WgpuError> {
+        if !head_dim.is_multiple_of(2) || !width.is_multiple_of(head_dim) {
+            return Err(WgpuError::Shape(format!("rope of width {width} with head_dim {head_dim}")));
+        }
+        need("rope input", x.len, rows * width)?;
+        need("rope table", table.len, (start + rows) * head_dim)?;
+        let pairs = rows * width / 2;
+        self.dispatch(
+            Kernel::Rope,
+            &[x, table],
+            &[rows as u32, width as u32, head_dim as u32, start as u32],
+            pairs.div_ceil(64),
+        )
+    }
+
+    /// Causal GQA attention of `t` query rows `q [t, heads·hd]` (row `i` at position `start + i`) over the cache
+    /// `k_cache`/`v_cache [positions, kv_heads·hd]`, which must already hold positions `0..start + t`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &mut self,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        out: &Tensor,
+        t: usize,
+        start: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<(), WgpuError> {
+        if head_dim > 256 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(WgpuError::Shape(format!(
+                "attention with {heads} heads, {kv_heads} kv heads, head dim {head_dim}"
+            )));
+        }
+        let kv_dim = kv_heads * head_dim;
+        need("attention q", q.len, t * heads * head_dim)?;
+        need("attention output", out.len, t * heads * head_dim)?;
+        need("k cache", k_cache.len, (start + t) * kv_dim)?;
+        need("v cache", v_cache.len, (start + t) * kv_dim)?;
+        let groups = t * heads;
+        let (gx, _) = grid(groups)?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let values = [
+            t as u32,
+            heads as u32,
+            kv_heads as u32,
+            head_dim as u32,
+            start as u32,
+            kv_dim as u32,
+            scale.to_bits(),
+            gx,
+        ];
+        self.dispatch(Kernel::Attention, &[q, k_cache, v_cache, out], &values, groups)
+    }
+
+    /// `gate[i] = silu(gate[i]) · up[i]` for `i < n`.
+    pub fn swiglu(&mut self, gate: &Tensor, up: &Tensor, n: usize) -> Result<(), WgpuError> {
+        need("swiglu gate", gate.len, n)?;
+        need("swiglu up", up.len, n)?;
+        self.dispatch(Kernel::Swiglu, &[gate, up], &[n as u32], n.div_ceil(64))
+    }
+
+    /// `x[i] += y[i]` for `i < n` (the residual connection).
+    pub fn add(&mut self, x: &Tensor, y: &Tensor, n: usize) -> Result<(), WgpuError> {
+        need("add x", x.len, n)?;
+        need("add y", y.len, n)?;
+        self.dispatch(Kernel::Add, &[x, y], &[n as u32], n.div_ceil(64))
+    }
+
+    /// `x[i, :] = table[tokens[i], :]` for `t` token ids (u32, checked against the vocabulary by the caller).
+    pub fn embed(&mut self, tokens: &Tensor, t: usize, table: &Matrix, x: &Tensor) -> Result<(), WgpuError> {
+        need("embed tokens", tokens.len, t)?;
+        need("embed output", x.len, t * table.cols)?;
+        let n = t * table.cols;
+        for (row_start, chunk) in &table.chunks {
+            let rows = chunk.len / table.cols;
+            let values = [t as u32, table.cols as u32, *row_start as u32, rows as u32];
+            self.dispatch(Kernel::Embed, &[tokens, chunk, x], &values, n.div_ceil(64))?;
+        }
+        Ok(())
+    }
+
+    /// Copies floats `src[src_off..src_off + len]` to `dst[dst_off..]`.
+    pub fn copy(
+        &mut self,
+        src: &Tensor,
+        src_off: usize,
+        dst: &Tensor,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<(), WgpuError> {
+        need("copy source", src.len, src_off + len)?;
+        need("copy destination", dst.len, dst_off + len)?;
+        self.ops.push(Op::Copy {
+            src: src.buf.clone(),
+            src_off: src_off as u64 * 4,
+            dst: dst.buf.clone(),
+            dst_off: dst_off as u64 * 4,
+            bytes: len as u64 * 4,
+        });
+        Ok(())
+    }
+
+    /// Encodes everything recorded and submits it; later downloads wait for it.
+    pub fn submit(self) -> Result<(), WgpuError> {
+        let inner = &self.dev.inner;
+        let dev = &inner.device;
+        let scope = dev.push_error_scope(::wgpu::ErrorFilter::Validation);
+        let dispatches = self.ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count().max(1);
+        // All parameters in one uniform buffer, one 256-byte slot per dispatch.
+        let mut bytes = vec![0u8; dispatches * PARAM_STRIDE as usize];
+        let mut slot = 0;
+        for op in &self.ops {
+            if let Op::Dispatch { params, .. } = op {
+                let at = slot * PARAM_STRIDE as usize;
+                bytes[at..at + PARAM_BYTES as usize].copy_from_slice(bytemuck::cast_slice(params));
+                slot += 1;
+            }
+        }
+        let uniforms = dev.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: &bytes,
+            usage: ::wgpu::BufferUsages::UNIFORM,
+        });
+        let mut enc = dev.create_command_encoder(&Default::default());
+        let mut slot = 0u64;
+        let mut i = 0;
+        while i < self.ops.len() {
+            match &self.ops[i] {
+                Op::Copy { src, src_off, dst, dst_off, bytes } => {
+                    enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *bytes);
+                    i += 1;
+                }
+                Op::Dispatch { .. } => {
+                    // A run of dispatches shares one compute pass (wgpu orders them by their buffer usage).
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    while let Some(Op::Dispatch { kernel, buffers, groups, .. }) = self.ops.get(i) {
+                        let pipeline = &inner.pipelines[*kernel as usize];
+                        let mut entries = vec![::wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                                buffer: &uniforms,
+                                offset: slot * PARAM_STRIDE,
+                                size: ::wgpu::BufferSize::new(PARAM_BYTES),
+                            }),
+                        }];
+                        for (b, buffer) in buffers.iter().enumerate() {
+                            entries.push(::wgpu::BindGroupEntry {
+                                binding: b as u32 + 1,
+                                resource: buffer.as_entire_binding(),
+                            });
+                        }
+                        let group = dev.create_bind_group(&::wgpu::BindGroupDescriptor {
+                            label: None,
+                            layout: &pipeline.get_bind_group_layout(0),
+                            entries: &entries,
+                        });
+                        pass.set_pipeline(pipeline);
+                        pass.set_bind_group(0, &group, &[]);
+                        pass.dispatch_workgroups(groups.0, groups.1, 1);
+                        slot += 1;
+                        i += 1;
+                    }
+                }
+            }
+        }
+        inner.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(WgpuError::Validation(e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_table_is_in_enum_order_and_names_real_shaders() {
+        // Pipelines are indexed by `Kernel as usize`.
+        for (i, (kernel, file, entry)) in KERNELS.iter().enumerate() {
+            assert_eq!(*kernel as usize, i);
+            let src = SHADERS.iter().find(|(n, _)| n == file).map(|(_, s)| s).unwrap();
+            assert!(src.contains(&format!("fn {entry}(")), "{file}.wgsl has no entry point {entry}");
+        }
+    }
+
+    #[test]
+    fn grids_fold_past_65535_workgroups() {
+        assert_eq!(grid(0).unwrap(), (1, 1));
+        assert_eq!(grid(65_535).unwrap(), (65_535, 1));
+        assert_eq!(grid(65_536).unwrap(), (65_535, 2));
+        assert_eq!(grid(200_000).unwrap(), (65_535, 4));
+        assert!(grid(65_535 * 65_535 + 1).is_err());
+    }
+}

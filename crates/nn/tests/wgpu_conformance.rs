@@ -1,0 +1,324 @@
+//! Conformance of the wgpu backend against the CPU backend (the oracle): every kernel on small shapes, then a whole
+//! tiny random LLaMA, prompt and incremental decoding. Runs on lavapipe in CI; with no adapter at all it fails and
+//! says to run scripts/setup.
+
+use userrl_nn::backend::LogitsModel;
+use userrl_nn::generate::{Sampling, generate, generate_with};
+use userrl_nn::model::{Layer, Llama, LlamaConfig, ModelError, linear, rms_norm, rope};
+use userrl_nn::wgpu::{Device, WgpuError, WgpuLlama};
+
+fn device() -> Device {
+    Device::wgpu().unwrap_or_else(|e| panic!("the wgpu conformance tests need an adapter: {e}"))
+}
+
+/// Deterministic values in [-scale, scale).
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// max |got − want| / max |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max).max(1e-12);
+    diff / scale
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    let e = rel_err(got, want);
+    assert!(e <= 1e-4, "{what}: relative error {e}");
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+}
+
+#[test]
+fn linear_matches_cpu() {
+    let dev = device();
+    // Few rows take the reduction kernel, more the 4×4-blocked one; odd sizes hit the edges.
+    for (i, &(t, k, n)) in
+        [(1, 64, 64), (3, 128, 201), (8, 64, 64), (65, 256, 130), (200, 128, 256), (7, 4, 3)].iter().enumerate()
+    {
+        let x = random(t * k, i as u64 + 1, 1.0);
+        let w = random(n * k, i as u64 + 100, 0.5);
+        let mut want = vec![0.0; t * n];
+        linear(&x, t, &w, k, n, &mut want);
+        let (gx, gw, gy) = (dev.upload(&x).unwrap(), dev.upload_matrix(&w, n, k).unwrap(), dev.zeros(t * n).unwrap());
+        let mut b = dev.batch();
+        b.linear(&gx, t, &gw, &gy).unwrap();
+        b.submit().unwrap();
+        assert_close(&format!("linear {t}x{k}x{n}"), &dev.download(&gy).unwrap(), &want);
+    }
+}
+
+#[test]
+fn linear_over_row_chunks_and_into_a_window() {
+    // A 16 KiB binding cap splits the 300×64 matrix into 5 chunks, as a 128 MiB cap splits a large LM head.
+    let dev = device();
+    let small = dev.with_binding_limit(16 << 10);
+    let (t, k, n) = (20, 64, 300);
+    let x = random(t * k, 7, 1.0);
+    let w = random(n * k, 8, 0.5);
+    let gw = small.upload_matrix(&w, n, k).unwrap();
+    assert_eq!(gw.chunk_count(), 5);
+    let gx = dev.upload(&x).unwrap();
+    let mut want = vec![0.0; t * n];
+    linear(&x, t, &w, k, n, &mut want);
+    let gy = dev.zeros(t * n).unwrap();
+    let mut b = dev.batch();
+    b.linear(&gx, t, &gw, &gy).unwrap();
+    // Row 13 alone into columns 5.. of a [2, 310] buffer (how the LM head takes the last position).
+    let window = dev.zeros(2 * 310).unwrap();
+    b.linear_into(&gx, 13, 1, &gw, &window, 310 + 5, 310).unwrap();
+    b.submit().unwrap();
+    assert_close("chunked linear", &dev.download(&gy).unwrap(), &want);
+    let got = dev.download(&window).unwrap();
+    assert_close("windowed linear", &got[315..615], &want[13 * n..14 * n]);
+    assert!(got[..315].iter().chain(&got[615..]).all(|&v| v == 0.0), "wrote outside its window");
+    // Tensors past the cap are refused, not truncated.
+    assert!(matches!(small.zeros(8 << 10), Err(WgpuError::TooLarge { .. })));
+}
+
+#[test]
+fn rms_norm_matches_cpu() {
+    let dev = device();
+    for (i, &(rows, dim)) in [(1, 64), (5, 256), (3, 100)].iter().enumerate() {
+        let x = random(rows * dim, 20 + i as u64, 3.0);
+        let w = random(dim, 30 + i as u64, 1.0);
+        let mut want = vec![0.0; rows * dim];
+        rms_norm(&x, &w, 1e-5, dim, &mut want);
+        let (gx, gw, go) = (dev.upload(&x).unwrap(), dev.upload(&w).unwrap(), dev.zeros(rows * dim).unwrap());
+        let mut b = dev.batch();
+        b.rms_norm(&gx, &gw, 1e-5, dim, rows, &go).unwrap();
+        b.submit().unwrap();
+        assert_close(&format!("rms_norm {rows}x{dim}"), &dev.download(&go).unwrap(), &want);
+    }
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let dev = device();
+    for (i, &(rows, heads, hd, start)) in [(1, 4, 64, 0), (7, 3, 32, 100), (5, 2, 128, 250)].iter().enumerate() {
+        let width = heads * hd;
+        let x = random(rows * width, 40 + i as u64, 1.0);
+        let mut want = x.clone();
+        for r in 0..rows {
+            rope(&mut want[r * width..(r + 1) * width], hd, start + r, 10_000.0);
+        }
+        let table = dev.rope_table(10_000.0, hd, 256 + rows).unwrap();
+        let gx = dev.upload(&x).unwrap();
+        let mut b = dev.batch();
+        b.rope(&gx, rows, width, hd, start, &table).unwrap();
+        b.submit().unwrap();
+        assert_close(&format!("rope {rows}x{heads}x{hd}@{start}"), &dev.download(&gx).unwrap(), &want);
+    }
+}
+
+/// The attention of model.rs `hidden_states`, written out naively.
+#[allow(clippy::too_many_arguments)]
+fn attention_cpu(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    t: usize,
+    start: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+) -> Vec<f32> {
+    let (h, kvd) = (heads * hd, kv_heads * hd);
+    let mut out = vec![0.0; t * h];
+    for i in 0..t {
+        for head in 0..heads {
+            let kvh = head / (heads / kv_heads);
+            let qh = &q[i * h + head * hd..][..hd];
+            let scores: Vec<f32> = (0..start + i + 1)
+                .map(|j| {
+                    let kj = &kc[j * kvd + kvh * hd..][..hd];
+                    qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
+            for (j, s) in scores.iter().enumerate() {
+                let w = (s - max).exp() / sum;
+                for d in 0..hd {
+                    out[i * h + head * hd + d] += w * vc[j * kvd + kvh * hd + d];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_cpu() {
+    let dev = device();
+    // Prefill from empty, decode deep into the cache (several 64-key blocks), prefill after a prefix; GQA groups.
+    for (i, &(t, start, heads, kv_heads, hd)) in
+        [(5, 0, 4, 2, 64), (1, 130, 4, 2, 64), (70, 30, 2, 1, 128), (3, 61, 6, 3, 32), (2, 10, 2, 2, 256)]
+            .iter()
+            .enumerate()
+    {
+        let positions = start + t;
+        let q = random(t * heads * hd, 50 + i as u64, 2.0);
+        let kc = random(positions * kv_heads * hd, 60 + i as u64, 2.0);
+        let vc = random(positions * kv_heads * hd, 70 + i as u64, 1.0);
+        let want = attention_cpu(&q, &kc, &vc, t, start, heads, kv_heads, hd);
+        let (gq, gk, gv) = (dev.upload(&q).unwrap(), dev.upload(&kc).unwrap(), dev.upload(&vc).unwrap());
+        let go = dev.zeros(t * heads * hd).unwrap();
+        let mut b = dev.batch();
+        b.attention(&gq, &gk, &gv, &go, t, start, heads, kv_heads, hd).unwrap();
+        b.submit().unwrap();
+        assert_close(
+            &format!("attention t={t} start={start} {heads}/{kv_heads}x{hd}"),
+            &dev.download(&go).unwrap(),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn swiglu_add_embed_and_copy_match_cpu() {
+    let dev = device();
+    let n = 1000;
+    let (g, u) = (random(n, 80, 6.0), random(n, 81, 2.0));
+    // model.rs: gate = gate / (1 + exp(-gate)) * up; x += proj.
+    let want_swiglu: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    let want_add: Vec<f32> = g.iter().zip(&u).map(|(a, b)| a + b).collect();
+    let (gg, gu, gx) = (dev.upload(&g).unwrap(), dev.upload(&u).unwrap(), dev.upload(&g).unwrap());
+    // Embedding rows 0..50 of 64 floats, split into chunks of 16 rows by a 4 KiB cap.
+    let small = dev.with_binding_limit(4 << 10);
+    let table = random(50 * 64, 82, 1.0);
+    let gt = small.upload_matrix(&table, 50, 64).unwrap();
+    assert_eq!(gt.chunk_count(), 4);
+    let tokens = [3u32, 49, 0, 17, 16, 32];
+    let ids = dev.upload_u32(&tokens).unwrap();
+    let ge = dev.zeros(tokens.len() * 64).unwrap();
+    let copied = dev.zeros(n + 10).unwrap();
+    let mut b = dev.batch();
+    b.swiglu(&gg, &gu, n).unwrap();
+    b.add(&gx, &gu, n).unwrap();
+    b.embed(&ids, tokens.len(), &gt, &ge).unwrap();
+    b.copy(&gx, 0, &copied, 10, n).unwrap();
+    b.submit().unwrap();
+    assert_close("swiglu", &dev.download(&gg).unwrap(), &want_swiglu);
+    assert_close("add", &dev.download(&gx).unwrap(), &want_add);
+    assert_close("copy", &dev.download_range(&copied, 10, n).unwrap(), &want_add);
+    let want_embed: Vec<f32> = tokens.iter().flat_map(|&t| table[t as usize * 64..][..64].to_vec()).collect();
+    assert_eq!(dev.download(&ge).unwrap(), want_embed);
+}
+
+fn tiny_llama(tied: bool) -> Llama {
+    let config = LlamaConfig {
+        vocab: 300,
+        hidden: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 96,
+        rope_theta: 10_000.0,
+        eps: 1e-5,
+        context: 400,
+    };
+    let (h, kvd, f) = (config.hidden, config.kv_dim(), config.ffn);
+    let mut seed = 1000;
+    let mut r = |n: usize, scale: f32| {
+        seed += 1;
+        random(n, seed, scale)
+    };
+    let layers = (0..config.layers)
+        .map(|_| Layer {
+            attn_norm: r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
+            wq: r(h * h, 0.3),
+            wk: r(kvd * h, 0.3),
+            wv: r(kvd * h, 0.3),
+            wo: r(h * h, 0.2),
+            ffn_norm: r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
+            w_gate: r(f * h, 0.3),
+            w_up: r(f * h, 0.3),
+            w_down: r(h * f, 0.2),
+        })
+        .collect();
+    Llama {
+        embed: r(config.vocab * h, 1.0),
+        norm: r(h, 0.2).iter().map(|v| 1.0 + v).collect(),
+        lm_head: if tied { None } else { Some(r(config.vocab * h, 0.5)) },
+        layers,
+        config,
+    }
+}
+
+#[test]
+fn tiny_llama_gives_the_cpu_logits() {
+    // The 32 KiB cap splits the [300, 64] embedding / LM head into 3 chunks (the path of large vocabularies).
+    let dev = device().with_binding_limit(32 << 10);
+    for tied in [true, false] {
+        let cpu = tiny_llama(tied);
+        let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
+        let prompt: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % 300).collect();
+        let (mut cc, mut gc) = (cpu.new_cache(), gpu.new_cache());
+        let want = cpu.forward_last(&prompt, &mut cc).unwrap();
+        let got = gpu.forward_last(&prompt, &mut gc).unwrap();
+        assert_close(&format!("prefill logits (tied {tied})"), &got, &want);
+        for step in 0..4u32 {
+            let tok = [(step * 91 + 7) % 300];
+            let want = cpu.forward_last(&tok, &mut cc).unwrap();
+            let got = gpu.forward_last(&tok, &mut gc).unwrap();
+            assert_close(&format!("decode step {step} (tied {tied})"), &got, &want);
+        }
+        assert_eq!(gc.len, cc.len);
+    }
+}
+
+#[test]
+fn tiny_llama_long_prompt_chunks_and_grows_the_cache() {
+    // 300 tokens run as two prefill chunks; decoding past the first cache allocation copies the cache over.
+    let dev = device();
+    let cpu = tiny_llama(true);
+    let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
+    let prompt: Vec<u32> = (0..300).map(|i| (i * 13 + 1) % 300).collect();
+    let (mut cc, mut gc) = (cpu.new_cache(), gpu.new_cache());
+    assert_close(
+        "long prefill",
+        &gpu.forward_last(&prompt, &mut gc).unwrap(),
+        &cpu.forward_last(&prompt, &mut cc).unwrap(),
+    );
+    for tok in [5u32, 299] {
+        assert_close(
+            "decode",
+            &gpu.forward_last(&[tok], &mut gc).unwrap(),
+            &cpu.forward_last(&[tok], &mut cc).unwrap(),
+        );
+    }
+    // Greedy decoding through the shared trait picks the same tokens on both backends.
+    let sampling = Sampling { max_new_tokens: 6, ..Sampling::default() };
+    let short = &prompt[..20];
+    let want = generate(&cpu, short, &[], &sampling).unwrap();
+    let got = generate_with(&gpu, short, &[], &sampling).unwrap();
+    assert_eq!(got.tokens, want.tokens);
+    assert_close("log-probs", &got.logprobs, &want.logprobs);
+    assert_eq!(<WgpuLlama as LogitsModel>::config(&gpu), &cpu.config);
+}
+
+#[test]
+fn wgpu_llama_rejects_bad_input_like_the_cpu() {
+    let dev = device();
+    let cpu = tiny_llama(true);
+    let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
+    let mut cache = gpu.new_cache();
+    assert!(matches!(gpu.forward_last(&[], &mut cache), Err(WgpuError::Model(ModelError::Empty))));
+    assert!(matches!(gpu.forward_last(&[300], &mut cache), Err(WgpuError::Model(ModelError::BadToken { .. }))));
+    let too_long = vec![1u32; 401];
+    assert!(matches!(
+        gpu.forward_last(&too_long, &mut cache),
+        Err(WgpuError::Model(ModelError::ContextOverflow { .. }))
+    ));
+    assert_eq!(cache.len, 0);
+}

@@ -1,0 +1,322 @@
+//! Multi-turn rollouts of a policy model in a gym, token-in / token-out: the trajectory is the exact sequence
+//! of token ids the policy saw and sampled, with a response mask (1 only on sampled policy tokens), the
+//! sampler's log-probs, the start of every assistant turn, and one reward per turn. Sampled text is decoded
+//! only to find the tool call; it is never re-tokenised for training.
+//!
+//! Episode control follows the reference (§6.1): a turn without a valid tool call ends the episode
+//! (`no_tool_call`); a turn that hits the token budget ends it (`length`); each turn with a call steps the
+//! gym once with the first valid call (the original ran every call of a turn on one env concurrently and kept
+//! the last one's reward; extra calls are counted in `extra_calls` instead).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use userrl_gym::agent::{Message, Role};
+use userrl_gym::env::{EnvConfig, Episode, Termination, Transcript};
+use userrl_gym::tool::{self, Choice};
+use userrl_gym::{Gym, GymError, GymKind, User};
+use userrl_nn::generate::{Generation, Sampling};
+use userrl_nn::model::ModelError;
+use userrl_nn::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
+
+/// A model that continues a token sequence.
+pub trait Policy: Send {
+    /// Samples a continuation of `context` until a stop token or `max_new_tokens`.
+    fn continue_tokens(
+        &mut self,
+        context: &[u32],
+        stop: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Generation, RolloutError>;
+}
+
+/// The CPU model as a policy (the prefix is recomputed each turn; a KV-cache session per episode is the next
+/// step for speed).
+pub struct CpuPolicy {
+    pub model: userrl_nn::model::Llama,
+}
+
+impl Policy for CpuPolicy {
+    fn continue_tokens(
+        &mut self,
+        context: &[u32],
+        stop: &[u32],
+        sampling: &Sampling,
+    ) -> Result<Generation, RolloutError> {
+        Ok(userrl_nn::generate::generate(&self.model, context, stop, sampling)?)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Gym(#[from] GymError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("the chat template has no `{0}` token")]
+    MissingToken(&'static str),
+}
+
+#[derive(Clone, Debug)]
+pub struct RolloutConfig {
+    pub env: EnvConfig,
+    /// New tokens per assistant turn.
+    pub max_new_tokens: usize,
+    /// The whole sequence (prompt, turns and tool responses).
+    pub max_total_tokens: usize,
+    pub sampling: Sampling,
+}
+
+/// One rollout, ready for shaping and the policy update.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trajectory {
+    pub gym: GymKind,
+    pub task_id: String,
+    pub tokens: Vec<u32>,
+    /// 1 on tokens the policy sampled, 0 on prompt, template, user and tool tokens.
+    pub response_mask: Vec<u8>,
+    /// The sampler's log-prob on policy tokens, 0 elsewhere.
+    pub sampled_logprobs: Vec<f32>,
+    /// Index in `tokens` where each assistant turn's sampled tokens start.
+    pub turn_starts: Vec<usize>,
+    /// One reward per assistant turn (0 for a final turn without a tool call).
+    pub turn_rewards: Vec<f64>,
+    pub prompt_len: usize,
+    pub termination: Termination,
+    pub extra_calls: usize,
+    pub transcript: Transcript,
+}
+
+impl Trajectory {
+    /// Policy tokens per turn (for the turn-credit rescaling).
+    pub fn policy_tokens_per_turn(&self) -> Vec<usize> {
+        let mut bounds = self.turn_starts.clone();
+        bounds.push(self.tokens.len());
+        bounds.windows(2).map(|w| self.response_mask[w[0]..w[1]].iter().filter(|m| **m == 1).count()).collect()
+    }
+}
+
+/// The system turn with the tool described Hermes-style, as Qwen-family templates render it.
+pub fn system_with_tools(system: &str) -> String {
+    format!(
+        "{system}\n\n# Tools\n\nYou may call the function below to interact with the environment.\n\n<tools>\n{}\n</tools>\n\n\
+         For each call, return a JSON object with the function name and arguments inside <tool_call></tool_call> \
+         tags:\n<tool_call>\n{{\"name\": \"interact_with_env\", \"arguments\": {{\"choice\": \"...\", \"content\": \"...\"}}}}\n</tool_call>",
+        tool::schema()
+    )
+}
+
+/// The tokens appended after an assistant turn: its end, the tool response as a user turn, and the next
+/// assistant header.
+fn tool_turn_text(response: &str) -> String {
+    format!("\n<|im_start|>user\n<tool_response>\n{response}\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// Plays one episode with the policy. `seed` varies sampling between the rollouts of a group.
+pub async fn rollout(
+    gym: &dyn Gym,
+    task_id: &str,
+    policy: &mut dyn Policy,
+    tokenizer: &Tokenizer,
+    user: Arc<dyn User>,
+    config: &RolloutConfig,
+) -> Result<Trajectory, RolloutError> {
+    let im_end = tokenizer.token_id("<|im_end|>").ok_or(RolloutError::MissingToken("<|im_end|>"))?;
+    let env = gym.new_env(task_id, &config.env, user)?;
+    let mut episode = Episode::new(env, config.env.clone());
+    let prompt = tokenizer.render_chat(
+        &[
+            ChatMessage::new("system", &system_with_tools(&gym.system_prompt())),
+            ChatMessage::new("user", &episode.opening()),
+        ],
+        true,
+    )?;
+    let mut tokens = tokenizer.encode(&prompt)?;
+    let prompt_len = tokens.len();
+    let mut response_mask = vec![0u8; prompt_len];
+    let mut sampled_logprobs = vec![0.0f32; prompt_len];
+    let (mut turn_starts, mut turn_rewards) = (Vec::new(), Vec::new());
+    let mut extra_calls = 0;
+    let mut ended: Option<Termination> = None;
+    let mut conversation: Vec<Message> = Vec::new();
+    while !episode.is_done() && ended.is_none() {
+        let room = config.max_total_tokens.saturating_sub(tokens.len() + 1);
+        if room == 0 {
+            ended = Some(Termination::Length);
+            break;
+        }
+        let sampling = Sampling {
+            max_new_tokens: config.max_new_tokens.min(room),
+            seed: userrl_gym::text::mix(config.sampling.seed, turn_starts.len() as u64),
+            ..config.sampling.clone()
+        };
+        let generation = policy.continue_tokens(&tokens, &[im_end], &sampling)?;
+        turn_starts.push(tokens.len());
+        turn_rewards.push(0.0);
+        tokens.extend_from_slice(&generation.tokens);
+        response_mask.extend(std::iter::repeat_n(1u8, generation.tokens.len()));
+        sampled_logprobs.extend_from_slice(&generation.logprobs);
+        if !generation.stopped {
+            ended = Some(Termination::Length);
+            break;
+        }
+        let text = tokenizer.decode(&generation.tokens)?;
+        let parsed = tool::parse_hermes(&text);
+        let Some(call) = parsed.calls.first() else {
+            conversation.push(Message::new(Role::Assistant, text));
+            ended = Some(Termination::NoToolCall);
+            break;
+        };
+        extra_calls += parsed.calls.len() - 1;
+        let action = call.to_action();
+        let mut message = Message::new(Role::Assistant, text.clone());
+        message.call = action.as_ref().ok().and_then(|a| a.choice().map(|c: Choice| (c, a.content().to_string())));
+        conversation.push(message);
+        let outcome = episode.step(action).await;
+        if let Some(last) = turn_rewards.last_mut() {
+            *last = outcome.reward;
+        }
+        conversation.push(Message::new(Role::Tool, outcome.tool_response.clone()));
+        if outcome.done() {
+            break;
+        }
+        let appended = tokenizer.encode(&tool_turn_text(&outcome.tool_response))?;
+        response_mask.extend(std::iter::repeat_n(0u8, appended.len()));
+        sampled_logprobs.extend(std::iter::repeat_n(0.0f32, appended.len()));
+        tokens.extend(appended);
+    }
+    if let Some(why) = ended.clone() {
+        episode.abort(why);
+    }
+    let transcript = episode.into_transcript();
+    Ok(Trajectory {
+        gym: gym.kind(),
+        task_id: task_id.to_string(),
+        termination: transcript.termination.clone(),
+        tokens,
+        response_mask,
+        sampled_logprobs,
+        turn_starts,
+        turn_rewards,
+        prompt_len,
+        extra_calls,
+        transcript,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use userrl_gym::Catalog;
+    use userrl_gym::user::ScriptedUser;
+    use userrl_nn::gguf::Gguf;
+
+    fn tokenizer() -> Tokenizer {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(path.exists(), "{} is missing: run scripts/setup", path.display());
+        Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap()
+    }
+
+    /// A policy that "samples" scripted texts, recording the exact ids it returned.
+    struct Scripted {
+        turns: Vec<Vec<u32>>,
+        next: usize,
+        sampled: Vec<u32>,
+    }
+
+    impl Policy for Scripted {
+        fn continue_tokens(&mut self, _: &[u32], _: &[u32], s: &Sampling) -> Result<Generation, RolloutError> {
+            let mut tokens = self.turns.get(self.next).cloned().unwrap_or_default();
+            self.next += 1;
+            let stopped = tokens.len() <= s.max_new_tokens;
+            tokens.truncate(s.max_new_tokens);
+            self.sampled.extend_from_slice(&tokens);
+            Ok(Generation { logprobs: vec![-0.5; tokens.len()], tokens, stopped })
+        }
+    }
+
+    fn turn(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        let mut ids = tok.encode(text).unwrap();
+        ids.push(tok.token_id("<|im_end|>").unwrap());
+        ids
+    }
+
+    fn config() -> RolloutConfig {
+        RolloutConfig {
+            env: EnvConfig::default(),
+            max_new_tokens: 200,
+            max_total_tokens: 4096,
+            sampling: Sampling::default(),
+        }
+    }
+
+    #[test]
+    fn trajectory_keeps_the_sampled_ids_and_masks_everything_else() {
+        let tok = tokenizer();
+        let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
+        let gym = catalog.get(GymKind::Function).unwrap();
+        let task = gym.task_ids(None)[0].clone();
+        let expected = gym.export_tasks()[0]["expected"].as_f64().unwrap();
+        let call = |choice: &str, content: &str| {
+            format!(
+                "<think>ok</think>\n<tool_call>\n{{\"name\": \"interact_with_env\", \"arguments\": {{\"choice\": \"{choice}\", \"content\": \"{content}\"}}}}\n</tool_call>"
+            )
+        };
+        // An odd spacing that a decode/encode round trip would not reproduce token for token.
+        let mut first = tok.encode("  ").unwrap();
+        first.extend(turn(&tok, &call("search", "test")));
+        let mut policy = Scripted {
+            turns: vec![
+                first,
+                turn(&tok, &call("action", "1 2 3 4")),
+                turn(&tok, &call("answer", &format!("{expected}"))),
+            ],
+            next: 0,
+            sampled: Vec::new(),
+        };
+        let t = block_on(rollout(gym.as_ref(), &task, &mut policy, &tok, Arc::new(ScriptedUser), &config())).unwrap();
+        // Token-in/token-out: the ids under the mask are exactly the sampled ids, in order.
+        let masked: Vec<u32> =
+            t.tokens.iter().zip(&t.response_mask).filter(|(_, m)| **m == 1).map(|(id, _)| *id).collect();
+        assert_eq!(masked, policy.sampled);
+        assert_eq!(t.turn_rewards, vec![0.0, 0.0, 1.0]);
+        assert_eq!(t.termination, Termination::Terminated);
+        assert_eq!(t.policy_tokens_per_turn().iter().sum::<usize>(), policy.sampled.len());
+        assert!(t.response_mask[..t.prompt_len].iter().all(|m| *m == 0));
+        assert_eq!(t.turn_starts.len(), 3);
+        assert!(t.sampled_logprobs.iter().zip(&t.response_mask).all(|(l, m)| (*m == 1) == (*l != 0.0)));
+        // The prompt carries the tool schema and the system turn.
+        let prompt = tok.decode(&t.tokens[..t.prompt_len]).unwrap();
+        assert!(prompt.contains("<tools>") && prompt.contains("FunctionGym"));
+    }
+
+    #[test]
+    fn no_tool_call_length_and_bad_calls_end_or_continue_as_the_reference_says() {
+        let tok = tokenizer();
+        let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
+        let gym = catalog.get(GymKind::Function).unwrap();
+        let task = gym.task_ids(None)[0].clone();
+        // A hallucinated tool name continues the episode with an error and reward 0; plain text ends it.
+        let mut policy = Scripted {
+            turns: vec![
+                turn(&tok, "<tool_call>{\"name\": \"web_search\", \"arguments\": {\"q\": \"x\"}}</tool_call>"),
+                turn(&tok, "<tool_call>{not json}</tool_call>"),
+            ],
+            next: 0,
+            sampled: Vec::new(),
+        };
+        let t = block_on(rollout(gym.as_ref(), &task, &mut policy, &tok, Arc::new(ScriptedUser), &config())).unwrap();
+        assert_eq!(t.termination, Termination::NoToolCall);
+        assert_eq!(t.turn_rewards, vec![0.0, 0.0]);
+        assert!(t.transcript.turns[0].feedback.contains("Unknown tool"));
+        // A turn past its token budget ends the episode with `length`.
+        let mut policy = Scripted { turns: vec![turn(&tok, &"word ".repeat(300))], next: 0, sampled: Vec::new() };
+        let t = block_on(rollout(gym.as_ref(), &task, &mut policy, &tok, Arc::new(ScriptedUser), &config())).unwrap();
+        assert_eq!(t.termination, Termination::Length);
+        assert_eq!(t.response_mask.iter().filter(|m| **m == 1).count(), 200);
+    }
+}
