@@ -24,6 +24,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Generate one chat answer from a model (.gguf or checkpoint directory) on the CPU.
     Generate(commands::generate::Args),
+    /// Train a policy: SFT cold start and/or multi-turn GRPO, as a run config says.
+    Train(commands::train::Args),
     /// Write SFT cold-start data: expert trajectories as chat records with tool calls (JSONL).
     SftData(commands::sft_data::Args),
     /// Task data: import the original UserRL files.
@@ -53,6 +55,7 @@ fn main() -> Result<()> {
         Command::Play(args) => commands::play::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Train(args) => commands::train::run(args),
         Command::SftData(args) => commands::sft_data::run(args),
         Command::Data { command } => commands::data::run(command),
         Command::Bench { command } => commands::bench::run(command),

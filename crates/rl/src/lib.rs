@@ -8,3 +8,4 @@ pub mod events;
 pub mod rollout;
 pub mod sft_data;
 pub mod shaping;
+pub mod train;

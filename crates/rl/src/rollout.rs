@@ -57,6 +57,8 @@ pub enum RolloutError {
     Tokenizer(#[from] TokenizerError),
     #[error("the chat template has no `{0}` token")]
     MissingToken(&'static str),
+    #[error("bad SFT record: {0}")]
+    BadRecord(String),
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +114,59 @@ pub fn system_with_tools(system: &str) -> String {
 /// assistant header.
 fn tool_turn_text(response: &str) -> String {
     format!("\n<|im_start|>user\n<tool_response>\n{response}\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// Renders an SFT chat record (`sft_data::chat_record`) into tokens exactly as a rollout lays them out (system
+/// turn with the tool, opening, assistant turns with Hermes calls ending in `<|im_end|>`, tool responses as
+/// user turns), with the mask on the assistant's tokens only. Records that do not start with a system and a
+/// user message are refused.
+pub fn render_sft_record(
+    tokenizer: &Tokenizer,
+    record: &serde_json::Value,
+) -> Result<(Vec<u32>, Vec<bool>), RolloutError> {
+    let im_end = tokenizer.token_id("<|im_end|>").ok_or(RolloutError::MissingToken("<|im_end|>"))?;
+    let messages = record["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let (Some(system), Some(user)) = (messages.first(), messages.get(1)) else {
+        return Err(RolloutError::BadRecord("needs a system and a user message first".into()));
+    };
+    if system["role"] != "system" || user["role"] != "user" {
+        return Err(RolloutError::BadRecord("needs a system and a user message first".into()));
+    }
+    let text = |m: &serde_json::Value| m["content"].as_str().unwrap_or_default().to_string();
+    let prompt = tokenizer.render_chat(
+        &[ChatMessage::new("system", &system_with_tools(&text(system))), ChatMessage::new("user", &text(user))],
+        true,
+    )?;
+    let mut tokens = tokenizer.encode(&prompt)?;
+    let mut mask = vec![false; tokens.len()];
+    for m in &messages[2..] {
+        match m["role"].as_str() {
+            Some("assistant") => {
+                let mut body = text(m);
+                if let Some(call) = m["tool_calls"].as_array().and_then(|c| c.first()) {
+                    let arguments: serde_json::Value = match &call["function"]["arguments"] {
+                        serde_json::Value::String(s) => serde_json::from_str(s)
+                            .map_err(|e| RolloutError::BadRecord(format!("tool call arguments: {e}")))?,
+                        other => other.clone(),
+                    };
+                    let name = call["function"]["name"].as_str().unwrap_or(tool::TOOL_NAME).to_string();
+                    let hermes = tool::ToolCall { name, arguments }.to_hermes();
+                    body = if body.is_empty() { hermes } else { format!("{body}\n{hermes}") };
+                }
+                let mut ids = tokenizer.encode(&body)?;
+                ids.push(im_end);
+                mask.extend(std::iter::repeat_n(true, ids.len()));
+                tokens.extend(ids);
+            }
+            Some("tool") => {
+                let ids = tokenizer.encode(&tool_turn_text(&text(m)))?;
+                mask.extend(std::iter::repeat_n(false, ids.len()));
+                tokens.extend(ids);
+            }
+            other => return Err(RolloutError::BadRecord(format!("unexpected role {other:?} after the opening"))),
+        }
+    }
+    Ok((tokens, mask))
 }
 
 /// Plays one episode with the policy. `seed` varies sampling between the rollouts of a group.

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod gyms;
 pub mod play;
 pub mod sft_data;
+pub mod train;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,509 @@
+//! The training loop behind `userrl train`: load the model (GGUF, checkpoint, or a tiny random one with a
+//! GGUF's tokenizer), SFT on expert chat records with the loss on assistant tokens, then multi-turn GRPO:
+//! rollout groups with the policy, UserRL shaping, old log-probs recomputed by the training forward, PPO clip
+//! with dual clip over mini-batches, AdamW, grad clipping; metrics under TRL's names to the event sink, greedy
+//! evaluation on the test split, checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use userrl_gym::env::{EnvConfig, Mode};
+use userrl_gym::user::ScriptedUser;
+use userrl_gym::{Catalog, GymKind, User, UserKind};
+use userrl_nn::checkpoint::{self, load_model};
+use userrl_nn::cpu_ops::{AdamW, GrpoClip};
+use userrl_nn::generate::Sampling;
+use userrl_nn::gguf::Gguf;
+use userrl_nn::model::{Llama, LlamaConfig};
+use userrl_nn::tokenizer::Tokenizer;
+use userrl_nn::train::{Objective, TrainSequence, TrainStep, TrainableLlama, random_llama};
+
+use crate::config::{GrpoConfig, LrSchedule, RunConfig, SftConfig, ZeroVariance};
+use crate::events::{Event, EventSink};
+use crate::rollout::{CpuPolicy, RolloutConfig, Trajectory, render_sft_record, rollout};
+use crate::sft_data::{SftOptions, generate as generate_sft};
+use crate::shaping::{Shaping, ShapingInput};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Nn(#[from] userrl_nn::train::TrainError),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
+    #[error(transparent)]
+    Gym(#[from] userrl_gym::GymError),
+    #[error(transparent)]
+    Sft(#[from] crate::sft_data::SftError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("writing events: {0}")]
+    Events(#[from] std::io::Error),
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub sft_steps: usize,
+    pub sft_first_loss: Option<f32>,
+    pub sft_last_loss: Option<f32>,
+    pub grpo_rewards: Vec<f64>,
+    pub eval: BTreeMap<String, f64>,
+    pub checkpoint: Option<String>,
+}
+
+fn metrics(sink: &dyn EventSink, step: u64, values: Vec<(String, f64)>) -> Result<(), TrainError> {
+    Ok(sink.emit(&Event::Metrics { step, values })?)
+}
+
+/// Learning rate at `step` of `total` with linear warmup, then constant or cosine to 10%.
+pub fn learning_rate(base: f64, schedule: LrSchedule, warmup: usize, step: usize, total: usize) -> f64 {
+    if warmup > 0 && step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    match schedule {
+        LrSchedule::Constant => base,
+        LrSchedule::Cosine => {
+            let progress = (step - warmup.min(step)) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+            base * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+        }
+    }
+}
+
+/// Loads or builds the model and its tokenizer as the config says.
+pub fn load(config: &RunConfig, context: usize) -> Result<(Llama, Tokenizer), TrainError> {
+    if let Some(path) = &config.model.path {
+        let loaded = load_model(Path::new(path))?;
+        let mut model = loaded.model;
+        model.config.context = model.config.context.min(context.max(1)).max(context.min(model.config.context));
+        return Ok((model, loaded.tokenizer));
+    }
+    let tiny = config.model.tiny.as_ref().ok_or_else(|| TrainError::Setup("model needs `path` or `tiny`".into()))?;
+    let gguf =
+        Gguf::open(Path::new(&tiny.tokenizer)).map_err(|e| TrainError::Setup(format!("{}: {e}", tiny.tokenizer)))?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| TrainError::Setup(e.to_string()))?;
+    let llama_config = LlamaConfig {
+        vocab: tokenizer.vocab_size(),
+        hidden: tiny.hidden,
+        layers: tiny.layers,
+        heads: tiny.heads,
+        kv_heads: tiny.kv_heads,
+        ffn: tiny.ffn,
+        rope_theta: 10_000.0,
+        eps: 1e-5,
+        context,
+    };
+    let model = random_llama(&llama_config, config.seed, true)?;
+    Ok((model, tokenizer))
+}
+
+fn catalog(config: &RunConfig, kinds: &[GymKind]) -> Result<Catalog, TrainError> {
+    Ok(match &config.data.tasks {
+        Some(dir) => Catalog::from_dir(Path::new(dir), kinds)?,
+        None => Catalog::builtin(kinds)?,
+    })
+}
+
+fn user(config: &RunConfig) -> Result<Arc<dyn User>, TrainError> {
+    match config.user.kind {
+        UserKind::Scripted => Ok(Arc::new(ScriptedUser)),
+        UserKind::Llm => {
+            let llm = userrl_gym::llm::LlmConfig {
+                base_urls: config.user.llm_urls.clone(),
+                model: config.user.llm_model.clone(),
+                timeout_ms: config.user.timeout_ms,
+                ..Default::default()
+            }
+            .with_env();
+            let client = userrl_gym::llm::LlmClient::new(llm).map_err(|e| TrainError::Setup(e.to_string()))?;
+            Ok(Arc::new(userrl_gym::llm::LlmUser::new(Arc::new(client))))
+        }
+        UserKind::Human => Err(TrainError::Setup("training runs use scripted or llm users".into())),
+    }
+}
+
+/// Runs SFT then GRPO as configured, writing events to `sink` and checkpoints under `out`.
+pub async fn run(config: &RunConfig, out: &Path, sink: &dyn EventSink) -> Result<RunSummary, TrainError> {
+    let context = config
+        .grpo
+        .as_ref()
+        .map(|g| g.max_total_tokens)
+        .into_iter()
+        .chain(config.sft.as_ref().map(|s| s.max_seq_len))
+        .max()
+        .unwrap_or(2048);
+    let (model, tokenizer) = load(config, context)?;
+    let mut trainable = TrainableLlama::from_llama(&model)?;
+    drop(model);
+    let catalog = catalog(config, &config.data.gyms)?;
+    let user = user(config)?;
+    let mut summary = RunSummary::default();
+    sink.emit(&Event::Status { status: "running".into(), message: config.name.clone() })?;
+    if let Some(sft) = &config.sft {
+        run_sft(config, sft, &mut trainable, &tokenizer, &catalog, user.clone(), sink, &mut summary).await?;
+    }
+    if let Some(grpo) = &config.grpo {
+        run_grpo(config, grpo, &mut trainable, &tokenizer, &catalog, user.clone(), sink, out, &mut summary).await?;
+    }
+    let eval = evaluate(config, &trainable, &tokenizer, user, sink, u64::MAX).await?;
+    summary.eval = eval;
+    let dir = out.join("final");
+    checkpoint::save(&trainable.to_llama(), tokenizer.data(), &dir)?;
+    sink.emit(&Event::Checkpoint { step: u64::MAX, path: dir.display().to_string() })?;
+    summary.checkpoint = Some(dir.display().to_string());
+    sink.emit(&Event::Status { status: "finished".into(), message: String::new() })?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_sft(
+    config: &RunConfig,
+    sft: &SftConfig,
+    trainable: &mut TrainableLlama,
+    tokenizer: &Tokenizer,
+    catalog: &Catalog,
+    user: Arc<dyn User>,
+    sink: &dyn EventSink,
+    summary: &mut RunSummary,
+) -> Result<(), TrainError> {
+    let records: Vec<Value> = match &sft.data {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Setup(format!("{path}: {e}")))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| TrainError::Setup(format!("{path}: {e}"))))
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut records = Vec::new();
+            let options = SftOptions { split: config.data.split, seed: config.seed, ..SftOptions::default() };
+            generate_sft(catalog, &options, user, |r| {
+                records.push(r);
+                Ok(())
+            })
+            .await?;
+            records
+        }
+    };
+    let mut examples = Vec::new();
+    let mut skipped = 0usize;
+    for record in &records {
+        let (tokens, mask) = render_sft_record(tokenizer, record)?;
+        if tokens.len() > sft.max_seq_len {
+            skipped += 1;
+            continue;
+        }
+        let mut mask = mask;
+        mask[0] = false;
+        examples.push(TrainSequence { tokens, mask, advantages: None, old_logp: None });
+    }
+    if examples.is_empty() {
+        return Err(TrainError::Setup(format!(
+            "no SFT example fits max_seq_len {} ({skipped} skipped)",
+            sft.max_seq_len
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5F7);
+    let batches_per_epoch = examples.len().div_ceil(sft.batch_size);
+    let total = batches_per_epoch * sft.epochs;
+    let warmup = (total as f64 * sft.warmup_fraction).round() as usize;
+    let mut step = 0usize;
+    for _epoch in 0..sft.epochs {
+        examples.shuffle(&mut rng);
+        for batch in examples.chunks(sft.batch_size) {
+            let lr = learning_rate(sft.lr, LrSchedule::Cosine, warmup, step, total);
+            let started = Instant::now();
+            let stats = trainable.train_step(&TrainStep {
+                micro_batches: vec![batch],
+                objective: Objective::Sft,
+                adamw: AdamW { lr: lr as f32, ..AdamW::default() },
+                max_grad_norm: Some(1.0),
+            })?;
+            let seconds = started.elapsed().as_secs_f64();
+            summary.sft_first_loss.get_or_insert(stats.loss);
+            summary.sft_last_loss = Some(stats.loss);
+            metrics(
+                sink,
+                step as u64,
+                vec![
+                    ("sft/loss".into(), stats.loss as f64),
+                    ("sft/grad_norm".into(), stats.grad_norm as f64),
+                    ("sft/learning_rate".into(), lr),
+                    ("sft/entropy".into(), stats.entropy as f64),
+                    ("sft/tokens_per_s".into(), stats.tokens_processed as f64 / seconds.max(1e-9)),
+                ],
+            )?;
+            step += 1;
+        }
+    }
+    summary.sft_steps = step;
+    tracing::info!(steps = step, examples = examples.len(), skipped, "SFT done");
+    Ok(())
+}
+
+/// Per-token advantages of a trajectory from its per-turn values.
+fn token_advantages(t: &Trajectory, per_turn: &[f64]) -> Vec<f32> {
+    let mut out = vec![0.0f32; t.tokens.len()];
+    for (turn, &start) in t.turn_starts.iter().enumerate() {
+        let end = t.turn_starts.get(turn + 1).copied().unwrap_or(t.tokens.len());
+        let value = per_turn.get(turn).copied().unwrap_or(0.0) as f32;
+        for (o, m) in out[start..end].iter_mut().zip(&t.response_mask[start..end]) {
+            if *m == 1 {
+                *o = value;
+            }
+        }
+    }
+    out
+}
+
+fn pick_gym(kinds: &[GymKind], weights: &BTreeMap<GymKind, f64>, rng: &mut ChaCha8Rng) -> GymKind {
+    let w: Vec<f64> = kinds.iter().map(|k| weights.get(k).copied().unwrap_or(1.0)).collect();
+    let total: f64 = w.iter().sum();
+    let mut x = rng.random::<f64>() * total;
+    for (k, w) in kinds.iter().zip(&w) {
+        if x < *w {
+            return *k;
+        }
+        x -= w;
+    }
+    kinds[kinds.len() - 1]
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_grpo(
+    config: &RunConfig,
+    grpo: &GrpoConfig,
+    trainable: &mut TrainableLlama,
+    tokenizer: &Tokenizer,
+    catalog: &Catalog,
+    user: Arc<dyn User>,
+    sink: &dyn EventSink,
+    out: &Path,
+    summary: &mut RunSummary,
+) -> Result<(), TrainError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6790);
+    let shaping = Shaping { score: grpo.trajectory_score, credit: grpo.turn_credit, gamma: grpo.gamma };
+    let rollout_config = |seed: u64| RolloutConfig {
+        env: EnvConfig { mode: Mode::Train, max_steps: grpo.max_turns, seed, ..EnvConfig::default() },
+        max_new_tokens: grpo.max_new_tokens,
+        max_total_tokens: grpo.max_total_tokens,
+        sampling: Sampling {
+            temperature: grpo.temperature,
+            top_p: grpo.top_p,
+            top_k: grpo.top_k,
+            seed,
+            max_new_tokens: grpo.max_new_tokens,
+        },
+    };
+    let task_lists: BTreeMap<GymKind, Vec<String>> =
+        catalog.gyms().iter().map(|g| (g.kind(), g.task_ids(Some(config.data.split)))).collect();
+    for step in 0..grpo.steps {
+        let started = Instant::now();
+        let mut policy = CpuPolicy { model: trainable.to_llama() };
+        let mut groups: Vec<Vec<Trajectory>> = Vec::new();
+        let mut rollout_tokens = 0usize;
+        let mut tries = 0;
+        while groups.len() < grpo.prompts_per_step && tries < grpo.prompts_per_step * 4 {
+            tries += 1;
+            let kind = pick_gym(&config.data.gyms, &config.data.weights, &mut rng);
+            let (Some(gym), Some(ids)) = (catalog.get(kind), task_lists.get(&kind)) else { continue };
+            let Some(task) = ids.get(rng.random_range(0..ids.len().max(1))).cloned() else { continue };
+            let mut group = Vec::with_capacity(grpo.group_size);
+            for _ in 0..grpo.group_size {
+                let seed = rng.random::<u64>();
+                let t =
+                    rollout(gym.as_ref(), &task, &mut policy, tokenizer, user.clone(), &rollout_config(seed)).await?;
+                rollout_tokens += t.response_mask.iter().filter(|m| **m == 1).count();
+                group.push(t);
+            }
+            let rewards: Vec<f64> = group.iter().map(|t| t.transcript.score).collect();
+            let zero_variance = rewards.iter().all(|r| (r - rewards[0]).abs() < 1e-12);
+            if zero_variance && grpo.zero_variance == ZeroVariance::Resample {
+                continue;
+            }
+            groups.push(group);
+        }
+        let rollout_seconds = started.elapsed().as_secs_f64();
+        // Shaping and the training batch.
+        let mut sequences = Vec::new();
+        let (mut scores, mut zero_groups) = (Vec::new(), 0usize);
+        let mut by_gym: BTreeMap<GymKind, (f64, f64, usize)> = BTreeMap::new();
+        let mut terminations: BTreeMap<String, usize> = BTreeMap::new();
+        let (mut turns, mut policy_tokens, mut length_ends, mut n_traj) = (0usize, 0usize, 0usize, 0usize);
+        for group in &groups {
+            let inputs: Vec<ShapingInput> = group
+                .iter()
+                .map(|t| ShapingInput {
+                    rewards: t.turn_rewards.clone(),
+                    policy_tokens_per_turn: t.policy_tokens_per_turn(),
+                })
+                .collect();
+            let shaped = shaping.group(&inputs);
+            let rewards: Vec<f64> = group.iter().map(|t| t.transcript.score).collect();
+            let zero = rewards.iter().all(|r| (r - rewards[0]).abs() < 1e-12);
+            zero_groups += zero as usize;
+            for (t, s) in group.iter().zip(&shaped) {
+                n_traj += 1;
+                scores.push(t.transcript.score);
+                let e = by_gym.entry(t.gym).or_default();
+                e.0 += t.transcript.score;
+                e.1 += t.transcript.success as u8 as f64;
+                e.2 += 1;
+                *terminations.entry(t.termination.name().to_string()).or_default() += 1;
+                turns += t.turn_starts.len();
+                policy_tokens += t.response_mask.iter().filter(|m| **m == 1).count();
+                length_ends += (t.termination == userrl_gym::Termination::Length) as usize;
+                if zero && grpo.zero_variance == ZeroVariance::Drop {
+                    continue;
+                }
+                if t.response_mask.iter().all(|m| *m == 0) {
+                    continue;
+                }
+                let mut mask: Vec<bool> = t.response_mask.iter().map(|m| *m == 1).collect();
+                mask[0] = false;
+                sequences.push((
+                    TrainSequence {
+                        tokens: t.tokens.clone(),
+                        mask,
+                        advantages: Some(token_advantages(t, &s.turn_advantages)),
+                        old_logp: None,
+                    },
+                    t.sampled_logprobs.clone(),
+                ));
+            }
+        }
+        // Old log-probs from the training forward; the gap to the sampler's is logged.
+        let (mut delta_sum, mut delta_n) = (0.0f64, 0usize);
+        for (seq, sampled) in sequences.iter_mut() {
+            let old = trainable.token_logprobs(&[&seq.tokens])?.into_iter().next().unwrap_or_default();
+            for i in 0..seq.tokens.len() {
+                if seq.mask[i] {
+                    delta_sum += (old[i] - sampled[i]).abs() as f64;
+                    delta_n += 1;
+                }
+            }
+            seq.old_logp = Some(old);
+        }
+        let sequences: Vec<TrainSequence> = sequences.into_iter().map(|(s, _)| s).collect();
+        let lr = learning_rate(grpo.lr, grpo.lr_schedule, grpo.warmup_steps, step, grpo.steps);
+        let train_started = Instant::now();
+        let (mut loss, mut grad_norm, mut entropy, mut clipped, mut masked, mut processed, mut updates) =
+            (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize, 0usize, 0usize);
+        if !sequences.is_empty() {
+            let per = sequences.len().div_ceil(grpo.mini_batches.min(sequences.len()));
+            for mini in sequences.chunks(per) {
+                let stats = trainable.train_step(&TrainStep {
+                    micro_batches: vec![mini],
+                    objective: Objective::Grpo(GrpoClip {
+                        clip_eps: grpo.clip as f32,
+                        dual_clip: Some(grpo.dual_clip as f32),
+                    }),
+                    adamw: AdamW { lr: lr as f32, weight_decay: grpo.weight_decay as f32, ..AdamW::default() },
+                    max_grad_norm: Some(grpo.grad_clip as f32),
+                })?;
+                loss += stats.loss as f64;
+                grad_norm += stats.grad_norm as f64;
+                entropy += stats.entropy as f64 * stats.tokens as f64;
+                clipped += stats.clipped;
+                masked += stats.tokens;
+                processed += stats.tokens_processed;
+                updates += 1;
+            }
+        }
+        let train_seconds = train_started.elapsed().as_secs_f64();
+        let n = scores.len().max(1) as f64;
+        let mean = scores.iter().sum::<f64>() / n;
+        let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        summary.grpo_rewards.push(mean);
+        let mut values = vec![
+            ("reward".to_string(), mean),
+            ("reward_std".into(), std),
+            ("frac_reward_zero_std".into(), zero_groups as f64 / groups.len().max(1) as f64),
+            ("completions/mean_length".into(), policy_tokens as f64 / n_traj.max(1) as f64),
+            ("completions/clipped_ratio".into(), length_ends as f64 / n_traj.max(1) as f64),
+            ("turns/mean".into(), turns as f64 / n_traj.max(1) as f64),
+            ("loss".into(), loss / updates.max(1) as f64),
+            ("grad_norm".into(), grad_norm / updates.max(1) as f64),
+            ("entropy".into(), entropy / masked.max(1) as f64),
+            ("clip_ratio".into(), clipped as f64 / masked.max(1) as f64),
+            ("learning_rate".into(), lr),
+            ("num_tokens".into(), processed as f64),
+            ("old_logprob_abs_diff".into(), delta_sum / delta_n.max(1) as f64),
+            ("rollout/tokens_per_s".into(), rollout_tokens as f64 / rollout_seconds.max(1e-9)),
+            ("train/tokens_per_s".into(), processed as f64 / train_seconds.max(1e-9)),
+            ("step_time".into(), started.elapsed().as_secs_f64()),
+        ];
+        for (gym, (sum, success, count)) in &by_gym {
+            values.push((format!("reward/{gym}"), sum / *count as f64));
+            values.push((format!("success/{gym}"), success / *count as f64));
+        }
+        for (reason, count) in &terminations {
+            values.push((format!("termination/{reason}"), *count as f64 / n_traj.max(1) as f64));
+        }
+        metrics(sink, step as u64, values)?;
+        tracing::info!(step, reward = mean, "GRPO step");
+        let every = config.eval.every;
+        if every > 0 && (step + 1) % every == 0 {
+            evaluate(config, trainable, tokenizer, user.clone(), sink, step as u64).await?;
+        }
+        let ck = config.checkpoint.every;
+        if ck > 0 && (step + 1) % ck == 0 {
+            let dir: PathBuf = out.join(format!("step-{:05}", step + 1));
+            checkpoint::save(&trainable.to_llama(), tokenizer.data(), &dir)?;
+            sink.emit(&Event::Checkpoint { step: step as u64, path: dir.display().to_string() })?;
+        }
+    }
+    Ok(())
+}
+
+/// Greedy evaluation of the current weights on the eval split (reference §9 protocol: temperature 0, feedback
+/// without the reward line). Returns the mean score per gym.
+pub async fn evaluate(
+    config: &RunConfig,
+    trainable: &TrainableLlama,
+    tokenizer: &Tokenizer,
+    user: Arc<dyn User>,
+    sink: &dyn EventSink,
+    step: u64,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let kinds = config.eval.gyms.clone().unwrap_or_else(|| config.data.gyms.clone());
+    let catalog = catalog(config, &kinds)?;
+    let mut policy = CpuPolicy { model: trainable.to_llama() };
+    let (max_new, max_total, max_turns) = config
+        .grpo
+        .as_ref()
+        .map(|g| (g.max_new_tokens, g.max_total_tokens, g.max_turns))
+        .unwrap_or((256, config.sft.as_ref().map_or(2048, |s| s.max_seq_len), 16));
+    let mut out = BTreeMap::new();
+    let mut values = Vec::new();
+    for gym in catalog.gyms() {
+        let ids = gym.task_ids(Some(config.eval.split));
+        let ids: Vec<String> = ids.into_iter().take(config.eval.limit_per_gym.unwrap_or(usize::MAX)).collect();
+        let (mut sum, mut normalized, mut success) = (0.0, 0.0, 0.0);
+        for (i, id) in ids.iter().enumerate() {
+            let rc = RolloutConfig {
+                env: EnvConfig { mode: Mode::Eval, max_steps: max_turns, seed: i as u64, ..EnvConfig::default() },
+                max_new_tokens: max_new,
+                max_total_tokens: max_total,
+                sampling: Sampling { temperature: 0.0, max_new_tokens: max_new, ..Sampling::default() },
+            };
+            let t = rollout(gym.as_ref(), id, &mut policy, tokenizer, user.clone(), &rc).await?;
+            sum += t.transcript.score;
+            normalized += t.transcript.normalized;
+            success += t.transcript.success as u8 as f64;
+        }
+        let n = ids.len().max(1) as f64;
+        out.insert(gym.kind().name().to_string(), sum / n);
+        values.push((format!("eval/score/{}", gym.kind()), sum / n));
+        values.push((format!("eval/normalized/{}", gym.kind()), normalized / n));
+        values.push((format!("eval/success/{}", gym.kind()), success / n));
+    }
+    metrics(sink, step, values)?;
+    Ok(out)
+}
