@@ -1,5 +1,5 @@
-//! `userrl generate`: one chat answer from a model (a `.gguf` file or a checkpoint directory) on the CPU
-//! backend. The prompt goes through the model's chat template; the answer streams to stdout as it is sampled;
+//! `userrl generate`: one chat answer from a model (a `.gguf` file or a checkpoint directory) on the CPU or,
+//! with `--device wgpu` (or `auto` on a machine with a GPU), on the wgpu backend. The prompt goes through the model's chat template; the answer streams to stdout as it is sampled;
 //! timings go to stderr so stdout stays just the answer.
 
 use std::io::Write;
@@ -34,6 +34,17 @@ pub struct Args {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `auto` runs on a hardware GPU through wgpu when there is one, else on the CPU; `wgpu` forces wgpu (a
+    /// software Vulkan driver such as lavapipe included).
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Wgpu,
 }
 
 /// The ids that end an answer: the tokenizer's EOS and the ChatML end-of-turn / end-of-text tokens if present.
@@ -97,7 +108,22 @@ pub fn run(args: Args) -> Result<()> {
     let mut first_token_at = None;
     let mut print_error = None;
     let start = Instant::now();
-    let generation = generate_stream(model, &ids, &stop, &sampling, &mut |id| {
+    let gpu = match args.device {
+        DeviceArg::Cpu => None,
+        DeviceArg::Auto => userrl_nn::wgpu::Device::auto(),
+        DeviceArg::Wgpu => Some(userrl_nn::wgpu::Device::wgpu().context("opening a wgpu device")?),
+    };
+    let gpu_model = match &gpu {
+        Some(device) => {
+            eprintln!("[generate] device: wgpu on {}", device.info().name);
+            Some(userrl_nn::wgpu::WgpuLlama::new(device, model).context("uploading the model to the GPU")?)
+        }
+        None => {
+            eprintln!("[generate] device: cpu");
+            None
+        }
+    };
+    let mut on_token = |id: u32| {
         first_token_at.get_or_insert_with(|| start.elapsed().as_secs_f64());
         if stop.contains(&id) || print_error.is_some() {
             return;
@@ -112,7 +138,11 @@ pub fn run(args: Args) -> Result<()> {
         if let Err(e) = printed {
             print_error = Some(e);
         }
-    })?;
+    };
+    let generation = match &gpu_model {
+        Some(m) => generate_stream(m, &ids, &stop, &sampling, &mut on_token)?,
+        None => generate_stream(model, &ids, &stop, &sampling, &mut on_token)?,
+    };
     let total_s = start.elapsed().as_secs_f64();
     if let Some(e) = print_error {
         return Err(e.context("printing the answer"));
