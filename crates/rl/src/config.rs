@@ -115,11 +115,21 @@ pub struct SftConfig {
     pub batch_size: usize,
     pub max_seq_len: usize,
     pub warmup_fraction: f64,
+    /// Use at most this many records (after shuffling with the run seed).
+    pub max_examples: Option<usize>,
 }
 
 impl Default for SftConfig {
     fn default() -> Self {
-        SftConfig { data: None, epochs: 3, lr: 1e-5, batch_size: 8, max_seq_len: 2048, warmup_fraction: 0.1 }
+        SftConfig {
+            data: None,
+            epochs: 3,
+            lr: 1e-5,
+            batch_size: 8,
+            max_seq_len: 2048,
+            warmup_fraction: 0.1,
+            max_examples: None,
+        }
     }
 }
 

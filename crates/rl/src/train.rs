@@ -210,6 +210,10 @@ async fn run_sft(
         )));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5F7);
+    if let Some(max) = sft.max_examples {
+        examples.shuffle(&mut rng);
+        examples.truncate(max.max(1));
+    }
     let batches_per_epoch = examples.len().div_ceil(sft.batch_size);
     let total = batches_per_epoch * sft.epochs;
     let warmup = (total as f64 * sft.warmup_fraction).round() as usize;
@@ -506,4 +510,96 @@ pub async fn evaluate(
     }
     metrics(sink, step, values)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemorySink;
+
+    fn model_path() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(path.exists(), "{} is missing: run scripts/setup", path.display());
+        path.display().to_string()
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays() {
+        assert_eq!(learning_rate(1.0, LrSchedule::Constant, 4, 0, 10), 0.25);
+        assert_eq!(learning_rate(1.0, LrSchedule::Constant, 4, 7, 10), 1.0);
+        assert!((learning_rate(1.0, LrSchedule::Cosine, 0, 0, 10) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(1.0, LrSchedule::Cosine, 0, 10, 10) - 0.1).abs() < 1e-12);
+    }
+
+    /// A whole run, small: SFT on expert records, one GRPO step, evaluation, a checkpoint that loads back.
+    #[test]
+    fn a_tiny_run_goes_through_sft_grpo_eval_and_checkpoint() {
+        let toml = format!(
+            r#"
+            name = "test"
+            [model]
+            tiny = {{ layers = 1, hidden = 32, heads = 2, kv_heads = 1, ffn = 64, tokenizer = "{}" }}
+            [data]
+            gyms = ["function"]
+            [sft]
+            epochs = 1
+            lr = 1e-3
+            batch_size = 2
+            max_seq_len = 1536
+            max_examples = 4
+            [grpo]
+            steps = 1
+            prompts_per_step = 1
+            group_size = 2
+            mini_batches = 1
+            max_turns = 2
+            max_new_tokens = 8
+            max_total_tokens = 1536
+            [eval]
+            every = 1
+            limit_per_gym = 1
+            [checkpoint]
+            every = 1
+            "#,
+            model_path()
+        );
+        let config = RunConfig::from_toml(&toml).unwrap();
+        let out = std::env::temp_dir().join(format!("userrl-train-test-{}", std::process::id()));
+        let sink = MemorySink::default();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let summary = runtime.block_on(run(&config, &out, &sink)).unwrap();
+        assert_eq!(summary.sft_steps, 2);
+        assert!(summary.sft_first_loss.unwrap().is_finite());
+        assert_eq!(summary.grpo_rewards.len(), 1);
+        let events = sink.events.lock().unwrap();
+        let names: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Metrics { values, .. } => Some(values.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for want in [
+            "sft/loss",
+            "reward",
+            "reward_std",
+            "frac_reward_zero_std",
+            "grad_norm",
+            "loss",
+            "entropy",
+            "clip_ratio",
+            "completions/mean_length",
+            "turns/mean",
+            "old_logprob_abs_diff",
+            "eval/score/function",
+        ] {
+            assert!(names.iter().any(|n| n == want), "missing metric {want}: {names:?}");
+        }
+        assert!(names.iter().any(|n| n.starts_with("termination/")));
+        assert!(events.iter().any(|e| matches!(e, Event::Checkpoint { .. })));
+        let loaded = load_model(&out.join("final")).unwrap();
+        assert_eq!(loaded.model.config.hidden, 32);
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
