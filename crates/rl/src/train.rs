@@ -152,11 +152,13 @@ pub async fn run(config: &RunConfig, out: &Path, sink: &dyn EventSink) -> Result
     if let Some(grpo) = &config.grpo {
         run_grpo(config, grpo, &mut trainable, &tokenizer, &catalog, user.clone(), sink, out, &mut summary).await?;
     }
-    let eval = evaluate(config, &trainable, &tokenizer, user, sink, u64::MAX).await?;
+    // The final numbers are logged at the step after the last GRPO step (or the last SFT step).
+    let last_step = config.grpo.as_ref().map_or(summary.sft_steps, |g| g.steps) as u64;
+    let eval = evaluate(config, &trainable, &tokenizer, user, sink, last_step).await?;
     summary.eval = eval;
     let dir = out.join("final");
     checkpoint::save(&trainable.to_llama(), tokenizer.data(), &dir)?;
-    sink.emit(&Event::Checkpoint { step: u64::MAX, path: dir.display().to_string() })?;
+    sink.emit(&Event::Checkpoint { step: last_step, path: dir.display().to_string() })?;
     summary.checkpoint = Some(dir.display().to_string());
     sink.emit(&Event::Status { status: "finished".into(), message: String::new() })?;
     Ok(summary)
