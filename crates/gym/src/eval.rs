@@ -84,7 +84,12 @@ pub enum AgentSpec {
     Random,
     /// Any OpenAI-compatible chat model calling the tool.
     Llm(Arc<crate::llm::LlmClient>),
+    /// Agents made by the caller (e.g. a local policy model), with a label for logs.
+    Factory(String, AgentFactory),
 }
+
+/// Makes one task's agent: `(gym, task id, seed)`.
+pub type AgentFactory = Arc<dyn Fn(&dyn Gym, &str, u64) -> Result<Box<dyn Agent>, GymError> + Send + Sync>;
 
 impl std::fmt::Debug for AgentSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,6 +97,7 @@ impl std::fmt::Debug for AgentSpec {
             AgentSpec::Expert => f.write_str("expert"),
             AgentSpec::Random => f.write_str("random"),
             AgentSpec::Llm(client) => write!(f, "llm:{}", client.config().model),
+            AgentSpec::Factory(label, _) => f.write_str(label),
         }
     }
 }
@@ -114,6 +120,7 @@ pub fn make_agent(spec: &AgentSpec, gym: &dyn Gym, task_id: &str, seed: u64) -> 
         AgentSpec::Expert => gym.expert(task_id, seed),
         AgentSpec::Random => Ok(Box::new(RandomAgent::new(gym.kind(), seed))),
         AgentSpec::Llm(client) => Ok(Box::new(crate::llm::LlmAgent::new(client.clone()))),
+        AgentSpec::Factory(_, make) => make(gym, task_id, seed),
     }
 }
 

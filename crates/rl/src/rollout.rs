@@ -169,6 +169,74 @@ pub fn render_sft_record(
     Ok((tokens, mask))
 }
 
+/// A local policy model as an `Agent` (for `userrl eval --model <gguf|checkpoint>`): the conversation is
+/// rendered as rollouts lay it out, the model continues it, and the first Hermes tool call of its reply is the
+/// turn. Evaluation re-tokenises the history, which is fine here: nothing is trained on it.
+pub struct ModelAgent {
+    pub model: Arc<userrl_nn::model::Llama>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub sampling: Sampling,
+}
+
+impl ModelAgent {
+    fn context(&self, conversation: &[Message]) -> Result<Vec<u32>, RolloutError> {
+        let (system, user) = match conversation {
+            [s, u, ..] if s.role == Role::System && u.role == Role::User => (s.content.as_str(), u.content.as_str()),
+            _ => return Err(RolloutError::BadRecord("the conversation must open with system and user".into())),
+        };
+        let im_end = tokenizer_token(&self.tokenizer, "<|im_end|>")?;
+        let prompt = self.tokenizer.render_chat(
+            &[ChatMessage::new("system", &system_with_tools(system)), ChatMessage::new("user", user)],
+            true,
+        )?;
+        let mut ids = self.tokenizer.encode(&prompt)?;
+        for m in &conversation[2..] {
+            match m.role {
+                Role::Assistant => {
+                    ids.extend(self.tokenizer.encode(&m.content)?);
+                    ids.push(im_end);
+                }
+                _ => ids.extend(self.tokenizer.encode(&tool_turn_text(&m.content))?),
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn tokenizer_token(tokenizer: &Tokenizer, token: &'static str) -> Result<u32, RolloutError> {
+    tokenizer.token_id(token).ok_or(RolloutError::MissingToken(token))
+}
+
+#[async_trait::async_trait]
+impl userrl_gym::Agent for ModelAgent {
+    async fn act(&mut self, conversation: &[Message]) -> userrl_gym::AgentTurn {
+        use userrl_gym::AgentTurn;
+        let result = (|| -> Result<String, RolloutError> {
+            let context = self.context(conversation)?;
+            let im_end = tokenizer_token(&self.tokenizer, "<|im_end|>")?;
+            let room = self.model.config.context.saturating_sub(context.len() + 1);
+            let sampling = Sampling { max_new_tokens: self.sampling.max_new_tokens.min(room), ..self.sampling.clone() };
+            let generation = userrl_nn::generate::generate(&self.model, &context, &[im_end], &sampling)?;
+            if !generation.stopped {
+                return Err(RolloutError::BadRecord("the reply ran past its token budget".into()));
+            }
+            let tokens = &generation.tokens[..generation.tokens.len().saturating_sub(1)];
+            Ok(self.tokenizer.decode(tokens)?)
+        })();
+        match result {
+            Err(e) => AgentTurn::Failed(e.to_string()),
+            Ok(text) => match tool::parse_hermes(&text).calls.into_iter().next() {
+                None => AgentTurn::Text(text),
+                Some(call) if call.name != tool::TOOL_NAME => AgentTurn::Invalid {
+                    thought: text,
+                    error: tool::ToolError::UnknownTool(call.name.chars().take(60).collect()),
+                },
+                Some(call) => AgentTurn::Call { thought: text, arguments: call.arguments },
+            },
+        }
+    }
+}
+
 /// Plays one episode with the policy. `seed` varies sampling between the rollouts of a group.
 pub async fn rollout(
     gym: &dyn Gym,

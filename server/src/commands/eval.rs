@@ -18,11 +18,15 @@ pub struct Args {
     /// expert (the scripted expert of each gym) or random.
     #[arg(long, default_value = "expert", conflicts_with = "model")]
     agent: AgentSpec,
-    /// Evaluate a model served by an OpenAI-compatible endpoint as the agent: `openai:<base URL>#<model>`,
-    /// e.g. `openai:http://localhost:8000/v1#Qwen/Qwen3-8B` (key from USERRL_AGENT_API_KEY or OPENAI_API_KEY).
-    /// Paper protocol: temperature 0, 2048 tokens a turn, the first tool call of each reply.
+    /// Evaluate a policy model as the agent: a `.gguf` file or a checkpoint directory (run on the CPU), or a
+    /// model behind an OpenAI-compatible endpoint, `openai:<base URL>#<model>` (e.g.
+    /// `openai:http://localhost:8000/v1#Qwen/Qwen3-8B`; key from USERRL_AGENT_API_KEY or OPENAI_API_KEY).
+    /// Paper protocol: greedy, the first tool call of each reply, feedback without the reward line.
     #[arg(long)]
     model: Option<String>,
+    /// Tokens per agent reply for `--model`.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
     /// `all` or a comma-separated list of gyms.
     #[arg(long, default_value = "all")]
     gyms: String,
@@ -51,6 +55,23 @@ pub struct Args {
     tasks: super::TaskArgs,
     #[command(flatten)]
     user: super::UserArgs,
+}
+
+/// A local model (GGUF or checkpoint) as the agent of every episode.
+fn local_agent(path: &str, max_new_tokens: usize) -> Result<AgentSpec> {
+    let loaded = userrl_nn::checkpoint::load_model(std::path::Path::new(path))
+        .with_context(|| format!("loading the agent model {path}"))?;
+    let model = Arc::new(loaded.model);
+    let tokenizer = Arc::new(loaded.tokenizer);
+    let sampling = userrl_nn::generate::Sampling { max_new_tokens, ..Default::default() };
+    let factory: userrl_gym::eval::AgentFactory = Arc::new(move |_, _, _| {
+        Ok(Box::new(userrl_rl::rollout::ModelAgent {
+            model: model.clone(),
+            tokenizer: tokenizer.clone(),
+            sampling: sampling.clone(),
+        }))
+    });
+    Ok(AgentSpec::Factory(format!("model:{path}"), factory))
 }
 
 /// Parses `openai:<base URL>#<model>` into an endpoint agent.
@@ -106,7 +127,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut write_error: Option<std::io::Error> = None;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let agent = match &args.model {
-        Some(spec) => endpoint_agent(spec)?,
+        Some(spec) if spec.starts_with("openai:") => endpoint_agent(spec)?,
+        Some(path) => local_agent(path, args.max_new_tokens)?,
         None => args.agent.clone(),
     };
     let plan = EvalPlan { split: args.split, agent, config, concurrency: args.concurrency, limit_per_gym: args.limit };
