@@ -442,4 +442,33 @@ mod tests {
         assert_eq!(t.termination, Termination::Length);
         assert_eq!(t.response_mask.iter().filter(|m| **m == 1).count(), 200);
     }
+
+    #[test]
+    fn model_agent_plays_through_the_episode_runner() {
+        use userrl_gym::eval::run_episode;
+        let tok = Arc::new(tokenizer());
+        let config = userrl_nn::model::LlamaConfig {
+            vocab: tok.vocab_size(),
+            hidden: 16,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            ffn: 32,
+            rope_theta: 10_000.0,
+            eps: 1e-5,
+            context: 2048,
+        };
+        let model = Arc::new(userrl_nn::train::random_llama(&config, 1, true).unwrap());
+        let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
+        let gym = catalog.get(GymKind::Function).unwrap();
+        let task = gym.task_ids(None)[0].clone();
+        // A random model rarely stops within 4 tokens: the reply overflows its budget and the episode ends as an
+        // agent failure, not a panic.
+        let mut agent =
+            ModelAgent { model, tokenizer: tok, sampling: Sampling { max_new_tokens: 4, ..Sampling::default() } };
+        let t = block_on(run_episode(gym.as_ref(), &task, &mut agent, Arc::new(ScriptedUser), &EnvConfig::default()))
+            .unwrap();
+        assert!(matches!(t.termination, Termination::AgentError | Termination::NoToolCall), "{:?}", t.termination);
+        assert!(t.turns.is_empty());
+    }
 }
