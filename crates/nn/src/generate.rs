@@ -106,8 +106,22 @@ pub fn generate_stream<M: LogitsModel>(
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation, M::Error> {
     let mut cache = model.new_cache();
+    generate_continue(model, &mut cache, prompt, stop, sampling, on_token)
+}
+
+/// Continues a sequence whose earlier tokens `cache` already holds: runs `new_tokens`, then samples. On return
+/// the cache holds `new_tokens` and every generated token but the last (which was sampled, not yet run), so a
+/// multi-turn caller can append what comes next without recomputing the prefix.
+pub fn generate_continue<M: LogitsModel>(
+    model: &M,
+    cache: &mut M::Cache,
+    new_tokens: &[u32],
+    stop: &[u32],
+    sampling: &Sampling,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Generation, M::Error> {
     let mut rng = Rng(sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut logits = model.forward_last(prompt, &mut cache)?;
+    let mut logits = model.forward_last(new_tokens, cache)?;
     let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
     for _ in 0..sampling.max_new_tokens {
         let next = sample(&logits, sampling, &mut rng);
@@ -118,10 +132,13 @@ pub fn generate_stream<M: LogitsModel>(
             out.stopped = true;
             break;
         }
-        if M::cache_len(&cache) + 1 > model.config().context {
+        if M::cache_len(cache) + 1 > model.config().context {
             break;
         }
-        logits = model.forward_last(&[next as u32], &mut cache)?;
+        if out.tokens.len() == sampling.max_new_tokens {
+            break;
+        }
+        logits = model.forward_last(&[next as u32], cache)?;
     }
     Ok(out)
 }

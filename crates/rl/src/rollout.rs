@@ -30,10 +30,18 @@ pub trait Policy: Send {
     ) -> Result<Generation, RolloutError>;
 }
 
-/// The CPU model as a policy (the prefix is recomputed each turn; a KV-cache session per episode is the next
-/// step for speed).
+/// The CPU model as a policy. It keeps the KV cache of the sequence it last continued: when the next context
+/// extends that sequence (the next turn of the same episode), only the new tokens are run.
 pub struct CpuPolicy {
-    pub model: userrl_nn::model::Llama,
+    model: userrl_nn::model::Llama,
+    /// The tokens the cache holds, and the cache.
+    session: Option<(Vec<u32>, userrl_nn::model::KvCache)>,
+}
+
+impl CpuPolicy {
+    pub fn new(model: userrl_nn::model::Llama) -> CpuPolicy {
+        CpuPolicy { model, session: None }
+    }
 }
 
 impl Policy for CpuPolicy {
@@ -43,7 +51,17 @@ impl Policy for CpuPolicy {
         stop: &[u32],
         sampling: &Sampling,
     ) -> Result<Generation, RolloutError> {
-        Ok(userrl_nn::generate::generate(&self.model, context, stop, sampling)?)
+        let (mut fed, mut cache) = match self.session.take() {
+            Some((fed, cache)) if context.len() > fed.len() && context.starts_with(&fed) => (fed, cache),
+            _ => (Vec::new(), self.model.new_cache()),
+        };
+        let fresh = &context[fed.len()..];
+        let generation =
+            userrl_nn::generate::generate_continue(&self.model, &mut cache, fresh, stop, sampling, &mut |_| {})?;
+        fed.extend_from_slice(fresh);
+        fed.extend_from_slice(&generation.tokens[..generation.tokens.len().saturating_sub(1)]);
+        self.session = Some((fed, cache));
+        Ok(generation)
     }
 }
 
@@ -470,5 +488,35 @@ mod tests {
             .unwrap();
         assert!(matches!(t.termination, Termination::AgentError | Termination::NoToolCall), "{:?}", t.termination);
         assert!(t.turns.is_empty());
+    }
+
+    #[test]
+    fn cpu_policy_session_matches_a_fresh_prefill() {
+        let config = userrl_nn::model::LlamaConfig {
+            vocab: 97,
+            hidden: 32,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 48,
+            rope_theta: 10_000.0,
+            eps: 1e-5,
+            context: 256,
+        };
+        let model = || userrl_nn::train::random_llama(&config, 7, true).unwrap();
+        let sampling = Sampling { max_new_tokens: 12, ..Sampling::default() };
+        let mut with_session = CpuPolicy::new(model());
+        let first: Vec<u32> = (0..40).map(|i| (i * 7 % 97) as u32).collect();
+        let turn1 = with_session.continue_tokens(&first, &[], &sampling).unwrap();
+        // The next turn: the sampled tokens plus a tool response, as a rollout appends them.
+        let mut second = first.clone();
+        second.extend(&turn1.tokens);
+        second.extend([5u32, 6, 7, 8, 9]);
+        let turn2 = with_session.continue_tokens(&second, &[], &sampling).unwrap();
+        let fresh = CpuPolicy::new(model()).continue_tokens(&second, &[], &sampling).unwrap();
+        assert_eq!(turn2.tokens, fresh.tokens);
+        for (a, b) in turn2.logprobs.iter().zip(&fresh.logprobs) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
     }
 }

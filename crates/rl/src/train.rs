@@ -311,7 +311,7 @@ async fn run_grpo(
         catalog.gyms().iter().map(|g| (g.kind(), g.task_ids(Some(config.data.split)))).collect();
     for step in 0..grpo.steps {
         let started = Instant::now();
-        let mut policy = CpuPolicy { model: trainable.to_llama() };
+        let mut policy = CpuPolicy::new(trainable.to_llama());
         let mut groups: Vec<Vec<Trajectory>> = Vec::new();
         let mut rollout_tokens = 0usize;
         let mut tries = 0;
@@ -480,7 +480,7 @@ pub async fn evaluate(
 ) -> Result<BTreeMap<String, f64>, TrainError> {
     let kinds = config.eval.gyms.clone().unwrap_or_else(|| config.data.gyms.clone());
     let catalog = catalog(config, &kinds)?;
-    let mut policy = CpuPolicy { model: trainable.to_llama() };
+    let mut policy = CpuPolicy::new(trainable.to_llama());
     let (max_new, max_total, max_turns) = config
         .grpo
         .as_ref()
