@@ -233,6 +233,13 @@ pub struct EvalPlan {
     pub limit_per_gym: Option<usize>,
 }
 
+impl EvalPlan {
+    /// One episode at a time over every task of `split`, with the default episode config.
+    pub fn new(split: Split, agent: AgentSpec) -> EvalPlan {
+        EvalPlan { split, agent, config: EnvConfig::default(), concurrency: 1, limit_per_gym: None }
+    }
+}
+
 /// Evaluates the plan's agent on every task of its split in the catalog's gyms. `on_done` sees each
 /// transcript as it finishes.
 pub async fn evaluate(

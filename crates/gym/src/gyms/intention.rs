@@ -1598,33 +1598,10 @@ mod tests {
     fn expert_beats_random_on_the_test_split() {
         let catalog = Catalog::builtin(&[GymKind::Intention]).unwrap();
         let user: Arc<dyn User> = Arc::new(ScriptedUser);
-        let config = EnvConfig::default();
-        let (expert, _) = block_on(evaluate(
-            &catalog,
-            &EvalPlan {
-                split: Split::Test,
-                agent: AgentSpec::Expert,
-                config: config.clone(),
-                concurrency: 1,
-                limit_per_gym: None,
-            },
-            user.clone(),
-            |_| {},
-        ))
-        .unwrap();
-        let (random, _) = block_on(evaluate(
-            &catalog,
-            &EvalPlan {
-                split: Split::Test,
-                agent: AgentSpec::Random,
-                config: config.clone(),
-                concurrency: 1,
-                limit_per_gym: None,
-            },
-            user,
-            |_| {},
-        ))
-        .unwrap();
+        let (expert, _) =
+            block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Expert), user.clone(), |_| {})).unwrap();
+        let (random, _) =
+            block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Random), user, |_| {})).unwrap();
         let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
         eprintln!("expert {e:.3} ({:.2} turns), random {r:.3}", expert.rows[0].mean_turns);
         assert_eq!(expert.rows[0].episodes, 30);

@@ -1244,20 +1244,7 @@ mod tests {
     fn expert_beats_random_on_the_test_split() {
         let catalog = Catalog::builtin(&[GymKind::Turtle]).unwrap();
         let run = |agent| {
-            block_on(evaluate(
-                &catalog,
-                &EvalPlan {
-                    split: Split::Test,
-                    agent,
-                    config: EnvConfig::default().clone(),
-                    concurrency: 1,
-                    limit_per_gym: None,
-                },
-                Arc::new(ScriptedUser),
-                |_| {},
-            ))
-            .unwrap()
-            .0
+            block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, agent), Arc::new(ScriptedUser), |_| {})).unwrap().0
         };
         let expert = run(AgentSpec::Expert);
         let random = run(AgentSpec::Random);

@@ -462,22 +462,8 @@ fn parse_reads_realistic_model_output() {
 fn expert_persuades_and_random_does_not() {
     let catalog = Catalog::builtin(&[GymKind::Persuade]).unwrap();
     let user: Arc<dyn User> = Arc::new(ScriptedUser);
-    let run = |agent| {
-        block_on(eval::evaluate(
-            &catalog,
-            &EvalPlan {
-                split: Split::Test,
-                agent,
-                config: EnvConfig::default().clone(),
-                concurrency: 1,
-                limit_per_gym: None,
-            },
-            user.clone(),
-            |_| {},
-        ))
-        .unwrap()
-        .0
-    };
+    let run =
+        |agent| block_on(eval::evaluate(&catalog, &EvalPlan::new(Split::Test, agent), user.clone(), |_| {})).unwrap().0;
     let expert = run(AgentSpec::Expert);
     let random = run(AgentSpec::Random);
     let (e, r) = (&expert.rows[0], &random.rows[0]);

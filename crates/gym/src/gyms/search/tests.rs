@@ -441,33 +441,10 @@ fn llm_judge_decides_and_its_failure_is_incorrect() {
 fn expert_solves_the_test_split_and_random_does_not() {
     let catalog = Catalog::builtin(&[GymKind::Search]).unwrap();
     let user: Arc<dyn User> = Arc::new(ScriptedUser);
-    let config = EnvConfig::default();
-    let (expert, transcripts) = block_on(evaluate(
-        &catalog,
-        &EvalPlan {
-            split: Split::Test,
-            agent: AgentSpec::Expert,
-            config: config.clone(),
-            concurrency: 1,
-            limit_per_gym: None,
-        },
-        user.clone(),
-        |_| {},
-    ))
-    .unwrap();
-    let (random, _) = block_on(evaluate(
-        &catalog,
-        &EvalPlan {
-            split: Split::Test,
-            agent: AgentSpec::Random,
-            config: config.clone(),
-            concurrency: 1,
-            limit_per_gym: None,
-        },
-        user,
-        |_| {},
-    ))
-    .unwrap();
+    let (expert, transcripts) =
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Expert), user.clone(), |_| {})).unwrap();
+    let (random, _) =
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Random), user, |_| {})).unwrap();
     let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
     eprintln!("search test split: expert {e:.3} random {r:.3} (turns {:.2})", expert.rows[0].mean_turns);
     assert_eq!(expert.rows[0].episodes, 40);

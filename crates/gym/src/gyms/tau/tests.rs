@@ -498,20 +498,8 @@ fn llm_prompt_parse_and_fallback() {
 fn expert_solves_the_test_split_and_random_does_not() {
     let catalog = Catalog::builtin(&[GymKind::Tau]).unwrap();
     let user: Arc<dyn User> = Arc::new(ScriptedUser);
-    let cfg = EnvConfig::default();
-    let (expert, transcripts) = block_on(evaluate(
-        &catalog,
-        &EvalPlan {
-            split: Split::Test,
-            agent: AgentSpec::Expert,
-            config: cfg.clone(),
-            concurrency: 1,
-            limit_per_gym: None,
-        },
-        user.clone(),
-        |_| {},
-    ))
-    .unwrap();
+    let (expert, transcripts) =
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Expert), user.clone(), |_| {})).unwrap();
     let failed: Vec<String> = transcripts
         .iter()
         .filter(|t| !t.success)
@@ -521,19 +509,8 @@ fn expert_solves_the_test_split_and_random_does_not() {
     assert_eq!(row.episodes, 60);
     assert!(row.mean_normalized >= 0.8, "expert {}: {failed:#?}", row.mean_normalized);
     assert!(row.mean_turns <= 14.0, "{}", row.mean_turns);
-    let (random, _) = block_on(evaluate(
-        &catalog,
-        &EvalPlan {
-            split: Split::Test,
-            agent: AgentSpec::Random,
-            config: cfg.clone(),
-            concurrency: 1,
-            limit_per_gym: None,
-        },
-        user,
-        |_| {},
-    ))
-    .unwrap();
+    let (random, _) =
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Random), user, |_| {})).unwrap();
     assert!(random.rows[0].mean_normalized <= 0.05, "random {}", random.rows[0].mean_normalized);
     eprintln!(
         "tau test split: expert {:.3} ({:.1} turns), random {:.3}",

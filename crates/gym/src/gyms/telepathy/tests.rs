@@ -486,19 +486,7 @@ fn expert_asks_answerable_questions_then_guesses() {
 fn expert_beats_random_on_the_test_split() {
     let catalog = Catalog::builtin(&[GymKind::Telepathy]).unwrap();
     let run = |agent| {
-        block_on(evaluate(
-            &catalog,
-            &EvalPlan {
-                split: Split::Test,
-                agent,
-                config: EnvConfig::default().clone(),
-                concurrency: 1,
-                limit_per_gym: None,
-            },
-            Arc::new(ScriptedUser),
-            |_| {},
-        ))
-        .unwrap()
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, agent), Arc::new(ScriptedUser), |_| {})).unwrap()
     };
     let (expert, transcripts) = run(AgentSpec::Expert);
     let (random, _) = run(AgentSpec::Random);

@@ -583,33 +583,10 @@ fn export_round_trips() {
 fn expert_beats_random_on_the_test_split() {
     let catalog = Catalog::builtin(&[GymKind::Travel]).unwrap();
     let user: Arc<dyn User> = Arc::new(ScriptedUser);
-    let cfg = EnvConfig::default();
-    let (expert, _) = block_on(evaluate(
-        &catalog,
-        &EvalPlan {
-            split: Split::Test,
-            agent: AgentSpec::Expert,
-            config: cfg.clone(),
-            concurrency: 1,
-            limit_per_gym: None,
-        },
-        user.clone(),
-        |_| {},
-    ))
-    .unwrap();
-    let (random, _) = block_on(evaluate(
-        &catalog,
-        &EvalPlan {
-            split: Split::Test,
-            agent: AgentSpec::Random,
-            config: cfg.clone(),
-            concurrency: 1,
-            limit_per_gym: None,
-        },
-        user,
-        |_| {},
-    ))
-    .unwrap();
+    let (expert, _) =
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Expert), user.clone(), |_| {})).unwrap();
+    let (random, _) =
+        block_on(evaluate(&catalog, &EvalPlan::new(Split::Test, AgentSpec::Random), user, |_| {})).unwrap();
     let (e, r) = (expert.rows[0].mean_normalized, random.rows[0].mean_normalized);
     eprintln!("travel test split: expert {e:.3} (turns {:.2}), random {r:.3}", expert.rows[0].mean_turns);
     assert_eq!(expert.rows[0].episodes, 150);
