@@ -10,6 +10,8 @@ struct Params {
     clip_eps: f32,
     dual: f32,
     denom: f32,
+    lp_off: u32,    // logp of token i is logp[lp_off + i·lp_stride] (1 for a plain array, 8 for the LM head's state)
+    lp_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,7 +37,7 @@ fn grpo_loss(@builtin(local_invocation_index) li: u32) {
             continue;
         }
         let a = adv[i];
-        let r = exp(logp[i] - old_logp[i]);
+        let r = exp(logp[p.lp_off + i * p.lp_stride] - old_logp[i]);
         let unclipped = r * a;
         let clipped_obj = clamp(r, 1.0 - p.clip_eps, 1.0 + p.clip_eps) * a;
         var obj = unclipped;

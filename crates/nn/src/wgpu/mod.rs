@@ -11,9 +11,11 @@
 
 mod llama;
 mod train_ops;
+mod trainer;
 
 pub use llama::{WgpuKvCache, WgpuLlama};
-pub use train_ops::MatView;
+pub use train_ops::{HEAD_STATE, MatView};
+pub use trainer::WgpuTrainer;
 
 use std::sync::Arc;
 
@@ -46,6 +48,8 @@ pub enum WgpuError {
     Readback(String),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
 }
 
 /// Compute pipelines, one per kernel entry point.

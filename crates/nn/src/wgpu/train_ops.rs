@@ -643,7 +643,42 @@ impl Batch<'_> {
         dlogp: &Tensor,
         out: &Tensor,
     ) -> Result<(), WgpuError> {
-        for (what, tensor) in [("logp", logp), ("old_logp", old_logp), ("adv", adv), ("mask", mask), ("dlogp", dlogp)] {
+        need("grpo logp", logp.len, n)?;
+        self.grpo_strided(MatView::rows(logp, 0, 1), old_logp, adv, mask, n, clip, denom, dlogp, out)
+    }
+
+    /// [`Batch::grpo_loss`] reading the log-probs straight from an LM head state (no copy).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn grpo_loss_from_head(
+        &mut self,
+        state: &Tensor,
+        old_logp: &Tensor,
+        adv: &Tensor,
+        mask: &Tensor,
+        n: usize,
+        clip: &GrpoClip,
+        denom: f32,
+        dlogp: &Tensor,
+        out: &Tensor,
+    ) -> Result<(), WgpuError> {
+        need("grpo head state", state.len, n * HEAD_STATE)?;
+        self.grpo_strided(MatView::rows(state, 4, HEAD_STATE), old_logp, adv, mask, n, clip, denom, dlogp, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grpo_strided(
+        &mut self,
+        logp: MatView,
+        old_logp: &Tensor,
+        adv: &Tensor,
+        mask: &Tensor,
+        n: usize,
+        clip: &GrpoClip,
+        denom: f32,
+        dlogp: &Tensor,
+        out: &Tensor,
+    ) -> Result<(), WgpuError> {
+        for (what, tensor) in [("old_logp", old_logp), ("adv", adv), ("mask", mask), ("dlogp", dlogp)] {
             need(&format!("grpo {what}"), tensor.len, n)?;
         }
         need("grpo out", out.len, 3)?;
@@ -653,7 +688,9 @@ impl Batch<'_> {
             clip.clip_eps.to_bits(),
             clip.dual_clip.unwrap_or(0.0).to_bits(),
             denom.to_bits(),
+            u32_of("offset", logp.off)?,
+            u32_of("stride", logp.rs)?,
         ];
-        self.dispatch(Kernel::GrpoLoss, &[logp, old_logp, adv, mask, dlogp, out], &values, 1)
+        self.dispatch(Kernel::GrpoLoss, &[logp.t, old_logp, adv, mask, dlogp, out], &values, 1)
     }
 }
