@@ -46,8 +46,8 @@ fn rms_norm_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 }
 
 @compute @workgroup_size(64)
-fn rms_norm_bwd_dw(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let d = gid.x;
+fn rms_norm_bwd_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let d = gid.x + gid.y * nwg.x * 64u;
     if (d >= p.dim) {
         return;
     }

@@ -9,6 +9,7 @@
 //! any WebGPU implementation. Matrices larger than one binding are split by rows ([`Matrix`]); large grids are
 //! folded into two dimensions.
 
+pub mod bench;
 mod llama;
 mod train_ops;
 mod trainer;
@@ -369,6 +370,15 @@ impl Device {
         };
         staging.unmap();
         Ok(out)
+    }
+
+    /// Waits until everything submitted so far has run.
+    pub fn wait(&self) -> Result<(), WgpuError> {
+        self.inner
+            .device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| WgpuError::Readback(e.to_string()))?;
+        Ok(())
     }
 
     /// Starts recording kernels; nothing runs until [`Batch::submit`].
