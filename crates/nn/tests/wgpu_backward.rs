@@ -67,7 +67,10 @@ fn gpu() -> Gpu {
 #[test]
 fn matmul_in_every_transpose_matches_cpu() {
     let g = gpu();
-    for (i, &(m, k, n)) in [(5, 7, 9), (70, 33, 65), (1, 16, 130), (64, 64, 64)].iter().enumerate() {
+    // Odd sizes take the general strided kernel; multiples of 4 the vec4 ones (A·B, Aᵀ·B, and A·Bᵀ through the
+    // inference forward's tiled and few-row kernels), whose edges the 5-, 36- and 130-row cases hit.
+    let shapes = [(5, 7, 9), (70, 33, 65), (1, 16, 130), (64, 64, 64), (5, 12, 20), (36, 8, 132), (130, 68, 96)];
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
         for a_t in [false, true] {
             for b_t in [false, true] {
                 for beta in [0.0, 1.0] {

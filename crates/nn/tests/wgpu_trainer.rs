@@ -49,12 +49,16 @@ fn sft_loss_curve_matches_the_cpu_trainer_over_20_steps() {
             assert_eq!((got.tokens, got.tokens_processed), (want.tokens, want.tokens_processed));
             first.get_or_insert(want.loss);
         }
-        // It did train (the curve is not flat), and the weights still agree.
+        // It did train (the curve is not flat), and the weights still agree. AdamW's first update of an element is
+        // lr·g/(|g| + eps): where g is rounding noise (one weight of the untied model has g = -7e-9 on the CPU and
+        // -1.6e-8 here) the two backends move it by visibly different amounts (1.3e-3), and the rest of the run
+        // inherits that. So the weights get a looser bound than the losses.
         let mut back = TrainableLlama::random(&tiny_config(), 99, tied).unwrap();
         gpu.write_into(&mut back).unwrap();
         assert_eq!(back.step, 20);
         let e = rel_err(&back.params, &cpu.params);
-        assert!(e <= 1e-3, "weights after 20 steps: relative error {e}");
+        eprintln!("tied {tied}: weights after 20 steps, relative error {e:.2e}");
+        assert!(e <= 1e-2, "weights after 20 steps: relative error {e}");
         let last = cpu.loss_and_grad(&[&b], &Objective::Sft).unwrap().loss;
         assert!(last < 0.7 * first.unwrap(), "loss {last} after 20 steps from {first:?}");
     }
@@ -75,11 +79,16 @@ fn grpo_and_policy_gradient_over_micro_batches_match_the_cpu_trainer() {
     }
     let mut gpu = WgpuTrainer::new(&dev, &cpu).unwrap();
     let (mb1, mb2) = b.split_at(1);
+    // A third micro-batch with no token in the loss still runs (and adds nothing).
+    let mut quiet = b[2].clone();
+    quiet.mask.fill(false);
+    let mb3 = std::slice::from_ref(&quiet);
     for objective in
         [Objective::Grpo(GrpoClip::default()), Objective::PolicyGradient, Objective::Grpo(GrpoClip::default())]
     {
-        let want = cpu.train_step(&step(vec![mb1, mb2], objective)).unwrap();
-        let got = gpu.train_step(&step(vec![mb1, mb2], objective)).unwrap();
+        let want = cpu.train_step(&step(vec![mb1, mb2, mb3], objective)).unwrap();
+        let got = gpu.train_step(&step(vec![mb1, mb2, mb3], objective)).unwrap();
+        assert_eq!((got.tokens, got.tokens_processed), (want.tokens, want.tokens_processed));
         assert!((got.loss - want.loss).abs() <= 1e-3, "{objective:?}: loss {} vs {}", got.loss, want.loss);
         assert_eq!(got.clipped, want.clipped, "{objective:?}");
         assert!((got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm, "{objective:?}: grad norm");

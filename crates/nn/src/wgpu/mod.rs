@@ -54,7 +54,7 @@ pub enum WgpuError {
 }
 
 /// Compute pipelines, one per kernel entry point.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     MatmulTiled,
     MatmulRows,
@@ -83,9 +83,11 @@ enum Kernel {
     SumsqFinal,
     Clip,
     GrpoLoss,
+    MatmulNn,
+    MatmulTn,
 }
 
-const KERNELS: [(Kernel, &str, &str); 27] = [
+const KERNELS: [(Kernel, &str, &str); 29] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -113,9 +115,11 @@ const KERNELS: [(Kernel, &str, &str); 27] = [
     (Kernel::SumsqFinal, "optim", "sumsq_final"),
     (Kernel::Clip, "optim", "clip"),
     (Kernel::GrpoLoss, "grpo", "grpo_loss"),
+    (Kernel::MatmulNn, "matmul_vec4", "matmul_nn"),
+    (Kernel::MatmulTn, "matmul_vec4", "matmul_tn"),
 ];
 
-const SHADERS: [(&str, &str); 12] = [
+const SHADERS: [(&str, &str); 13] = [
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
@@ -128,6 +132,7 @@ const SHADERS: [(&str, &str); 12] = [
     ("head", include_str!("../../shaders/head.wgsl")),
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("grpo", include_str!("../../shaders/grpo.wgsl")),
+    ("matmul_vec4", include_str!("../../shaders/matmul_vec4.wgsl")),
 ];
 
 struct Inner {

@@ -138,6 +138,9 @@ impl Batch<'_> {
             a.check("matmul a", batch, m, k)?;
             b.check("matmul b", batch, k, n)?;
         }
+        if batch == 1 && self.matmul_vec4(m, k, n, a, b, beta, c)? {
+            return Ok(());
+        }
         let per = m.div_ceil(64) * n.div_ceil(64);
         let groups = per * batch;
         let (gx, _) = grid(groups)?;
@@ -161,6 +164,62 @@ impl Batch<'_> {
             u32_of("stride", c.batch_stride)?,
         ];
         self.dispatch(Kernel::MatmulGeneral, &[a.t, b.t, c.t], &values, groups)
+    }
+
+    /// The vec4 kernels for the layouts they cover (rows of multiples of 4 floats at 4-aligned offsets); false
+    /// when none applies and the general kernel must run.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_vec4(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: MatView,
+        b: MatView,
+        beta: f32,
+        c: MatView,
+    ) -> Result<bool, WgpuError> {
+        let four = |v: &[usize]| v.iter().all(|x| x.is_multiple_of(4));
+        if k == 0 || !four(&[n, a.off, b.off]) {
+            return Ok(false);
+        }
+        let groups = m.div_ceil(64) * n.div_ceil(64);
+        let (gx, _) = grid(groups)?;
+        let dims = [u32_of("m", m)?, u32_of("n", n)?, u32_of("k", k)?];
+        let (a4, b4) = (u32_of("offset", a.off / 4)?, u32_of("offset", b.off / 4)?);
+        let (c_off, ldc) = (u32_of("offset", c.off)?, u32_of("stride", c.rs)?);
+        if a.cs == 1 && b.rs == 1 && a.rs == k && b.cs == k && beta == 0.0 && four(&[k]) {
+            // x · wᵀ with both rows contiguous: the inference forward's tiled (or, for few rows, reducing) kernel.
+            let (kernel, groups) =
+                if m < 8 { (Kernel::MatmulRows, m * n.div_ceil(8)) } else { (Kernel::MatmulTiled, groups) };
+            let (gx, _) = grid(groups)?;
+            let values = [dims[0], dims[1], (k / 4) as u32, a4, c_off, ldc, gx, b4];
+            self.dispatch(kernel, &[a.t, b.t, c.t], &values, groups)?;
+            return Ok(true);
+        }
+        let kernel = if a.cs == 1 && b.cs == 1 && four(&[k, a.rs, b.rs]) {
+            Kernel::MatmulNn
+        } else if a.rs == 1 && b.cs == 1 && four(&[m, a.cs, b.rs]) {
+            Kernel::MatmulTn
+        } else {
+            return Ok(false);
+        };
+        let lda = if kernel == Kernel::MatmulNn { a.rs } else { a.cs };
+        let values = [
+            dims[0],
+            dims[1],
+            dims[2],
+            a4,
+            u32_of("stride", lda / 4)?,
+            b4,
+            u32_of("stride", b.rs / 4)?,
+            c_off,
+            ldc,
+            beta.to_bits(),
+            gx,
+        ];
+        self.dispatch(kernel, &[a.t, b.t, c.t], &values, groups)?;
+        Ok(true)
     }
 
     /// cpu_ops `matmul`: `c[m, n] = op(a) · op(b) + beta · c`, `a` stored `[m, k]` (or `[k, m]` with `a_t`),
