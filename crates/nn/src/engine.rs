@@ -100,6 +100,29 @@ pub struct Request {
     pub tokens: Vec<u32>,
     pub stop: Vec<u32>,
     pub sampling: Sampling,
+    /// Restricts which tokens may be sampled (e.g. to valid JSON); the sequence stops when it is satisfied.
+    pub constraint: Option<Box<dyn Constraint>>,
+}
+
+/// A rule over the sampled tokens, applied before each sample (constrained decoding).
+pub trait Constraint: Send + 'static {
+    /// Sets the logits of tokens that may not come next to `-inf`; false when no token may come next.
+    fn mask(&self, logits: &mut [f32]) -> bool;
+    /// Takes the sampled token; true when the constrained text is complete (the sequence then stops).
+    fn advance(&mut self, token: u32) -> bool;
+    fn boxed_clone(&self) -> Box<dyn Constraint>;
+}
+
+impl Clone for Box<dyn Constraint> {
+    fn clone(&self) -> Self {
+        self.boxed_clone()
+    }
+}
+
+impl std::fmt::Debug for dyn Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Constraint")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +361,7 @@ struct Seq<C> {
     stop: Vec<u32>,
     sampling: Sampling,
     rng: Rng,
+    constraint: Option<Box<dyn Constraint>>,
     generated: usize,
     events: UnboundedSender<Event>,
     done: Option<Result<FinishReason, EngineError>>,
@@ -447,6 +471,7 @@ impl<M: BatchModel> Worker<M> {
                     stop: request.stop,
                     rng: Rng::seeded(request.sampling.seed),
                     sampling: request.sampling,
+                    constraint: request.constraint,
                     generated: 0,
                     events,
                     done: None,
@@ -558,8 +583,23 @@ fn accept<C>(seq: &mut Seq<C>, logits: &[f32], len: usize, context: usize, stats
         seq.done = Some(Ok(FinishReason::Length));
         return;
     }
+    let masked;
+    let logits = match &seq.constraint {
+        Some(constraint) => {
+            let mut allowed = logits.to_vec();
+            if !constraint.mask(&mut allowed) {
+                seq.done = Some(Ok(FinishReason::Stop));
+                return;
+            }
+            masked = allowed;
+            &masked
+        }
+        None => logits,
+    };
+    // Under a constraint the log-prob is the masked distribution's (what was sampled from).
     let next = sample(logits, &seq.sampling, &mut seq.rng) as u32;
     let logprob = log_softmax_at(logits, next as usize);
+    let satisfied = seq.constraint.as_mut().is_some_and(|c| c.advance(next));
     seq.generated += 1;
     seq.pending = Some(next);
     stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
@@ -568,7 +608,7 @@ fn accept<C>(seq: &mut Seq<C>, logits: &[f32], len: usize, context: usize, stats
         seq.done = Some(Ok(FinishReason::Cancelled));
         return;
     }
-    if seq.stop.contains(&next) {
+    if seq.stop.contains(&next) || satisfied {
         seq.done = Some(Ok(FinishReason::Stop));
     } else if len + 1 > context || seq.generated >= seq.sampling.max_new_tokens {
         seq.done = Some(Ok(FinishReason::Length));
@@ -601,7 +641,7 @@ mod tests {
 
     fn request(tokens: &[u32], max_new_tokens: usize, temperature: f32, seed: u64) -> Request {
         let sampling = Sampling { temperature, seed, max_new_tokens, top_k: 20, top_p: 0.9 };
-        Request { tokens: tokens.to_vec(), stop: vec![3], sampling }
+        Request { tokens: tokens.to_vec(), stop: vec![3], sampling, constraint: None }
     }
 
     /// Sequences that join while others decode give exactly what `generate` gives each alone: ids, log-probs,
@@ -669,14 +709,16 @@ mod tests {
         let mut session = engine.session();
         let prompt = [4u32, 5, 6];
         let greedy = |n| Sampling { max_new_tokens: n, ..Sampling::default() };
-        let first = session.generate(Request { tokens: prompt.to_vec(), stop: vec![], sampling: greedy(4) }).unwrap();
+        let first = session
+            .generate(Request { tokens: prompt.to_vec(), stop: vec![], sampling: greedy(4), constraint: None })
+            .unwrap();
         let (g1, reason) = first.wait().unwrap();
         assert_eq!((g1.tokens.len(), reason), (4, FinishReason::Length));
         wait_until(|| engine.stats().parked.load(Ordering::Relaxed) == 1);
         let prompt_before = engine.stats().prompt_tokens.load(Ordering::Relaxed);
         let turn = [9u32, 10];
         let (g2, _) = session
-            .generate(Request { tokens: turn.to_vec(), stop: vec![], sampling: greedy(5) })
+            .generate(Request { tokens: turn.to_vec(), stop: vec![], sampling: greedy(5), constraint: None })
             .unwrap()
             .wait()
             .unwrap();
@@ -686,8 +728,11 @@ mod tests {
         assert_eq!(g2, generate(&model, &full, &[], &greedy(5)).unwrap());
 
         // A third turn after the second.
-        let (g3, _) =
-            session.generate(Request { tokens: vec![11], stop: vec![], sampling: greedy(3) }).unwrap().wait().unwrap();
+        let (g3, _) = session
+            .generate(Request { tokens: vec![11], stop: vec![], sampling: greedy(3), constraint: None })
+            .unwrap()
+            .wait()
+            .unwrap();
         let full: Vec<u32> = full.iter().chain(&g2.tokens).chain(&[11]).copied().collect();
         assert_eq!(g3, generate(&model, &full, &[], &greedy(3)).unwrap());
 
@@ -720,6 +765,44 @@ mod tests {
         assert!(!g.tokens.is_empty());
         assert!(engine.stats().tokens_generated.load(Ordering::Relaxed) < 100_000);
         wait_until(|| engine.stats().active.load(Ordering::Relaxed) == 0);
+    }
+
+    /// Only these tokens, and done after `left` of them.
+    #[derive(Clone)]
+    struct OnlyFew {
+        allowed: Vec<u32>,
+        left: usize,
+    }
+
+    impl Constraint for OnlyFew {
+        fn mask(&self, logits: &mut [f32]) -> bool {
+            for (i, l) in logits.iter_mut().enumerate() {
+                if !self.allowed.contains(&(i as u32)) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            true
+        }
+        fn advance(&mut self, _token: u32) -> bool {
+            self.left -= 1;
+            self.left == 0
+        }
+        fn boxed_clone(&self) -> Box<dyn Constraint> {
+            Box::new(self.clone())
+        }
+    }
+
+    #[test]
+    fn constraints_limit_the_tokens_and_end_the_sequence() {
+        let engine = Engine::new(tiny(128), EngineConfig::default()).unwrap();
+        for temperature in [0.0, 1.0] {
+            let mut r = request(&[1, 2, 3], 20, temperature, 7);
+            r.constraint = Some(Box::new(OnlyFew { allowed: vec![5, 6], left: 4 }));
+            let (g, reason) = engine.generate(r).unwrap().wait().unwrap();
+            assert_eq!((g.tokens.len(), reason), (4, FinishReason::Stop));
+            assert!(g.tokens.iter().all(|t| [5, 6].contains(t)), "{:?}", g.tokens);
+            assert!(g.logprobs.iter().all(|l| l.is_finite()));
+        }
     }
 
     #[test]
@@ -777,7 +860,7 @@ mod tests {
             .map(|q| {
                 let text = tokenizer.render_chat(&[ChatMessage::new("user", q)], true).unwrap();
                 let sampling = Sampling { max_new_tokens: 10, ..Sampling::default() };
-                Request { tokens: tokenizer.encode(&text).unwrap(), stop: vec![2], sampling }
+                Request { tokens: tokenizer.encode(&text).unwrap(), stop: vec![2], sampling, constraint: None }
             })
             .collect();
         let streams: Vec<Stream> = requests.iter().map(|r| engine.generate(r.clone()).unwrap()).collect();
