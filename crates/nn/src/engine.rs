@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
+use rayon::prelude::*;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::batch::{SeqCache, forward_last_batch};
@@ -365,6 +366,8 @@ struct Seq<C> {
     generated: usize,
     events: UnboundedSender<Event>,
     done: Option<Result<FinishReason, EngineError>>,
+    /// Its logits row in the forward just run, while it is being sampled.
+    row: Option<usize>,
 }
 
 struct Worker<M: BatchModel> {
@@ -475,6 +478,7 @@ impl<M: BatchModel> Worker<M> {
                     generated: 0,
                     events,
                     done: None,
+                    row: None,
                 });
             }
         }
@@ -501,15 +505,29 @@ impl<M: BatchModel> Worker<M> {
         let chunks: Vec<Vec<u32>> = chosen.iter().map(|&(i, n)| self.active[i].feed.drain(..n).collect()).collect();
         let logits = self.forward(&chosen.iter().map(|&(i, _)| i).collect::<Vec<_>>(), &chunks);
         let Some(logits) = logits else { return };
-        let vocab = self.model.config().vocab;
-        for (row, &(i, _)) in chosen.iter().enumerate() {
-            if self.active[i].feed.is_empty() {
-                let context = self.model.config().context;
-                let seq = &mut self.active[i];
-                let len = M::cache_len(&seq.cache);
-                accept(seq, &logits[row * vocab..(row + 1) * vocab], len, context, &self.stats);
-            }
+        // Sequences still mid-prompt sample nothing yet.
+        let complete: Vec<(usize, usize)> = chosen
+            .iter()
+            .enumerate()
+            .filter(|(_, (i, _))| self.active[*i].feed.is_empty())
+            .map(|(row, &(i, _))| (i, row))
+            .collect();
+        self.sample_rows(&complete, &logits);
+    }
+
+    /// Samples the next token of `active[i]` from logits row `row` for every `(i, row)`, sequences in parallel
+    /// (at temperature > 0 sampling sorts the vocabulary, which would otherwise serialise a large batch).
+    fn sample_rows(&mut self, rows: &[(usize, usize)], logits: &[f32]) {
+        for &(i, row) in rows {
+            self.active[i].row = Some(row);
         }
+        let (vocab, context, stats) = (self.model.config().vocab, self.model.config().context, &*self.stats);
+        self.active.par_iter_mut().for_each(|seq| {
+            if let Some(row) = seq.row.take() {
+                let len = M::cache_len(&seq.cache);
+                accept(seq, &logits[row * vocab..(row + 1) * vocab], len, context, stats);
+            }
+        });
     }
 
     /// One token for every sequence that has a sampled token to run.
@@ -522,12 +540,8 @@ impl<M: BatchModel> Worker<M> {
         }
         let tokens: Vec<Vec<u32>> = rows.iter().map(|&i| self.active[i].pending.take().into_iter().collect()).collect();
         let Some(logits) = self.forward(&rows, &tokens) else { return };
-        let (vocab, context) = (self.model.config().vocab, self.model.config().context);
-        for (row, &i) in rows.iter().enumerate() {
-            let seq = &mut self.active[i];
-            let len = M::cache_len(&seq.cache);
-            accept(seq, &logits[row * vocab..(row + 1) * vocab], len, context, &self.stats);
-        }
+        let rows: Vec<(usize, usize)> = rows.iter().enumerate().map(|(row, &i)| (i, row)).collect();
+        self.sample_rows(&rows, &logits);
     }
 
     /// The batched forward over `active[rows[k]]` with `tokens[k]`; on failure every sequence in it fails.
