@@ -3,6 +3,7 @@
 //! benchmarks.
 
 mod commands;
+pub mod openai;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
