@@ -254,9 +254,13 @@ async fn run_inner(
     control: &RunControl,
     resumed: Option<crate::resume::Resumed>,
 ) -> Result<RunSummary, TrainError> {
+    let mut running = config.name.clone();
     let (mut trainable, tokenizer, start) = match resumed {
         Some(r) => {
             tracing::info!(from = %r.dir.display(), progress = ?r.state.progress, "resuming");
+            // Steps from here on are done (and their events emitted) again.
+            let Progress { phase, step } = r.state.progress;
+            running = format!("{running}: resumed from {} ({phase:?} step {step} done)", r.dir.display());
             (r.trainable, r.tokenizer, Some(r.state))
         }
         None => {
@@ -280,7 +284,7 @@ async fn run_inner(
         None => None,
     };
     let mut summary = start.map(|s| s.summary).unwrap_or_default();
-    sink.emit(&Event::Status { status: "running".into(), message: config.name.clone() })?;
+    sink.emit(&Event::Status { status: "running".into(), message: running })?;
     control.check()?;
     let run = Ctx { config, tokenizer: &tokenizer, user: user.clone(), sink, control, out };
     if let Some(sft) = config.sft.as_ref().filter(|_| progress.phase == Phase::Sft) {
@@ -1142,6 +1146,13 @@ mod tests {
             assert_eq!(params.len(), straight_params.len());
             let differ = params.iter().zip(&straight_params).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
             assert_eq!(differ, 0, "{name}: {differ} of {} parameters differ", params.len());
+            match second.events.lock().unwrap().first() {
+                Some(Event::Status { status, message }) => {
+                    assert_eq!(status, "running");
+                    assert!(message.contains("resumed from"), "{message}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
             // The resumed run's transcripts are the straight run's from the resume point on.
             let resumed_t = transcripts_of(&second.events.lock().unwrap());
             assert!(!resumed_t.is_empty(), "{name}");
