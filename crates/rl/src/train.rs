@@ -627,6 +627,9 @@ async fn run_grpo(
         // Old log-probs from the training forward; the gap to the sampler's is logged.
         let (mut delta_sum, mut delta_n) = (0.0f64, 0usize);
         for (seq, sampled) in sequences.iter_mut() {
+            if run.control.is_cancelled() {
+                return cancel(trainable, summary);
+            }
             let old = trainable.token_logprobs(&[&seq.tokens])?.into_iter().next().unwrap_or_default();
             for i in 0..seq.tokens.len() {
                 if seq.mask[i] {
