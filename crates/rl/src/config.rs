@@ -426,6 +426,10 @@ mod tests {
         let err =
             RunConfig::from_toml(&MINIMAL.replace("mini_batches = 2", "mini_batches = 3")).unwrap_err().to_string();
         assert!(err.contains("grpo.mini_batches"), "{err}");
+        let err = RunConfig::from_toml(&MINIMAL.replace("group_size = 4", "group_size = 4\nentropy_coef = 0.01"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpo.entropy_coef") && err.contains("not implemented"), "{err}");
         let no_model = MINIMAL.replace("path = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"", "");
         assert!(RunConfig::from_toml(&no_model).unwrap_err().to_string().contains("`model`"));
         assert!(matches!(RunConfig::from_file(Path::new("/nonexistent.toml")), Err(ConfigError::Io { .. })));
