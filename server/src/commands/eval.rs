@@ -118,6 +118,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let k = args.k.map(|k| k as usize);
     let trials = (args.trials as usize).max(k.unwrap_or(1));
+    if trials > 1 && args.model.is_some() && args.temperature == 0.0 {
+        tracing::warn!(
+            "{trials} trials of a greedy agent differ only through the user's randomness; pass --temperature"
+        );
+    }
     let tasks: usize = catalog
         .gyms()
         .iter()
