@@ -1168,6 +1168,8 @@ mod tests {
                 .map(|e| e.file_name())
                 .collect();
             assert_eq!(resumable, vec![std::ffi::OsString::from("step-00003")], "{name}");
+            // Keep the disk footprint to one stopped run at a time.
+            let _ = std::fs::remove_dir_all(&out);
         }
         let _ = std::fs::remove_dir_all(&base);
     }
