@@ -254,9 +254,13 @@ async fn run_inner(
     control: &RunControl,
     resumed: Option<crate::resume::Resumed>,
 ) -> Result<RunSummary, TrainError> {
+    let mut running = config.name.clone();
     let (mut trainable, tokenizer, start) = match resumed {
         Some(r) => {
             tracing::info!(from = %r.dir.display(), progress = ?r.state.progress, "resuming");
+            // Steps from here on are done (and their events emitted) again.
+            let Progress { phase, step } = r.state.progress;
+            running = format!("{running}: resumed from {} ({phase:?} step {step} done)", r.dir.display());
             (r.trainable, r.tokenizer, Some(r.state))
         }
         None => {
@@ -280,7 +284,7 @@ async fn run_inner(
         None => None,
     };
     let mut summary = start.map(|s| s.summary).unwrap_or_default();
-    sink.emit(&Event::Status { status: "running".into(), message: config.name.clone() })?;
+    sink.emit(&Event::Status { status: "running".into(), message: running })?;
     control.check()?;
     let run = Ctx { config, tokenizer: &tokenizer, user: user.clone(), sink, control, out };
     if let Some(sft) = config.sft.as_ref().filter(|_| progress.phase == Phase::Sft) {
@@ -623,6 +627,9 @@ async fn run_grpo(
         // Old log-probs from the training forward; the gap to the sampler's is logged.
         let (mut delta_sum, mut delta_n) = (0.0f64, 0usize);
         for (seq, sampled) in sequences.iter_mut() {
+            if run.control.is_cancelled() {
+                return cancel(trainable, summary);
+            }
             let old = trainable.token_logprobs(&[&seq.tokens])?.into_iter().next().unwrap_or_default();
             for i in 0..seq.tokens.len() {
                 if seq.mask[i] {
@@ -634,7 +641,7 @@ async fn run_grpo(
         }
         let sequences: Vec<TrainSequence> = sequences.into_iter().map(|(s, _)| s).collect();
         let old_logps: Vec<Vec<f32>> = sequences.iter().map(|s| s.old_logp.clone().unwrap_or_default()).collect();
-        // The reference's log-probs (without a reference, the old ones stand in and β is 0).
+        // The reference's log-probs (without a reference they are not used).
         let (ref_logps, beta) = match &reference {
             Some(r) => {
                 let logps = sequences
@@ -643,40 +650,59 @@ async fn run_grpo(
                     .collect::<Result<Vec<_>, TrainError>>()?;
                 (logps, grpo.kl_coef as f32)
             }
-            None => (old_logps.clone(), 0.0),
+            None => (vec![Vec::new(); sequences.len()], 0.0),
         };
         let kl_before = reference.as_ref().map(|_| crate::kl::mean_k3(&sequences, &old_logps, &ref_logps));
         let lr = learning_rate(grpo.lr, grpo.lr_schedule, grpo.warmup_steps, step, grpo.steps);
         let train_started = Instant::now();
         let (mut loss, mut grad_norm, mut entropy, mut masked, mut processed, mut updates) =
             (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize, 0usize);
-        let (mut clipped, mut clipped_low, mut clipped_high) = (0usize, 0usize, 0usize);
+        // Which side clipped needs the current log-probs, which only the KL path computes.
+        let (mut clipped, mut clip_sides) = (0usize, None::<(usize, usize)>);
         if !sequences.is_empty() {
             let per = sequences.len().div_ceil(grpo.mini_batches.min(sequences.len()));
             let clip = GrpoClip { clip_eps: grpo.clip as f32, dual_clip: Some(grpo.dual_clip as f32) };
+            let adamw = AdamW { lr: lr as f32, weight_decay: grpo.weight_decay as f32, ..AdamW::default() };
+            let max_grad_norm = Some(grpo.grad_clip as f32);
             for (i, ((mini, refs), old)) in
                 sequences.chunks(per).zip(ref_logps.chunks(per)).zip(old_logps.chunks(per)).enumerate()
             {
-                // The surrogate (+ β·k3) is trained through its per-token derivative at the current weights
-                // (crate::kl); before the first update those are the old log-probs, later ones need a forward.
-                let now = if i == 0 {
-                    old.to_vec()
+                let stats = if reference.is_some() {
+                    // The surrogate + β·k3 is trained through its per-token derivative at the current weights
+                    // (crate::kl): before the first update those are the old log-probs, later ones need a
+                    // forward.
+                    let now = if i == 0 {
+                        old.to_vec()
+                    } else {
+                        trainable.token_logprobs(&mini.iter().map(|s| s.tokens.as_slice()).collect::<Vec<_>>())?
+                    };
+                    let batch = crate::kl::grpo_kl_batch(mini, &now, refs, &clip, beta);
+                    let mut stats = trainable.train_step(&TrainStep {
+                        micro_batches: vec![&batch.sequences],
+                        objective: Objective::PolicyGradient,
+                        adamw,
+                        max_grad_norm,
+                    })?;
+                    stats.loss = batch.loss as f32;
+                    stats.clipped = batch.clipped;
+                    clip_sides.get_or_insert((0, 0));
+                    if let Some((low, high)) = clip_sides.as_mut() {
+                        *low += batch.clipped_low;
+                        *high += batch.clipped_high;
+                    }
+                    stats
                 } else {
-                    trainable.token_logprobs(&mini.iter().map(|s| s.tokens.as_slice()).collect::<Vec<_>>())?
+                    trainable.train_step(&TrainStep {
+                        micro_batches: vec![mini],
+                        objective: Objective::Grpo(clip),
+                        adamw,
+                        max_grad_norm,
+                    })?
                 };
-                let batch = crate::kl::grpo_kl_batch(mini, &now, refs, &clip, beta);
-                let stats = trainable.train_step(&TrainStep {
-                    micro_batches: vec![&batch.sequences],
-                    objective: Objective::PolicyGradient,
-                    adamw: AdamW { lr: lr as f32, weight_decay: grpo.weight_decay as f32, ..AdamW::default() },
-                    max_grad_norm: Some(grpo.grad_clip as f32),
-                })?;
-                loss += batch.loss;
+                loss += stats.loss as f64;
                 grad_norm += stats.grad_norm as f64;
                 entropy += stats.entropy as f64 * stats.tokens as f64;
-                clipped += batch.clipped;
-                clipped_low += batch.clipped_low;
-                clipped_high += batch.clipped_high;
+                clipped += stats.clipped;
                 masked += stats.tokens;
                 processed += stats.tokens_processed;
                 updates += 1;
@@ -699,8 +725,6 @@ async fn run_grpo(
             ("grad_norm".into(), grad_norm / updates.max(1) as f64),
             ("entropy".into(), entropy / masked.max(1) as f64),
             ("clip_ratio".into(), clipped as f64 / masked.max(1) as f64),
-            ("clip_ratio/low_mean".into(), clipped_low as f64 / masked.max(1) as f64),
-            ("clip_ratio/high_mean".into(), clipped_high as f64 / masked.max(1) as f64),
             ("learning_rate".into(), lr),
             ("num_tokens".into(), summary.num_tokens as f64),
             ("old_logprob_abs_diff".into(), delta_sum / delta_n.max(1) as f64),
@@ -710,6 +734,10 @@ async fn run_grpo(
         ];
         if let Some(kl) = kl_before {
             values.push(("kl".into(), kl));
+        }
+        if let Some((low, high)) = clip_sides {
+            values.push(("clip_ratio/low_mean".into(), low as f64 / masked.max(1) as f64));
+            values.push(("clip_ratio/high_mean".into(), high as f64 / masked.max(1) as f64));
         }
         if !latencies.is_empty() {
             latencies.sort_by(f64::total_cmp);
@@ -1121,6 +1149,13 @@ mod tests {
             assert_eq!(params.len(), straight_params.len());
             let differ = params.iter().zip(&straight_params).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
             assert_eq!(differ, 0, "{name}: {differ} of {} parameters differ", params.len());
+            match second.events.lock().unwrap().first() {
+                Some(Event::Status { status, message }) => {
+                    assert_eq!(status, "running");
+                    assert!(message.contains("resumed from"), "{message}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
             // The resumed run's transcripts are the straight run's from the resume point on.
             let resumed_t = transcripts_of(&second.events.lock().unwrap());
             assert!(!resumed_t.is_empty(), "{name}");

@@ -35,6 +35,7 @@ pub fn run(args: Args) -> Result<()> {
                 let path = args.config.as_ref().context("--resume without a run dir needs --config or --out")?;
                 PathBuf::from("runs").join(RunConfig::from_file(path)?.name)
             };
+            anyhow::ensure!(out.is_dir(), "{} is not a run directory", out.display());
             let sink = JsonlSink::append(&out.join("events.jsonl")).context("opening the event log")?;
             runtime
                 .block_on(userrl_rl::train::resume(&out, &sink, &RunControl::new()))
