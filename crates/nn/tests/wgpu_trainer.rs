@@ -65,6 +65,33 @@ fn sft_loss_curve_matches_the_cpu_trainer_over_20_steps() {
 }
 
 #[test]
+fn vocabulary_tables_past_one_binding_train_in_row_parts() {
+    // A 6 KiB binding cap: the layers' largest matrix (48×32 floats) just fits, the 64×32 embedding and LM head
+    // do not and train as parts of 48 and 16 rows (with LM-head chunks of 24 classes inside them), the way
+    // SmolLM2-360M's 189 MB embedding has to under the real 128 MiB cap.
+    let dev = device().with_binding_limit(6 << 10);
+    assert!(matches!(dev.zeros(64 * 32), Err(WgpuError::TooLarge { .. })));
+    for tied in [true, false] {
+        let mut cpu = TrainableLlama::random(&tiny_config(), 4, tied).unwrap();
+        cpu.head_chunk = 24;
+        let mut gpu = WgpuTrainer::new(&dev, &cpu).unwrap();
+        let b = batch();
+        for i in 0..5 {
+            let want = cpu.train_step(&step(vec![&b], Objective::Sft)).unwrap();
+            let got = gpu.train_step(&step(vec![&b], Objective::Sft)).unwrap();
+            assert!((got.loss - want.loss).abs() <= 1e-3, "tied {tied} step {i}: loss {} vs {}", got.loss, want.loss);
+            assert!((got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm, "step {i}: grad norm");
+        }
+        let e = rel_err(&gpu.grads().unwrap(), &cpu.grads);
+        assert!(e <= 1e-3, "tied {tied}: gradient of the last step, relative error {e}");
+        let mut back = TrainableLlama::random(&tiny_config(), 99, tied).unwrap();
+        gpu.write_into(&mut back).unwrap();
+        let e = rel_err(&back.params, &cpu.params);
+        assert!(e <= 1e-2, "tied {tied}: weights after 5 steps, relative error {e}");
+    }
+}
+
+#[test]
 fn grpo_and_policy_gradient_over_micro_batches_match_the_cpu_trainer() {
     let dev = device();
     let mut cpu = TrainableLlama::random(&tiny_config(), 5, true).unwrap();
