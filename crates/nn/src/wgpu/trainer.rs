@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use super::train_ops::HeadPart;
-use super::{Batch, Device, Matrix, Tensor, WgpuError};
+use super::{Batch, Device, Matrix, Tensor, WgpuError, WgpuLlama};
 use crate::cpu_ops::AdamW;
 use crate::model::LlamaConfig;
 use crate::train::{Objective, ParamLayout, StepStats, TrainSequence, TrainStep, TrainableLlama, validate};
@@ -184,6 +184,60 @@ impl WgpuTrainer {
         }
         model.step = self.step;
         Ok(())
+    }
+
+    /// A [`WgpuLlama`] (generation, rollouts) holding the trainer's current weights, copied on the device.
+    pub fn inference_model(&self) -> Result<WgpuLlama, WgpuError> {
+        let mut model = WgpuLlama::zeros(&self.device, &self.config, self.layout.lm_head.is_none())?;
+        self.write_weights_into(&mut model)?;
+        Ok(model)
+    }
+
+    /// Copies the trainer's current weights into `model` on the device (no round trip through the host), so that
+    /// rollouts sample from the policy just trained. `model` must have the trainer's config and tying.
+    pub fn write_weights_into(&self, model: &mut WgpuLlama) -> Result<(), WgpuError> {
+        if model.config != self.config || model.lm_head.is_some() != self.layout.lm_head.is_some() {
+            return Err(WgpuError::Shape(format!(
+                "the inference model ({:?}, tied: {}) differs from the trainer's ({:?}, tied: {})",
+                model.config,
+                model.lm_head.is_none(),
+                self.config,
+                self.layout.lm_head.is_none()
+            )));
+        }
+        let mut b = self.device.batch();
+        let mut pairs: Vec<(&Range<usize>, Vec<(usize, &Tensor)>)> = vec![(&self.layout.embed, chunks(&model.embed))];
+        if let (Some(r), Some(m)) = (&self.layout.lm_head, &model.lm_head) {
+            pairs.push((r, chunks(m)));
+        }
+        pairs.push((&self.layout.norm, vec![(0, &model.norm)]));
+        for (s, l) in self.layout.layers.iter().zip(&model.layers) {
+            pairs.extend([
+                (&s.attn_norm, vec![(0, &l.attn_norm)]),
+                (&s.wq, chunks(&l.wq)),
+                (&s.wk, chunks(&l.wk)),
+                (&s.wv, chunks(&l.wv)),
+                (&s.wo, chunks(&l.wo)),
+                (&s.ffn_norm, vec![(0, &l.ffn_norm)]),
+                (&s.w_gate, chunks(&l.w_gate)),
+                (&s.w_up, chunks(&l.w_up)),
+                (&s.w_down, chunks(&l.w_down)),
+            ]);
+        }
+        for (range, dst) in pairs {
+            let param = self.params.iter().find(|p| p.range == *range).expect("every layout range has a device tensor");
+            // Source parts and destination chunks split the same floats differently: copy every overlap.
+            for part in &param.parts {
+                let (s0, s1) = (part.row0 * param.cols, (part.row0 + part.rows) * param.cols);
+                for &(d0, t) in &dst {
+                    let (lo, hi) = (s0.max(d0), s1.min(d0 + t.len()));
+                    if lo < hi {
+                        b.copy(&part.p, lo - s0, t, lo - d0, hi - lo)?;
+                    }
+                }
+            }
+        }
+        b.submit()
     }
 
     /// The flat gradient buffer (layout order), as `TrainableLlama::grads`.
@@ -417,4 +471,9 @@ impl WgpuTrainer {
         }
         Ok(stats)
     }
+}
+
+/// `(first float, tensor)` of each row chunk of `m`.
+fn chunks(m: &Matrix) -> Vec<(usize, &Tensor)> {
+    m.chunks.iter().map(|(row, t)| (row * m.cols, t)).collect()
 }
