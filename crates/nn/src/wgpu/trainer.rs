@@ -206,7 +206,7 @@ impl WgpuTrainer {
             )));
         }
         let mut b = self.device.batch();
-        let mut pairs: Vec<(&Range<usize>, Vec<(usize, &Tensor)>)> = vec![(&self.layout.embed, chunks(&model.embed))];
+        let mut pairs: Vec<(&Range<usize>, Pieces)> = vec![(&self.layout.embed, chunks(&model.embed))];
         if let (Some(r), Some(m)) = (&self.layout.lm_head, &model.lm_head) {
             pairs.push((r, chunks(m)));
         }
@@ -473,7 +473,10 @@ impl WgpuTrainer {
     }
 }
 
-/// `(first float, tensor)` of each row chunk of `m`.
-fn chunks(m: &Matrix) -> Vec<(usize, &Tensor)> {
+/// `(first float, tensor)` of each piece of a weight in an inference model.
+type Pieces<'a> = Vec<(usize, &'a Tensor)>;
+
+/// The pieces of a row-chunked matrix.
+fn chunks(m: &Matrix) -> Pieces<'_> {
     m.chunks.iter().map(|(row, t)| (row * m.cols, t)).collect()
 }
