@@ -2,10 +2,9 @@
 //! across gyms and users, imports the original UserRL task files, generates with the policy model, and runs the
 //! benchmarks.
 
-mod commands;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use userrl_server::commands;
 
 #[derive(Parser)]
 #[command(name = "userrl", version, about = "Train and evaluate user-centric interactive agents (UserRL gyms)")]

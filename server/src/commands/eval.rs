@@ -58,7 +58,7 @@ pub struct Args {
 }
 
 /// A local model (GGUF or checkpoint) as the agent of every episode.
-fn local_agent(path: &str, max_new_tokens: usize) -> Result<AgentSpec> {
+pub fn local_agent(path: &str, max_new_tokens: usize) -> Result<AgentSpec> {
     let loaded = userrl_nn::checkpoint::load_model(std::path::Path::new(path))
         .with_context(|| format!("loading the agent model {path}"))?;
     let model = Arc::new(loaded.model);
@@ -75,7 +75,7 @@ fn local_agent(path: &str, max_new_tokens: usize) -> Result<AgentSpec> {
 }
 
 /// Parses `openai:<base URL>#<model>` into an endpoint agent.
-fn endpoint_agent(spec: &str) -> Result<AgentSpec> {
+pub fn endpoint_agent(spec: &str) -> Result<AgentSpec> {
     let rest = spec.strip_prefix("openai:").context(
         "--model takes `openai:<base URL>#<model>` (local GGUF and checkpoint agents come with the policy engine)",
     )?;
