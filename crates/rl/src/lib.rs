@@ -9,3 +9,4 @@ pub mod rollout;
 pub mod sft_data;
 pub mod shaping;
 pub mod train;
+pub mod transcript;

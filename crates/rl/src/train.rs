@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -29,6 +30,7 @@ use crate::events::{Event, EventSink};
 use crate::rollout::{CpuPolicy, RolloutConfig, Trajectory, render_sft_record, rollout};
 use crate::sft_data::{SftOptions, generate as generate_sft};
 use crate::shaping::{Shaping, ShapingInput};
+use crate::transcript::{self, RecordScores};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -46,6 +48,35 @@ pub enum TrainError {
     Setup(String),
     #[error("writing events: {0}")]
     Events(#[from] std::io::Error),
+    #[error("encoding a transcript: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the run was cancelled")]
+    Cancelled,
+}
+
+/// Stops a run from another thread: the trainer checks it between SFT batches, between rollouts and GRPO steps,
+/// and between evaluation episodes, so a cancel takes effect within one of those units of work.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    cancelled: Arc<AtomicBool>,
+}
+
+impl RunControl {
+    pub fn new() -> RunControl {
+        RunControl::default()
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), TrainError> {
+        if self.is_cancelled() { Err(TrainError::Cancelled) } else { Ok(()) }
+    }
 }
 
 /// What a finished run reports.
@@ -129,8 +160,60 @@ fn user(config: &RunConfig) -> Result<Arc<dyn User>, TrainError> {
     }
 }
 
-/// Runs SFT then GRPO as configured, writing events to `sink` and checkpoints under `out`.
+/// Runs SFT then GRPO as configured, writing events to `sink` and checkpoints under `out` (no cancelling).
 pub async fn run(config: &RunConfig, out: &Path, sink: &dyn EventSink) -> Result<RunSummary, TrainError> {
+    run_with(config, out, sink, &RunControl::new()).await
+}
+
+/// Runs a training job on a thread of its own (with a single-threaded tokio runtime for the gyms' users) and
+/// returns its handle; `control` cancels it. This is how a server should start runs: see [`run_with`].
+pub fn spawn(
+    config: RunConfig,
+    out: PathBuf,
+    sink: Arc<dyn EventSink>,
+    control: RunControl,
+) -> std::io::Result<std::thread::JoinHandle<Result<RunSummary, TrainError>>> {
+    std::thread::Builder::new().name(format!("train-{}", config.name)).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| TrainError::Setup(format!("starting the run's runtime: {e}")))?;
+        runtime.block_on(run_with(&config, &out, sink.as_ref(), &control))
+    })
+}
+
+/// Runs SFT then GRPO as configured, writing events to `sink` and checkpoints under `out`, until done or until
+/// `control` is cancelled (then it emits `Status { "cancelled" }` and returns [`TrainError::Cancelled`]). Any
+/// other error is reported as `Status { "failed", message }` before it is returned.
+///
+/// The future is CPU-bound: the model's forward, backward and sampling run inline for seconds to minutes
+/// between await points. Never await it on a runtime that serves anything else (HTTP, SSE): give it a thread
+/// of its own with its own runtime, as [`spawn`] does.
+pub async fn run_with(
+    config: &RunConfig,
+    out: &Path,
+    sink: &dyn EventSink,
+    control: &RunControl,
+) -> Result<RunSummary, TrainError> {
+    let result = run_inner(config, out, sink, control).await;
+    let status = match &result {
+        Ok(_) => Event::Status { status: "finished".into(), message: String::new() },
+        Err(TrainError::Cancelled) => Event::Status { status: "cancelled".into(), message: String::new() },
+        Err(e) => Event::Status { status: "failed".into(), message: e.to_string() },
+    };
+    // An event log that fails now cannot report it; the run's own error matters more.
+    let logged = sink.emit(&status);
+    let summary = result?;
+    logged?;
+    Ok(summary)
+}
+
+async fn run_inner(
+    config: &RunConfig,
+    out: &Path,
+    sink: &dyn EventSink,
+    control: &RunControl,
+) -> Result<RunSummary, TrainError> {
     let context = config
         .grpo
         .as_ref()
@@ -146,35 +229,42 @@ pub async fn run(config: &RunConfig, out: &Path, sink: &dyn EventSink) -> Result
     let user = user(config)?;
     let mut summary = RunSummary::default();
     sink.emit(&Event::Status { status: "running".into(), message: config.name.clone() })?;
+    control.check()?;
+    let run = Ctx { config, tokenizer: &tokenizer, user: user.clone(), sink, control };
     if let Some(sft) = &config.sft {
-        run_sft(config, sft, &mut trainable, &tokenizer, &catalog, user.clone(), sink, &mut summary).await?;
+        run_sft(&run, sft, &mut trainable, &catalog, &mut summary).await?;
     }
     if let Some(grpo) = &config.grpo {
-        run_grpo(config, grpo, &mut trainable, &tokenizer, &catalog, user.clone(), sink, out, &mut summary).await?;
+        run_grpo(&run, grpo, &mut trainable, &catalog, out, &mut summary).await?;
     }
     // The final numbers are logged at the step after the last GRPO step (or the last SFT step).
     let last_step = config.grpo.as_ref().map_or(summary.sft_steps, |g| g.steps) as u64;
-    let eval = evaluate(config, &trainable, &tokenizer, user, sink, last_step).await?;
+    let eval = evaluate_with(&run, &trainable, last_step).await?;
     summary.eval = eval;
     let dir = out.join("final");
     checkpoint::save(&trainable.to_llama(), tokenizer.data(), &dir)?;
     sink.emit(&Event::Checkpoint { step: last_step, path: dir.display().to_string() })?;
     summary.checkpoint = Some(dir.display().to_string());
-    sink.emit(&Event::Status { status: "finished".into(), message: String::new() })?;
     Ok(summary)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every phase of a run reads.
+struct Ctx<'a> {
+    config: &'a RunConfig,
+    tokenizer: &'a Tokenizer,
+    user: Arc<dyn User>,
+    sink: &'a dyn EventSink,
+    control: &'a RunControl,
+}
+
 async fn run_sft(
-    config: &RunConfig,
+    run: &Ctx<'_>,
     sft: &SftConfig,
     trainable: &mut TrainableLlama,
-    tokenizer: &Tokenizer,
     catalog: &Catalog,
-    user: Arc<dyn User>,
-    sink: &dyn EventSink,
     summary: &mut RunSummary,
 ) -> Result<(), TrainError> {
+    let (config, tokenizer, sink) = (run.config, run.tokenizer, run.sink);
     let records: Vec<Value> = match &sft.data {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| TrainError::Setup(format!("{path}: {e}")))?
@@ -185,7 +275,7 @@ async fn run_sft(
         None => {
             let mut records = Vec::new();
             let options = SftOptions { split: config.data.split, seed: config.seed, ..SftOptions::default() };
-            generate_sft(catalog, &options, user, |r| {
+            generate_sft(catalog, &options, run.user.clone(), |r| {
                 records.push(r);
                 Ok(())
             })
@@ -223,6 +313,7 @@ async fn run_sft(
     for _epoch in 0..sft.epochs {
         examples.shuffle(&mut rng);
         for batch in examples.chunks(sft.batch_size) {
+            run.control.check()?;
             let lr = learning_rate(sft.lr, LrSchedule::Cosine, warmup, step, total);
             let started = Instant::now();
             let stats = trainable.train_step(&TrainStep {
@@ -253,21 +344,6 @@ async fn run_sft(
     Ok(())
 }
 
-/// Per-token advantages of a trajectory from its per-turn values.
-fn token_advantages(t: &Trajectory, per_turn: &[f64]) -> Vec<f32> {
-    let mut out = vec![0.0f32; t.tokens.len()];
-    for (turn, &start) in t.turn_starts.iter().enumerate() {
-        let end = t.turn_starts.get(turn + 1).copied().unwrap_or(t.tokens.len());
-        let value = per_turn.get(turn).copied().unwrap_or(0.0) as f32;
-        for (o, m) in out[start..end].iter_mut().zip(&t.response_mask[start..end]) {
-            if *m == 1 {
-                *o = value;
-            }
-        }
-    }
-    out
-}
-
 fn pick_gym(kinds: &[GymKind], weights: &BTreeMap<GymKind, f64>, rng: &mut ChaCha8Rng) -> GymKind {
     let w: Vec<f64> = kinds.iter().map(|k| weights.get(k).copied().unwrap_or(1.0)).collect();
     let total: f64 = w.iter().sum();
@@ -281,18 +357,15 @@ fn pick_gym(kinds: &[GymKind], weights: &BTreeMap<GymKind, f64>, rng: &mut ChaCh
     kinds[kinds.len() - 1]
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_grpo(
-    config: &RunConfig,
+    run: &Ctx<'_>,
     grpo: &GrpoConfig,
     trainable: &mut TrainableLlama,
-    tokenizer: &Tokenizer,
     catalog: &Catalog,
-    user: Arc<dyn User>,
-    sink: &dyn EventSink,
     out: &Path,
     summary: &mut RunSummary,
 ) -> Result<(), TrainError> {
+    let (config, tokenizer, sink, user) = (run.config, run.tokenizer, run.sink, &run.user);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6790);
     let shaping = Shaping { score: grpo.trajectory_score, credit: grpo.turn_credit, gamma: grpo.gamma };
     let rollout_config = |seed: u64| RolloutConfig {
@@ -310,6 +383,7 @@ async fn run_grpo(
     let task_lists: BTreeMap<GymKind, Vec<String>> =
         catalog.gyms().iter().map(|g| (g.kind(), g.task_ids(Some(config.data.split)))).collect();
     for step in 0..grpo.steps {
+        run.control.check()?;
         let started = Instant::now();
         let mut policy = CpuPolicy::new(trainable.to_llama());
         let mut groups: Vec<Vec<Trajectory>> = Vec::new();
@@ -322,6 +396,7 @@ async fn run_grpo(
             let Some(task) = ids.get(rng.random_range(0..ids.len().max(1))).cloned() else { continue };
             let mut group = Vec::with_capacity(grpo.group_size);
             for _ in 0..grpo.group_size {
+                run.control.check()?;
                 let seed = rng.random::<u64>();
                 let t =
                     rollout(gym.as_ref(), &task, &mut policy, tokenizer, user.clone(), &rollout_config(seed)).await?;
@@ -342,7 +417,7 @@ async fn run_grpo(
         let mut by_gym: BTreeMap<GymKind, (f64, f64, usize)> = BTreeMap::new();
         let mut terminations: BTreeMap<String, usize> = BTreeMap::new();
         let (mut turns, mut policy_tokens, mut length_ends, mut n_traj) = (0usize, 0usize, 0usize, 0usize);
-        for group in &groups {
+        for (g, group) in groups.iter().enumerate() {
             let inputs: Vec<ShapingInput> = group
                 .iter()
                 .map(|t| ShapingInput {
@@ -354,7 +429,21 @@ async fn run_grpo(
             let rewards: Vec<f64> = group.iter().map(|t| t.transcript.score).collect();
             let zero = rewards.iter().all(|r| (r - rewards[0]).abs() < 1e-12);
             zero_groups += zero as usize;
-            for (t, s) in group.iter().zip(&shaped) {
+            for (i, (t, s)) in group.iter().zip(&shaped).enumerate() {
+                let advantages = t.token_advantages(&s.turn_advantages);
+                let record = transcript::record(
+                    t,
+                    tokenizer,
+                    RecordScores { reward: s.score, advantage: s.advantage },
+                    &advantages,
+                )?;
+                sink.emit(&Event::Transcript {
+                    step: step as u64,
+                    group: g as u32,
+                    sample: i as u32,
+                    validate: false,
+                    record: serde_json::to_value(&record)?,
+                })?;
                 n_traj += 1;
                 scores.push(t.transcript.score);
                 let e = by_gym.entry(t.gym).or_default();
@@ -374,12 +463,7 @@ async fn run_grpo(
                 let mut mask: Vec<bool> = t.response_mask.iter().map(|m| *m == 1).collect();
                 mask[0] = false;
                 sequences.push((
-                    TrainSequence {
-                        tokens: t.tokens.clone(),
-                        mask,
-                        advantages: Some(token_advantages(t, &s.turn_advantages)),
-                        old_logp: None,
-                    },
+                    TrainSequence { tokens: t.tokens.clone(), mask, advantages: Some(advantages), old_logp: None },
                     t.sampled_logprobs.clone(),
                 ));
             }
@@ -456,7 +540,7 @@ async fn run_grpo(
         tracing::info!(step, reward = mean, "GRPO step");
         let every = config.eval.every;
         if every > 0 && (step + 1) % every == 0 {
-            evaluate(config, trainable, tokenizer, user.clone(), sink, step as u64).await?;
+            evaluate_with(run, trainable, step as u64).await?;
         }
         let ck = config.checkpoint.every;
         if ck > 0 && (step + 1) % ck == 0 {
@@ -469,15 +553,19 @@ async fn run_grpo(
 }
 
 /// Greedy evaluation of the current weights on the eval split (reference §9 protocol: temperature 0, feedback
-/// without the reward line). Returns the mean score per gym.
-pub async fn evaluate(
-    config: &RunConfig,
+/// without the reward line), one validation transcript per episode (group = the gym's index, sample = the
+/// task's). Returns the mean score per gym.
+async fn evaluate_with(
+    run: &Ctx<'_>,
     trainable: &TrainableLlama,
-    tokenizer: &Tokenizer,
-    user: Arc<dyn User>,
-    sink: &dyn EventSink,
     step: u64,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
+    let (config, tokenizer, sink) = (run.config, run.tokenizer, run.sink);
+    let shaping = config.grpo.as_ref().map_or_else(Shaping::default, |g| Shaping {
+        score: g.trajectory_score,
+        credit: g.turn_credit,
+        gamma: g.gamma,
+    });
     let kinds = config.eval.gyms.clone().unwrap_or_else(|| config.data.gyms.clone());
     let catalog = catalog(config, &kinds)?;
     let mut policy = CpuPolicy::new(trainable.to_llama());
@@ -488,18 +576,29 @@ pub async fn evaluate(
         .unwrap_or((256, config.sft.as_ref().map_or(2048, |s| s.max_seq_len), 16));
     let mut out = BTreeMap::new();
     let mut values = Vec::new();
-    for gym in catalog.gyms() {
+    for (g, gym) in catalog.gyms().iter().enumerate() {
         let ids = gym.task_ids(Some(config.eval.split));
         let ids: Vec<String> = ids.into_iter().take(config.eval.limit_per_gym.unwrap_or(usize::MAX)).collect();
         let (mut sum, mut normalized, mut success) = (0.0, 0.0, 0.0);
         for (i, id) in ids.iter().enumerate() {
+            run.control.check()?;
             let rc = RolloutConfig {
                 env: EnvConfig { mode: Mode::Eval, max_steps: max_turns, seed: i as u64, ..EnvConfig::default() },
                 max_new_tokens: max_new,
                 max_total_tokens: max_total,
                 sampling: Sampling { temperature: 0.0, max_new_tokens: max_new, ..Sampling::default() },
             };
-            let t = rollout(gym.as_ref(), id, &mut policy, tokenizer, user.clone(), &rc).await?;
+            let t = rollout(gym.as_ref(), id, &mut policy, tokenizer, run.user.clone(), &rc).await?;
+            let reward = crate::shaping::trajectory_score(&t.turn_rewards, shaping.score, shaping.gamma);
+            let zeros = vec![0.0; t.tokens.len()];
+            let record = transcript::record(&t, tokenizer, RecordScores { reward, advantage: 0.0 }, &zeros)?;
+            sink.emit(&Event::Transcript {
+                step,
+                group: g as u32,
+                sample: i as u32,
+                validate: true,
+                record: serde_json::to_value(&record)?,
+            })?;
             sum += t.transcript.score;
             normalized += t.transcript.normalized;
             success += t.transcript.success as u8 as f64;
@@ -600,8 +699,105 @@ mod tests {
         }
         assert!(names.iter().any(|n| n.starts_with("termination/")));
         assert!(events.iter().any(|e| matches!(e, Event::Checkpoint { .. })));
+        // One transcript per rollout (1 prompt x 2) and per evaluation episode (after step 0 and at the end).
+        let transcripts: Vec<(u64, u32, u32, bool, userrl_types::TranscriptRecord)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Transcript { step, group, sample, validate, record } => {
+                    Some((*step, *group, *sample, *validate, serde_json::from_value(record.clone()).unwrap()))
+                }
+                _ => None,
+            })
+            .collect();
+        let keys: Vec<(u64, u32, u32, bool)> = transcripts.iter().map(|(a, b, c, d, _)| (*a, *b, *c, *d)).collect();
+        assert_eq!(keys, vec![(0, 0, 0, false), (0, 0, 1, false), (0, 0, 0, true), (1, 0, 0, true)]);
+        for (_, _, _, validate, record) in &transcripts {
+            assert_eq!(record.gym, "function");
+            assert!(record.messages.len() >= 3, "system, opening, at least one assistant turn");
+            let assistant = &record.messages[2];
+            assert_eq!(assistant.tokens.iter().map(|(p, _)| p.as_str()).collect::<String>(), assistant.text);
+            if *validate {
+                assert!(assistant.tokens.iter().all(|(_, a)| *a == 0.0));
+            }
+        }
+        assert_eq!(events.last(), Some(&Event::Status { status: "finished".into(), message: String::new() }));
         let loaded = load_model(&out.join("final")).unwrap();
         assert_eq!(loaded.model.config.hidden, 32);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    fn tiny_sft_config(extra: &str) -> RunConfig {
+        let toml = format!(
+            r#"
+            [model]
+            tiny = {{ layers = 1, hidden = 16, heads = 2, kv_heads = 1, ffn = 32, tokenizer = "{}" }}
+            [data]
+            gyms = ["function"]
+            [sft]
+            epochs = 3
+            batch_size = 1
+            max_seq_len = 1536
+            max_examples = 4
+            {extra}
+            [eval]
+            limit_per_gym = 1
+            "#,
+            model_path()
+        );
+        RunConfig::from_toml(&toml).unwrap()
+    }
+
+    /// Cancels the run when it sees its `n`th SFT loss.
+    struct CancelAfter {
+        inner: MemorySink,
+        control: RunControl,
+        n: usize,
+    }
+
+    impl EventSink for CancelAfter {
+        fn emit(&self, event: &Event) -> std::io::Result<()> {
+            self.inner.emit(event)?;
+            let seen = self.inner.events.lock().unwrap().iter().filter(|e| matches!(e, Event::Metrics { .. })).count();
+            if seen == self.n {
+                self.control.cancel();
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn cancel_stops_between_sft_batches_and_reports_cancelled() {
+        let config = tiny_sft_config("");
+        let out = std::env::temp_dir().join(format!("userrl-cancel-test-{}", std::process::id()));
+        let control = RunControl::new();
+        let sink = Arc::new(CancelAfter { inner: MemorySink::default(), control: control.clone(), n: 2 });
+        let handle = spawn(config, out.clone(), sink.clone(), control.clone()).unwrap();
+        let result = handle.join().unwrap();
+        assert!(matches!(result, Err(TrainError::Cancelled)), "{result:?}");
+        assert!(control.is_cancelled());
+        let events = sink.inner.events.lock().unwrap();
+        // 12 SFT batches were planned; the run stopped right after the second.
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Metrics { .. })).count(), 2);
+        assert_eq!(events.last(), Some(&Event::Status { status: "cancelled".into(), message: String::new() }));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    #[test]
+    fn an_error_is_reported_as_a_failed_status() {
+        let config = tiny_sft_config("data = \"/nonexistent/sft.jsonl\"");
+        let out = std::env::temp_dir().join(format!("userrl-failed-test-{}", std::process::id()));
+        let sink = MemorySink::default();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = runtime.block_on(run_with(&config, &out, &sink, &RunControl::new()));
+        assert!(matches!(result, Err(TrainError::Setup(_))), "{result:?}");
+        let events = sink.events.lock().unwrap();
+        match events.last() {
+            Some(Event::Status { status, message }) => {
+                assert_eq!(status, "failed");
+                assert!(message.contains("/nonexistent/sft.jsonl"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
         let _ = std::fs::remove_dir_all(&out);
     }
 }
