@@ -27,6 +27,7 @@ use userrl_nn::train::{Objective, TrainSequence, TrainStep, TrainableLlama, rand
 
 use crate::config::{GrpoConfig, LrSchedule, RunConfig, SftConfig, ZeroVariance};
 use crate::events::{Event, EventSink};
+use crate::resume::{Phase, Progress, ResumeState, RngState};
 use crate::rollout::{CpuPolicy, RolloutConfig, Trajectory, render_sft_record, rollout};
 use crate::sft_data::{SftOptions, generate as generate_sft};
 use crate::shaping::{Shaping, ShapingInput};
@@ -50,6 +51,8 @@ pub enum TrainError {
     Events(#[from] std::io::Error),
     #[error("encoding a transcript: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Resume(#[from] crate::resume::ResumeError),
     #[error("the run was cancelled")]
     Cancelled,
 }
@@ -80,7 +83,7 @@ impl RunControl {
 }
 
 /// What a finished run reports.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {
     pub sft_steps: usize,
     pub sft_first_loss: Option<f32>,
@@ -182,6 +185,35 @@ pub fn spawn(
     })
 }
 
+/// [`resume`] on a thread of its own, as [`spawn`] does for a new run.
+pub fn spawn_resume(
+    out: PathBuf,
+    sink: Arc<dyn EventSink>,
+    control: RunControl,
+) -> std::io::Result<std::thread::JoinHandle<Result<RunSummary, TrainError>>> {
+    std::thread::Builder::new().name("train-resume".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| TrainError::Setup(format!("starting the run's runtime: {e}")))?;
+        runtime.block_on(resume(&out, sink.as_ref(), &control))
+    })
+}
+
+/// Continues the run under `out` from its newest resumable checkpoint (its model, AdamW state, phase and step,
+/// RNG and config), with the same events and cancelling as [`run_with`]. The run goes on exactly as if it had
+/// not stopped: steps after the checkpoint are done again (and their events emitted again, with the same
+/// keys).
+pub async fn resume(out: &Path, sink: &dyn EventSink, control: &RunControl) -> Result<RunSummary, TrainError> {
+    let result = async {
+        let resumed = crate::resume::load(&crate::resume::latest(out)?)?;
+        let config = resumed.state.config.clone();
+        run_inner(&config, out, sink, control, Some(resumed)).await
+    }
+    .await;
+    report(sink, result)
+}
+
 /// Runs SFT then GRPO as configured, writing events to `sink` and checkpoints under `out`, until done or until
 /// `control` is cancelled (then it emits `Status { "cancelled" }` and returns [`TrainError::Cancelled`]). Any
 /// other error is reported as `Status { "failed", message }` before it is returned.
@@ -195,7 +227,11 @@ pub async fn run_with(
     sink: &dyn EventSink,
     control: &RunControl,
 ) -> Result<RunSummary, TrainError> {
-    let result = run_inner(config, out, sink, control).await;
+    report(sink, run_inner(config, out, sink, control, None).await)
+}
+
+/// Emits the run's final status.
+fn report(sink: &dyn EventSink, result: Result<RunSummary, TrainError>) -> Result<RunSummary, TrainError> {
     let status = match &result {
         Ok(_) => Event::Status { status: "finished".into(), message: String::new() },
         Err(TrainError::Cancelled) => Event::Status { status: "cancelled".into(), message: String::new() },
@@ -213,33 +249,57 @@ async fn run_inner(
     out: &Path,
     sink: &dyn EventSink,
     control: &RunControl,
+    resumed: Option<crate::resume::Resumed>,
 ) -> Result<RunSummary, TrainError> {
-    let context = config
-        .grpo
-        .as_ref()
-        .map(|g| g.max_total_tokens)
-        .into_iter()
-        .chain(config.sft.as_ref().map(|s| s.max_seq_len))
-        .max()
-        .unwrap_or(2048);
-    let (model, tokenizer) = load(config, context)?;
-    let mut trainable = TrainableLlama::from_llama(&model)?;
-    drop(model);
+    let (mut trainable, tokenizer, start) = match resumed {
+        Some(r) => {
+            tracing::info!(from = %r.dir.display(), progress = ?r.state.progress, "resuming");
+            (r.trainable, r.tokenizer, Some(r.state))
+        }
+        None => {
+            let context = config
+                .grpo
+                .as_ref()
+                .map(|g| g.max_total_tokens)
+                .into_iter()
+                .chain(config.sft.as_ref().map(|s| s.max_seq_len))
+                .max()
+                .unwrap_or(2048);
+            let (model, tokenizer) = load(config, context)?;
+            (TrainableLlama::from_llama(&model)?, tokenizer, None)
+        }
+    };
     let catalog = catalog(config, &config.data.gyms)?;
     let user = user(config)?;
-    let mut summary = RunSummary::default();
+    let progress = start.as_ref().map_or(Progress { phase: Phase::Sft, step: 0 }, |s| s.progress);
+    let grpo_rng = match start.as_ref().and_then(|s| s.grpo_rng.as_ref()) {
+        Some(state) => Some(state.restore().map_err(TrainError::Setup)?),
+        None => None,
+    };
+    let mut summary = start.map(|s| s.summary).unwrap_or_default();
     sink.emit(&Event::Status { status: "running".into(), message: config.name.clone() })?;
     control.check()?;
-    let run = Ctx { config, tokenizer: &tokenizer, user: user.clone(), sink, control };
-    if let Some(sft) = &config.sft {
-        run_sft(&run, sft, &mut trainable, &catalog, &mut summary).await?;
+    let run = Ctx { config, tokenizer: &tokenizer, user: user.clone(), sink, control, out };
+    if let Some(sft) = config.sft.as_ref().filter(|_| progress.phase == Phase::Sft) {
+        run_sft(&run, sft, &mut trainable, &catalog, progress.step, &mut summary).await?;
     }
     if let Some(grpo) = &config.grpo {
-        run_grpo(&run, grpo, &mut trainable, &catalog, out, &mut summary).await?;
+        let first = if progress.phase == Phase::Grpo { progress.step } else { 0 };
+        run_grpo(&run, grpo, &mut trainable, &catalog, first, grpo_rng, &mut summary).await?;
     }
     // The final numbers are logged at the step after the last GRPO step (or the last SFT step).
     let last_step = config.grpo.as_ref().map_or(summary.sft_steps, |g| g.steps) as u64;
-    let eval = evaluate_with(&run, &trainable, last_step).await?;
+    let eval = match evaluate_with(&run, &trainable, last_step).await {
+        Err(TrainError::Cancelled) => {
+            let done = match &config.grpo {
+                Some(g) => Progress { phase: Phase::Grpo, step: g.steps },
+                None => Progress { phase: Phase::Sft, step: summary.sft_steps },
+            };
+            run.save_resumable(&trainable, done, None, &summary)?;
+            return Err(TrainError::Cancelled);
+        }
+        other => other?,
+    };
     summary.eval = eval;
     let dir = out.join("final");
     checkpoint::save(&trainable.to_llama(), tokenizer.data(), &dir)?;
@@ -255,6 +315,35 @@ struct Ctx<'a> {
     user: Arc<dyn User>,
     sink: &'a dyn EventSink,
     control: &'a RunControl,
+    out: &'a Path,
+}
+
+impl Ctx<'_> {
+    /// Saves a resumable checkpoint for `progress` (unless that one is already saved) and returns its directory.
+    /// `grpo_rng` is the task sampler as the next GRPO step will find it.
+    fn save_resumable(
+        &self,
+        trainable: &TrainableLlama,
+        progress: Progress,
+        grpo_rng: Option<&ChaCha8Rng>,
+        summary: &RunSummary,
+    ) -> Result<PathBuf, TrainError> {
+        let dir = self.out.join(progress.dir_name());
+        let saved = crate::resume::latest(self.out).ok().filter(|d| *d == dir);
+        if saved.is_none() {
+            let state = ResumeState {
+                version: crate::resume::FORMAT_VERSION,
+                progress,
+                adam_step: trainable.step,
+                params: trainable.params.len(),
+                grpo_rng: grpo_rng.map(RngState::of),
+                summary: summary.clone(),
+                config: self.config.clone(),
+            };
+            crate::resume::save(self.out, &dir, trainable, self.tokenizer, &state)?;
+        }
+        Ok(dir)
+    }
 }
 
 async fn run_sft(
@@ -262,6 +351,7 @@ async fn run_sft(
     sft: &SftConfig,
     trainable: &mut TrainableLlama,
     catalog: &Catalog,
+    first_step: usize,
     summary: &mut RunSummary,
 ) -> Result<(), TrainError> {
     let (config, tokenizer, sink) = (run.config, run.tokenizer, run.sink);
@@ -313,7 +403,16 @@ async fn run_sft(
     for _epoch in 0..sft.epochs {
         examples.shuffle(&mut rng);
         for batch in examples.chunks(sft.batch_size) {
-            run.control.check()?;
+            // A resumed run replays the shuffles (cheap) and skips the steps already done.
+            if step < first_step {
+                step += 1;
+                continue;
+            }
+            if run.control.is_cancelled() {
+                summary.sft_steps = step;
+                run.save_resumable(trainable, Progress { phase: Phase::Sft, step }, None, summary)?;
+                return Err(TrainError::Cancelled);
+            }
             let lr = learning_rate(sft.lr, LrSchedule::Cosine, warmup, step, total);
             let started = Instant::now();
             let stats = trainable.train_step(&TrainStep {
@@ -337,9 +436,17 @@ async fn run_sft(
                 ],
             )?;
             step += 1;
+            summary.sft_steps = step;
+            let every = config.checkpoint.sft_every;
+            if every > 0 && step.is_multiple_of(every) && step < total {
+                run.save_resumable(trainable, Progress { phase: Phase::Sft, step }, None, summary)?;
+            }
         }
     }
     summary.sft_steps = step;
+    if config.checkpoint.every > 0 && first_step < total {
+        run.save_resumable(trainable, Progress { phase: Phase::Sft, step }, None, summary)?;
+    }
     tracing::info!(steps = step, examples = examples.len(), skipped, "SFT done");
     Ok(())
 }
@@ -362,11 +469,12 @@ async fn run_grpo(
     grpo: &GrpoConfig,
     trainable: &mut TrainableLlama,
     catalog: &Catalog,
-    out: &Path,
+    first_step: usize,
+    rng: Option<ChaCha8Rng>,
     summary: &mut RunSummary,
 ) -> Result<(), TrainError> {
     let (config, tokenizer, sink, user) = (run.config, run.tokenizer, run.sink, &run.user);
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6790);
+    let mut rng = rng.unwrap_or_else(|| ChaCha8Rng::seed_from_u64(config.seed ^ 0x6790));
     let shaping = Shaping { score: grpo.trajectory_score, credit: grpo.turn_credit, gamma: grpo.gamma };
     let rollout_config = |seed: u64| RolloutConfig {
         env: EnvConfig { mode: Mode::Train, max_steps: grpo.max_turns, seed, ..EnvConfig::default() },
@@ -382,8 +490,16 @@ async fn run_grpo(
     };
     let task_lists: BTreeMap<GymKind, Vec<String>> =
         catalog.gyms().iter().map(|g| (g.kind(), g.task_ids(Some(config.data.split)))).collect();
-    for step in 0..grpo.steps {
-        run.control.check()?;
+    for step in first_step..grpo.steps {
+        // A cancel before the update discards the step: the checkpoint holds the sampler as the step found it.
+        let rng_at_start = rng.clone();
+        let cancel = |trainable: &TrainableLlama, summary: &RunSummary| -> Result<(), TrainError> {
+            run.save_resumable(trainable, Progress { phase: Phase::Grpo, step }, Some(&rng_at_start), summary)?;
+            Err(TrainError::Cancelled)
+        };
+        if run.control.is_cancelled() {
+            return cancel(trainable, summary);
+        }
         let started = Instant::now();
         let mut policy = CpuPolicy::new(trainable.to_llama());
         let mut groups: Vec<Vec<Trajectory>> = Vec::new();
@@ -396,7 +512,9 @@ async fn run_grpo(
             let Some(task) = ids.get(rng.random_range(0..ids.len().max(1))).cloned() else { continue };
             let mut group = Vec::with_capacity(grpo.group_size);
             for _ in 0..grpo.group_size {
-                run.control.check()?;
+                if run.control.is_cancelled() {
+                    return cancel(trainable, summary);
+                }
                 let seed = rng.random::<u64>();
                 let t =
                     rollout(gym.as_ref(), &task, &mut policy, tokenizer, user.clone(), &rollout_config(seed)).await?;
@@ -538,14 +656,21 @@ async fn run_grpo(
         }
         metrics(sink, step as u64, values)?;
         tracing::info!(step, reward = mean, "GRPO step");
+        let done = Progress { phase: Phase::Grpo, step: step + 1 };
         let every = config.eval.every;
         if every > 0 && (step + 1) % every == 0 {
-            evaluate_with(run, trainable, step as u64).await?;
+            match evaluate_with(run, trainable, step as u64).await {
+                Err(TrainError::Cancelled) => {
+                    let dir = run.save_resumable(trainable, done, Some(&rng), summary)?;
+                    sink.emit(&Event::Checkpoint { step: step as u64, path: dir.display().to_string() })?;
+                    return Err(TrainError::Cancelled);
+                }
+                other => other?,
+            };
         }
         let ck = config.checkpoint.every;
         if ck > 0 && (step + 1) % ck == 0 {
-            let dir: PathBuf = out.join(format!("step-{:05}", step + 1));
-            checkpoint::save(&trainable.to_llama(), tokenizer.data(), &dir)?;
+            let dir = run.save_resumable(trainable, done, Some(&rng), summary)?;
             sink.emit(&Event::Checkpoint { step: step as u64, path: dir.display().to_string() })?;
         }
     }
@@ -747,22 +872,30 @@ mod tests {
         RunConfig::from_toml(&toml).unwrap()
     }
 
-    /// Cancels the run when it sees its `n`th SFT loss.
-    struct CancelAfter {
+    type When = Box<dyn Fn(&Event, &[Event]) -> bool + Send + Sync>;
+
+    /// Cancels the run when an event matches.
+    struct CancelWhen {
         inner: MemorySink,
         control: RunControl,
-        n: usize,
+        when: When,
     }
 
-    impl EventSink for CancelAfter {
+    impl EventSink for CancelWhen {
         fn emit(&self, event: &Event) -> std::io::Result<()> {
             self.inner.emit(event)?;
-            let seen = self.inner.events.lock().unwrap().iter().filter(|e| matches!(e, Event::Metrics { .. })).count();
-            if seen == self.n {
+            if (self.when)(event, &self.inner.events.lock().unwrap()) {
                 self.control.cancel();
             }
             Ok(())
         }
+    }
+
+    fn cancel_when(
+        control: &RunControl,
+        when: impl Fn(&Event, &[Event]) -> bool + Send + Sync + 'static,
+    ) -> Arc<CancelWhen> {
+        Arc::new(CancelWhen { inner: MemorySink::default(), control: control.clone(), when: Box::new(when) })
     }
 
     #[test]
@@ -770,7 +903,9 @@ mod tests {
         let config = tiny_sft_config("");
         let out = std::env::temp_dir().join(format!("userrl-cancel-test-{}", std::process::id()));
         let control = RunControl::new();
-        let sink = Arc::new(CancelAfter { inner: MemorySink::default(), control: control.clone(), n: 2 });
+        let sink = cancel_when(&control, |_, events| {
+            events.iter().filter(|e| matches!(e, Event::Metrics { .. })).count() == 2
+        });
         let handle = spawn(config, out.clone(), sink.clone(), control.clone()).unwrap();
         let result = handle.join().unwrap();
         assert!(matches!(result, Err(TrainError::Cancelled)), "{result:?}");
@@ -799,5 +934,116 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let _ = std::fs::remove_dir_all(&out);
+    }
+
+    /// Four expert records in a file (rendering the whole generated set costs seconds in a debug build).
+    fn resume_config(dir: &Path) -> RunConfig {
+        let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
+        let mut records = Vec::new();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime
+            .block_on(generate_sft(&catalog, &SftOptions::default(), Arc::new(ScriptedUser), |r| {
+                records.push(r);
+                Ok(())
+            }))
+            .unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let data = dir.join("sft.jsonl");
+        let lines: Vec<String> = records.iter().take(4).map(|r| r.to_string()).collect();
+        std::fs::write(&data, lines.join("\n")).unwrap();
+        let toml = format!(
+            r#"
+            seed = 3
+            [model]
+            tiny = {{ layers = 1, hidden = 16, heads = 2, kv_heads = 1, ffn = 32, tokenizer = "{}" }}
+            [data]
+            gyms = ["function"]
+            [sft]
+            data = "{}"
+            epochs = 2
+            lr = 1e-2
+            batch_size = 2
+            max_seq_len = 1536
+            [grpo]
+            steps = 3
+            prompts_per_step = 1
+            group_size = 4
+            mini_batches = 2
+            max_turns = 2
+            max_new_tokens = 8
+            max_total_tokens = 1536
+            temperature = 1.0
+            lr = 1e-2
+            [eval]
+            every = 0
+            limit_per_gym = 1
+            [checkpoint]
+            every = 1
+            "#,
+            model_path(),
+            data.display()
+        );
+        RunConfig::from_toml(&toml).unwrap()
+    }
+
+    fn params_of(dir: &Path) -> Vec<f32> {
+        TrainableLlama::from_llama(&load_model(dir).unwrap().model).unwrap().params
+    }
+
+    fn transcripts_of(events: &[Event]) -> Vec<Event> {
+        events.iter().filter(|e| matches!(e, Event::Transcript { .. })).cloned().collect()
+    }
+
+    /// Stops a run with a cancel at each of several points, resumes it, and checks that it ends exactly where
+    /// the uninterrupted run ended (same RNG, AdamW state and step: bit-exact parameters).
+    #[test]
+    fn resume_after_a_cancel_is_bit_exact() {
+        let base = std::env::temp_dir().join(format!("userrl-resume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let config = resume_config(&base);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let straight_sink = MemorySink::default();
+        let straight = runtime.block_on(run(&config, &base.join("straight"), &straight_sink)).unwrap();
+        let straight_params = params_of(&base.join("straight/final"));
+        let straight_t = transcripts_of(&straight_sink.events.lock().unwrap());
+        let cases: Vec<(&str, When)> = vec![
+            // Between SFT batches.
+            ("sft", Box::new(|e, _| matches!(e, Event::Metrics { step: 2, values } if values[0].0 == "sft/loss"))),
+            // After the update of GRPO step 1, before its checkpoint: the cancel lands at the next step's start.
+            ("grpo", Box::new(|e, _| matches!(e, Event::Metrics { step: 1, values } if values[0].0 == "reward"))),
+            // While GRPO step 2 rolls out: that step is discarded and redone.
+            ("rollout", Box::new(|e, _| matches!(e, Event::Checkpoint { step: 1, .. }))),
+        ];
+        for (name, when) in cases {
+            let out = base.join(name);
+            let control = RunControl::new();
+            let first = Arc::new(CancelWhen { inner: MemorySink::default(), control: control.clone(), when });
+            let stopped = runtime.block_on(run_with(&config, &out, first.as_ref(), &control));
+            assert!(matches!(stopped, Err(TrainError::Cancelled)), "{name}: {stopped:?}");
+            let second = MemorySink::default();
+            let resumed = runtime.block_on(resume(&out, &second, &RunControl::new())).unwrap();
+
+            assert_eq!(resumed.grpo_rewards, straight.grpo_rewards, "{name}");
+            assert_eq!(resumed.sft_first_loss, straight.sft_first_loss, "{name}");
+            assert_eq!(resumed.sft_last_loss, straight.sft_last_loss, "{name}");
+            assert_eq!(resumed.eval, straight.eval, "{name}");
+            let params = params_of(&out.join("final"));
+            assert_eq!(params.len(), straight_params.len());
+            let differ = params.iter().zip(&straight_params).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(differ, 0, "{name}: {differ} of {} parameters differ", params.len());
+            // The resumed run's transcripts are the straight run's from the resume point on.
+            let resumed_t = transcripts_of(&second.events.lock().unwrap());
+            assert!(!resumed_t.is_empty(), "{name}");
+            assert_eq!(resumed_t[..], straight_t[straight_t.len() - resumed_t.len()..], "{name}");
+            // Only the newest checkpoint keeps its optimizer state.
+            let resumable: Vec<_> = std::fs::read_dir(&out)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join(crate::resume::RESUME_DIR).exists())
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(resumable, vec![std::ffi::OsString::from("step-00003")], "{name}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
