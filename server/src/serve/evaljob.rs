@@ -58,6 +58,9 @@ pub struct EvalSpec {
     pub concurrency: usize,
     #[serde(default = "default_max_steps")]
     pub max_steps: usize,
+    /// Sampling temperature of model agents (0: greedy, the paper's protocol).
+    #[serde(default)]
+    pub temperature: f32,
 }
 
 fn default_split() -> Split {
@@ -110,6 +113,9 @@ impl EvalJobConfig {
         }
         if spec.max_new_tokens == 0 || spec.concurrency == 0 || spec.max_steps == 0 {
             return Err(invalid("evaluate", "max_new_tokens, concurrency and max_steps must be positive"));
+        }
+        if !(spec.temperature >= 0.0 && spec.temperature.is_finite()) {
+            return Err(invalid("evaluate.temperature", "must be >= 0"));
         }
         if spec.limit_per_gym == Some(0) {
             return Err(invalid("evaluate.limit_per_gym", "must be positive"));
@@ -167,8 +173,8 @@ pub async fn run(
     let agent = match spec.agent.as_str() {
         "expert" => AgentSpec::Expert,
         "random" => AgentSpec::Random,
-        s if s.starts_with("openai:") => crate::commands::eval::endpoint_agent(s)?,
-        path => crate::commands::eval::local_agent(path, spec.max_new_tokens)?,
+        s if s.starts_with("openai:") => crate::commands::eval::endpoint_agent(s, spec.temperature)?,
+        path => crate::commands::eval::local_agent(path, spec.max_new_tokens, spec.temperature)?,
     };
     let plan = EvalPlan {
         split: spec.split,
