@@ -32,6 +32,19 @@ CREATE TABLE metrics (
 );
 CREATE INDEX metrics_run_key_step ON metrics (run_id, key, step) INCLUDE (value);
 
+-- Summaries of blocks of 64 consecutive steps (see the SQLite file).
+CREATE TABLE metric_blocks (
+    run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    first_step BIGINT NOT NULL,
+    last_step BIGINT NOT NULL,
+    min_value DOUBLE PRECISION,
+    max_value DOUBLE PRECISION,
+    cnt BIGINT NOT NULL,
+    PRIMARY KEY (run_id, key, block)
+);
+
 CREATE TABLE metric_keys (
     run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     key TEXT NOT NULL,

@@ -33,6 +33,20 @@ CREATE TABLE metrics (
 -- Covers the bucket scan: (run_id, key, step) ranges read value without touching the table.
 CREATE INDEX metrics_run_key_step ON metrics (run_id, key, step, value);
 
+-- Summaries of blocks of 64 consecutive steps (block = floor(step / 64)), kept by the writers, so a chart over a
+-- long range reads one row per block instead of every point. min/max ignore NaN (NULL).
+CREATE TABLE metric_blocks (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    first_step INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    min_value REAL,
+    max_value REAL,
+    cnt INTEGER NOT NULL,
+    PRIMARY KEY (run_id, key, block)
+);
+
 -- The distinct keys of each run, so listing them does not scan the points.
 CREATE TABLE metric_keys (
     run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,

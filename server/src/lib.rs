@@ -2,4 +2,5 @@
 //! JSON API). A library so that integration tests and benches can start the server in-process.
 
 pub mod commands;
+pub mod openai;
 pub mod serve;

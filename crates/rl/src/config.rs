@@ -364,6 +364,12 @@ impl RunConfig {
             if g.kl_coef < 0.0 || g.entropy_coef < 0.0 || g.weight_decay < 0.0 {
                 return Err(invalid("grpo.kl_coef", "kl_coef, entropy_coef and weight_decay must be >= 0"));
             }
+            if g.entropy_coef != 0.0 {
+                return Err(invalid(
+                    "grpo.entropy_coef",
+                    "an entropy bonus is not implemented (entropy is logged as a metric); leave it at 0",
+                ));
+            }
             if g.temperature < 0.0 || !(g.top_p > 0.0 && g.top_p <= 1.0) {
                 return Err(invalid("grpo.temperature", "temperature must be >= 0 and top_p in (0, 1]"));
             }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod events;
+pub mod kl;
 pub mod resume;
 pub mod rollout;
 pub mod sft_data;

@@ -111,6 +111,9 @@ pub struct Trajectory {
     pub tool_responses: Vec<Option<String>>,
     pub termination: Termination,
     pub extra_calls: usize,
+    /// Seconds each gym step took (the user's answer: microseconds for the scripted user, a round trip for an
+    /// LLM or a person).
+    pub step_seconds: Vec<f64>,
     pub transcript: Transcript,
 }
 
@@ -297,6 +300,7 @@ pub async fn rollout(
     let mut sampled_logprobs = vec![0.0f32; prompt_len];
     let (mut turn_starts, mut turn_rewards, mut tool_responses) = (Vec::new(), Vec::new(), Vec::new());
     let mut extra_calls = 0;
+    let mut step_seconds = Vec::new();
     let mut ended: Option<Termination> = None;
     while !episode.is_done() && ended.is_none() {
         let room = config.max_total_tokens.saturating_sub(tokens.len() + 1);
@@ -328,7 +332,9 @@ pub async fn rollout(
         };
         extra_calls += parsed.calls.len() - 1;
         let action = call.to_action();
+        let asked = std::time::Instant::now();
         let outcome = episode.step(action).await;
+        step_seconds.push(asked.elapsed().as_secs_f64());
         if let Some(last) = turn_rewards.last_mut() {
             *last = outcome.reward;
         }
@@ -359,6 +365,7 @@ pub async fn rollout(
         system,
         tool_responses,
         extra_calls,
+        step_seconds,
         transcript,
     })
 }
@@ -445,6 +452,7 @@ pub(crate) mod tests {
         assert_eq!(t.policy_tokens_per_turn().iter().sum::<usize>(), policy.sampled.len());
         assert!(t.response_mask[..t.prompt_len].iter().all(|m| *m == 0));
         assert_eq!(t.turn_starts.len(), 3);
+        assert_eq!(t.step_seconds.len(), 3);
         assert!(t.sampled_logprobs.iter().zip(&t.response_mask).all(|(l, m)| (*m == 1) == (*l != 0.0)));
         // The prompt carries the tool schema and the system turn.
         let prompt = tok.decode(&t.tokens[..t.prompt_len]).unwrap();

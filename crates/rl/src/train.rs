@@ -89,6 +89,9 @@ pub struct RunSummary {
     pub sft_first_loss: Option<f32>,
     pub sft_last_loss: Option<f32>,
     pub grpo_rewards: Vec<f64>,
+    /// Tokens run through the training forward in GRPO updates (TRL's cumulative `num_tokens`).
+    #[serde(default)]
+    pub num_tokens: u64,
     pub eval: BTreeMap<String, f64>,
     pub checkpoint: Option<String>,
 }
@@ -451,6 +454,12 @@ async fn run_sft(
     Ok(())
 }
 
+/// The `q` quantile of sorted values (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 fn pick_gym(kinds: &[GymKind], weights: &BTreeMap<GymKind, f64>, rng: &mut ChaCha8Rng) -> GymKind {
     let w: Vec<f64> = kinds.iter().map(|k| weights.get(k).copied().unwrap_or(1.0)).collect();
     let total: f64 = w.iter().sum();
@@ -462,6 +471,28 @@ fn pick_gym(kinds: &[GymKind], weights: &BTreeMap<GymKind, f64>, rng: &mut ChaCh
         x -= w;
     }
     kinds[kinds.len() - 1]
+}
+
+/// The frozen policy GRPO started from, for the KL penalty. It is saved as `<out>/reference` when GRPO starts,
+/// and a run resumed inside GRPO loads it from there.
+fn reference_policy(
+    run: &Ctx<'_>,
+    trainable: &TrainableLlama,
+    first_step: usize,
+) -> Result<TrainableLlama, TrainError> {
+    let dir = run.out.join("reference");
+    let mut reference = if first_step > 0 {
+        TrainableLlama::from_llama(&checkpoint::load(&dir)?.model)?
+    } else {
+        let model = trainable.to_llama();
+        checkpoint::save(&model, run.tokenizer.data(), &dir)?;
+        TrainableLlama::from_llama(&model)?
+    };
+    // Only the forward runs on it: drop the gradient and optimizer buffers (three model sizes).
+    reference.grads = Vec::new();
+    reference.adam_m = Vec::new();
+    reference.adam_v = Vec::new();
+    Ok(reference)
 }
 
 async fn run_grpo(
@@ -488,6 +519,7 @@ async fn run_grpo(
             max_new_tokens: grpo.max_new_tokens,
         },
     };
+    let reference = if grpo.kl_coef > 0.0 { Some(reference_policy(run, trainable, first_step)?) } else { None };
     let task_lists: BTreeMap<GymKind, Vec<String>> =
         catalog.gyms().iter().map(|g| (g.kind(), g.task_ids(Some(config.data.split)))).collect();
     for step in first_step..grpo.steps {
@@ -535,6 +567,7 @@ async fn run_grpo(
         let mut by_gym: BTreeMap<GymKind, (f64, f64, usize)> = BTreeMap::new();
         let mut terminations: BTreeMap<String, usize> = BTreeMap::new();
         let (mut turns, mut policy_tokens, mut length_ends, mut n_traj) = (0usize, 0usize, 0usize, 0usize);
+        let mut latencies: Vec<f64> = Vec::new();
         for (g, group) in groups.iter().enumerate() {
             let inputs: Vec<ShapingInput> = group
                 .iter()
@@ -570,6 +603,7 @@ async fn run_grpo(
                 e.2 += 1;
                 *terminations.entry(t.termination.name().to_string()).or_default() += 1;
                 turns += t.turn_starts.len();
+                latencies.extend_from_slice(&t.step_seconds);
                 policy_tokens += t.response_mask.iter().filter(|m| **m == 1).count();
                 length_ends += (t.termination == userrl_gym::Termination::Length) as usize;
                 if zero && grpo.zero_variance == ZeroVariance::Drop {
@@ -599,31 +633,56 @@ async fn run_grpo(
             seq.old_logp = Some(old);
         }
         let sequences: Vec<TrainSequence> = sequences.into_iter().map(|(s, _)| s).collect();
+        let old_logps: Vec<Vec<f32>> = sequences.iter().map(|s| s.old_logp.clone().unwrap_or_default()).collect();
+        // The reference's log-probs (without a reference, the old ones stand in and β is 0).
+        let (ref_logps, beta) = match &reference {
+            Some(r) => {
+                let logps = sequences
+                    .iter()
+                    .map(|s| Ok(r.token_logprobs(&[&s.tokens])?.into_iter().next().unwrap_or_default()))
+                    .collect::<Result<Vec<_>, TrainError>>()?;
+                (logps, grpo.kl_coef as f32)
+            }
+            None => (old_logps.clone(), 0.0),
+        };
+        let kl_before = reference.as_ref().map(|_| crate::kl::mean_k3(&sequences, &old_logps, &ref_logps));
         let lr = learning_rate(grpo.lr, grpo.lr_schedule, grpo.warmup_steps, step, grpo.steps);
         let train_started = Instant::now();
-        let (mut loss, mut grad_norm, mut entropy, mut clipped, mut masked, mut processed, mut updates) =
-            (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize, 0usize, 0usize);
+        let (mut loss, mut grad_norm, mut entropy, mut masked, mut processed, mut updates) =
+            (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize, 0usize);
+        let (mut clipped, mut clipped_low, mut clipped_high) = (0usize, 0usize, 0usize);
         if !sequences.is_empty() {
             let per = sequences.len().div_ceil(grpo.mini_batches.min(sequences.len()));
-            for mini in sequences.chunks(per) {
+            let clip = GrpoClip { clip_eps: grpo.clip as f32, dual_clip: Some(grpo.dual_clip as f32) };
+            for (i, ((mini, refs), old)) in
+                sequences.chunks(per).zip(ref_logps.chunks(per)).zip(old_logps.chunks(per)).enumerate()
+            {
+                // The surrogate (+ β·k3) is trained through its per-token derivative at the current weights
+                // (crate::kl); before the first update those are the old log-probs, later ones need a forward.
+                let now = if i == 0 {
+                    old.to_vec()
+                } else {
+                    trainable.token_logprobs(&mini.iter().map(|s| s.tokens.as_slice()).collect::<Vec<_>>())?
+                };
+                let batch = crate::kl::grpo_kl_batch(mini, &now, refs, &clip, beta);
                 let stats = trainable.train_step(&TrainStep {
-                    micro_batches: vec![mini],
-                    objective: Objective::Grpo(GrpoClip {
-                        clip_eps: grpo.clip as f32,
-                        dual_clip: Some(grpo.dual_clip as f32),
-                    }),
+                    micro_batches: vec![&batch.sequences],
+                    objective: Objective::PolicyGradient,
                     adamw: AdamW { lr: lr as f32, weight_decay: grpo.weight_decay as f32, ..AdamW::default() },
                     max_grad_norm: Some(grpo.grad_clip as f32),
                 })?;
-                loss += stats.loss as f64;
+                loss += batch.loss;
                 grad_norm += stats.grad_norm as f64;
                 entropy += stats.entropy as f64 * stats.tokens as f64;
-                clipped += stats.clipped;
+                clipped += batch.clipped;
+                clipped_low += batch.clipped_low;
+                clipped_high += batch.clipped_high;
                 masked += stats.tokens;
                 processed += stats.tokens_processed;
                 updates += 1;
             }
         }
+        summary.num_tokens += processed as u64;
         let train_seconds = train_started.elapsed().as_secs_f64();
         let n = scores.len().max(1) as f64;
         let mean = scores.iter().sum::<f64>() / n;
@@ -640,13 +699,23 @@ async fn run_grpo(
             ("grad_norm".into(), grad_norm / updates.max(1) as f64),
             ("entropy".into(), entropy / masked.max(1) as f64),
             ("clip_ratio".into(), clipped as f64 / masked.max(1) as f64),
+            ("clip_ratio/low_mean".into(), clipped_low as f64 / masked.max(1) as f64),
+            ("clip_ratio/high_mean".into(), clipped_high as f64 / masked.max(1) as f64),
             ("learning_rate".into(), lr),
-            ("num_tokens".into(), processed as f64),
+            ("num_tokens".into(), summary.num_tokens as f64),
             ("old_logprob_abs_diff".into(), delta_sum / delta_n.max(1) as f64),
             ("rollout/tokens_per_s".into(), rollout_tokens as f64 / rollout_seconds.max(1e-9)),
             ("train/tokens_per_s".into(), processed as f64 / train_seconds.max(1e-9)),
             ("step_time".into(), started.elapsed().as_secs_f64()),
         ];
+        if let Some(kl) = kl_before {
+            values.push(("kl".into(), kl));
+        }
+        if !latencies.is_empty() {
+            latencies.sort_by(f64::total_cmp);
+            values.push(("user_latency/p50".into(), percentile(&latencies, 0.50)));
+            values.push(("user_latency/p99".into(), percentile(&latencies, 0.99)));
+        }
         for (gym, (sum, success, count)) in &by_gym {
             values.push((format!("reward/{gym}"), sum / *count as f64));
             values.push((format!("success/{gym}"), success / *count as f64));
@@ -750,6 +819,15 @@ mod tests {
     }
 
     #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[3.0], 0.99), 3.0);
+        assert_eq!(percentile(&[1.0, 2.0], 0.5), 1.0);
+    }
+
+    #[test]
     fn learning_rate_warms_up_then_decays() {
         assert_eq!(learning_rate(1.0, LrSchedule::Constant, 4, 0, 10), 0.25);
         assert_eq!(learning_rate(1.0, LrSchedule::Constant, 4, 7, 10), 1.0);
@@ -781,6 +859,7 @@ mod tests {
             max_turns = 2
             max_new_tokens = 8
             max_total_tokens = 1536
+            kl_coef = 0.1
             [eval]
             every = 1
             limit_per_gym = 1
@@ -815,6 +894,16 @@ mod tests {
             "loss",
             "entropy",
             "clip_ratio",
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "kl",
+            "num_tokens",
+            "step_time",
+            "learning_rate",
+            "rollout/tokens_per_s",
+            "train/tokens_per_s",
+            "reward/function",
+            "success/function",
             "completions/mean_length",
             "turns/mean",
             "old_logprob_abs_diff",
@@ -974,6 +1063,7 @@ mod tests {
             max_total_tokens = 1536
             temperature = 1.0
             lr = 1e-2
+            kl_coef = 0.05
             [eval]
             every = 0
             limit_per_gym = 1

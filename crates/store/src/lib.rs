@@ -30,6 +30,8 @@ pub use userrl_types::{
 
 /// The database used when `DATABASE_URL` is not set, relative to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/userrl.db";
+/// Steps per stored block summary (`metric_blocks`); fixed by the migrations' data, never change it.
+pub const BLOCK_STEPS: i64 = 64;
 /// Most buckets one chart query may ask for.
 pub const MAX_BUCKETS: usize = 100_000;
 /// Most transcripts one page may hold; larger limits are cut to this.

@@ -9,7 +9,7 @@ use sqlx::AssertSqlSafe;
 use crate::transcripts::Summary;
 use std::borrow::Cow;
 
-use crate::{RunStatus, Store, StoreError, StoreEvent, clean, not_found_on_fk, now_ms, on_pool, to_db};
+use crate::{BLOCK_STEPS, RunStatus, Store, StoreError, StoreEvent, clean, not_found_on_fk, now_ms, on_pool, to_db};
 
 /// Rows per multi-row INSERT: 5 parameters each stays far below SQLite's 32,766-parameter limit.
 const ROWS_PER_INSERT: usize = 1_000;
@@ -37,6 +37,27 @@ struct MetricRow<'a> {
     wall_time: i64,
     value: Option<f64>,
 }
+
+/// A batch's points within one block of one series (merged into `metric_blocks`).
+struct BlockPart {
+    first_step: i64,
+    last_step: i64,
+    min: Option<f64>,
+    max: Option<f64>,
+    count: i64,
+}
+
+/// Merges a batch's block summaries into the stored ones (min/max ignore NULL, that is NaN).
+const UPSERT_BLOCKS_TAIL: &str = " ON CONFLICT (run_id, key, block) DO UPDATE SET \
+    first_step = CASE WHEN excluded.first_step < metric_blocks.first_step \
+        THEN excluded.first_step ELSE metric_blocks.first_step END, \
+    last_step = CASE WHEN excluded.last_step > metric_blocks.last_step \
+        THEN excluded.last_step ELSE metric_blocks.last_step END, \
+    min_value = CASE WHEN metric_blocks.min_value IS NULL OR excluded.min_value < metric_blocks.min_value \
+        THEN excluded.min_value ELSE metric_blocks.min_value END, \
+    max_value = CASE WHEN metric_blocks.max_value IS NULL OR excluded.max_value > metric_blocks.max_value \
+        THEN excluded.max_value ELSE metric_blocks.max_value END, \
+    cnt = metric_blocks.cnt + excluded.cnt";
 
 /// What a batch changes on each run's row: the largest step and the latest `reward`.
 #[derive(Default)]
@@ -107,6 +128,20 @@ impl Store {
         }
         keys.sort_unstable();
         keys.dedup();
+        let mut blocks: HashMap<(i64, &str, i64), BlockPart> = HashMap::new();
+        for row in &rows {
+            let part = blocks
+                .entry((row.run_id, row.key.as_ref(), row.step.div_euclid(BLOCK_STEPS)))
+                .or_insert(BlockPart { first_step: row.step, last_step: row.step, min: None, max: None, count: 0 });
+            part.first_step = part.first_step.min(row.step);
+            part.last_step = part.last_step.max(row.step);
+            if let Some(v) = row.value {
+                part.min = Some(part.min.map_or(v, |m| m.min(v)));
+                part.max = Some(part.max.map_or(v, |m| m.max(v)));
+            }
+            part.count += 1;
+        }
+        let blocks: Vec<_> = blocks.into_iter().collect();
         let now = now_ms();
         let mut written = Written::default();
 
@@ -126,6 +161,27 @@ impl Store {
                 let mut query = sqlx::query(AssertSqlSafe(sql));
                 for (run_id, key) in chunk {
                     query = query.bind(*run_id).bind(key.as_ref());
+                }
+                query.execute(&mut *tx).await.map_err(not_found_on_fk)?;
+            }
+            for chunk in blocks.chunks(ROWS_PER_INSERT) {
+                let mut sql = insert_sql(
+                    "INSERT INTO metric_blocks (run_id, key, block, first_step, last_step, min_value, max_value, cnt)",
+                    8,
+                    chunk.len(),
+                );
+                sql.push_str(UPSERT_BLOCKS_TAIL);
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for ((run_id, key, block), part) in chunk {
+                    query = query
+                        .bind(*run_id)
+                        .bind(*key)
+                        .bind(*block)
+                        .bind(part.first_step)
+                        .bind(part.last_step)
+                        .bind(part.min)
+                        .bind(part.max)
+                        .bind(part.count);
                 }
                 query.execute(&mut *tx).await.map_err(not_found_on_fk)?;
             }

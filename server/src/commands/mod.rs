@@ -66,6 +66,9 @@ pub struct UserArgs {
     /// Keep `<think>` blocks in the user's replies (they are stripped by default).
     #[arg(long)]
     pub llm_keep_think: bool,
+    /// Ask the endpoint for JSON-constrained replies (`response_format` json_object); small models need it.
+    #[arg(long)]
+    pub llm_json: bool,
 }
 
 impl UserArgs {
@@ -88,6 +91,7 @@ impl UserArgs {
                     max_tries: self.llm_tries,
                     concurrency: self.llm_concurrency,
                     strip_think: !self.llm_keep_think,
+                    json_mode: self.llm_json,
                     ..LlmConfig::default()
                 }
                 .with_env();

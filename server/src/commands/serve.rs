@@ -21,6 +21,10 @@ pub struct Args {
     /// Checkpoints go to <runs-dir>/<run id>/ (default: <project root>/runs).
     #[arg(long, env = "USERRL_RUNS_DIR")]
     runs_dir: Option<PathBuf>,
+    /// A model to serve on the OpenAI-compatible /v1 endpoint: `PATH` or `NAME=PATH` (a .gguf file or a
+    /// checkpoint directory); repeat for several. `USERRL_API_KEY` makes /v1 require a bearer key.
+    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    models: Vec<String>,
     /// Jobs running at once; the others wait in the queue.
     #[arg(long, default_value_t = 1)]
     max_jobs: usize,
@@ -31,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
         addr: args.addr,
         database: args.database.filter(|d| !d.trim().is_empty()),
         demo: !args.no_demo,
-        models: Vec::new(),
+        models: args.models,
         runs_dir: args.runs_dir,
         max_jobs: args.max_jobs,
     };

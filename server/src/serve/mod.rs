@@ -43,9 +43,9 @@ pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result
     Ok(mount_v1(router, models).await?.layer(tower_http::trace::TraceLayer::new_for_http()))
 }
 
+/// The OpenAI-compatible /v1 endpoint, always mounted (with no models it lists none); `USERRL_API_KEY` guards it.
 async fn mount_v1(router: Router, models: &[String]) -> Result<Router> {
-    anyhow::ensure!(models.is_empty(), "--model needs the /v1 endpoint, which this build does not have yet");
-    Ok(router)
+    crate::openai::mount(router, models).await.context("loading the /v1 models")
 }
 
 /// Connects the store, marks runs left over by a previous process as interrupted, builds the job manager.
