@@ -345,6 +345,11 @@ async fn shutdown_interrupts_running_jobs_and_they_resume() {
     let (_, body) = h.launch(&long_config("long")).await;
     let id = body["id"].as_i64().unwrap();
     h.wait(id, |s| s == RunStatus::Running).await;
+    // Once it is training (a metric is logged), a stop saves a resumable checkpoint.
+    while h.store.metric_keys(id).await.unwrap().is_empty() {
+        assert_eq!(h.run(id).await.status, RunStatus::Running);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     h.manager.shutdown(Duration::from_secs(600)).await;
     let run = h.run(id).await;
     assert_eq!(run.status, RunStatus::Interrupted, "{}", run.message);
