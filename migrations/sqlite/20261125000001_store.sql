@@ -34,7 +34,7 @@ CREATE TABLE metrics (
 CREATE INDEX metrics_run_key_step ON metrics (run_id, key, step, value);
 
 -- Summaries of blocks of 64 consecutive steps (block = floor(step / 64)), kept by the writers, so a chart over a
--- long range reads one row per block instead of every point. min/max ignore NaN (NULL).
+-- long range reads one row per block instead of every point. min/max ignore NaN (NULL). Clustered by its key.
 CREATE TABLE metric_blocks (
     run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     key TEXT NOT NULL,
@@ -45,14 +45,14 @@ CREATE TABLE metric_blocks (
     max_value REAL,
     cnt INTEGER NOT NULL,
     PRIMARY KEY (run_id, key, block)
-);
+) WITHOUT ROWID;
 
 -- The distinct keys of each run, so listing them does not scan the points.
 CREATE TABLE metric_keys (
     run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     key TEXT NOT NULL,
     PRIMARY KEY (run_id, key)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE transcripts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

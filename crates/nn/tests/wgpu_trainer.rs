@@ -4,7 +4,7 @@
 
 use userrl_nn::cpu_ops::{AdamW, GrpoClip};
 use userrl_nn::train::{Objective, TrainError, TrainSequence, TrainStep, TrainableLlama, tiny_config};
-use userrl_nn::wgpu::{Device, WgpuError, WgpuTrainer};
+use userrl_nn::wgpu::{Device, WgpuError, WgpuLlama, WgpuTrainer};
 
 fn device() -> Device {
     Device::wgpu().unwrap_or_else(|e| panic!("the wgpu trainer tests need an adapter: {e}"))
@@ -61,6 +61,61 @@ fn sft_loss_curve_matches_the_cpu_trainer_over_20_steps() {
         assert!(e <= 1e-2, "weights after 20 steps: relative error {e}");
         let last = cpu.loss_and_grad(&[&b], &Objective::Sft).unwrap().loss;
         assert!(last < 0.7 * first.unwrap(), "loss {last} after 20 steps from {first:?}");
+    }
+}
+
+#[test]
+fn vocabulary_tables_past_one_binding_train_in_row_parts() {
+    // A 6 KiB binding cap: the layers' largest matrix (48×32 floats) just fits, the 64×32 embedding and LM head
+    // do not and train as parts of 48 and 16 rows (with LM-head chunks of 24 classes inside them), the way
+    // SmolLM2-360M's 189 MB embedding has to under the real 128 MiB cap.
+    let dev = device().with_binding_limit(6 << 10);
+    assert!(matches!(dev.zeros(64 * 32), Err(WgpuError::TooLarge { .. })));
+    for tied in [true, false] {
+        let mut cpu = TrainableLlama::random(&tiny_config(), 4, tied).unwrap();
+        cpu.head_chunk = 24;
+        let mut gpu = WgpuTrainer::new(&dev, &cpu).unwrap();
+        let b = batch();
+        for i in 0..5 {
+            let want = cpu.train_step(&step(vec![&b], Objective::Sft)).unwrap();
+            let got = gpu.train_step(&step(vec![&b], Objective::Sft)).unwrap();
+            assert!((got.loss - want.loss).abs() <= 1e-3, "tied {tied} step {i}: loss {} vs {}", got.loss, want.loss);
+            assert!((got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm, "step {i}: grad norm");
+        }
+        let e = rel_err(&gpu.grads().unwrap(), &cpu.grads);
+        assert!(e <= 1e-3, "tied {tied}: gradient of the last step, relative error {e}");
+        let mut back = TrainableLlama::random(&tiny_config(), 99, tied).unwrap();
+        gpu.write_into(&mut back).unwrap();
+        let e = rel_err(&back.params, &cpu.params);
+        assert!(e <= 1e-2, "tied {tied}: weights after 5 steps, relative error {e}");
+    }
+}
+
+#[test]
+fn the_inference_model_gets_the_trained_weights_on_the_device() {
+    // Under the 6 KiB cap the trainer's parts (48 + 16 rows) and the inference model's chunks (48 + 16 rows of the
+    // tables, whole layer matrices) differ from the flat layer tensors, so the copies cross boundaries.
+    let dev = device().with_binding_limit(6 << 10);
+    for tied in [true, false] {
+        let mut cpu = TrainableLlama::random(&tiny_config(), 6, tied).unwrap();
+        let mut gpu = WgpuTrainer::new(&dev, &cpu).unwrap();
+        let b = batch();
+        gpu.train_step(&step(vec![&b], Objective::Sft)).unwrap();
+        let mut live = gpu.inference_model().unwrap();
+        let prompt = [1u32, 5, 9, 5, 33, 60, 2];
+        for round in 0..2 {
+            // The reference: the same weights through the host (download, then upload as an inference model).
+            gpu.write_into(&mut cpu).unwrap();
+            let reference = WgpuLlama::new(&dev, &cpu.to_llama()).unwrap();
+            let want = reference.forward_last(&prompt, &mut reference.new_cache()).unwrap();
+            let got = live.forward_last(&prompt, &mut live.new_cache()).unwrap();
+            assert_eq!(got, want, "tied {tied}, round {round}: the device copy is not the trained weights");
+            // Train on, and refresh the existing inference model in place.
+            gpu.train_step(&step(vec![&b], Objective::Sft)).unwrap();
+            gpu.write_weights_into(&mut live).unwrap();
+        }
+        let other = WgpuTrainer::new(&dev, &TrainableLlama::random(&tiny_config(), 6, !tied).unwrap()).unwrap();
+        assert!(matches!(other.write_weights_into(&mut live), Err(WgpuError::Shape(_))));
     }
 }
 

@@ -68,7 +68,7 @@ pub struct Args {
 }
 
 /// A local model (GGUF or checkpoint) as the agent of every episode.
-fn local_agent(path: &str, max_new_tokens: usize, temperature: f32) -> Result<AgentSpec> {
+pub fn local_agent(path: &str, max_new_tokens: usize, temperature: f32) -> Result<AgentSpec> {
     let loaded = userrl_nn::checkpoint::load_model(std::path::Path::new(path))
         .with_context(|| format!("loading the agent model {path}"))?;
     let model = Arc::new(loaded.model);
@@ -86,7 +86,7 @@ fn local_agent(path: &str, max_new_tokens: usize, temperature: f32) -> Result<Ag
 }
 
 /// Parses `openai:<base URL>#<model>` into an endpoint agent.
-fn endpoint_agent(spec: &str, temperature: f32) -> Result<AgentSpec> {
+pub fn endpoint_agent(spec: &str, temperature: f32) -> Result<AgentSpec> {
     let rest = spec.strip_prefix("openai:").context(
         "--model takes `openai:<base URL>#<model>` (local GGUF and checkpoint agents come with the policy engine)",
     )?;

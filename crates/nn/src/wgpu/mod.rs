@@ -320,15 +320,34 @@ impl Device {
         Ok(())
     }
 
+    /// Rows per piece of a `[rows, cols]` matrix: as many as one storage binding holds.
+    fn rows_per_chunk(&self, cols: usize) -> Result<usize, WgpuError> {
+        let per_chunk = (self.max_binding / (cols as u64 * 4).max(1)) as usize;
+        if per_chunk == 0 {
+            return Err(WgpuError::TooLarge { bytes: cols as u64 * 4, max: self.max_binding });
+        }
+        Ok(per_chunk)
+    }
+
+    /// A zero `[rows, cols]` matrix split as [`Device::upload_matrix`] splits one.
+    pub fn zeros_matrix(&self, rows: usize, cols: usize) -> Result<Matrix, WgpuError> {
+        if rows == 0 || cols == 0 {
+            return Err(WgpuError::Shape(format!("a [{rows}, {cols}] matrix")));
+        }
+        let per_chunk = self.rows_per_chunk(cols)?;
+        let chunks = (0..rows)
+            .step_by(per_chunk)
+            .map(|start| Ok((start, self.zeros(per_chunk.min(rows - start) * cols)?)))
+            .collect::<Result<Vec<_>, WgpuError>>()?;
+        Ok(Matrix { chunks, rows, cols })
+    }
+
     /// A `[rows, cols]` row-major matrix, split by rows into pieces of at most one storage binding.
     pub fn upload_matrix(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix, WgpuError> {
         if data.len() != rows * cols || rows == 0 || cols == 0 {
             return Err(WgpuError::Shape(format!("{} values for a [{rows}, {cols}] matrix", data.len())));
         }
-        let per_chunk = (self.max_binding / (cols as u64 * 4)) as usize;
-        if per_chunk == 0 {
-            return Err(WgpuError::TooLarge { bytes: cols as u64 * 4, max: self.max_binding });
-        }
+        let per_chunk = self.rows_per_chunk(cols)?;
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < rows {

@@ -49,6 +49,28 @@ fn u32_of(what: &str, v: usize) -> Result<u32, WgpuError> {
     u32::try_from(v).map_err(|_| WgpuError::Shape(format!("{what} {v} does not fit the kernels' u32 indices")))
 }
 
+/// Rows `row0..row0 + rows` of an LM head weight `[vocab, hidden]` in their own tensor, with their gradient.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadPart<'t> {
+    pub row0: usize,
+    pub rows: usize,
+    pub w: &'t Tensor,
+    pub dw: Option<&'t Tensor>,
+}
+
+/// The vocabulary the parts cover, checking that they tile it in order and hold their rows.
+fn check_parts(parts: &[HeadPart], hidden: usize) -> Result<usize, WgpuError> {
+    let mut next = 0;
+    for p in parts {
+        if p.row0 != next {
+            return Err(WgpuError::Shape(format!("LM head parts: rows from {} where {next} was expected", p.row0)));
+        }
+        need("lm_head w", p.w.len, p.rows * hidden)?;
+        next += p.rows;
+    }
+    Ok(next)
+}
+
 impl Device {
     /// `[start, end)` of each row's sequence for sequences of `seq_lens` laid end to end (the attention kernels'
     /// causal bounds), as u32 pairs.
@@ -481,18 +503,33 @@ impl Batch<'_> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(WgpuError::Shape(format!("token id {id} is outside the table of {vocab} rows")));
         }
+        self.embedding_bwd_rows(ids, dout, dim, 0..vocab, dtable, table_off)
+    }
+
+    /// [`Batch::embedding_bwd`] into one row chunk of a table: only the ids in `rows` contribute, into row
+    /// `id - rows.start` of `dtable` (from float `table_off`).
+    pub(crate) fn embedding_bwd_rows(
+        &mut self,
+        ids: &[u32],
+        dout: &Tensor,
+        dim: usize,
+        rows: std::ops::Range<usize>,
+        dtable: &Tensor,
+        table_off: usize,
+    ) -> Result<(), WgpuError> {
         need("embedding_bwd dout", dout.len, ids.len() * dim)?;
-        need("embedding_bwd dtable", dtable.len, table_off + vocab * dim)?;
-        if ids.is_empty() {
+        need("embedding_bwd dtable", dtable.len, table_off + rows.len() * dim)?;
+        let mut order: Vec<u32> =
+            (0..u32_of("tokens", ids.len())?).filter(|&i| rows.contains(&(ids[i as usize] as usize))).collect();
+        if order.is_empty() {
             return Ok(());
         }
-        let mut order: Vec<u32> = (0..u32_of("tokens", ids.len())?).collect();
         // Stable: positions of one id stay in order, as the CPU adds them.
         order.sort_by_key(|&i| ids[i as usize]);
         let mut uniq = Vec::new();
         let mut offs = Vec::new();
         for (j, &i) in order.iter().enumerate() {
-            let id = ids[i as usize];
+            let id = ids[i as usize] - rows.start as u32;
             if uniq.last() != Some(&id) {
                 uniq.push(id);
                 offs.push(j as u32);
@@ -548,8 +585,24 @@ impl Batch<'_> {
         chunk: usize,
         state: &Tensor,
     ) -> Result<(), WgpuError> {
-        need("lm_head x", x.len, n * hidden)?;
         need("lm_head w", w.len, vocab * hidden)?;
+        self.lm_head_fwd_parts(x, n, hidden, &[HeadPart { row0: 0, rows: vocab, w, dw: None }], targets, chunk, state)
+    }
+
+    /// [`Batch::lm_head_fwd`] over a weight split into row chunks (`parts`, in order, covering the vocabulary).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lm_head_fwd_parts(
+        &mut self,
+        x: &Tensor,
+        n: usize,
+        hidden: usize,
+        parts: &[HeadPart],
+        targets: &Tensor,
+        chunk: usize,
+        state: &Tensor,
+    ) -> Result<(), WgpuError> {
+        let vocab = check_parts(parts, hidden)?;
+        need("lm_head x", x.len, n * hidden)?;
         need("lm_head targets", targets.len, n)?;
         need("lm_head state", state.len, n * HEAD_STATE)?;
         if n == 0 {
@@ -558,12 +611,15 @@ impl Batch<'_> {
         let chunk = self.head_chunk(n, vocab, chunk)?;
         let logits = self.dev.zeros(n * chunk)?;
         let (gx, _) = grid(n)?;
-        for c0 in (0..vocab).step_by(chunk) {
-            let cw = chunk.min(vocab - c0);
-            self.head_logits(x, n, hidden, w, c0, cw, &logits)?;
-            let last = c0 + cw == vocab;
-            let values = [u32_of("rows", n)?, cw as u32, u32_of("class", c0)?, u32::from(last), 0, gx];
-            self.dispatch(Kernel::HeadUpdate, &[&logits, targets, state], &values, n)?;
+        for part in parts {
+            for r0 in (0..part.rows).step_by(chunk) {
+                let cw = chunk.min(part.rows - r0);
+                let c0 = part.row0 + r0;
+                self.head_logits(x, n, hidden, part.w, r0, cw, &logits)?;
+                let last = c0 + cw == vocab;
+                let values = [u32_of("rows", n)?, cw as u32, u32_of("class", c0)?, u32::from(last), 0, gx];
+                self.dispatch(Kernel::HeadUpdate, &[&logits, targets, state], &values, n)?;
+            }
         }
         Ok(())
     }
@@ -586,13 +642,32 @@ impl Batch<'_> {
         dx: &Tensor,
         dw: &Tensor,
     ) -> Result<(), WgpuError> {
-        need("lm_head x", x.len, n * hidden)?;
         need("lm_head w", w.len, vocab * hidden)?;
+        let parts = [HeadPart { row0: 0, rows: vocab, w, dw: Some(dw) }];
+        self.lm_head_bwd_parts(x, n, hidden, &parts, targets, chunk, state, dlogp, dentropy, dx)
+    }
+
+    /// [`Batch::lm_head_bwd`] over a weight (and its gradient) split into row chunks.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lm_head_bwd_parts(
+        &mut self,
+        x: &Tensor,
+        n: usize,
+        hidden: usize,
+        parts: &[HeadPart],
+        targets: &Tensor,
+        chunk: usize,
+        state: &Tensor,
+        dlogp: &Tensor,
+        dentropy: Option<&Tensor>,
+        dx: &Tensor,
+    ) -> Result<(), WgpuError> {
+        let vocab = check_parts(parts, hidden)?;
+        need("lm_head x", x.len, n * hidden)?;
         need("lm_head targets", targets.len, n)?;
         need("lm_head state", state.len, n * HEAD_STATE)?;
         need("lm_head dlogp", dlogp.len, n)?;
         need("lm_head dx", dx.len, n * hidden)?;
-        need("lm_head dw", dw.len, vocab * hidden)?;
         if let Some(d) = dentropy {
             need("lm_head dentropy", d.len, n)?;
         }
@@ -602,17 +677,26 @@ impl Batch<'_> {
         let chunk = self.head_chunk(n, vocab, chunk)?;
         let logits = self.dev.zeros(n * chunk)?;
         let (gx, _) = grid(n)?;
-        for c0 in (0..vocab).step_by(chunk) {
-            let cw = chunk.min(vocab - c0);
-            self.head_logits(x, n, hidden, w, c0, cw, &logits)?;
-            let values = [u32_of("rows", n)?, cw as u32, u32_of("class", c0)?, 0, u32::from(dentropy.is_some()), gx];
-            let de = dentropy.unwrap_or(dlogp);
-            self.dispatch(Kernel::HeadGrad, &[&logits, targets, state, dlogp, de], &values, (n * cw).div_ceil(64))?;
-            // dx += dlogits · w_c;  dw_c += dlogitsᵀ · x
-            let (lg, wc) = (MatView::rows(&logits, 0, cw), MatView::rows(w, c0 * hidden, hidden));
-            self.matmul_strided(n, cw, hidden, 1, lg, wc, 1.0, MatView::rows(dx, 0, hidden))?;
-            let (lgt, xv) = (MatView::transposed(&logits, 0, cw), MatView::rows(x, 0, hidden));
-            self.matmul_strided(cw, n, hidden, 1, lgt, xv, 1.0, MatView::rows(dw, c0 * hidden, hidden))?;
+        for part in parts {
+            let Some(dw) = part.dw else {
+                return Err(WgpuError::Shape("lm_head_bwd needs the weight gradient of every part".into()));
+            };
+            need("lm_head dw", dw.len, part.rows * hidden)?;
+            for r0 in (0..part.rows).step_by(chunk) {
+                let cw = chunk.min(part.rows - r0);
+                let c0 = part.row0 + r0;
+                self.head_logits(x, n, hidden, part.w, r0, cw, &logits)?;
+                let has = u32::from(dentropy.is_some());
+                let values = [u32_of("rows", n)?, cw as u32, u32_of("class", c0)?, 0, has, gx];
+                let de = dentropy.unwrap_or(dlogp);
+                let groups = (n * cw).div_ceil(64);
+                self.dispatch(Kernel::HeadGrad, &[&logits, targets, state, dlogp, de], &values, groups)?;
+                // dx += dlogits · w_c;  dw_c += dlogitsᵀ · x
+                let (lg, wc) = (MatView::rows(&logits, 0, cw), MatView::rows(part.w, r0 * hidden, hidden));
+                self.matmul_strided(n, cw, hidden, 1, lg, wc, 1.0, MatView::rows(dx, 0, hidden))?;
+                let (lgt, xv) = (MatView::transposed(&logits, 0, cw), MatView::rows(x, 0, hidden));
+                self.matmul_strided(cw, n, hidden, 1, lgt, xv, 1.0, MatView::rows(dw, r0 * hidden, hidden))?;
+            }
         }
         Ok(())
     }

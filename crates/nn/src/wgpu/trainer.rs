@@ -1,23 +1,33 @@
 //! A whole training step on the wgpu backend: the `TrainableLlama` step (forward keeping the same activations,
 //! chunked LM head over the loss rows, backward, global-norm clipping, AdamW) recorded as kernels, one queue
 //! submission per micro-batch plus one for the update. Parameters, gradients and AdamW moments live on the device,
-//! one buffer per tensor of the `ParamLayout` (each within one storage binding: SmolLM2's 113 MB embedding fits);
-//! only the per-row loss statistics and the gradient norm are read back.
+//! one buffer per tensor of the `ParamLayout`; the embedding and the LM head are split by vocabulary rows into
+//! buffers of at most one storage binding (128 MiB), as the inference forward splits them. Only the per-row loss
+//! statistics and the gradient norm are read back.
 //!
 //! It follows `train.rs` op for op, so its losses and weights track the CPU trainer's to float rounding, which
 //! `tests/wgpu_trainer.rs` checks over 20 steps.
 
 use std::ops::Range;
 
-use super::{Batch, Device, Matrix, Tensor, WgpuError};
+use super::train_ops::HeadPart;
+use super::{Batch, Device, Matrix, Tensor, WgpuError, WgpuLlama};
 use crate::cpu_ops::AdamW;
 use crate::model::LlamaConfig;
 use crate::train::{Objective, ParamLayout, StepStats, TrainSequence, TrainStep, TrainableLlama, validate};
 
-/// One parameter tensor with its gradient and moments.
+/// One parameter tensor: its place in the flat layout, and its rows on the device in one or more parts.
 struct Param {
     range: Range<usize>,
     decay: bool,
+    cols: usize,
+    parts: Vec<Part>,
+}
+
+/// Rows `row0..row0 + rows` of a parameter with their gradient and AdamW moments.
+struct Part {
+    row0: usize,
+    rows: usize,
     p: Tensor,
     g: Tensor,
     m: Tensor,
@@ -96,19 +106,33 @@ impl WgpuTrainer {
         if c.head_dim() > 256 {
             return Err(WgpuError::Shape(format!("the wgpu kernels need head_dim <= 256 (got {})", c.head_dim())));
         }
+        let vocab_tables = [Some(&model.layout.embed), model.layout.lm_head.as_ref()];
         let params = model
             .layout
             .tensors()
             .into_iter()
             .map(|(_, range, decay)| {
-                Ok(Param {
-                    p: device.upload(&model.params[range.clone()])?,
-                    g: device.zeros(range.len())?,
-                    m: device.upload(&model.adam_m[range.clone()])?,
-                    v: device.upload(&model.adam_v[range.clone()])?,
-                    range,
-                    decay,
-                })
+                // Vocabulary tables are split by rows to fit the bindings; anything else is one part (and a clear
+                // TooLarge error past a binding).
+                let (rows, cols) =
+                    if vocab_tables.contains(&Some(&range)) { (c.vocab, c.hidden) } else { (1, range.len()) };
+                let per_part = ((device.max_binding / 4) as usize / cols.max(1)).max(1).min(rows);
+                let parts = (0..rows)
+                    .step_by(per_part)
+                    .map(|row0| {
+                        let n = per_part.min(rows - row0);
+                        let r = range.start + row0 * cols..range.start + (row0 + n) * cols;
+                        Ok(Part {
+                            row0,
+                            rows: n,
+                            p: device.upload(&model.params[r.clone()])?,
+                            g: device.zeros(r.len())?,
+                            m: device.upload(&model.adam_m[r.clone()])?,
+                            v: device.upload(&model.adam_v[r])?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WgpuError>>()?;
+                Ok(Param { range, decay, cols, parts })
             })
             .collect::<Result<Vec<_>, WgpuError>>()?;
         Ok(WgpuTrainer {
@@ -130,10 +154,19 @@ impl WgpuTrainer {
         &self.layout
     }
 
-    fn param(&self, r: &Range<usize>) -> &Param {
-        // Every range asked for comes from `self.layout` (private, never changed), whose tensors are exactly
-        // `self.params`.
-        self.params.iter().find(|p| p.range == *r).expect("every layout range has a device tensor")
+    /// The parts of the tensor at `r`. Every range asked for comes from `self.layout` (private, never changed),
+    /// whose tensors are exactly `self.params`, each with at least one part.
+    fn parts(&self, r: &Range<usize>) -> &[Part] {
+        &self.params.iter().find(|p| p.range == *r).expect("every layout range has a device tensor").parts
+    }
+
+    /// A tensor that is never split (everything but the vocabulary tables).
+    fn param(&self, r: &Range<usize>) -> &Part {
+        &self.parts(r)[0]
+    }
+
+    fn all_parts(&self) -> impl Iterator<Item = (&Param, &Part)> {
+        self.params.iter().flat_map(|p| p.parts.iter().map(move |part| (p, part)))
     }
 
     /// Copies the device's parameters, gradients, moments and step count back into `model` (same layout).
@@ -141,8 +174,9 @@ impl WgpuTrainer {
         if model.layout != self.layout {
             return Err(WgpuError::Shape("the model's parameter layout differs from the trainer's".into()));
         }
-        for p in &self.params {
-            let r = p.range.clone();
+        for (param, p) in self.all_parts() {
+            let start = param.range.start + p.row0 * param.cols;
+            let r = start..start + p.rows * param.cols;
             model.params[r.clone()].copy_from_slice(&self.device.download(&p.p)?);
             model.grads[r.clone()].copy_from_slice(&self.device.download(&p.g)?);
             model.adam_m[r.clone()].copy_from_slice(&self.device.download(&p.m)?);
@@ -152,11 +186,66 @@ impl WgpuTrainer {
         Ok(())
     }
 
+    /// A [`WgpuLlama`] (generation, rollouts) holding the trainer's current weights, copied on the device.
+    pub fn inference_model(&self) -> Result<WgpuLlama, WgpuError> {
+        let mut model = WgpuLlama::zeros(&self.device, &self.config, self.layout.lm_head.is_none())?;
+        self.write_weights_into(&mut model)?;
+        Ok(model)
+    }
+
+    /// Copies the trainer's current weights into `model` on the device (no round trip through the host), so that
+    /// rollouts sample from the policy just trained. `model` must have the trainer's config and tying.
+    pub fn write_weights_into(&self, model: &mut WgpuLlama) -> Result<(), WgpuError> {
+        if model.config != self.config || model.lm_head.is_some() != self.layout.lm_head.is_some() {
+            return Err(WgpuError::Shape(format!(
+                "the inference model ({:?}, tied: {}) differs from the trainer's ({:?}, tied: {})",
+                model.config,
+                model.lm_head.is_none(),
+                self.config,
+                self.layout.lm_head.is_none()
+            )));
+        }
+        let mut b = self.device.batch();
+        let mut pairs: Vec<(&Range<usize>, Pieces)> = vec![(&self.layout.embed, chunks(&model.embed))];
+        if let (Some(r), Some(m)) = (&self.layout.lm_head, &model.lm_head) {
+            pairs.push((r, chunks(m)));
+        }
+        pairs.push((&self.layout.norm, vec![(0, &model.norm)]));
+        for (s, l) in self.layout.layers.iter().zip(&model.layers) {
+            pairs.extend([
+                (&s.attn_norm, vec![(0, &l.attn_norm)]),
+                (&s.wq, chunks(&l.wq)),
+                (&s.wk, chunks(&l.wk)),
+                (&s.wv, chunks(&l.wv)),
+                (&s.wo, chunks(&l.wo)),
+                (&s.ffn_norm, vec![(0, &l.ffn_norm)]),
+                (&s.w_gate, chunks(&l.w_gate)),
+                (&s.w_up, chunks(&l.w_up)),
+                (&s.w_down, chunks(&l.w_down)),
+            ]);
+        }
+        for (range, dst) in pairs {
+            let param = self.params.iter().find(|p| p.range == *range).expect("every layout range has a device tensor");
+            // Source parts and destination chunks split the same floats differently: copy every overlap.
+            for part in &param.parts {
+                let (s0, s1) = (part.row0 * param.cols, (part.row0 + part.rows) * param.cols);
+                for &(d0, t) in &dst {
+                    let (lo, hi) = (s0.max(d0), s1.min(d0 + t.len()));
+                    if lo < hi {
+                        b.copy(&part.p, lo - s0, t, lo - d0, hi - lo)?;
+                    }
+                }
+            }
+        }
+        b.submit()
+    }
+
     /// The flat gradient buffer (layout order), as `TrainableLlama::grads`.
     pub fn grads(&self) -> Result<Vec<f32>, WgpuError> {
         let mut out = vec![0.0; self.layout.total];
-        for p in &self.params {
-            out[p.range.clone()].copy_from_slice(&self.device.download(&p.g)?);
+        for (param, p) in self.all_parts() {
+            let start = param.range.start + p.row0 * param.cols;
+            out[start..start + p.rows * param.cols].copy_from_slice(&self.device.download(&p.g)?);
         }
         Ok(out)
     }
@@ -188,7 +277,7 @@ impl WgpuTrainer {
             return Err(crate::train::TrainError::NothingMasked.into());
         }
         let mut b = self.device.batch();
-        for p in &self.params {
+        for (_, p) in self.all_parts() {
             b.clear(&p.g, 0, p.g.len())?;
         }
         b.submit()?;
@@ -204,7 +293,7 @@ impl WgpuTrainer {
         }
         total.entropy = (entropy / denom as f64) as f32;
         let mut b = self.device.batch();
-        let grads: Vec<&Tensor> = self.params.iter().map(|p| &p.g).collect();
+        let grads: Vec<&Tensor> = self.all_parts().map(|(_, p)| &p.g).collect();
         let norm = b.grad_norm(&grads)?;
         b.submit()?;
         total.grad_norm = self.device.download(&norm)?[0];
@@ -218,7 +307,7 @@ impl WgpuTrainer {
         self.step += 1;
         let mut b = self.device.batch();
         if let Some(max) = step.max_grad_norm {
-            let grads: Vec<&Tensor> = self.params.iter().map(|p| &p.g).collect();
+            let grads: Vec<&Tensor> = self.all_parts().map(|(_, p)| &p.g).collect();
             b.clip_grad_norm(&grads, &norm, max)?;
         }
         self.record_adamw(&mut b, &step.adamw)?;
@@ -227,8 +316,8 @@ impl WgpuTrainer {
     }
 
     fn record_adamw(&self, b: &mut Batch, cfg: &AdamW) -> Result<(), WgpuError> {
-        for p in &self.params {
-            let wd = if p.decay { cfg.weight_decay } else { 0.0 };
+        for (param, p) in self.all_parts() {
+            let wd = if param.decay { cfg.weight_decay } else { 0.0 };
             b.adamw(&p.p, &p.g, &p.m, &p.v, 0, p.p.len(), self.step, cfg, wd)?;
         }
         Ok(())
@@ -244,7 +333,7 @@ impl WgpuTrainer {
         let ids = d.upload_u32(&mb.ids)?;
         let bounds = d.seq_bounds(&mb.seq_lens)?;
         let positions = d.seq_positions(&mb.seq_lens)?;
-        let embed = self.param(&self.layout.embed);
+        let embed = self.parts(&self.layout.embed);
         let mut b = d.batch();
 
         // Forward, keeping what the backward needs.
@@ -252,7 +341,8 @@ impl WgpuTrainer {
         let normed = d.zeros(n * h)?;
         let proj = d.zeros(n * h)?;
         let act = d.zeros(n * f)?;
-        b.embed(&ids, n, &Matrix::whole(&embed.p, c.vocab, h)?, &x)?;
+        let table = Matrix { chunks: embed.iter().map(|p| (p.row0, p.p.clone())).collect(), rows: c.vocab, cols: h };
+        b.embed(&ids, n, &table, &x)?;
         let mut acts = Vec::with_capacity(c.layers);
         for s in &self.layout.layers {
             let a = LayerActs {
@@ -297,12 +387,16 @@ impl WgpuTrainer {
         let state = d.head_state(m)?;
         let grpo_out = d.zeros(3)?;
         if m > 0 {
-            let head = self.param(self.layout.lm_head.as_ref().unwrap_or(&self.layout.embed));
+            let head: Vec<HeadPart> = self
+                .parts(self.layout.lm_head.as_ref().unwrap_or(&self.layout.embed))
+                .iter()
+                .map(|p| HeadPart { row0: p.row0, rows: p.rows, w: &p.p, dw: Some(&p.g) })
+                .collect();
             let rows = d.upload_u32(&mb.rows)?;
             let targets = d.upload_u32(&mb.targets)?;
             let xs = d.zeros(m * h)?;
             b.embed(&rows, m, &Matrix::whole(&xf, n, h)?, &xs)?;
-            b.lm_head_fwd(&xs, m, h, &head.p, c.vocab, &targets, self.head_chunk, &state)?;
+            b.lm_head_fwd_parts(&xs, m, h, &head, &targets, self.head_chunk, &state)?;
             let dlogp = match objective {
                 Objective::Sft => d.upload(&vec![-1.0 / denom; m])?,
                 Objective::PolicyGradient => d.upload(&mb.adv.iter().map(|a| -a / denom).collect::<Vec<_>>())?,
@@ -314,7 +408,7 @@ impl WgpuTrainer {
                 }
             };
             let dxs = d.zeros(m * h)?;
-            b.lm_head_bwd(&xs, m, h, &head.p, c.vocab, &targets, self.head_chunk, &state, &dlogp, None, &dxs, &head.g)?;
+            b.lm_head_bwd_parts(&xs, m, h, &head, &targets, self.head_chunk, &state, &dlogp, None, &dxs)?;
             // Rows are distinct, so the scatter-add into the zeroed dxf places each row's gradient.
             b.embedding_bwd(&mb.rows, &dxs, h, n, &dxf, 0)?;
         }
@@ -354,7 +448,9 @@ impl WgpuTrainer {
             b.rms_norm_bwd(&dnormed, &a.x, &attn_norm.p, &a.rstd1, h, n, &dx, &attn_norm.g)?;
         }
         // With tied weights this adds to the LM head's contribution already in the same tensor.
-        b.embedding_bwd(&mb.ids, &dx, h, c.vocab, &embed.g, 0)?;
+        for p in embed {
+            b.embedding_bwd_rows(&mb.ids, &dx, h, p.row0..p.row0 + p.rows, &p.g, 0)?;
+        }
         b.submit()?;
 
         let mut stats = StepStats { tokens_processed: n, ..StepStats::default() };
@@ -375,4 +471,12 @@ impl WgpuTrainer {
         }
         Ok(stats)
     }
+}
+
+/// `(first float, tensor)` of each piece of a weight in an inference model.
+type Pieces<'a> = Vec<(usize, &'a Tensor)>;
+
+/// The pieces of a row-chunked matrix.
+fn chunks(m: &Matrix) -> Pieces<'_> {
+    m.chunks.iter().map(|(row, t)| (row * m.cols, t)).collect()
 }
