@@ -159,7 +159,12 @@ fn grpo_and_policy_gradient_over_micro_batches_match_the_cpu_trainer() {
 fn bad_batches_give_the_cpu_trainer_errors() {
     let dev = device();
     let cpu = TrainableLlama::random(&tiny_config(), 1, true).unwrap();
+    let mut broken = TrainableLlama::random(&tiny_config(), 1, true).unwrap();
+    broken.adam_v.pop();
+    assert!(matches!(WgpuTrainer::new(&dev, &broken), Err(WgpuError::Shape(_))));
     let mut gpu = WgpuTrainer::new(&dev, &cpu).unwrap();
+    let mut untied = TrainableLlama::random(&tiny_config(), 1, false).unwrap();
+    assert!(matches!(gpu.write_into(&mut untied), Err(WgpuError::Shape(_))));
     let empty: Vec<TrainSequence> = Vec::new();
     assert!(matches!(gpu.loss_and_grad(&[&empty], &Objective::Sft), Err(WgpuError::Train(TrainError::EmptyBatch))));
     let bad = vec![seq(&[1, 2, 64], 1)];

@@ -106,6 +106,14 @@ impl WgpuTrainer {
         if c.head_dim() > 256 {
             return Err(WgpuError::Shape(format!("the wgpu kernels need head_dim <= 256 (got {})", c.head_dim())));
         }
+        let total = model.layout.total;
+        for (what, len) in
+            [("params", model.params.len()), ("adam_m", model.adam_m.len()), ("adam_v", model.adam_v.len())]
+        {
+            if len != total {
+                return Err(WgpuError::Shape(format!("the model's {what} has {len} floats, its layout {total}")));
+            }
+        }
         let vocab_tables = [Some(&model.layout.embed), model.layout.lm_head.as_ref()];
         let params = model
             .layout
