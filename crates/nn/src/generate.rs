@@ -29,9 +29,15 @@ pub struct Generation {
 }
 
 /// xorshift64*: a tiny seeded generator, enough for sampling and reproducible across platforms.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
+    /// The generator a generation with this `Sampling::seed` starts from (shared with `engine`, so both sample
+    /// the same tokens).
+    pub(crate) fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
     fn next_f32(&mut self) -> f32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -40,13 +46,13 @@ impl Rng {
     }
 }
 
-fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
+pub(crate) fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
     logits[index] - max - sum.ln()
 }
 
-fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
+pub(crate) fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
     let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     if s.temperature <= 0.0 {
         return argmax();
@@ -120,7 +126,7 @@ pub fn generate_continue<M: LogitsModel>(
     sampling: &Sampling,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation, M::Error> {
-    let mut rng = Rng(sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::seeded(sampling.seed);
     let mut logits = model.forward_last(new_tokens, cache)?;
     let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
     for _ in 0..sampling.max_new_tokens {
