@@ -708,6 +708,19 @@ mod tests {
         assert!(engine.stats().tokens_generated.load(Ordering::Relaxed) >= 4);
     }
 
+    /// More sequences than one decode forward takes: they go through in groups, each still exact.
+    #[test]
+    fn more_sequences_than_decode_rows_stay_exact() {
+        let model = tiny(128);
+        let config = EngineConfig { prefill_chunk: 16, decode_rows: 16, ..EngineConfig::default() };
+        let engine = Engine::new(model.clone(), config).unwrap();
+        let requests: Vec<Request> = (0..21u32).map(|i| request(&[i + 1, (i * 7) % 60 + 1], 9, 0.0, 0)).collect();
+        let streams: Vec<Stream> = requests.iter().map(|r| engine.generate(r.clone()).unwrap()).collect();
+        for (stream, r) in streams.into_iter().zip(&requests) {
+            assert_eq!(stream.wait().unwrap().0, generate(&model, &r.tokens, &r.stop, &r.sampling).unwrap());
+        }
+    }
+
     /// A long prompt prefilled in small chunks, beside decoding sequences, gives the same tokens.
     #[test]
     fn chunked_prefill_gives_the_same_tokens() {
