@@ -24,6 +24,7 @@ lint: setup
 test: lint
 	mkdir -p -m700 /tmp/xdg-$$(id -u)
 	WGPU_BACKEND=$${WGPU_BACKEND:-vulkan} XDG_RUNTIME_DIR=/tmp/xdg-$$(id -u) cargo test --workspace
+	scripts/test-postgres cargo test -p userrl-store
 
 fmt:
 	cargo fmt --all

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod gyms;
 pub mod play;
+pub mod serve;
 pub mod sft_data;
 pub mod train;
 
