@@ -391,3 +391,29 @@ async fn an_empty_store_starts_the_quickstart_demo_once() {
     h.manager.cancel(id).await.unwrap();
     assert_eq!(h.wait(id, |s| !s.is_live()).await.status, RunStatus::Cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_site_serves_pages_the_api_and_v1_together() {
+    let h = harness("site", 1).await;
+    let id = h
+        .launch("name = \"site-eval\"\n[evaluate]\nagent = \"random\"\ngyms = [\"turtle\"]\nlimit_per_gym = 1\n")
+        .await
+        .1["id"]
+        .as_i64()
+        .unwrap();
+    h.wait(id, |s| !s.is_live()).await;
+    let site = userrl_server::serve::app(h.store.clone(), h.manager.clone(), &[]).await.unwrap();
+    let get = |uri: &str| site.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap());
+    let page = get("/").await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&html).contains("site-eval"), "the runs page does not list the run");
+    let api = get("/api/runs").await.unwrap();
+    assert_eq!(api.status(), StatusCode::OK);
+    let unknown = get("/api/no/such/route").await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let models = get("/v1/models").await.unwrap();
+    assert_eq!(models.status(), StatusCode::OK);
+    let checkpoints = get(&format!("/api/runs/{id}/checkpoints")).await.unwrap();
+    assert_eq!(checkpoints.status(), StatusCode::OK);
+}

@@ -2,7 +2,8 @@
 //! scripted user over every gym on one thread and counts env steps per second; `llm` starts a local
 //! OpenAI-compatible test server with a fixed latency and measures how much latency our client adds at a
 //! given number of requests in flight. `nn` measures the policy engine's CPU backend (matmul, prefill, decode
-//! at batch 1 and batch N) on SmolLM2. `openai` serves a model through the /v1 API on a local port and measures
+//! at batch 1 and batch N) on SmolLM2. `serve` measures the web server (runs page, chart data; see
+//! `serve::bench`). `openai` serves a model through the /v1 API on a local port and measures
 //! time to first token and total tokens/s at 1, 8, 32 concurrent streamed requests (the engine's batching).
 
 use std::sync::Arc;
@@ -81,6 +82,47 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The web server in-process on a temporary database: runs-page SSR latency under concurrent
+    /// connections, and chart data for a run with a million points.
+    Serve {
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Runs-page requests in total.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Runs listed on the page.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Points of the big run's reward curve.
+        #[arg(long, default_value_t = 1_000_000)]
+        points: usize,
+        /// Chart-data requests, one at a time.
+        #[arg(long, default_value_t = 50)]
+        chart_requests: usize,
+        #[arg(long, default_value_t = 800)]
+        buckets: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bench_serve(options: &crate::serve::bench::ServeBenchOptions, json_out: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(crate::serve::bench::run(options))?;
+    if json_out {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let line = |name: &str, l: &crate::serve::bench::Latency| {
+            println!(
+                "{name:<34} {:>7} req  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  {:>8.0} req/s",
+                l.requests, l.p50_ms, l.p99_ms, l.max_ms, l.requests_per_s
+            )
+        };
+        line(&format!("runs page ({} runs, {} conns)", report.runs, report.connections), &report.runs_page);
+        line(&format!("chart data ({} pts, {} buckets)", report.points, report.buckets), &report.chart_data);
+        println!("filled the database in {:.1} s; runs page {} bytes", report.fill_seconds, report.runs_page_bytes);
+    }
+    Ok(())
 }
 
 pub fn run(command: Command) -> Result<()> {
@@ -92,6 +134,11 @@ pub fn run(command: Command) -> Result<()> {
             bench_nn(&model, &opts, json)
         }
         Command::Openai { model, streams, max_tokens, json } => bench_openai(&model, &streams, max_tokens, json),
+        Command::Serve { connections, requests, runs, points, chart_requests, buckets, json } => {
+            let options =
+                crate::serve::bench::ServeBenchOptions { connections, requests, runs, points, chart_requests, buckets };
+            bench_serve(&options, json)
+        }
     }
 }
 

@@ -40,11 +40,7 @@ pub struct JobOptions {
 }
 
 /// A launch refused before anything was created: the config key at fault (when known) and what is wrong.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LaunchError {
-    pub field: Option<String>,
-    pub message: String,
-}
+pub use userrl_app::LaunchError;
 
 /// What a run does.
 enum Job {
@@ -460,5 +456,25 @@ impl JobManager {
         tracing::info!(run = run_id, "resuming");
         self.start(run_id, Job::Train { config: Box::new(config), resume: true });
         Ok(())
+    }
+}
+
+/// The web app's launcher is the job manager itself.
+#[async_trait::async_trait]
+impl userrl_app::RunLauncher for JobManager {
+    fn presets(&self) -> Vec<(String, String)> {
+        JobManager::presets(self)
+    }
+
+    async fn launch(&self, config_toml: &str) -> Result<i64, LaunchError> {
+        JobManager::launch(self, config_toml).await
+    }
+
+    async fn cancel(&self, run_id: i64) -> Result<(), String> {
+        JobManager::cancel(self, run_id).await
+    }
+
+    async fn resume(&self, run_id: i64) -> Result<(), String> {
+        JobManager::resume(self, run_id).await
     }
 }

@@ -3,16 +3,19 @@
 //! default and its mutating routes have no auth yet (the admin auth of issue 6 comes later).
 
 pub mod api;
+pub mod bench;
 pub mod evaljob;
 pub mod jobs;
 pub mod paths;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use userrl_app::{AppContext, RunLauncher};
 use userrl_store::Store;
 
 pub use jobs::{JobManager, JobOptions};
@@ -37,9 +40,12 @@ pub fn default_database_url() -> String {
     format!("sqlite://{}", paths::project_root().join("data").join("userrl.db").display())
 }
 
-/// The whole site: the JSON API and, when models are given, the OpenAI-compatible /v1 endpoint.
+/// The whole site: the web app (pages, server functions, /pkg, SSE, exports), the JSON API and the
+/// OpenAI-compatible /v1 endpoint (serving `models`).
 pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result<Router> {
-    let router = api::router(api::ApiState { store, jobs: manager });
+    let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
+    let site = userrl_app::site_router(AppContext { store: store.clone(), launcher }, userrl_app::site_options());
+    let router = api::router(api::ApiState { store, jobs: manager }).merge(site);
     Ok(mount_v1(router, models).await?.layer(tower_http::trace::TraceLayer::new_for_http()))
 }
 
