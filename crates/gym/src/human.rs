@@ -865,11 +865,12 @@ impl HumanChannel {
             id
         };
         self.bump();
+        let _withdraw = Withdraw { channel: self, id };
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(UserError::Gone(self.abandoned().unwrap_or_else(|| "the prompt was withdrawn".into()))),
             Err(_) => {
-                let why = format!("no answer within {} s", self.timeout.as_secs());
+                let why = format!("no answer within {:?}", self.timeout);
                 let mut state = self.lock();
                 if state.open.as_ref().is_some_and(|o| o.prompt.id == id) {
                     state.open = None;
@@ -879,6 +880,24 @@ impl HumanChannel {
                 self.bump();
                 Err(UserError::Gone(why))
             }
+        }
+    }
+}
+
+/// Withdraws the open prompt when the episode stops waiting for it for any reason, including being dropped (a
+/// cancelled run), so the browser never sees a prompt nobody waits for.
+struct Withdraw<'a> {
+    channel: &'a HumanChannel,
+    id: u64,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        let mut state = self.channel.lock();
+        if state.open.as_ref().is_some_and(|o| o.prompt.id == self.id) {
+            state.open = None;
+            drop(state);
+            self.channel.bump();
         }
     }
 }

@@ -236,3 +236,16 @@ async fn prompts_and_answers_travel_as_json() {
     // Strongly Agree (1) → Neutral (4): three levels, the gym's reward for them.
     assert!((t.turns[0].reward - 0.5).abs() < 1e-9, "{}", t.turns[0].reward);
 }
+
+#[tokio::test]
+async fn a_cancelled_episode_withdraws_its_prompt() {
+    let (channel, episode) = start(GymKind::Telepathy);
+    let prompt = channel.next_prompt().await.unwrap();
+    episode.abort();
+    assert!(episode.await.unwrap_err().is_cancelled());
+    assert_eq!(channel.pending(), None);
+    assert_eq!(
+        channel.answer(prompt.id, &HumanAnswer::new().text("answer", "yes")),
+        Err(HumanError::NotOpen(prompt.id))
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use userrl_gym::eval::run_episode;
-use userrl_gym::gyms::{Catalog, GymKind, intention, search, tau, telepathy, travel, turtle};
+use userrl_gym::gyms::{Catalog, Gym, GymKind, intention, search, tau, telepathy, travel, turtle};
 use userrl_gym::human::{HumanAnswer, HumanChannel, HumanPrompt, HumanUser, Plan, plan};
 use userrl_gym::user::ScriptedUser;
 use userrl_gym::{
@@ -110,19 +110,13 @@ struct HumanRun {
 }
 
 /// The gym's expert, or the random agent (which also sends wrong answers, so judges get asked).
-fn agent(kind: GymKind, task: &str, seed: u64, expert: bool) -> Box<dyn Agent> {
-    if expert {
-        let catalog = Catalog::builtin(&[kind]).unwrap();
-        catalog.get(kind).unwrap().expert(task, seed).unwrap()
-    } else {
-        Box::new(RandomAgent::new(kind, seed))
-    }
+fn agent(gym: &dyn Gym, task: &str, seed: u64, expert: bool) -> Box<dyn Agent> {
+    if expert { gym.expert(task, seed).unwrap() } else { Box::new(RandomAgent::new(gym.kind(), seed)) }
 }
 
 /// Plays one task against a person who follows the script.
-async fn human_episode(kind: GymKind, task: &str, config: &EnvConfig, expert: bool) -> HumanRun {
-    let catalog = Catalog::builtin(&[kind]).unwrap();
-    let gym = catalog.get(kind).unwrap();
+async fn human_episode(gym: &dyn Gym, task: &str, config: &EnvConfig, expert: bool) -> HumanRun {
+    let kind = gym.kind();
     let channel = HumanChannel::new(Duration::from_secs(30));
     let (script, mut sheet) = mpsc::unbounded_channel();
     let user = Arc::new(Prompter { human: HumanUser::new(channel.clone()), script });
@@ -143,31 +137,30 @@ async fn human_episode(kind: GymKind, task: &str, config: &EnvConfig, expert: bo
             }
         })
     };
-    let mut agent = agent(kind, task, config.seed, expert);
-    let transcript = run_episode(gym.as_ref(), task, agent.as_mut(), user, config).await.unwrap();
+    let mut agent = agent(gym, task, config.seed, expert);
+    let transcript = run_episode(gym, task, agent.as_mut(), user, config).await.unwrap();
     person.abort();
     let prompts = *prompts.lock().await;
     HumanRun { transcript, prompts }
 }
 
-async fn scripted_episode(kind: GymKind, task: &str, config: &EnvConfig, expert: bool) -> Transcript {
-    let catalog = Catalog::builtin(&[kind]).unwrap();
-    let gym = catalog.get(kind).unwrap();
-    let mut agent = agent(kind, task, config.seed, expert);
-    run_episode(gym.as_ref(), task, agent.as_mut(), Arc::new(ScriptedUser), config).await.unwrap()
+async fn scripted_episode(gym: &dyn Gym, task: &str, config: &EnvConfig, expert: bool) -> Transcript {
+    let mut agent = agent(gym, task, config.seed, expert);
+    run_episode(gym, task, agent.as_mut(), Arc::new(ScriptedUser), config).await.unwrap()
 }
 
 /// The person's episode has the scripted episode's turns, rewards, score, success and ending.
 async fn same_as_scripted(kind: GymKind) {
     let catalog = Catalog::builtin(&[kind]).unwrap();
-    let tasks = catalog.get(kind).unwrap().task_ids(None);
+    let gym = catalog.get(kind).unwrap().as_ref();
+    let tasks = gym.task_ids(None);
     assert!(!tasks.is_empty());
     let mut prompts = 0;
     for (n, task) in tasks.iter().take(TASKS_PER_GYM).enumerate() {
         for expert in [true, false] {
             let config = EnvConfig { seed: 7 + n as u64, ..EnvConfig::default() };
-            let scripted = scripted_episode(kind, task, &config, expert).await;
-            let human = human_episode(kind, task, &config, expert).await;
+            let scripted = scripted_episode(gym, task, &config, expert).await;
+            let human = human_episode(gym, task, &config, expert).await;
             let t = &human.transcript;
             let who = if expert { "expert" } else { "random" };
             assert_eq!(t.turns, scripted.turns, "{kind} {task} {who}");
