@@ -253,14 +253,15 @@ impl Read<'_> {
 type Convert = Box<dyn Fn(&HumanAnswer) -> Result<UserReply, HumanError> + Send + Sync>;
 
 /// A prompt before the channel numbers it, with the rule that turns an answer into the gym's reply.
+/// Its parts are private so the controls and the rule that reads them cannot drift apart.
 pub struct Draft {
-    pub gym: GymKind,
-    pub task_id: String,
-    pub instruction: String,
-    pub message: String,
-    pub context: Vec<Shown>,
-    pub history: Vec<Line>,
-    pub controls: Vec<Control>,
+    gym: GymKind,
+    task_id: String,
+    instruction: String,
+    message: String,
+    context: Vec<Shown>,
+    history: Vec<Line>,
+    controls: Vec<Control>,
     convert: Convert,
 }
 
@@ -271,7 +272,8 @@ impl Draft {
         (self.convert)(answer)
     }
 
-    fn prompt(&self, id: u64) -> HumanPrompt {
+    /// The prompt as the browser will see it under `id`.
+    pub fn prompt(&self, id: u64) -> HumanPrompt {
         HumanPrompt {
             id,
             gym: self.gym,
