@@ -11,10 +11,10 @@ setup:
 build: setup
 	cargo build --release
 
-# Until the web app lands, `run` shows the gyms and plays the experts over every test task.
+# The web app at http://127.0.0.1:3000 (on an empty database the quickstart run starts; see README).
 run: build
-	./target/release/userrl gyms
-	./target/release/userrl eval --agent expert --gyms all --split test --user scripted
+	scripts/build-site --release
+	./target/release/userrl serve
 
 lint: setup
 	cargo fmt --all -- --check

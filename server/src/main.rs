@@ -1,11 +1,10 @@
 //! `userrl`: the command-line entry point. Lists the gyms, plays one in the terminal, evaluates agents
-//! across gyms and users, imports the original UserRL task files, generates with the policy model, and runs the
-//! benchmarks.
-
-mod commands;
+//! across gyms and users, imports the original UserRL task files, generates with the policy model, serves the
+//! web app with its job manager, and runs the benchmarks.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use userrl_server::commands;
 
 #[derive(Parser)]
 #[command(name = "userrl", version, about = "Train and evaluate user-centric interactive agents (UserRL gyms)")]
@@ -33,6 +32,8 @@ enum Command {
         #[command(subcommand)]
         command: commands::data::Command,
     },
+    /// Serve the web app, the JSON API and the job manager (http://127.0.0.1:3000 by default).
+    Serve(commands::serve::Args),
     /// Benchmarks: gym step throughput, LLM-client overhead, the policy engine on the CPU.
     Bench {
         #[command(subcommand)]
@@ -44,7 +45,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,userrl_server::serve=info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -58,6 +59,7 @@ fn main() -> Result<()> {
         Command::Train(args) => commands::train::run(args),
         Command::SftData(args) => commands::sft_data::run(args),
         Command::Data { command } => commands::data::run(command),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Bench { command } => commands::bench::run(command),
     }
 }

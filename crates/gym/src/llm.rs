@@ -56,6 +56,9 @@ pub struct LlmConfig {
     pub strip_think: bool,
     /// `None`: cache when `temperature == 0`.
     pub cache: Option<bool>,
+    /// Ask for `response_format: {"type": "json_object"}` (every gym prompt wants JSON): servers that support it
+    /// (OpenAI, vLLM, llama.cpp, userrl's /v1) then constrain the reply to JSON, which small models need.
+    pub json_mode: bool,
 }
 
 impl Default for LlmConfig {
@@ -72,6 +75,7 @@ impl Default for LlmConfig {
             concurrency: 256,
             strip_think: true,
             cache: None,
+            json_mode: false,
         }
     }
 }
@@ -215,7 +219,7 @@ impl LlmClient {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
-        let body = json!({
+        let mut body = json!({
             "model": self.config.model,
             "messages": [
                 {"role": "system", "content": prompt.system},
@@ -224,6 +228,9 @@ impl LlmClient {
             "temperature": self.config.temperature,
             "max_tokens": prompt.max_tokens.unwrap_or(self.config.max_tokens),
         });
+        if self.config.json_mode {
+            body["response_format"] = json!({"type": "json_object"});
+        }
         let message = self.request(&body).await?;
         // Servers with a reasoning parser put the thinking in its own field; the answer is `content`.
         let Some(text) = message["content"].as_str() else {

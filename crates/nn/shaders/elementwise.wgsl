@@ -1,4 +1,6 @@
-// Element-wise kernels: SwiGLU (a = silu(a) · b, model.rs's gate/up step) and the residual add (a += b).
+// Element-wise kernels: SwiGLU (a = silu(a) · b, model.rs's gate/up step) and the residual add (a += b); for
+// training, SwiGLU into a separate output (a = silu(b) · c, keeping gate and up) and its backward
+// (cpu_ops `swiglu_bwd`: a = dgate, d = dup from e = dout, b = gate, c = up, both overwritten).
 // Large arrays arrive as a 2D grid of 64-wide workgroups.
 
 struct Params {
@@ -11,6 +13,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> d: array<f32>;
+@group(0) @binding(5) var<storage, read> e: array<f32>;
 
 @compute @workgroup_size(64)
 fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -29,4 +34,28 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     a[i] = a[i] + b[i];
+}
+
+@compute @workgroup_size(64)
+fn swiglu_out(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= p.n) {
+        return;
+    }
+    let g = b[i];
+    a[i] = g / (1.0 + exp(-g)) * c[i];
+}
+
+@compute @workgroup_size(64)
+fn swiglu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= p.n) {
+        return;
+    }
+    let g = b[i];
+    let u = c[i];
+    let dy = e[i];
+    let s = 1.0 / (1.0 + exp(-g));
+    d[i] = dy * g * s;
+    a[i] = dy * u * s * (1.0 + g * (1.0 - s));
 }

@@ -14,7 +14,7 @@ struct Params {
     y_off: u32,    // y index of output (0, 0)
     ldy: u32,      // row stride of y, in floats
     groups_x: u32, // workgroups dispatched along x
-    _pad: u32,
+    w_off4: u32,   // first float of w, in vec4 units (a window of a larger tensor)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -44,10 +44,10 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let xb = p.x_off4 + min(r0 + 1u, p.m - 1u) * p.k4;
     let xc = p.x_off4 + min(r0 + 2u, p.m - 1u) * p.k4;
     let xd = p.x_off4 + min(r0 + 3u, p.m - 1u) * p.k4;
-    let wa = c0 * p.k4;
-    let wb = min(c0 + 1u, p.n - 1u) * p.k4;
-    let wc = min(c0 + 2u, p.n - 1u) * p.k4;
-    let wd = min(c0 + 3u, p.n - 1u) * p.k4;
+    let wa = p.w_off4 + c0 * p.k4;
+    let wb = p.w_off4 + min(c0 + 1u, p.n - 1u) * p.k4;
+    let wc = p.w_off4 + min(c0 + 2u, p.n - 1u) * p.k4;
+    let wd = p.w_off4 + min(c0 + 3u, p.n - 1u) * p.k4;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -89,7 +89,7 @@ fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let xr = p.x_off4 + r * p.k4;
     var wr: array<u32, 8>;
     for (var j = 0u; j < 8u; j++) {
-        wr[j] = min(c0 + j, p.n - 1u) * p.k4;
+        wr[j] = p.w_off4 + min(c0 + j, p.n - 1u) * p.k4;
     }
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);

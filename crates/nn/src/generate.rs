@@ -29,9 +29,15 @@ pub struct Generation {
 }
 
 /// xorshift64*: a tiny seeded generator, enough for sampling and reproducible across platforms.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
+    /// The generator a generation with this `Sampling::seed` starts from (shared with `engine`, so both sample
+    /// the same tokens).
+    pub(crate) fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
     fn next_f32(&mut self) -> f32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -40,47 +46,79 @@ impl Rng {
     }
 }
 
-fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
+pub(crate) fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
     logits[index] - max - sum.ln()
 }
 
-fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
+/// Candidates ordered for a top-p draw without top-k; more are ordered only when the nucleus reaches past them.
+const NUCLEUS_CANDIDATES: usize = 1024;
+
+/// Draws a token: greedy at temperature 0, else from the tempered softmax restricted to the top-k and then to the
+/// top-p nucleus. Only the candidates are ordered (a full sort of a 49k vocabulary per token would cost more than
+/// a batched decode step's share of the forward).
+pub(crate) fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
+    let n = logits.len();
     let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-    if s.temperature <= 0.0 {
+    if s.temperature <= 0.0 || n == 0 {
         return argmax();
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if s.top_k > 0 {
-        order.truncate(s.top_k);
-    }
-    let max = logits[order[0]];
-    let mut probs: Vec<f32> = order.iter().map(|&i| ((logits[i] - max) / s.temperature).exp()).collect();
-    let total: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if s.top_p < 1.0 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |l: f32| f64::from(((l - max) / s.temperature).exp());
+    let k = if s.top_k > 0 { s.top_k.min(n) } else { n };
+    if k == n && s.top_p >= 1.0 {
+        // The whole vocabulary: no order needed.
+        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let r = f64::from(rng.next_f32()) * total;
         let mut cumulative = 0.0;
-        let keep = probs.iter().position(|p| {
-            cumulative += p;
-            cumulative >= s.top_p
-        });
-        let keep = keep.map_or(probs.len(), |k| k + 1);
-        probs.truncate(keep);
-        order.truncate(keep);
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-    }
-    let r = rng.next_f32();
-    let mut cumulative = 0.0;
-    for (p, &i) in probs.iter().zip(&order) {
-        cumulative += p;
-        if r < cumulative {
-            return i;
+        for (i, &l) in logits.iter().enumerate() {
+            cumulative += weight(l);
+            if r < cumulative {
+                return i;
+            }
         }
+        return argmax();
     }
-    order[order.len() - 1]
+    // Without top-k the nucleus is a share of the whole vocabulary's mass.
+    let total_all = (k == n).then(|| logits.iter().map(|&l| weight(l)).sum::<f64>());
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]);
+    let mut m = if k < n { k } else { NUCLEUS_CANDIDATES.min(n) };
+    loop {
+        let mut order: Vec<usize> = (0..n).collect();
+        if m < n {
+            order.select_nth_unstable_by(m - 1, by_logit);
+            order.truncate(m);
+        }
+        order.sort_unstable_by(by_logit);
+        let probs: Vec<f64> = order.iter().map(|&i| weight(logits[i])).collect();
+        let total = total_all.unwrap_or_else(|| probs.iter().sum());
+        let mut keep = probs.len();
+        if s.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            match probs.iter().position(|p| {
+                cumulative += p / total;
+                cumulative >= f64::from(s.top_p)
+            }) {
+                Some(i) => keep = i + 1,
+                None if m < k => {
+                    m = k;
+                    continue;
+                }
+                None => {}
+            }
+        }
+        let kept: f64 = probs[..keep].iter().sum();
+        let r = f64::from(rng.next_f32()) * kept;
+        let mut cumulative = 0.0;
+        for (p, &i) in probs[..keep].iter().zip(&order) {
+            cumulative += p;
+            if r < cumulative {
+                return i;
+            }
+        }
+        return order[keep - 1];
+    }
 }
 
 pub fn generate(model: &Llama, prompt: &[u32], stop: &[u32], sampling: &Sampling) -> Result<Generation, ModelError> {
@@ -120,7 +158,7 @@ pub fn generate_continue<M: LogitsModel>(
     sampling: &Sampling,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation, M::Error> {
-    let mut rng = Rng(sampling.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::seeded(sampling.seed);
     let mut logits = model.forward_last(new_tokens, cache)?;
     let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
     for _ in 0..sampling.max_new_tokens {
@@ -141,4 +179,48 @@ pub fn generate_continue<M: LogitsModel>(
         logits = model.forward_last(&[next as u32], cache)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frequencies(logits: &[f32], s: &Sampling, draws: usize) -> Vec<f64> {
+        let mut rng = Rng::seeded(s.seed);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[sample(logits, s, &mut rng)] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    /// Draws follow the tempered softmax, cut to the top-k and the top-p nucleus.
+    #[test]
+    fn sampling_follows_temperature_top_k_and_top_p() {
+        let logits: Vec<f32> = (0..2000).map(|i| if i < 4 { i as f32 } else { -4.0 - (i % 7) as f32 }).collect();
+        let softmax = |t: f32, ids: &[usize]| -> Vec<f64> {
+            let w: Vec<f64> = ids.iter().map(|&i| f64::from(((logits[i] - 3.0) / t).exp())).collect();
+            let z: f64 = w.iter().sum();
+            w.iter().map(|x| x / z).collect()
+        };
+        let base = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3, max_new_tokens: 1 };
+        let all: Vec<usize> = (0..logits.len()).collect();
+        let want = softmax(1.0, &all);
+        let got = frequencies(&logits, &base, 40_000);
+        for i in 0..4 {
+            assert!((got[i] - want[i]).abs() < 0.01, "token {i}: {} vs {}", got[i], want[i]);
+        }
+        // top-k 2: only the two best, in their renormalised proportions.
+        let got = frequencies(&logits, &Sampling { top_k: 2, ..base.clone() }, 20_000);
+        let want = softmax(1.0, &[3, 2]);
+        assert!((got[3] - want[0]).abs() < 0.01 && (got[2] - want[1]).abs() < 0.01, "{:?}", &got[..4]);
+        assert!(got.iter().enumerate().all(|(i, &f)| i >= 2 || f == 0.0));
+        // top-p 0.5 at temperature 0.5: the best token alone holds more than half of the mass.
+        let got = frequencies(&logits, &Sampling { top_p: 0.5, temperature: 0.5, ..base.clone() }, 2_000);
+        assert_eq!(got[3], 1.0);
+        // A nucleus wider than the first candidates (flat logits): every token can come.
+        let flat = vec![0.0f32; 3000];
+        let got = frequencies(&flat, &Sampling { top_p: 0.9, ..base }, 30_000);
+        assert!(got.iter().filter(|&&f| f > 0.0).count() > 2000);
+    }
 }

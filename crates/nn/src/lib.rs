@@ -9,6 +9,7 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod cpu_ops;
+pub mod engine;
 pub mod export;
 pub mod generate;
 pub mod gguf;

@@ -202,7 +202,7 @@ pub struct StepStats {
     pub clipped: usize,
 }
 
-fn validate(seqs: &[TrainSequence], objective: &Objective, c: &LlamaConfig) -> Result<usize, TrainError> {
+pub(crate) fn validate(seqs: &[TrainSequence], objective: &Objective, c: &LlamaConfig) -> Result<usize, TrainError> {
     if seqs.is_empty() {
         return Err(TrainError::EmptyBatch);
     }

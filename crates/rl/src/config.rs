@@ -232,13 +232,17 @@ impl Default for EvalConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
+    /// A resumable checkpoint every this many GRPO steps (and at the end of SFT); 0: only the final model.
     pub every: usize,
+    /// A resumable checkpoint every this many SFT steps (0: only at the end of SFT). Optimizer state is
+    /// three times the model, so SFT steps, which are short, are not checkpointed one by one by default.
+    pub sft_every: usize,
     pub dir: String,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { every: 1, dir: "runs".into() }
+        CheckpointConfig { every: 1, sft_every: 0, dir: "runs".into() }
     }
 }
 
@@ -360,6 +364,12 @@ impl RunConfig {
             if g.kl_coef < 0.0 || g.entropy_coef < 0.0 || g.weight_decay < 0.0 {
                 return Err(invalid("grpo.kl_coef", "kl_coef, entropy_coef and weight_decay must be >= 0"));
             }
+            if g.entropy_coef != 0.0 {
+                return Err(invalid(
+                    "grpo.entropy_coef",
+                    "an entropy bonus is not implemented (entropy is logged as a metric); leave it at 0",
+                ));
+            }
             if g.temperature < 0.0 || !(g.top_p > 0.0 && g.top_p <= 1.0) {
                 return Err(invalid("grpo.temperature", "temperature must be >= 0 and top_p in (0, 1]"));
             }
@@ -416,6 +426,10 @@ mod tests {
         let err =
             RunConfig::from_toml(&MINIMAL.replace("mini_batches = 2", "mini_batches = 3")).unwrap_err().to_string();
         assert!(err.contains("grpo.mini_batches"), "{err}");
+        let err = RunConfig::from_toml(&MINIMAL.replace("group_size = 4", "group_size = 4\nentropy_coef = 0.01"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpo.entropy_coef") && err.contains("not implemented"), "{err}");
         let no_model = MINIMAL.replace("path = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"", "");
         assert!(RunConfig::from_toml(&no_model).unwrap_err().to_string().contains("`model`"));
         assert!(matches!(RunConfig::from_file(Path::new("/nonexistent.toml")), Err(ConfigError::Io { .. })));

@@ -5,7 +5,10 @@
 
 pub mod config;
 pub mod events;
+pub mod kl;
+pub mod resume;
 pub mod rollout;
 pub mod sft_data;
 pub mod shaping;
 pub mod train;
+pub mod transcript;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use userrl_gym::agent::{Message, Role};
 use userrl_gym::env::{EnvConfig, Episode, Termination, Transcript};
-use userrl_gym::tool::{self, Choice};
+use userrl_gym::tool;
 use userrl_gym::{Gym, GymError, GymKind, User};
 use userrl_nn::generate::{Generation, Sampling};
 use userrl_nn::model::ModelError;
@@ -104,8 +104,16 @@ pub struct Trajectory {
     /// One reward per assistant turn (0 for a final turn without a tool call).
     pub turn_rewards: Vec<f64>,
     pub prompt_len: usize,
+    /// The system turn as the policy saw it (the gym's prompt with the tool block).
+    pub system: String,
+    /// The tool response each turn got (with the reward line in training); `None` for a turn without a call
+    /// or one cut by the token limit.
+    pub tool_responses: Vec<Option<String>>,
     pub termination: Termination,
     pub extra_calls: usize,
+    /// Seconds each gym step took (the user's answer: microseconds for the scripted user, a round trip for an
+    /// LLM or a person).
+    pub step_seconds: Vec<f64>,
     pub transcript: Transcript,
 }
 
@@ -115,6 +123,22 @@ impl Trajectory {
         let mut bounds = self.turn_starts.clone();
         bounds.push(self.tokens.len());
         bounds.windows(2).map(|w| self.response_mask[w[0]..w[1]].iter().filter(|m| **m == 1).count()).collect()
+    }
+
+    /// One advantage per token: each turn's policy tokens get that turn's value (the shaping's
+    /// `turn_advantages`), every other token 0.
+    pub fn token_advantages(&self, per_turn: &[f64]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.tokens.len()];
+        for (turn, &start) in self.turn_starts.iter().enumerate() {
+            let end = self.turn_starts.get(turn + 1).copied().unwrap_or(self.tokens.len());
+            let value = per_turn.get(turn).copied().unwrap_or(0.0) as f32;
+            for (o, m) in out[start..end].iter_mut().zip(&self.response_mask[start..end]) {
+                if *m == 1 {
+                    *o = value;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -267,21 +291,17 @@ pub async fn rollout(
     let im_end = tokenizer.token_id("<|im_end|>").ok_or(RolloutError::MissingToken("<|im_end|>"))?;
     let env = gym.new_env(task_id, &config.env, user)?;
     let mut episode = Episode::new(env, config.env.clone());
-    let prompt = tokenizer.render_chat(
-        &[
-            ChatMessage::new("system", &system_with_tools(&gym.system_prompt())),
-            ChatMessage::new("user", &episode.opening()),
-        ],
-        true,
-    )?;
+    let system = system_with_tools(&gym.system_prompt());
+    let prompt = tokenizer
+        .render_chat(&[ChatMessage::new("system", &system), ChatMessage::new("user", &episode.opening())], true)?;
     let mut tokens = tokenizer.encode(&prompt)?;
     let prompt_len = tokens.len();
     let mut response_mask = vec![0u8; prompt_len];
     let mut sampled_logprobs = vec![0.0f32; prompt_len];
-    let (mut turn_starts, mut turn_rewards) = (Vec::new(), Vec::new());
+    let (mut turn_starts, mut turn_rewards, mut tool_responses) = (Vec::new(), Vec::new(), Vec::new());
     let mut extra_calls = 0;
+    let mut step_seconds = Vec::new();
     let mut ended: Option<Termination> = None;
-    let mut conversation: Vec<Message> = Vec::new();
     while !episode.is_done() && ended.is_none() {
         let room = config.max_total_tokens.saturating_sub(tokens.len() + 1);
         if room == 0 {
@@ -296,6 +316,7 @@ pub async fn rollout(
         let generation = policy.continue_tokens(&tokens, &[im_end], &sampling)?;
         turn_starts.push(tokens.len());
         turn_rewards.push(0.0);
+        tool_responses.push(None);
         tokens.extend_from_slice(&generation.tokens);
         response_mask.extend(std::iter::repeat_n(1u8, generation.tokens.len()));
         sampled_logprobs.extend_from_slice(&generation.logprobs);
@@ -306,24 +327,23 @@ pub async fn rollout(
         let text = tokenizer.decode(&generation.tokens)?;
         let parsed = tool::parse_hermes(&text);
         let Some(call) = parsed.calls.first() else {
-            conversation.push(Message::new(Role::Assistant, text));
             ended = Some(Termination::NoToolCall);
             break;
         };
         extra_calls += parsed.calls.len() - 1;
         let action = call.to_action();
-        let mut message = Message::new(Role::Assistant, text.clone());
-        message.call = action.as_ref().ok().and_then(|a| a.choice().map(|c: Choice| (c, a.content().to_string())));
-        conversation.push(message);
+        let asked = std::time::Instant::now();
         let outcome = episode.step(action).await;
+        step_seconds.push(asked.elapsed().as_secs_f64());
         if let Some(last) = turn_rewards.last_mut() {
             *last = outcome.reward;
         }
-        conversation.push(Message::new(Role::Tool, outcome.tool_response.clone()));
-        if outcome.done() {
-            break;
+        let appended = (!outcome.done()).then(|| tokenizer.encode(&tool_turn_text(&outcome.tool_response)));
+        if let Some(last) = tool_responses.last_mut() {
+            *last = Some(outcome.tool_response);
         }
-        let appended = tokenizer.encode(&tool_turn_text(&outcome.tool_response))?;
+        let Some(appended) = appended else { break };
+        let appended = appended?;
         response_mask.extend(std::iter::repeat_n(0u8, appended.len()));
         sampled_logprobs.extend(std::iter::repeat_n(0.0f32, appended.len()));
         tokens.extend(appended);
@@ -342,20 +362,23 @@ pub async fn rollout(
         turn_starts,
         turn_rewards,
         prompt_len,
+        system,
+        tool_responses,
         extra_calls,
+        step_seconds,
         transcript,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::executor::block_on;
     use userrl_gym::Catalog;
     use userrl_gym::user::ScriptedUser;
     use userrl_nn::gguf::Gguf;
 
-    fn tokenizer() -> Tokenizer {
+    pub(crate) fn tokenizer() -> Tokenizer {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
         assert!(path.exists(), "{} is missing: run scripts/setup", path.display());
@@ -363,10 +386,10 @@ mod tests {
     }
 
     /// A policy that "samples" scripted texts, recording the exact ids it returned.
-    struct Scripted {
-        turns: Vec<Vec<u32>>,
-        next: usize,
-        sampled: Vec<u32>,
+    pub(crate) struct Scripted {
+        pub turns: Vec<Vec<u32>>,
+        pub next: usize,
+        pub sampled: Vec<u32>,
     }
 
     impl Policy for Scripted {
@@ -380,13 +403,13 @@ mod tests {
         }
     }
 
-    fn turn(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    pub(crate) fn turn(tok: &Tokenizer, text: &str) -> Vec<u32> {
         let mut ids = tok.encode(text).unwrap();
         ids.push(tok.token_id("<|im_end|>").unwrap());
         ids
     }
 
-    fn config() -> RolloutConfig {
+    pub(crate) fn config() -> RolloutConfig {
         RolloutConfig {
             env: EnvConfig::default(),
             max_new_tokens: 200,
@@ -429,6 +452,7 @@ mod tests {
         assert_eq!(t.policy_tokens_per_turn().iter().sum::<usize>(), policy.sampled.len());
         assert!(t.response_mask[..t.prompt_len].iter().all(|m| *m == 0));
         assert_eq!(t.turn_starts.len(), 3);
+        assert_eq!(t.step_seconds.len(), 3);
         assert!(t.sampled_logprobs.iter().zip(&t.response_mask).all(|(l, m)| (*m == 1) == (*l != 0.0)));
         // The prompt carries the tool schema and the system turn.
         let prompt = tok.decode(&t.tokens[..t.prompt_len]).unwrap();

@@ -277,7 +277,8 @@ pub(crate) fn parse_kind(name: &str) -> Result<RunKind, StoreError> {
     }
 }
 
-/// Whether a path looks like a SQLite database location we would create (used by callers for messages).
+/// The file a `sqlite:` URL names (`None` for in-memory databases and other schemes), for messages such as
+/// "database at data/userrl.db".
 pub fn sqlite_path(url: &str) -> Option<&Path> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);

@@ -16,6 +16,7 @@ both_dialects! {
     mixed_events_land_in_order,
     unknown_run_fails_at_flush,
     dropping_the_sink_drains_the_queue,
+    concurrent_runs_and_readers,
 }
 
 const BURST: u64 = 100_000;
@@ -123,4 +124,53 @@ async fn dropping_the_sink_drains_the_queue(store: Store) {
     }
     let buckets = store.metric_buckets(run, "reward", 1, None).await.unwrap();
     assert_eq!(buckets[0].count, 2_000);
+}
+
+async fn concurrent_runs_and_readers(store: Store) {
+    const RUNS: usize = 4;
+    const STEPS: u64 = 5_000;
+    let mut trainers = Vec::new();
+    let mut runs = Vec::new();
+    for r in 0..RUNS {
+        let run = store.create_run(&new_run(&format!("c{r}"))).await.unwrap();
+        runs.push(run);
+        let sink = StoreSink::new(store.clone(), run, tokio::runtime::Handle::current());
+        trainers.push(std::thread::spawn(move || {
+            for step in 0..STEPS {
+                let values = vec![("reward".into(), step as f64), ("loss".into(), -(step as f64))];
+                sink.emit(&Event::Metrics { step, values }).unwrap();
+                if step % 1_000 == 0 {
+                    let record = json!({"gym": "turtle", "reward": step as f64});
+                    sink.emit(&Event::Transcript { step, group: 0, sample: 0, validate: false, record }).unwrap();
+                }
+            }
+            sink.flush_blocking()
+        }));
+    }
+    // Readers and a direct writer run while the sinks write.
+    let reader = {
+        let store = store.clone();
+        let runs = runs.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                for &run in &runs {
+                    store.metric_buckets(run, "reward", 100, None).await.unwrap();
+                    store.runs().await.unwrap();
+                }
+                store.append_metrics(runs[0], 1_000_000 + i, 0, &[("direct".into(), 1.0)]).await.unwrap();
+            }
+        })
+    };
+    for trainer in trainers {
+        tokio::task::spawn_blocking(move || trainer.join().unwrap()).await.unwrap().unwrap();
+    }
+    reader.await.unwrap();
+    for &run in &runs {
+        for key in ["reward", "loss"] {
+            let b = store.metric_buckets(run, key, 1, None).await.unwrap();
+            assert_eq!((b.len(), b[0].count), (1, STEPS as i64), "run {run} {key}");
+        }
+        assert_eq!(store.transcripts(run, &TranscriptFilter::default()).await.unwrap().len(), 5);
+    }
+    assert_eq!(store.metric_points(runs[0], "direct", None).await.unwrap().len(), 50);
 }

@@ -131,7 +131,7 @@ fn bucket_of(step: i64, lo: i64, hi: i64, n: usize) -> i128 {
     let block = userrl_store::BLOCK_STEPS as i128;
     let (step, lo, hi, n) = (step as i128, lo as i128, hi as i128, n as i128);
     let w = (hi - lo + 1 + n - 1) / n;
-    let whole_blocks = (lo + block - 1).div_euclid(block) <= (hi + 1).div_euclid(block) - 1;
+    let whole_blocks = (lo + block - 1).div_euclid(block) < (hi + 1).div_euclid(block);
     if w < block || !whole_blocks {
         return (step - lo) / w;
     }

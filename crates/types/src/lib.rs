@@ -4,6 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// JSON has no NaN: serde_json writes NaN (and infinities) as `null`. Number fields that can be NaN (a diverged
+/// loss, an unknown reward) read `null` back as NaN, so one such value cannot make a whole response unreadable.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
 /// Lifecycle of a training or evaluation run. Stored as its `as_str` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +92,7 @@ pub struct MetricPoint {
     pub step: i64,
     /// Unix milliseconds when it was logged.
     pub wall_time: i64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
 }
 
@@ -95,9 +102,12 @@ pub struct MetricPoint {
 pub struct MetricBucket {
     pub first_step: i64,
     pub last_step: i64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
     /// The value at `last_step`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub last: f64,
     pub count: i64,
 }
@@ -134,9 +144,13 @@ pub struct EvalRow {
     pub split: String,
     pub episodes: i64,
     /// Mean paper score (reference §9) and mean normalised score in [0, 1].
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_score: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub normalized: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub success_rate: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_turns: f64,
     pub created_at: i64,
 }
@@ -155,7 +169,9 @@ pub struct TranscriptSummary {
     pub gym: String,
     pub task_id: String,
     /// Trajectory score as the run scored it (the GRPO reward) and the paper's normalised score.
+    #[serde(deserialize_with = "nan_if_null")]
     pub reward: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub normalized: f64,
     pub success: bool,
     pub termination: String,
@@ -169,13 +185,17 @@ pub struct TranscriptRecord {
     pub gym: String,
     pub task_id: String,
     /// The trajectory score used for the group advantage (Sum or R2G, as configured).
+    #[serde(deserialize_with = "nan_if_null")]
     pub reward: f64,
     /// The paper's score, normalised score and whether the task was solved.
+    #[serde(deserialize_with = "nan_if_null")]
     pub score: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub normalized: f64,
     pub success: bool,
     pub termination: String,
     /// The group-normalised trajectory advantage (0 for evaluation episodes).
+    #[serde(deserialize_with = "nan_if_null")]
     pub advantage: f64,
     pub turn_rewards: Vec<f64>,
     pub messages: Vec<TranscriptMessage>,
@@ -232,6 +252,22 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }
         assert_eq!(RunStatus::parse("nope"), None);
+    }
+
+    #[test]
+    fn nan_numbers_survive_json() {
+        let bucket = MetricBucket { first_step: 1, last_step: 2, min: f64::NAN, max: 1.0, last: f64::NAN, count: 2 };
+        let json = serde_json::to_string(&bucket).unwrap();
+        assert!(json.contains("\"min\":null"), "{json}");
+        let back: MetricBucket = serde_json::from_str(&json).unwrap();
+        assert!(back.min.is_nan() && back.last.is_nan());
+        assert_eq!((back.max, back.count), (1.0, 2));
+        let record: TranscriptRecord = serde_json::from_str(
+            r#"{"gym":"g","task_id":"t","reward":null,"score":1,"normalized":0.5,"success":false,"termination":"",
+                "advantage":null,"turn_rewards":[],"messages":[]}"#,
+        )
+        .unwrap();
+        assert!(record.reward.is_nan() && record.advantage.is_nan());
     }
 
     #[test]

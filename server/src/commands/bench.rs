@@ -2,7 +2,9 @@
 //! scripted user over every gym on one thread and counts env steps per second; `llm` starts a local
 //! OpenAI-compatible test server with a fixed latency and measures how much latency our client adds at a
 //! given number of requests in flight. `nn` measures the policy engine's CPU backend (matmul, prefill, decode
-//! at batch 1 and batch N) on SmolLM2.
+//! at batch 1 and batch N) on SmolLM2. `serve` measures the web server (runs page, chart data; see
+//! `serve::bench`). `openai` serves a model through the /v1 API on a local port and measures
+//! time to first token and total tokens/s at 1, 8, 32 concurrent streamed requests (the engine's batching).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +68,61 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The /v1 API on a local model: time to first token (p50) and total tokens/s at N concurrent streams.
+    Openai {
+        /// A `.gguf` file or a checkpoint directory.
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: std::path::PathBuf,
+        /// Concurrent streamed requests per round, comma-separated.
+        #[arg(long, default_value = "1,8,32")]
+        streams: String,
+        /// Tokens each request generates (the end-of-turn token is ignored so every request runs this long).
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The web server in-process on a temporary database: runs-page SSR latency under concurrent
+    /// connections, and chart data for a run with a million points.
+    Serve {
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Runs-page requests in total.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Runs listed on the page.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Points of the big run's reward curve.
+        #[arg(long, default_value_t = 1_000_000)]
+        points: usize,
+        /// Chart-data requests, one at a time.
+        #[arg(long, default_value_t = 50)]
+        chart_requests: usize,
+        #[arg(long, default_value_t = 800)]
+        buckets: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bench_serve(options: &crate::serve::bench::ServeBenchOptions, json_out: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(crate::serve::bench::run(options))?;
+    if json_out {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let line = |name: &str, l: &crate::serve::bench::Latency| {
+            println!(
+                "{name:<34} {:>7} req  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  {:>8.0} req/s",
+                l.requests, l.p50_ms, l.p99_ms, l.max_ms, l.requests_per_s
+            )
+        };
+        line(&format!("runs page ({} runs, {} conns)", report.runs, report.connections), &report.runs_page);
+        line(&format!("chart data ({} pts, {} buckets)", report.points, report.buckets), &report.chart_data);
+        println!("filled the database in {:.1} s; runs page {} bytes", report.fill_seconds, report.runs_page_bytes);
+    }
+    Ok(())
 }
 
 pub fn run(command: Command) -> Result<()> {
@@ -76,7 +133,123 @@ pub fn run(command: Command) -> Result<()> {
             let opts = NnOptions { runs, matmul_n, prefill_tokens, decode_context, decode_steps, batch };
             bench_nn(&model, &opts, json)
         }
+        Command::Openai { model, streams, max_tokens, json } => bench_openai(&model, &streams, max_tokens, json),
+        Command::Serve { connections, requests, runs, points, chart_requests, buckets, json } => {
+            let options =
+                crate::serve::bench::ServeBenchOptions { connections, requests, runs, points, chart_requests, buckets };
+            bench_serve(&options, json)
+        }
     }
+}
+
+/// One streamed request: seconds to the first content token, and the completion tokens the usage chunk counts.
+async fn timed_stream(client: &reqwest::Client, url: &str, body: serde_json::Value) -> Result<(f64, u64)> {
+    let start = Instant::now();
+    let mut response = client.post(url).json(&body).send().await?;
+    anyhow::ensure!(response.status().is_success(), "HTTP {}: {}", response.status(), response.text().await?);
+    let (mut buffer, mut first, mut tokens) = (String::new(), None, None);
+    while let Some(bytes) = response.chunk().await? {
+        buffer.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if data == "[DONE]" {
+                    continue;
+                }
+                let chunk: serde_json::Value = serde_json::from_str(data)?;
+                anyhow::ensure!(chunk.get("error").is_none(), "stream error: {chunk}");
+                let content = chunk["choices"][0]["delta"]["content"].as_str().unwrap_or_default();
+                if first.is_none() && !content.is_empty() {
+                    first = Some(start.elapsed().as_secs_f64());
+                }
+                if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+                    tokens = Some(n);
+                }
+            }
+        }
+    }
+    let tokens = tokens.ok_or_else(|| anyhow::anyhow!("the stream ended without a usage chunk"))?;
+    Ok((first.unwrap_or_else(|| start.elapsed().as_secs_f64()), tokens))
+}
+
+fn bench_openai(path: &std::path::Path, streams: &str, max_tokens: usize, json_out: bool) -> Result<()> {
+    let counts: Vec<usize> = streams
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().map_err(|e| anyhow::anyhow!("--streams `{s}`: {e}")))
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(counts.iter().all(|&c| c > 0), "--streams must be positive numbers");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let app = crate::openai::mount(axum::Router::new(), &[format!("bench={}", path.display())]).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/v1/chat/completions", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        let body = |i: usize, max: usize| {
+            json!({"model": "bench", "stream": true, "stream_options": {"include_usage": true}, "temperature": 0.7,
+                   "seed": i, "max_tokens": max, "ignore_eos": true,
+                   "messages": [{"role": "user", "content": format!("Tell me a story about the number {i}.")}]})
+        };
+        timed_stream(&client, &url, body(0, 4)).await?;
+        let mut rows = Vec::new();
+        for &n in &counts {
+            if !json_out {
+                eprintln!("[bench openai] {n} concurrent streams of {max_tokens} tokens");
+            }
+            let start = Instant::now();
+            let jobs: Vec<_> = (0..n)
+                .map(|i| {
+                    let (client, url, body) = (client.clone(), url.clone(), body(i, max_tokens));
+                    tokio::spawn(async move { timed_stream(&client, &url, body).await })
+                })
+                .collect();
+            let mut ttft = Vec::with_capacity(n);
+            let mut tokens = 0;
+            for job in jobs {
+                let (first, count) = job.await??;
+                ttft.push(first * 1e3);
+                tokens += count;
+            }
+            let wall = start.elapsed().as_secs_f64();
+            ttft.sort_by(f64::total_cmp);
+            rows.push(json!({
+                "streams": n,
+                "tokens": tokens,
+                "seconds": wall,
+                "tokens_per_s": tokens as f64 / wall,
+                "ttft_ms_p50": percentile(&ttft, 50.0),
+                "ttft_ms_max": ttft.last().copied().unwrap_or_default(),
+            }));
+        }
+        let single = rows.iter().find(|r| r["streams"] == 1).and_then(|r| r["tokens_per_s"].as_f64());
+        for r in &mut rows {
+            if let (Some(one), Some(rate)) = (single, r["tokens_per_s"].as_f64()) {
+                r["speedup_vs_1"] = json!(rate / one);
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if json_out {
+            println!(
+                "{}",
+                json!({"device": "cpu", "threads": threads, "model": path.display().to_string(),
+                                  "max_tokens": max_tokens, "rounds": rows})
+            );
+        } else {
+            println!("/v1/chat/completions, streamed, cpu ({threads} threads), {max_tokens} tokens per request");
+            println!("{:>8} {:>12} {:>14} {:>10} {:>10}", "streams", "tokens/s", "TTFT p50 ms", "TTFT max", "vs 1");
+            for r in &rows {
+                println!(
+                    "{:>8} {:>12.1} {:>14.0} {:>10.0} {:>10}",
+                    r["streams"],
+                    r["tokens_per_s"].as_f64().unwrap_or_default(),
+                    r["ttft_ms_p50"].as_f64().unwrap_or_default(),
+                    r["ttft_ms_max"].as_f64().unwrap_or_default(),
+                    r["speedup_vs_1"].as_f64().map_or("-".to_string(), |s| format!("{s:.2}x")),
+                );
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 struct NnOptions {

@@ -1,5 +1,5 @@
-//! `userrl eval`: an agent over gyms, splits and users; the per-gym table (reference §9 scoring), JSON for
-//! machines, transcripts as JSONL.
+//! `userrl eval`: an agent over gyms, splits and users; the per-gym table (reference §9 scoring), pass^k over
+//! repeated trials, JSON for machines, transcripts as JSONL.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use userrl_gym::Split;
 use userrl_gym::env::{EnvConfig, Mode};
-use userrl_gym::eval::{AgentSpec, EvalPlan, evaluate};
+use userrl_gym::eval::{AgentSpec, EvalPlan, evaluate_trials};
 use userrl_gym::llm::{LlmClient, LlmConfig};
 
 #[derive(clap::Args)]
@@ -27,6 +27,16 @@ pub struct Args {
     /// Tokens per agent reply for `--model`.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
+    /// Sampling temperature of a `--model` agent (the paper's protocol is 0; pass^k needs > 0 to mean much).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Report pass^1 ..= pass^k (tau-bench): the chance that k independent trials of a task all succeed,
+    /// estimated per task as C(c, k) / C(n, k) from n trials with c successes, averaged over tasks.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    k: Option<u32>,
+    /// Episodes per task (each with its own seed); raised to `--k` when lower.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    trials: u32,
     /// `all` or a comma-separated list of gyms.
     #[arg(long, default_value = "all")]
     gyms: String,
@@ -58,24 +68,25 @@ pub struct Args {
 }
 
 /// A local model (GGUF or checkpoint) as the agent of every episode.
-fn local_agent(path: &str, max_new_tokens: usize) -> Result<AgentSpec> {
+pub fn local_agent(path: &str, max_new_tokens: usize, temperature: f32) -> Result<AgentSpec> {
     let loaded = userrl_nn::checkpoint::load_model(std::path::Path::new(path))
         .with_context(|| format!("loading the agent model {path}"))?;
     let model = Arc::new(loaded.model);
     let tokenizer = Arc::new(loaded.tokenizer);
-    let sampling = userrl_nn::generate::Sampling { max_new_tokens, ..Default::default() };
-    let factory: userrl_gym::eval::AgentFactory = Arc::new(move |_, _, _| {
+    let sampling = userrl_nn::generate::Sampling { max_new_tokens, temperature, ..Default::default() };
+    // Each episode samples with its own seed, so the trials of a task differ when the temperature is above 0.
+    let factory: userrl_gym::eval::AgentFactory = Arc::new(move |_, _, seed| {
         Ok(Box::new(userrl_rl::rollout::ModelAgent {
             model: model.clone(),
             tokenizer: tokenizer.clone(),
-            sampling: sampling.clone(),
+            sampling: userrl_nn::generate::Sampling { seed, ..sampling.clone() },
         }))
     });
     Ok(AgentSpec::Factory(format!("model:{path}"), factory))
 }
 
 /// Parses `openai:<base URL>#<model>` into an endpoint agent.
-fn endpoint_agent(spec: &str) -> Result<AgentSpec> {
+pub fn endpoint_agent(spec: &str, temperature: f32) -> Result<AgentSpec> {
     let rest = spec.strip_prefix("openai:").context(
         "--model takes `openai:<base URL>#<model>` (local GGUF and checkpoint agents come with the policy engine)",
     )?;
@@ -86,7 +97,7 @@ fn endpoint_agent(spec: &str) -> Result<AgentSpec> {
         base_urls: vec![url.to_string()],
         api_key,
         model: model.to_string(),
-        temperature: 0.0,
+        temperature,
         max_tokens: 2048,
         timeout_ms: 120_000,
         strip_think: false,
@@ -105,7 +116,14 @@ pub fn run(args: Args) -> Result<()> {
         max_steps: args.max_steps,
         compat: super::parse_compat(&args.compat)?,
     };
-    let total: usize = catalog
+    let k = args.k.map(|k| k as usize);
+    let trials = (args.trials as usize).max(k.unwrap_or(1));
+    if trials > 1 && args.model.is_some() && args.temperature == 0.0 {
+        tracing::warn!(
+            "{trials} trials of a greedy agent differ only through the user's randomness; pass --temperature"
+        );
+    }
+    let tasks: usize = catalog
         .gyms()
         .iter()
         .map(|g| {
@@ -113,6 +131,7 @@ pub fn run(args: Args) -> Result<()> {
             args.limit.map_or(n, |l| l.min(n))
         })
         .sum();
+    let total = tasks * trials;
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} episodes {elapsed} {msg}")
@@ -127,12 +146,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut write_error: Option<std::io::Error> = None;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let agent = match &args.model {
-        Some(spec) if spec.starts_with("openai:") => endpoint_agent(spec)?,
-        Some(path) => local_agent(path, args.max_new_tokens)?,
+        Some(spec) if spec.starts_with("openai:") => endpoint_agent(spec, args.temperature)?,
+        Some(path) => local_agent(path, args.max_new_tokens, args.temperature)?,
         None => args.agent.clone(),
     };
     let plan = EvalPlan { split: args.split, agent, config, concurrency: args.concurrency, limit_per_gym: args.limit };
-    let (report, _) = runtime.block_on(evaluate(&catalog, &plan, user, |t| {
+    let (report, _) = runtime.block_on(evaluate_trials(&catalog, &plan, trials, k, user, |t| {
         bar.inc(1);
         bar.set_message(t.gym.name());
         if let (Some(out), None) = (out.as_mut(), write_error.as_ref()) {

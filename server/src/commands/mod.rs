@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod gyms;
 pub mod play;
+pub mod serve;
 pub mod sft_data;
 pub mod train;
 
@@ -65,6 +66,9 @@ pub struct UserArgs {
     /// Keep `<think>` blocks in the user's replies (they are stripped by default).
     #[arg(long)]
     pub llm_keep_think: bool,
+    /// Ask the endpoint for JSON-constrained replies (`response_format` json_object); small models need it.
+    #[arg(long)]
+    pub llm_json: bool,
 }
 
 impl UserArgs {
@@ -87,6 +91,7 @@ impl UserArgs {
                     max_tries: self.llm_tries,
                     concurrency: self.llm_concurrency,
                     strip_think: !self.llm_keep_think,
+                    json_mode: self.llm_json,
                     ..LlmConfig::default()
                 }
                 .with_env();

@@ -11,27 +11,27 @@ const PREFILL_CHUNK: usize = 256;
 /// First KV cache allocation, in positions; it doubles when full (up to the context).
 const INITIAL_CACHE: usize = 256;
 
-struct GpuLayer {
-    attn_norm: Tensor,
-    wq: Matrix,
-    wk: Matrix,
-    wv: Matrix,
-    wo: Matrix,
-    ffn_norm: Tensor,
-    w_gate: Matrix,
-    w_up: Matrix,
-    w_down: Matrix,
+pub(super) struct GpuLayer {
+    pub(super) attn_norm: Tensor,
+    pub(super) wq: Matrix,
+    pub(super) wk: Matrix,
+    pub(super) wv: Matrix,
+    pub(super) wo: Matrix,
+    pub(super) ffn_norm: Tensor,
+    pub(super) w_gate: Matrix,
+    pub(super) w_up: Matrix,
+    pub(super) w_down: Matrix,
 }
 
 /// A [`Llama`] whose weights live on a wgpu device.
 pub struct WgpuLlama {
     pub config: LlamaConfig,
     device: Device,
-    embed: Matrix,
+    pub(super) embed: Matrix,
     /// `None` when tied to the embedding.
-    lm_head: Option<Matrix>,
-    layers: Vec<GpuLayer>,
-    norm: Tensor,
+    pub(super) lm_head: Option<Matrix>,
+    pub(super) layers: Vec<GpuLayer>,
+    pub(super) norm: Tensor,
     rope: Tensor,
 }
 
@@ -76,6 +76,42 @@ impl WgpuLlama {
             embed: d.upload_matrix(&model.embed, c.vocab, h)?,
             lm_head: model.lm_head.as_deref().map(|w| d.upload_matrix(w, c.vocab, h)).transpose()?,
             norm: d.upload(&model.norm)?,
+            rope: d.rope_table(c.rope_theta, hd, c.context)?,
+            layers,
+            config: c.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// A model of `config` with every weight zero, to be filled on the device (`WgpuTrainer::inference_model`).
+    pub(super) fn zeros(device: &Device, c: &LlamaConfig, tied: bool) -> Result<WgpuLlama, WgpuError> {
+        c.validate()?;
+        let (h, kvd, f, hd) = (c.hidden, c.kv_dim(), c.ffn, c.head_dim());
+        if !h.is_multiple_of(4) || !f.is_multiple_of(4) || hd > 256 {
+            return Err(WgpuError::Shape(format!(
+                "the wgpu kernels need hidden and ffn to be multiples of 4 and head_dim <= 256 (got {h}, {f}, {hd})"
+            )));
+        }
+        let d = device;
+        let layers = (0..c.layers)
+            .map(|_| {
+                Ok(GpuLayer {
+                    attn_norm: d.zeros(h)?,
+                    wq: d.zeros_matrix(h, h)?,
+                    wk: d.zeros_matrix(kvd, h)?,
+                    wv: d.zeros_matrix(kvd, h)?,
+                    wo: d.zeros_matrix(h, h)?,
+                    ffn_norm: d.zeros(h)?,
+                    w_gate: d.zeros_matrix(f, h)?,
+                    w_up: d.zeros_matrix(f, h)?,
+                    w_down: d.zeros_matrix(h, f)?,
+                })
+            })
+            .collect::<Result<Vec<_>, WgpuError>>()?;
+        Ok(WgpuLlama {
+            embed: d.zeros_matrix(c.vocab, h)?,
+            lm_head: if tied { None } else { Some(d.zeros_matrix(c.vocab, h)?) },
+            norm: d.zeros(h)?,
             rope: d.rope_table(c.rope_theta, hd, c.context)?,
             layers,
             config: c.clone(),

@@ -1,15 +1,22 @@
 //! The wgpu backend: adapter selection, f32 tensors in GPU storage buffers (upload / download), and the WGSL
 //! kernels of the LLaMA inference forward (`shaders/*.wgsl`), recorded into a [`Batch`] and submitted at once.
 //! Every kernel has the semantics of its CPU counterpart in `model.rs`, which the conformance tests hold it to.
+//! The training ops (backward passes, chunked LM head, AdamW, gradient norm, GRPO loss) are in `train_ops.rs`,
+//! held to `cpu_ops` by `tests/wgpu_backward.rs`.
 //!
 //! Portability: the device is opened with the WebGPU default limits (one storage binding <= 128 MiB, 8 storage
 //! buffers per stage, 16 KiB workgroup memory, 65,535 workgroups per dimension), so what runs on lavapipe runs on
 //! any WebGPU implementation. Matrices larger than one binding are split by rows ([`Matrix`]); large grids are
 //! folded into two dimensions.
 
+pub mod bench;
 mod llama;
+mod train_ops;
+mod trainer;
 
 pub use llama::{WgpuKvCache, WgpuLlama};
+pub use train_ops::{HEAD_STATE, MatView};
+pub use trainer::WgpuTrainer;
 
 use std::sync::Arc;
 
@@ -20,7 +27,8 @@ pub const MAX_BINDING_BYTES: u64 = 128 << 20;
 const MAX_GROUPS_PER_DIM: u32 = 65_535;
 /// Bytes of uniform parameters per dispatch; 256 is the WebGPU `minUniformBufferOffsetAlignment`.
 const PARAM_STRIDE: u64 = 256;
-const PARAM_BYTES: u64 = 64;
+const PARAM_BYTES: u64 = 128;
+const PARAM_WORDS: usize = PARAM_BYTES as usize / 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WgpuError {
@@ -41,10 +49,12 @@ pub enum WgpuError {
     Readback(String),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
 }
 
 /// Compute pipelines, one per kernel entry point.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     MatmulTiled,
     MatmulRows,
@@ -54,9 +64,30 @@ enum Kernel {
     Swiglu,
     Add,
     Embed,
+    MatmulGeneral,
+    RmsNormRstd,
+    RmsNormBwdDx,
+    RmsNormBwdDw,
+    RopeRows,
+    AttentionTrain,
+    AttentionBwdPrep,
+    AttentionBwdDq,
+    AttentionBwdDkv,
+    SwigluOut,
+    SwigluBwd,
+    EmbedBwd,
+    HeadUpdate,
+    HeadGrad,
+    AdamW,
+    SumsqPartial,
+    SumsqFinal,
+    Clip,
+    GrpoLoss,
+    MatmulNn,
+    MatmulTn,
 }
 
-const KERNELS: [(Kernel, &str, &str); 8] = [
+const KERNELS: [(Kernel, &str, &str); 29] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -65,15 +96,43 @@ const KERNELS: [(Kernel, &str, &str); 8] = [
     (Kernel::Swiglu, "elementwise", "swiglu"),
     (Kernel::Add, "elementwise", "add"),
     (Kernel::Embed, "embed", "embed"),
+    (Kernel::MatmulGeneral, "matmul_general", "matmul_general"),
+    (Kernel::RmsNormRstd, "rmsnorm", "rms_norm_rstd"),
+    (Kernel::RmsNormBwdDx, "rmsnorm_bwd", "rms_norm_bwd_dx"),
+    (Kernel::RmsNormBwdDw, "rmsnorm_bwd", "rms_norm_bwd_dw"),
+    (Kernel::RopeRows, "rope", "rope_rows"),
+    (Kernel::AttentionTrain, "attention", "attention_train"),
+    (Kernel::AttentionBwdPrep, "attention", "attention_bwd_prep"),
+    (Kernel::AttentionBwdDq, "attention_bwd", "attention_bwd_dq"),
+    (Kernel::AttentionBwdDkv, "attention_bwd", "attention_bwd_dkv"),
+    (Kernel::SwigluOut, "elementwise", "swiglu_out"),
+    (Kernel::SwigluBwd, "elementwise", "swiglu_bwd"),
+    (Kernel::EmbedBwd, "embed", "embed_bwd"),
+    (Kernel::HeadUpdate, "head", "head_update"),
+    (Kernel::HeadGrad, "head", "head_grad"),
+    (Kernel::AdamW, "optim", "adamw"),
+    (Kernel::SumsqPartial, "optim", "sumsq_partial"),
+    (Kernel::SumsqFinal, "optim", "sumsq_final"),
+    (Kernel::Clip, "optim", "clip"),
+    (Kernel::GrpoLoss, "grpo", "grpo_loss"),
+    (Kernel::MatmulNn, "matmul_vec4", "matmul_nn"),
+    (Kernel::MatmulTn, "matmul_vec4", "matmul_tn"),
 ];
 
-const SHADERS: [(&str, &str); 6] = [
+const SHADERS: [(&str, &str); 13] = [
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
     ("embed", include_str!("../../shaders/embed.wgsl")),
+    ("matmul_general", include_str!("../../shaders/matmul_general.wgsl")),
+    ("rmsnorm_bwd", include_str!("../../shaders/rmsnorm_bwd.wgsl")),
+    ("attention_bwd", include_str!("../../shaders/attention_bwd.wgsl")),
+    ("head", include_str!("../../shaders/head.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("grpo", include_str!("../../shaders/grpo.wgsl")),
+    ("matmul_vec4", include_str!("../../shaders/matmul_vec4.wgsl")),
 ];
 
 struct Inner {
@@ -261,15 +320,34 @@ impl Device {
         Ok(())
     }
 
+    /// Rows per piece of a `[rows, cols]` matrix: as many as one storage binding holds.
+    fn rows_per_chunk(&self, cols: usize) -> Result<usize, WgpuError> {
+        let per_chunk = (self.max_binding / (cols as u64 * 4).max(1)) as usize;
+        if per_chunk == 0 {
+            return Err(WgpuError::TooLarge { bytes: cols as u64 * 4, max: self.max_binding });
+        }
+        Ok(per_chunk)
+    }
+
+    /// A zero `[rows, cols]` matrix split as [`Device::upload_matrix`] splits one.
+    pub fn zeros_matrix(&self, rows: usize, cols: usize) -> Result<Matrix, WgpuError> {
+        if rows == 0 || cols == 0 {
+            return Err(WgpuError::Shape(format!("a [{rows}, {cols}] matrix")));
+        }
+        let per_chunk = self.rows_per_chunk(cols)?;
+        let chunks = (0..rows)
+            .step_by(per_chunk)
+            .map(|start| Ok((start, self.zeros(per_chunk.min(rows - start) * cols)?)))
+            .collect::<Result<Vec<_>, WgpuError>>()?;
+        Ok(Matrix { chunks, rows, cols })
+    }
+
     /// A `[rows, cols]` row-major matrix, split by rows into pieces of at most one storage binding.
     pub fn upload_matrix(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix, WgpuError> {
         if data.len() != rows * cols || rows == 0 || cols == 0 {
             return Err(WgpuError::Shape(format!("{} values for a [{rows}, {cols}] matrix", data.len())));
         }
-        let per_chunk = (self.max_binding / (cols as u64 * 4)) as usize;
-        if per_chunk == 0 {
-            return Err(WgpuError::TooLarge { bytes: cols as u64 * 4, max: self.max_binding });
-        }
+        let per_chunk = self.rows_per_chunk(cols)?;
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -316,6 +394,15 @@ impl Device {
         };
         staging.unmap();
         Ok(out)
+    }
+
+    /// Waits until everything submitted so far has run.
+    pub fn wait(&self) -> Result<(), WgpuError> {
+        self.inner
+            .device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| WgpuError::Readback(e.to_string()))?;
+        Ok(())
     }
 
     /// Starts recording kernels; nothing runs until [`Batch::submit`].
@@ -370,8 +457,9 @@ impl Matrix {
 }
 
 enum Op {
-    Dispatch { kernel: Kernel, buffers: Vec<::wgpu::Buffer>, params: [u32; 16], groups: (u32, u32) },
+    Dispatch { kernel: Kernel, buffers: Vec<::wgpu::Buffer>, params: [u32; PARAM_WORDS], groups: (u32, u32) },
     Copy { src: ::wgpu::Buffer, src_off: u64, dst: ::wgpu::Buffer, dst_off: u64, bytes: u64 },
+    Clear { buf: ::wgpu::Buffer, off: u64, bytes: u64 },
 }
 
 /// Folds `n` workgroups into `(x, y)` with `x <= 65,535`.
@@ -385,8 +473,8 @@ fn grid(n: usize) -> Result<(u32, u32), WgpuError> {
     Ok((x as u32, y as u32))
 }
 
-fn params(values: &[u32]) -> [u32; 16] {
-    let mut p = [0u32; 16];
+fn params(values: &[u32]) -> [u32; PARAM_WORDS] {
+    let mut p = [0u32; PARAM_WORDS];
     p[..values.len()].copy_from_slice(values);
     p
 }
@@ -631,6 +719,10 @@ impl Batch<'_> {
             match &self.ops[i] {
                 Op::Copy { src, src_off, dst, dst_off, bytes } => {
                     enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *bytes);
+                    i += 1;
+                }
+                Op::Clear { buf, off, bytes } => {
+                    enc.clear_buffer(buf, *off, Some(*bytes));
                     i += 1;
                 }
                 Op::Dispatch { .. } => {

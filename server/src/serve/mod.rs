@@ -1,0 +1,197 @@
+//! `userrl serve`: one process that serves the web app (Leptos SSR + hydration), the JSON API and the /v1
+//! endpoint, and runs training and evaluation jobs on their own threads. Local-first: it binds 127.0.0.1 by
+//! default and its mutating routes have no auth yet (the admin auth of issue 6 comes later).
+
+pub mod api;
+pub mod bench;
+pub mod evaljob;
+pub mod jobs;
+pub mod paths;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use userrl_app::{AppContext, RunLauncher};
+use userrl_store::Store;
+
+pub use jobs::{JobManager, JobOptions};
+
+/// Everything `userrl serve` needs to start.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// `sqlite://PATH` or `postgres://...`; default `sqlite://<project root>/data/userrl.db`.
+    pub database: Option<String>,
+    pub demo: bool,
+    /// Models served on /v1 (GGUF files or checkpoint directories).
+    pub models: Vec<String>,
+    /// Default `<project root>/runs`.
+    pub runs_dir: Option<PathBuf>,
+    pub max_jobs: usize,
+}
+
+/// The default database: `data/userrl.db` under the project root, so that the same database opens whatever
+/// folder the server starts from.
+pub fn default_database_url() -> String {
+    format!("sqlite://{}", paths::project_root().join("data").join("userrl.db").display())
+}
+
+/// The whole site: the web app (pages, server functions, /pkg, SSE, exports), the JSON API and the
+/// OpenAI-compatible /v1 endpoint (serving `models`).
+pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result<Router> {
+    let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
+    let site = userrl_app::site_router(AppContext { store: store.clone(), launcher }, userrl_app::site_options());
+    let router = api::router(api::ApiState { store, jobs: manager }).merge(site);
+    Ok(mount_v1(router, models).await?.layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+/// The OpenAI-compatible /v1 endpoint, always mounted (with no models it lists none); `USERRL_API_KEY` guards it.
+async fn mount_v1(router: Router, models: &[String]) -> Result<Router> {
+    crate::openai::mount(router, models).await.context("loading the /v1 models")
+}
+
+/// Connects the store, marks runs left over by a previous process as interrupted, builds the job manager.
+pub async fn open(options: &ServeOptions) -> Result<(Store, JobManager)> {
+    let url = options.database.clone().unwrap_or_else(default_database_url);
+    let store = Store::connect(&url).await.with_context(|| format!("opening the database {url}"))?;
+    let interrupted = store.mark_interrupted().await.context("marking leftover runs interrupted")?;
+    if interrupted > 0 {
+        tracing::info!(runs = interrupted, "runs from the previous process are interrupted (resume them)");
+    }
+    let root = paths::project_root();
+    let manager = JobManager::new(
+        store.clone(),
+        JobOptions {
+            runs_dir: options.runs_dir.clone().unwrap_or_else(|| root.join("runs")),
+            root,
+            configs_dir: paths::configs_dir(),
+            max_jobs: options.max_jobs,
+        },
+    );
+    Ok((store, manager))
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then stops the jobs (marked interrupted, resumable) and closes.
+pub async fn run(options: ServeOptions) -> Result<()> {
+    let (store, manager) = open(&options).await?;
+    let router = app(store.clone(), manager.clone(), &options.models).await?;
+    let listener =
+        tokio::net::TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = store.dialect(), "serving http://{addr}");
+    eprintln!("userrl: serving http://{addr}");
+    if options.demo {
+        match manager.launch_demo_if_empty().await {
+            Ok(Some(id)) => tracing::info!(run = id, "the database had no runs: started the quickstart demo"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "no demo run"),
+        }
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down: stopping jobs");
+    let _ = stop.send(());
+    manager.shutdown(Duration::from_secs(30)).await;
+    // Live-update streams (SSE) never end on their own: give requests a moment, then close regardless.
+    match tokio::time::timeout(Duration::from_secs(3), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        Err(_) => tracing::info!("closing the connections still open"),
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// The dotted key a TOML error points at, found from its span in `text`: the `[table]` header above the
+/// offending line plus the line's own key (`grpo.clip`), or the header alone when the error is on it.
+pub(crate) fn toml_error_key(text: &str, error: &toml::de::Error) -> Option<String> {
+    // An unknown field names itself; prefer it to the span, which points at the table that holds it.
+    let message = error.message();
+    let named =
+        message.strip_prefix("unknown field `").and_then(|rest| rest.split_once('`')).map(|(name, _)| name.to_string());
+    let span = error.span()?;
+    let before = text.get(..span.start.min(text.len()))?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..].find('\n').map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let own = if line.starts_with('[') {
+        None
+    } else {
+        line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).filter(|k| !k.is_empty())
+    };
+    let (table, key) = if line.starts_with('[') {
+        (Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_string()), named)
+    } else {
+        (header, named.or(own))
+    };
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of<T: serde::de::DeserializeOwned + std::fmt::Debug>(text: &str) -> Option<String> {
+        toml_error_key(text, &toml::from_str::<T>(text).unwrap_err())
+    }
+
+    #[test]
+    fn toml_errors_name_their_dotted_key() {
+        let text = "name = \"x\"\n[grpo]\nsteps = 10\nclip = \"wide\"\n";
+        assert_eq!(key_of::<userrl_rl::config::RunConfig>(text).as_deref(), Some("grpo.clip"));
+        let text = "name = \"x\"\n[model]\npath = \"m\"\n[data]\ngyms = [\"intention\"]\n[grpo]\nstepz = 1\n";
+        assert_eq!(key_of::<userrl_rl::config::RunConfig>(text).as_deref(), Some("grpo.stepz"));
+        let text = "seed = \"zero\"\n";
+        assert_eq!(key_of::<userrl_rl::config::RunConfig>(text).as_deref(), Some("seed"));
+    }
+}
