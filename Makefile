@@ -25,7 +25,6 @@ test: lint
 	mkdir -p -m700 /tmp/xdg-$$(id -u)
 	WGPU_BACKEND=$${WGPU_BACKEND:-vulkan} XDG_RUNTIME_DIR=/tmp/xdg-$$(id -u) cargo test --workspace
 	scripts/test-postgres cargo test -p userrl-store
-	cargo test -p userrl-app --features ssr
 	scripts/e2e
 
 # The web app's browser side into target/site: debug for tests, release (lto, wasm-opt) for `make run`.
