@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 export CARGO_TERM_COLOR := never
 
-.PHONY: setup run test lint fmt build
+.PHONY: setup run test lint fmt build site site-release e2e
 
 setup:
 	@scripts/setup
@@ -25,6 +25,18 @@ test: lint
 	mkdir -p -m700 /tmp/xdg-$$(id -u)
 	WGPU_BACKEND=$${WGPU_BACKEND:-vulkan} XDG_RUNTIME_DIR=/tmp/xdg-$$(id -u) cargo test --workspace
 	scripts/test-postgres cargo test -p userrl-store
+	scripts/e2e
+
+# The web app's browser side into target/site: debug for tests, release (lto, wasm-opt) for `make run`.
+site: setup
+	scripts/build-site
+
+site-release: setup
+	scripts/build-site --release
+
+# Browser tests only (Playwright + Chromium against a real short run); part of `make test`.
+e2e: setup
+	scripts/e2e
 
 fmt:
 	cargo fmt --all

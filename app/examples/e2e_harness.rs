@@ -1,16 +1,12 @@
 //! The browser tests' harness (`scripts/e2e` runs it; not part of the product):
 //! - `fill --db URL --config FILE --out DIR`: a real short training run written through `StoreSink`, plus
 //!   one transcript whose text is an HTML/script injection attempt; prints the run id;
-//! - `serve --db URL --addr HOST:PORT`: the web app over that database, with a launcher that only records
-//!   queued runs (the job manager is the server crate's);
 //! - `append --db URL --run ID --step N --key K --value V`: one metric point from another process, as a
 //!   `userrl train` sharing the SQLite file would write it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use userrl_app::{AppContext, LaunchError, RunLauncher, site_options, site_router};
 use userrl_store::{NewRun, Store, StoreSink};
 use userrl_types::{RunKind, RunStatus, Speaker, TranscriptMessage, TranscriptRecord};
 
@@ -38,13 +34,12 @@ fn need<'a>(f: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
-        return Err("usage: e2e_harness fill|serve|append --db URL ...".into());
+        return Err("usage: e2e_harness fill|append --db URL ...".into());
     };
     let f = flags(rest)?;
     let store = Store::connect(need(&f, "db")?).await?;
     match command.as_str() {
         "fill" => fill(store, PathBuf::from(need(&f, "config")?), PathBuf::from(need(&f, "out")?)).await,
-        "serve" => serve(store, need(&f, "addr")?).await,
         "append" => {
             let run: i64 = need(&f, "run")?.parse()?;
             let step: i64 = need(&f, "step")?.parse()?;
@@ -102,65 +97,5 @@ async fn fill(store: Store, config_path: PathBuf, out: PathBuf) -> Result<()> {
     };
     store.add_transcript(run_id, 999, 0, 0, true, &serde_json::to_value(&record)?).await?;
     println!("{run_id}");
-    Ok(())
-}
-
-/// Records launches as queued runs; enough for the form's round trip in tests.
-struct RecordingLauncher {
-    store: Store,
-}
-
-#[async_trait::async_trait]
-impl RunLauncher for RecordingLauncher {
-    fn presets(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if let Ok(dir) = std::fs::read_dir("configs") {
-            for entry in dir.flatten() {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "toml")
-                    && let (Some(stem), Ok(text)) = (path.file_stem(), std::fs::read_to_string(&path))
-                {
-                    out.push((stem.to_string_lossy().into_owned(), text));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    async fn launch(&self, config_toml: &str) -> std::result::Result<i64, LaunchError> {
-        let config = userrl_rl::config::RunConfig::from_toml(config_toml)
-            .map_err(|e| LaunchError { field: None, message: e.to_string() })?;
-        let new = NewRun {
-            name: config.name.clone(),
-            kind: RunKind::Train,
-            config: config_toml.to_string(),
-            gyms: config.data.gyms.iter().map(|g| g.name().to_string()).collect(),
-            model: "tiny".into(),
-            device: "cpu".into(),
-            total_steps: config.grpo.as_ref().map(|g| g.steps as i64).unwrap_or(0),
-        };
-        self.store.create_run(&new).await.map_err(|e| LaunchError { field: None, message: e.to_string() })
-    }
-
-    async fn cancel(&self, run_id: i64) -> std::result::Result<(), String> {
-        self.store
-            .set_run_status(run_id, RunStatus::Cancelled, "cancelled from the web app")
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn resume(&self, run_id: i64) -> std::result::Result<(), String> {
-        Err(format!("run {run_id}: resuming needs the job manager (userrl serve)"))
-    }
-}
-
-async fn serve(store: Store, addr: &str) -> Result<()> {
-    let launcher = Arc::new(RecordingLauncher { store: store.clone() });
-    let options = site_options();
-    let router = site_router(AppContext { store, launcher }, options);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router).await?;
     Ok(())
 }

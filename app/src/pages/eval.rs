@@ -13,18 +13,21 @@ use crate::model::format_value;
 /// User kinds with a column, in order.
 pub const USER_KINDS: [&str; 2] = ["scripted", "llm"];
 
+/// A row's cells: per (gym, user kind) the newest result.
+pub type EvalCells = BTreeMap<(String, String), EvalRow>;
+
 /// The eval table: rows (model, split), gym columns, cells per user kind.
 #[derive(Debug, Default, PartialEq)]
 pub struct EvalTable {
     pub gyms: Vec<String>,
     /// ((model, split), per (gym, user kind) the newest row).
-    pub rows: Vec<((String, String), BTreeMap<(String, String), EvalRow>)>,
+    pub rows: Vec<((String, String), EvalCells)>,
 }
 
 impl EvalTable {
     pub fn build(evals: Vec<EvalRow>) -> EvalTable {
         let mut gyms: Vec<String> = Vec::new();
-        let mut rows: BTreeMap<(String, String), BTreeMap<(String, String), EvalRow>> = BTreeMap::new();
+        let mut rows: BTreeMap<(String, String), EvalCells> = BTreeMap::new();
         for e in evals {
             if !gyms.contains(&e.gym) {
                 gyms.push(e.gym.clone());
@@ -41,7 +44,7 @@ impl EvalTable {
     }
 
     /// Episode-weighted mean score over a row's gyms for one user kind, with the episode count.
-    pub fn overall(cells: &BTreeMap<(String, String), EvalRow>, user_kind: &str) -> Option<(f64, i64)> {
+    pub fn overall(cells: &EvalCells, user_kind: &str) -> Option<(f64, i64)> {
         let (sum, n) = cells
             .values()
             .filter(|e| e.user_kind == user_kind && e.episodes > 0)

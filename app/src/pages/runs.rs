@@ -266,30 +266,29 @@ fn NewRun() -> impl IntoView {
         <section class="new-run">
             <h2>"New run"</h2>
             <div class="row">
-                <label>
-                    "Preset "
-                    <select on:change=move |e| {
-                        let name = event_target_value(&e);
-                        if let Some(Ok(list)) = presets.get() {
-                            if let Some((_, text)) = list.into_iter().find(|(n, _)| *n == name) {
-                                config.set(text);
-                            }
+                <Transition fallback=|| view! { <span class="loading">"presets…"</span> }>
+                    {move || Suspend::new(async move {
+                        let list = presets.await.unwrap_or_default();
+                        let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
+                        view! {
+                            <label>
+                                "Preset "
+                                <select on:change=move |e| {
+                                    let name = event_target_value(&e);
+                                    if let Some((_, text)) = list.iter().find(|(n, _)| *n == name) {
+                                        config.set(text.clone());
+                                    }
+                                }>
+                                    <option value="">"choose…"</option>
+                                    {names
+                                        .into_iter()
+                                        .map(|name| view! { <option value=name.clone()>{name.clone()}</option> })
+                                        .collect_view()}
+                                </select>
+                            </label>
                         }
-                    }>
-                        <option value="">"choose…"</option>
-                        <Transition>
-                            {move || {
-                                presets
-                                    .get()
-                                    .and_then(Result::ok)
-                                    .unwrap_or_default()
-                                    .into_iter()
-                                    .map(|(name, _)| view! { <option value=name.clone()>{name.clone()}</option> })
-                                    .collect_view()
-                            }}
-                        </Transition>
-                    </select>
-                </label>
+                    })}
+                </Transition>
                 <label>"or upload " <input type="file" accept=".toml,text/plain" on:change=upload /></label>
             </div>
             <textarea
