@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use crate::batch::{SeqCache, forward_last_batch};
 use crate::backend::LogitsModel;
+use crate::batch::{SeqCache, forward_last_batch};
 use crate::model::{Llama, LlamaConfig, ModelError, linear};
 
 /// The median of `runs` timings of `f` (seconds), after one untimed warm-up call.
