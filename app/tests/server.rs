@@ -239,6 +239,7 @@ async fn server_functions_answer_and_reject_bad_input() {
     use leptos::server_fn::ServerFn;
     use userrl_app::api::{ChartSeries, LaunchRun, ListTranscripts, ResumeRun, RunOverview};
     let f = fixture("fns").await;
+    assert_eq!(LaunchRun::PATH, "/api/fn/launch_run", "server functions have fixed URLs");
     let (status, body) = call(&f.router, LaunchRun::PATH, serde_json::json!({"config": "[grpo]\nlr = -1\n"})).await;
     assert_eq!(status, StatusCode::OK);
     let outcome: LaunchOutcome = serde_json::from_str(&body).unwrap();
