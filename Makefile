@@ -27,7 +27,7 @@ test: lint
 	scripts/test-postgres cargo test -p userrl-store
 	scripts/e2e
 
-# The web app's browser side into target/site: debug for tests, release (lto, wasm-opt) for `make run`.
+# The web app's browser side into target/<debug|release>/site: debug for tests, release (lto, wasm-opt) for `make run`.
 site: setup
 	scripts/build-site
 

@@ -1,5 +1,7 @@
 //! Server functions: what the pages load and do. Their bodies run on the server (feature `ssr`) against the
-//! store and the run launcher from `AppContext`; in the browser build they become HTTP calls.
+//! store and the run launcher from `AppContext`; in the browser build they become HTTP calls to
+//! `POST /api/fn/<name>` (JSON). The names are fixed, not hashed from the source path, so a bundle and a
+//! server built from different checkouts of the same code still agree.
 
 use leptos::prelude::*;
 use leptos::server_fn::codec::Json;
@@ -44,14 +46,14 @@ mod backend {
     }
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "list_runs")]
 pub async fn list_runs() -> Result<RunList, ServerFnError> {
     let ctx = backend::ctx()?;
     let runs = ctx.store.runs().await.map_err(backend::store_err)?;
     Ok(RunList { runs, now: backend::now_ms() })
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "run_overview")]
 pub async fn run_overview(id: i64) -> Result<RunInfo, ServerFnError> {
     let ctx = backend::ctx()?;
     let run = ctx.store.run(id).await.map_err(backend::store_err)?.ok_or_else(|| backend::not_found("run"))?;
@@ -64,7 +66,7 @@ pub async fn run_overview(id: i64) -> Result<RunInfo, ServerFnError> {
 }
 
 /// One metric of several runs, each bucketed to `buckets` buckets.
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "chart_series")]
 pub async fn chart_series(run_ids: Vec<i64>, key: String, buckets: usize) -> Result<Vec<MetricSeries>, ServerFnError> {
     if run_ids.is_empty() || run_ids.len() > MAX_COMPARE {
         return Err(backend::bad_request(format!("compare 1 to {MAX_COMPARE} runs")));
@@ -81,7 +83,7 @@ pub async fn chart_series(run_ids: Vec<i64>, key: String, buckets: usize) -> Res
     Ok(out)
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "list_transcripts")]
 pub async fn list_transcripts(run_id: i64, query: TranscriptQuery) -> Result<Vec<TranscriptSummary>, ServerFnError> {
     if let (Some(lo), Some(hi)) = (query.min_reward, query.max_reward)
         && lo > hi
@@ -102,7 +104,7 @@ pub async fn list_transcripts(run_id: i64, query: TranscriptQuery) -> Result<Vec
     ctx.store.transcripts(run_id, &filter).await.map_err(backend::store_err)
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "get_transcript")]
 pub async fn get_transcript(id: i64) -> Result<TranscriptView, ServerFnError> {
     let ctx = backend::ctx()?;
     let (summary, record) =
@@ -111,7 +113,7 @@ pub async fn get_transcript(id: i64) -> Result<TranscriptView, ServerFnError> {
 }
 
 /// A GRPO group's rollouts (the same task, sampled `n` times at one step).
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "get_group")]
 pub async fn get_group(run_id: i64, step: i64, group: i64) -> Result<Vec<TranscriptView>, ServerFnError> {
     let ctx = backend::ctx()?;
     let rows = ctx.store.group(run_id, step, group).await.map_err(backend::store_err)?;
@@ -121,18 +123,18 @@ pub async fn get_group(run_id: i64, step: i64, group: i64) -> Result<Vec<Transcr
     Ok(rows.into_iter().map(|(summary, record)| TranscriptView { summary, record }).collect())
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "list_evals")]
 pub async fn list_evals() -> Result<Vec<EvalRow>, ServerFnError> {
     backend::ctx()?.store.evals().await.map_err(backend::store_err)
 }
 
 /// The preset run configs: (name, TOML).
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "presets")]
 pub async fn presets() -> Result<Vec<(String, String)>, ServerFnError> {
     Ok(backend::ctx()?.launcher.presets())
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "launch_run")]
 pub async fn launch_run(config: String) -> Result<LaunchOutcome, ServerFnError> {
     if config.trim().is_empty() {
         return Ok(LaunchOutcome::Invalid { field: None, message: "the config is empty".into() });
@@ -143,12 +145,12 @@ pub async fn launch_run(config: String) -> Result<LaunchOutcome, ServerFnError> 
     }
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "cancel_run")]
 pub async fn cancel_run(id: i64) -> Result<(), ServerFnError> {
     backend::ctx()?.launcher.cancel(id).await.map_err(backend::bad_request)
 }
 
-#[server(input = Json)]
+#[server(input = Json, prefix = "/api/fn", endpoint = "resume_run")]
 pub async fn resume_run(id: i64) -> Result<(), ServerFnError> {
     backend::ctx()?.launcher.resume(id).await.map_err(backend::bad_request)
 }

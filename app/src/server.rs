@@ -71,8 +71,10 @@ impl FromRef<SiteState> for LeptosOptions {
 pub const OUTPUT_NAME: &str = "userrl";
 
 /// Site settings from the environment, with defaults that work from any working directory:
-/// - `LEPTOS_SITE_ROOT`: the folder `scripts/build-site` wrote; default `target/site` found from the
-///   executable (`target/<profile>/userrl` -> `target/site`), else `./target/site`.
+/// - `LEPTOS_SITE_ROOT`: the folder `scripts/build-site` wrote; default: the `site` folder beside the
+///   executable or up to two levels above it (`target/release/userrl` -> `target/release/site`, the bundle
+///   built in the same mode; test binaries in `target/debug/deps` find `target/debug/site`), else
+///   `./target/site`.
 /// - `LEPTOS_SITE_ADDR`: where to listen; default `127.0.0.1:3000` (the serve command may override it).
 /// - `LEPTOS_SITE_PKG_DIR` (default `pkg`) and `LEPTOS_ENV` (`DEV` | `PROD`, default `PROD`).
 pub fn site_options() -> LeptosOptions {
@@ -98,7 +100,7 @@ pub fn site_options() -> LeptosOptions {
         .build()
 }
 
-/// `target/site` next to the profile folder the executable runs from, if it is there.
+/// The nearest `site` folder (with a `pkg` inside) beside the executable or up to two levels above it.
 fn default_site_root() -> PathBuf {
     let from_exe = std::env::current_exe().ok().and_then(|exe| {
         // target/<profile>/userrl, or target/<profile>/deps/<test binary>
@@ -125,7 +127,28 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
             move || provide_context(fallback_ctx.clone()),
             shell,
         ))
+        .layer(axum::middleware::from_fn(bad_arguments_are_client_errors))
         .with_state(state)
+}
+
+/// Leptos answers a server-function call whose arguments do not parse with a 500; it is the caller's
+/// mistake, so it becomes a 400 with the same message.
+async fn bad_arguments_are_client_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let is_call = req.method() == axum::http::Method::POST && req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    if !is_call || res.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "server function failed");
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim_start_matches('"');
+    if text.starts_with("Args|") || text.starts_with("Deserialization|") {
+        parts.status = StatusCode::BAD_REQUEST;
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -146,7 +146,9 @@ async fn unknown_pages_and_runs_are_not_found() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("run 999 not found"));
     let (status, _, body) = get(&f.router, "/runs/999").await;
-    assert_eq!(status, StatusCode::OK, "the page shell renders; the error is in it");
+    // The page streams: whether the server function's 404 reaches the status line depends on whether the
+    // store answered before the first chunk went out. Either way the page says what is wrong.
+    assert!(status == StatusCode::OK || status == StatusCode::NOT_FOUND, "{status}");
     assert!(body.contains("run not found"), "{body}");
 }
 
@@ -237,6 +239,7 @@ async fn server_functions_answer_and_reject_bad_input() {
     use leptos::server_fn::ServerFn;
     use userrl_app::api::{ChartSeries, LaunchRun, ListTranscripts, ResumeRun, RunOverview};
     let f = fixture("fns").await;
+    assert_eq!(LaunchRun::PATH, "/api/fn/launch_run", "server functions have fixed URLs");
     let (status, body) = call(&f.router, LaunchRun::PATH, serde_json::json!({"config": "[grpo]\nlr = -1\n"})).await;
     assert_eq!(status, StatusCode::OK);
     let outcome: LaunchOutcome = serde_json::from_str(&body).unwrap();
@@ -255,8 +258,8 @@ async fn server_functions_answer_and_reject_bad_input() {
         call(&f.router, ChartSeries::PATH, serde_json::json!({"run_ids": [f.run], "key": "reward", "buckets": 0}))
             .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, _) = call(&f.router, ChartSeries::PATH, serde_json::json!({"run_ids": "nope"})).await;
-    assert!(status.is_client_error() || status == StatusCode::INTERNAL_SERVER_ERROR, "{status}");
+    let (status, body) = call(&f.router, ChartSeries::PATH, serde_json::json!({"run_ids": "nope"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = call(&f.router, RunOverview::PATH, serde_json::json!({"id": 12345})).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let q = serde_json::json!({"run_id": f.run, "query": {"min_reward": 2.0, "max_reward": 1.0, "offset": 0}});
