@@ -568,11 +568,20 @@ async fn run_grpo(
             if jobs.is_empty() {
                 break;
             }
-            let results = rollout_batch(&engine, jobs, tokenizer.clone(), user.clone()).await;
-            // A cancel during the round discards the step.
-            if run.control.is_cancelled() {
-                return cancel(trainable, summary);
-            }
+            // A cancel during the round discards the step: dropping the batch aborts its episodes (and their
+            // engine sequences) at once instead of waiting for every episode to end.
+            let batch = rollout_batch(&engine, jobs, tokenizer.clone(), user.clone());
+            tokio::pin!(batch);
+            let results = loop {
+                tokio::select! {
+                    results = &mut batch => break results,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if run.control.is_cancelled() {
+                            return cancel(trainable, summary);
+                        }
+                    }
+                }
+            };
             let mut results = results.into_iter();
             for _ in 0..drawn {
                 let group = results.by_ref().take(grpo.group_size).collect::<Result<Vec<_>, _>>()?;
