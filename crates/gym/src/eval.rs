@@ -44,7 +44,7 @@ pub async fn play_episode(
     user: Arc<dyn User>,
     config: &EnvConfig,
 ) -> Result<PlayedEpisode, GymError> {
-    let env = gym.new_env(task_id, config, user)?;
+    let env = gym.new_env(task_id, config, user.clone())?;
     let mut episode = Episode::new(env, config.clone());
     let mut conversation =
         vec![Message::new(Role::System, gym.system_prompt()), Message::new(Role::User, episode.opening())];
@@ -72,6 +72,9 @@ pub async fn play_episode(
                 tracing::warn!(gym = %gym.kind(), task = task_id, %why, "agent failed");
                 episode.abort(Termination::AgentError);
             }
+        }
+        if user.abandoned() {
+            episode.abort(Termination::Abandoned);
         }
     }
     Ok(PlayedEpisode { transcript: episode.into_transcript(), conversation })

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod env;
 pub mod eval;
 pub mod gyms;
+pub mod human;
 pub mod import;
 pub mod llm;
 pub mod split;

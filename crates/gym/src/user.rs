@@ -104,6 +104,11 @@ gym_protocols! {
 pub trait User: Send + Sync {
     fn kind(&self) -> UserKind;
     async fn reply(&self, query: &UserQuery) -> Result<UserReply, UserError>;
+    /// Whether the user is gone for good (a person who timed out or quit): the episode runner then stops the
+    /// episode as `Termination::Abandoned` instead of playing on against fallbacks.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// Asks `user` a question of protocol `P` and returns the typed reply.

@@ -1,12 +1,14 @@
-//! CPU-backend benchmarks behind `userrl bench nn`: `model::linear` against the raw `matrixmultiply` sgemm on the
-//! same square problem, prefill tokens/s, and decode tokens/s at batch 1 (the KV-cache path of `Llama`) and at
-//! batch N (`batch::forward_last_batch`, one set of matmuls for N sequences). Every number is the median of
-//! several timed runs after one warm-up.
+//! Benchmarks behind `userrl bench nn`: `model::linear` against the raw `matrixmultiply` sgemm on the same square
+//! problem, prefill and batch-1 decode tokens/s on either backend (any [`LogitsModel`]), decode tokens/s at
+//! batch N (`batch::forward_last_batch`, one set of matmuls for N sequences) and CPU training-step tokens/s
+//! (the wgpu training step is in `wgpu::bench`). Every number is the median of several timed runs after one
+//! warm-up.
 
 use std::time::Instant;
 
+use crate::backend::LogitsModel;
 use crate::batch::{SeqCache, forward_last_batch};
-use crate::model::{Llama, ModelError, linear};
+use crate::model::{Llama, LlamaConfig, ModelError, linear};
 
 /// The median of `runs` timings of `f` (seconds), after one untimed warm-up call.
 pub fn median_seconds<E>(runs: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
@@ -69,37 +71,42 @@ pub fn matmul(n: usize, runs: usize) -> MatmulResult {
 }
 
 /// A deterministic prompt of `len` ordinary token ids (no specials), for timing.
-pub fn synthetic_prompt(model: &Llama, len: usize) -> Vec<u32> {
-    let vocab = model.config.vocab as u64;
+pub fn synthetic_prompt(config: &LlamaConfig, len: usize) -> Vec<u32> {
+    let vocab = config.vocab as u64;
     (0..len as u64).map(|i| (1000 + (i * 7919) % (vocab.saturating_sub(1000).max(1))) as u32 % vocab as u32).collect()
 }
 
-/// Prefill tokens/s: a fresh cache, `prompt_len` tokens, last-position logits.
-pub fn prefill(model: &Llama, prompt_len: usize, runs: usize) -> Result<f64, ModelError> {
-    let prompt = synthetic_prompt(model, prompt_len);
+/// Prefill tokens/s on either backend: a fresh cache, `prompt_len` tokens, last-position logits.
+pub fn prefill<M: LogitsModel>(model: &M, prompt_len: usize, runs: usize) -> Result<f64, M::Error> {
+    let prompt = synthetic_prompt(model.config(), prompt_len);
     let s = median_seconds(runs, || model.forward_last(&prompt, &mut model.new_cache()).map(|_| ()))?;
     Ok(prompt_len as f64 / s)
 }
 
-/// Decode tokens/s at batch 1: `steps` single-token steps after a `context`-token prompt (prefill not timed).
-pub fn decode(model: &Llama, context: usize, steps: usize, runs: usize) -> Result<f64, ModelError> {
-    let prompt = synthetic_prompt(model, context + steps);
-    let mut base = model.new_cache();
-    model.forward_last(&prompt[..context], &mut base)?;
-    let s = median_seconds(runs, || {
-        let mut cache = base.clone();
+/// Decode tokens/s at batch 1 on either backend: `steps` single-token steps after a `context`-token prompt
+/// (the prompt's prefill is not timed; one untimed warm-up run, then the median of `runs`).
+pub fn decode<M: LogitsModel>(model: &M, context: usize, steps: usize, runs: usize) -> Result<f64, M::Error> {
+    let prompt = synthetic_prompt(model.config(), context + steps);
+    let mut times = Vec::with_capacity(runs);
+    for run in 0..=runs.max(1) {
+        let mut cache = model.new_cache();
+        model.forward_last(&prompt[..context], &mut cache)?;
+        let start = Instant::now();
         for &tok in &prompt[context..] {
             model.forward_last(&[tok], &mut cache)?;
         }
-        Ok::<(), ModelError>(())
-    })?;
-    Ok(steps as f64 / s)
+        if run > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(steps as f64 / times[times.len() / 2])
 }
 
 /// Decode tokens/s at batch `batch` through `forward_last_batch`: every step runs one new token of each
 /// sequence (so `batch × steps` tokens), each sequence after its own `context`-token prompt.
 pub fn decode_batch(model: &Llama, batch: usize, context: usize, steps: usize, runs: usize) -> Result<f64, ModelError> {
-    let prompt = synthetic_prompt(model, context + steps + batch);
+    let prompt = synthetic_prompt(&model.config, context + steps + batch);
     let mut base: Vec<SeqCache> = (0..batch).map(|_| SeqCache::new(model)).collect();
     for (s, cache) in base.iter_mut().enumerate() {
         forward_last_batch(model, &[&prompt[s..s + context]], std::slice::from_mut(cache))?;
@@ -113,4 +120,37 @@ pub fn decode_batch(model: &Llama, batch: usize, context: usize, steps: usize, r
         Ok::<(), ModelError>(())
     })?;
     Ok((batch * steps) as f64 / s)
+}
+
+/// `batch` deterministic pseudo-text sequences of `seq` tokens, the loss on every predicted token (the training
+/// benches of both backends and `examples/train_bench.rs` use the same batch).
+pub fn synthetic_batch(vocab: usize, seq: usize, batch: usize) -> Vec<crate::train::TrainSequence> {
+    let vocab = vocab.max(1) as u64;
+    (0..batch as u64)
+        .map(|b| {
+            let tokens =
+                (0..seq as u64).map(|i| ((i * 7919 + b * 104_729 + 13) * 2_654_435_761 % vocab) as u32).collect();
+            crate::train::TrainSequence::sft(tokens, 1)
+        })
+        .collect()
+}
+
+/// CPU training-step tokens/s (forward + backward + AdamW with grad clipping) on [`synthetic_batch`]; the
+/// model is trained in place, so pass a copy you do not need.
+pub fn train_step(
+    model: &mut crate::train::TrainableLlama,
+    seq: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<f64, crate::train::TrainError> {
+    use crate::train::{Objective, TrainStep};
+    let seqs = synthetic_batch(model.config.vocab, seq, batch);
+    let step = TrainStep {
+        micro_batches: vec![&seqs],
+        objective: Objective::Sft,
+        adamw: crate::cpu_ops::AdamW { lr: 1e-5, ..crate::cpu_ops::AdamW::default() },
+        max_grad_norm: Some(1.0),
+    };
+    let seconds = median_seconds(runs, || model.train_step(&step).map(|_| ()))?;
+    Ok((seq * batch) as f64 / seconds)
 }

@@ -179,6 +179,9 @@ pub struct GrpoConfig {
     pub turn_credit: TurnCredit,
     pub trajectory_score: TrajectoryScore,
     pub zero_variance: ZeroVariance,
+    /// Seconds one gym step (the user's reply) may take during rollouts; past it the episode ends as
+    /// `agent_error`.
+    pub step_timeout_s: f64,
 }
 
 impl Default for GrpoConfig {
@@ -208,6 +211,7 @@ impl Default for GrpoConfig {
             turn_credit: TurnCredit::Equalized,
             trajectory_score: TrajectoryScore::Sum,
             zero_variance: ZeroVariance::Keep,
+            step_timeout_s: 120.0,
         }
     }
 }
@@ -357,6 +361,9 @@ impl RunConfig {
             }
             if g.grad_clip <= 0.0 {
                 return Err(invalid("grpo.grad_clip", "must be positive"));
+            }
+            if !(g.step_timeout_s.is_finite() && g.step_timeout_s > 0.0) {
+                return Err(invalid("grpo.step_timeout_s", "must be a positive number of seconds"));
             }
             if !(g.gamma > 0.0 && g.gamma <= 1.0) {
                 return Err(invalid("grpo.gamma", "must be in (0, 1]"));

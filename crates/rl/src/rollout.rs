@@ -7,16 +7,23 @@
 //! (`no_tool_call`); a turn that hits the token budget ends it (`length`); each turn with a call steps the
 //! gym once with the first valid call (the original ran every call of a turn on one env concurrently and kept
 //! the last one's reward; extra calls are counted in `extra_calls` instead).
+//!
+//! Training rollouts run on the continuous-batching engine ([`rollout_batch`]): every episode of a step is a
+//! tokio task with its own engine session, so all live episodes decode in one batched forward while their gym
+//! steps (user replies) run concurrently, each under a timeout. Evaluation and tests may still drive one
+//! episode at a time through a [`Policy`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use userrl_gym::agent::{Message, Role};
 use userrl_gym::env::{EnvConfig, Episode, Termination, Transcript};
 use userrl_gym::tool;
 use userrl_gym::{Gym, GymError, GymKind, User};
+use userrl_nn::engine::{Engine, EngineError, Request, Session};
 use userrl_nn::generate::{Generation, Sampling};
-use userrl_nn::model::ModelError;
+use userrl_nn::model::{Llama, ModelError};
 use userrl_nn::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 
 /// A model that continues a token sequence.
@@ -65,6 +72,42 @@ impl Policy for CpuPolicy {
     }
 }
 
+/// Samples one assistant turn of an episode: `context` is the whole token sequence so far.
+#[async_trait::async_trait]
+trait TurnSampler: Send {
+    async fn sample(&mut self, context: &[u32], stop: &[u32], sampling: &Sampling) -> Result<Generation, RolloutError>;
+}
+
+/// A synchronous [`Policy`], one episode at a time.
+struct OneAtATime<'a>(&'a mut dyn Policy);
+
+#[async_trait::async_trait]
+impl TurnSampler for OneAtATime<'_> {
+    async fn sample(&mut self, context: &[u32], stop: &[u32], sampling: &Sampling) -> Result<Generation, RolloutError> {
+        self.0.continue_tokens(context, stop, sampling)
+    }
+}
+
+/// An engine session: the first turn sends the prompt, each later turn only the tokens appended since the
+/// last sample (the tool turn); the engine runs its pending sampled token and those on the kept cache.
+struct EngineSampler {
+    session: Session,
+    /// Tokens of the episode the engine has seen or sampled so far.
+    known: usize,
+}
+
+#[async_trait::async_trait]
+impl TurnSampler for EngineSampler {
+    async fn sample(&mut self, context: &[u32], stop: &[u32], sampling: &Sampling) -> Result<Generation, RolloutError> {
+        let fresh = context.get(self.known..).unwrap_or_default();
+        let request =
+            Request { tokens: fresh.to_vec(), stop: stop.to_vec(), sampling: sampling.clone(), constraint: None };
+        let (generation, _) = self.session.generate(request)?.collect().await?;
+        self.known = context.len() + generation.tokens.len();
+        Ok(generation)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
     #[error(transparent)]
@@ -73,6 +116,10 @@ pub enum RolloutError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error("generation engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("a rollout task failed: {0}")]
+    Task(String),
     #[error("the chat template has no `{0}` token")]
     MissingToken(&'static str),
     #[error("bad SFT record: {0}")]
@@ -87,6 +134,9 @@ pub struct RolloutConfig {
     /// The whole sequence (prompt, turns and tool responses).
     pub max_total_tokens: usize,
     pub sampling: Sampling,
+    /// How long one gym step (the user's reply) may take; past it the episode ends as `agent_error`. `None`
+    /// waits as long as the step takes (and needs no tokio timer, e.g. under `futures::executor`).
+    pub step_timeout: Option<Duration>,
 }
 
 /// One rollout, ready for shaping and the policy update.
@@ -288,6 +338,55 @@ pub async fn rollout(
     user: Arc<dyn User>,
     config: &RolloutConfig,
 ) -> Result<Trajectory, RolloutError> {
+    play(gym, task_id, &mut OneAtATime(policy), tokenizer, user, config).await
+}
+
+/// One episode to play in a [`rollout_batch`].
+#[derive(Clone)]
+pub struct RolloutJob {
+    pub gym: Arc<dyn Gym>,
+    pub task_id: String,
+    pub config: RolloutConfig,
+}
+
+/// Plays every job at once on `engine`, each as a tokio task with its own engine session (so their turns
+/// decode together in one batch and their gym steps overlap), and returns the trajectories in job order.
+/// Must be called inside a tokio runtime with the timer enabled when a job has a `step_timeout`.
+pub async fn rollout_batch(
+    engine: &Engine<Llama>,
+    jobs: Vec<RolloutJob>,
+    tokenizer: Arc<Tokenizer>,
+    user: Arc<dyn User>,
+) -> Vec<Result<Trajectory, RolloutError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let n = jobs.len();
+    for (i, job) in jobs.into_iter().enumerate() {
+        let mut sampler = EngineSampler { session: engine.session(), known: 0 };
+        let (tokenizer, user) = (tokenizer.clone(), user.clone());
+        tasks.spawn(async move {
+            let t = play(job.gym.as_ref(), &job.task_id, &mut sampler, &tokenizer, user, &job.config).await;
+            (i, t)
+        });
+    }
+    let mut out: Vec<Option<Result<Trajectory, RolloutError>>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, t)) => out[i] = Some(t),
+            // A panicked task's slot stays empty and is reported below; the others still finish.
+            Err(e) => tracing::error!(error = %e, "rollout task failed"),
+        }
+    }
+    out.into_iter().map(|t| t.unwrap_or_else(|| Err(RolloutError::Task("panicked or cancelled".into())))).collect()
+}
+
+async fn play(
+    gym: &dyn Gym,
+    task_id: &str,
+    policy: &mut dyn TurnSampler,
+    tokenizer: &Tokenizer,
+    user: Arc<dyn User>,
+    config: &RolloutConfig,
+) -> Result<Trajectory, RolloutError> {
     let im_end = tokenizer.token_id("<|im_end|>").ok_or(RolloutError::MissingToken("<|im_end|>"))?;
     let env = gym.new_env(task_id, &config.env, user)?;
     let mut episode = Episode::new(env, config.env.clone());
@@ -313,7 +412,7 @@ pub async fn rollout(
             seed: userrl_gym::text::mix(config.sampling.seed, turn_starts.len() as u64),
             ..config.sampling.clone()
         };
-        let generation = policy.continue_tokens(&tokens, &[im_end], &sampling)?;
+        let generation = policy.sample(&tokens, &[im_end], &sampling).await?;
         turn_starts.push(tokens.len());
         turn_rewards.push(0.0);
         tool_responses.push(None);
@@ -333,7 +432,19 @@ pub async fn rollout(
         extra_calls += parsed.calls.len() - 1;
         let action = call.to_action();
         let asked = std::time::Instant::now();
-        let outcome = episode.step(action).await;
+        let outcome = match config.step_timeout {
+            None => episode.step(action).await,
+            Some(limit) => match tokio::time::timeout(limit, episode.step(action)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The step never answered (a stuck user endpoint): the turn keeps reward 0 and no response.
+                    tracing::warn!(gym = %gym.kind(), task = task_id, seconds = limit.as_secs_f64(), "gym step timed out");
+                    step_seconds.push(asked.elapsed().as_secs_f64());
+                    ended = Some(Termination::AgentError);
+                    break;
+                }
+            },
+        };
         step_seconds.push(asked.elapsed().as_secs_f64());
         if let Some(last) = turn_rewards.last_mut() {
             *last = outcome.reward;
@@ -415,6 +526,7 @@ pub(crate) mod tests {
             max_new_tokens: 200,
             max_total_tokens: 4096,
             sampling: Sampling::default(),
+            step_timeout: None,
         }
     }
 
@@ -542,5 +654,139 @@ pub(crate) mod tests {
         for (a, b) in turn2.logprobs.iter().zip(&fresh.logprobs) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+
+    fn tiny_llama(vocab: usize, context: usize) -> Llama {
+        let config = userrl_nn::model::LlamaConfig {
+            vocab,
+            hidden: 16,
+            layers: 2,
+            heads: 2,
+            kv_heads: 1,
+            ffn: 32,
+            rope_theta: 10_000.0,
+            eps: 1e-5,
+            context,
+        };
+        userrl_nn::train::random_llama(&config, 5, true).unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// Episodes played together on the engine give, token for token, the trajectories the sequential path gives
+    /// one at a time (greedy and seeded sampling), with the sampler's log-probs.
+    #[test]
+    fn engine_rollouts_equal_sequential_rollouts() {
+        let tok = Arc::new(tokenizer());
+        let model = tiny_llama(tok.vocab_size(), 2048);
+        let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
+        let gym = catalog.get(GymKind::Function).unwrap().clone();
+        let tasks = gym.task_ids(None);
+        let jobs: Vec<RolloutJob> = (0..4)
+            .map(|i| {
+                let mut config = config();
+                config.max_new_tokens = 10 + 3 * i;
+                config.sampling = Sampling {
+                    temperature: if i == 3 { 1.0 } else { 0.0 },
+                    seed: 17 + i as u64,
+                    ..Sampling::default()
+                };
+                config.step_timeout = Some(Duration::from_secs(60));
+                RolloutJob { gym: gym.clone(), task_id: tasks[i % tasks.len()].clone(), config }
+            })
+            .collect();
+        let engine =
+            Engine::new(Arc::new(tiny_llama(tok.vocab_size(), 2048)), userrl_nn::engine::EngineConfig::default())
+                .unwrap();
+        let rt = runtime();
+        let batched = rt.block_on(rollout_batch(&engine, jobs.clone(), tok.clone(), Arc::new(ScriptedUser)));
+        let mut policy = CpuPolicy::new(model);
+        for (job, got) in jobs.iter().zip(batched) {
+            let got = got.unwrap();
+            let want = rt
+                .block_on(rollout(
+                    job.gym.as_ref(),
+                    &job.task_id,
+                    &mut policy,
+                    &tok,
+                    Arc::new(ScriptedUser),
+                    &job.config,
+                ))
+                .unwrap();
+            assert_eq!(got.tokens, want.tokens);
+            assert_eq!(got.response_mask, want.response_mask);
+            assert_eq!(got.turn_starts, want.turn_starts);
+            assert_eq!(got.termination, want.termination);
+            assert!(got.response_mask.contains(&1));
+            for (a, b) in got.sampled_logprobs.iter().zip(&want.sampled_logprobs) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// Over several turns the engine session is sent only the appended tokens and still samples what the
+    /// sequential policy samples from the whole context.
+    #[test]
+    fn engine_session_turns_equal_the_sequential_policy() {
+        let model = tiny_llama(97, 256);
+        let engine = Engine::new(Arc::new(tiny_llama(97, 256)), userrl_nn::engine::EngineConfig::default()).unwrap();
+        let mut sampler = EngineSampler { session: engine.session(), known: 0 };
+        let mut policy = CpuPolicy::new(model);
+        let sampling = Sampling { max_new_tokens: 9, ..Sampling::default() };
+        let mut context: Vec<u32> = (0..30).map(|i| (i * 11 % 97) as u32).collect();
+        let rt = runtime();
+        for turn in 0..3u32 {
+            let prompt_before = engine.stats().prompt_tokens.load(std::sync::atomic::Ordering::Relaxed);
+            let got = rt.block_on(sampler.sample(&context, &[], &sampling)).unwrap();
+            let want = policy.continue_tokens(&context, &[], &sampling).unwrap();
+            assert_eq!(got.tokens, want.tokens, "turn {turn}");
+            for (a, b) in got.logprobs.iter().zip(&want.logprobs) {
+                assert!((a - b).abs() < 1e-4, "turn {turn}: {a} vs {b}");
+            }
+            if turn > 0 {
+                // The last sampled token and the 4 appended ones: the prefix is not run again.
+                let fed = engine.stats().prompt_tokens.load(std::sync::atomic::Ordering::Relaxed) - prompt_before;
+                assert_eq!(fed, 5, "turn {turn}");
+            }
+            context.extend(&got.tokens);
+            context.extend([turn + 1, turn + 2, turn + 3, turn + 4]);
+        }
+    }
+
+    /// A user that never answers in time.
+    struct StuckUser;
+
+    #[async_trait::async_trait]
+    impl User for StuckUser {
+        fn kind(&self) -> userrl_gym::UserKind {
+            userrl_gym::UserKind::Scripted
+        }
+        async fn reply(
+            &self,
+            query: &userrl_gym::user::UserQuery,
+        ) -> Result<userrl_gym::user::UserReply, userrl_gym::user::UserError> {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            query.scripted_reply()
+        }
+    }
+
+    #[test]
+    fn a_gym_step_past_its_timeout_ends_the_episode_as_an_agent_error() {
+        let tok = tokenizer();
+        let catalog = Catalog::builtin(&[GymKind::Intention]).unwrap();
+        let gym = catalog.get(GymKind::Intention).unwrap();
+        let task = gym.task_ids(None)[0].clone();
+        let ask = "<tool_call>\n{\"name\": \"interact_with_env\", \"arguments\": {\"choice\": \"action\", \"content\": \"What is your budget?\"}}\n</tool_call>";
+        let mut policy = Scripted { turns: vec![turn(&tok, ask), turn(&tok, ask)], next: 0, sampled: Vec::new() };
+        let config = RolloutConfig { step_timeout: Some(Duration::from_millis(50)), ..config() };
+        let t =
+            runtime().block_on(rollout(gym.as_ref(), &task, &mut policy, &tok, Arc::new(StuckUser), &config)).unwrap();
+        assert_eq!(t.termination, Termination::AgentError);
+        assert_eq!(t.turn_rewards, vec![0.0]);
+        assert_eq!(t.tool_responses, vec![None]);
+        assert_eq!(t.step_seconds.len(), 1);
+        assert_eq!(policy.next, 1);
     }
 }

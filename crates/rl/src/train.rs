@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,6 +19,7 @@ use userrl_gym::user::ScriptedUser;
 use userrl_gym::{Catalog, GymKind, User, UserKind};
 use userrl_nn::checkpoint::{self, load_model};
 use userrl_nn::cpu_ops::{AdamW, GrpoClip};
+use userrl_nn::engine::{Engine, EngineConfig};
 use userrl_nn::generate::Sampling;
 use userrl_nn::gguf::Gguf;
 use userrl_nn::model::{Llama, LlamaConfig};
@@ -28,7 +29,7 @@ use userrl_nn::train::{Objective, TrainSequence, TrainStep, TrainableLlama, rand
 use crate::config::{GrpoConfig, LrSchedule, RunConfig, SftConfig, ZeroVariance};
 use crate::events::{Event, EventSink};
 use crate::resume::{Phase, Progress, ResumeState, RngState};
-use crate::rollout::{CpuPolicy, RolloutConfig, Trajectory, render_sft_record, rollout};
+use crate::rollout::{CpuPolicy, RolloutConfig, RolloutJob, Trajectory, render_sft_record, rollout, rollout_batch};
 use crate::sft_data::{SftOptions, generate as generate_sft};
 use crate::shaping::{Shaping, ShapingInput};
 use crate::transcript::{self, RecordScores};
@@ -284,6 +285,8 @@ async fn run_inner(
         None => None,
     };
     let mut summary = start.map(|s| s.summary).unwrap_or_default();
+    // Shared with the rollout tasks of the GRPO steps.
+    let tokenizer = Arc::new(tokenizer);
     sink.emit(&Event::Status { status: "running".into(), message: running })?;
     control.check()?;
     let run = Ctx { config, tokenizer: &tokenizer, user: user.clone(), sink, control, out };
@@ -318,7 +321,7 @@ async fn run_inner(
 /// What every phase of a run reads.
 struct Ctx<'a> {
     config: &'a RunConfig,
-    tokenizer: &'a Tokenizer,
+    tokenizer: &'a Arc<Tokenizer>,
     user: Arc<dyn User>,
     sink: &'a dyn EventSink,
     control: &'a RunControl,
@@ -522,6 +525,7 @@ async fn run_grpo(
             seed,
             max_new_tokens: grpo.max_new_tokens,
         },
+        step_timeout: Some(Duration::from_secs_f64(grpo.step_timeout_s)),
     };
     let reference = if grpo.kl_coef > 0.0 { Some(reference_policy(run, trainable, first_step)?) } else { None };
     let task_lists: BTreeMap<GymKind, Vec<String>> =
@@ -537,33 +541,61 @@ async fn run_grpo(
             return cancel(trainable, summary);
         }
         let started = Instant::now();
-        let mut policy = CpuPolicy::new(trainable.to_llama());
+        // A fresh engine per step samples from the weights the last update left.
+        let engine = Engine::new(Arc::new(trainable.to_llama()), EngineConfig::default())
+            .map_err(crate::rollout::RolloutError::from)?;
         let mut groups: Vec<Vec<Trajectory>> = Vec::new();
         let mut rollout_tokens = 0usize;
         let mut tries = 0;
         while groups.len() < grpo.prompts_per_step && tries < grpo.prompts_per_step * 4 {
-            tries += 1;
-            let kind = pick_gym(&config.data.gyms, &config.data.weights, &mut rng);
-            let (Some(gym), Some(ids)) = (catalog.get(kind), task_lists.get(&kind)) else { continue };
-            let Some(task) = ids.get(rng.random_range(0..ids.len().max(1))).cloned() else { continue };
-            let mut group = Vec::with_capacity(grpo.group_size);
-            for _ in 0..grpo.group_size {
-                if run.control.is_cancelled() {
-                    return cancel(trainable, summary);
+            if run.control.is_cancelled() {
+                return cancel(trainable, summary);
+            }
+            // One round: a task and its group's seeds for every group still missing, all played at once.
+            let mut jobs = Vec::new();
+            let mut drawn = 0usize;
+            while groups.len() + drawn < grpo.prompts_per_step && tries < grpo.prompts_per_step * 4 {
+                tries += 1;
+                let kind = pick_gym(&config.data.gyms, &config.data.weights, &mut rng);
+                let (Some(gym), Some(ids)) = (catalog.get(kind), task_lists.get(&kind)) else { continue };
+                let Some(task) = ids.get(rng.random_range(0..ids.len().max(1))).cloned() else { continue };
+                drawn += 1;
+                for _ in 0..grpo.group_size {
+                    let seed = rng.random::<u64>();
+                    jobs.push(RolloutJob { gym: gym.clone(), task_id: task.clone(), config: rollout_config(seed) });
                 }
-                let seed = rng.random::<u64>();
-                let t =
-                    rollout(gym.as_ref(), &task, &mut policy, tokenizer, user.clone(), &rollout_config(seed)).await?;
-                rollout_tokens += t.response_mask.iter().filter(|m| **m == 1).count();
-                group.push(t);
             }
-            let rewards: Vec<f64> = group.iter().map(|t| t.transcript.score).collect();
-            let zero_variance = rewards.iter().all(|r| (r - rewards[0]).abs() < 1e-12);
-            if zero_variance && grpo.zero_variance == ZeroVariance::Resample {
-                continue;
+            if jobs.is_empty() {
+                break;
             }
-            groups.push(group);
+            // A cancel during the round discards the step: dropping the batch aborts its episodes (and their
+            // engine sequences) at once instead of waiting for every episode to end.
+            let batch = rollout_batch(&engine, jobs, tokenizer.clone(), user.clone());
+            tokio::pin!(batch);
+            let results = loop {
+                tokio::select! {
+                    results = &mut batch => break results,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if run.control.is_cancelled() {
+                            return cancel(trainable, summary);
+                        }
+                    }
+                }
+            };
+            let mut results = results.into_iter();
+            for _ in 0..drawn {
+                let group = results.by_ref().take(grpo.group_size).collect::<Result<Vec<_>, _>>()?;
+                rollout_tokens +=
+                    group.iter().map(|t| t.response_mask.iter().filter(|m| **m == 1).count()).sum::<usize>();
+                let rewards: Vec<f64> = group.iter().map(|t| t.transcript.score).collect();
+                let zero_variance = rewards.iter().all(|r| (r - rewards[0]).abs() < 1e-12);
+                if zero_variance && grpo.zero_variance == ZeroVariance::Resample {
+                    continue;
+                }
+                groups.push(group);
+            }
         }
+        drop(engine);
         let rollout_seconds = started.elapsed().as_secs_f64();
         // Shaping and the training batch.
         let mut sequences = Vec::new();
@@ -791,6 +823,7 @@ async fn evaluate_with(
     let kinds = config.eval.gyms.clone().unwrap_or_else(|| config.data.gyms.clone());
     let catalog = catalog(config, &kinds)?;
     let mut policy = CpuPolicy::new(trainable.to_llama());
+    let step_timeout = config.grpo.as_ref().map(|g| Duration::from_secs_f64(g.step_timeout_s));
     let (max_new, max_total, max_turns) = config
         .grpo
         .as_ref()
@@ -809,6 +842,7 @@ async fn evaluate_with(
                 max_new_tokens: max_new,
                 max_total_tokens: max_total,
                 sampling: Sampling { temperature: 0.0, max_new_tokens: max_new, ..Sampling::default() },
+                step_timeout,
             };
             let t = rollout(gym.as_ref(), id, &mut policy, tokenizer, run.user.clone(), &rc).await?;
             let reward = crate::shaping::trajectory_score(&t.turn_rewards, shaping.score, shaping.gamma);

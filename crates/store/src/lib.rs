@@ -36,6 +36,8 @@ pub const BLOCK_STEPS: i64 = 64;
 pub const MAX_BUCKETS: usize = 100_000;
 /// Most transcripts one page may hold; larger limits are cut to this.
 pub const MAX_TRANSCRIPT_PAGE: i64 = 1_000;
+/// How long a query waits for a connection (an unreachable server fails writes after this, not 30 s).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many store events a slow live reader may fall behind before it sees `Lagged`.
 const EVENT_CAPACITY: usize = 4_096;
 
@@ -161,7 +163,7 @@ impl Store {
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            let mut pool_options = SqlitePoolOptions::new().max_connections(8);
+            let mut pool_options = SqlitePoolOptions::new().max_connections(8).acquire_timeout(ACQUIRE_TIMEOUT);
             if in_memory {
                 // Every connection to `:memory:` is its own database: keep exactly one, forever.
                 pool_options = pool_options.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
@@ -176,7 +178,8 @@ impl Store {
             Pool::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new().max_connections(10).connect_with(options).await?;
+            let pool =
+                PgPoolOptions::new().max_connections(10).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
             Pool::Postgres(pool)
         } else {

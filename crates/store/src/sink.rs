@@ -193,8 +193,11 @@ async fn write(store: &Store, entries: &[Entry], failures: &mut Failures) {
         Ok(()) => return,
         Err(err) => err,
     };
-    if entries.len() == 1 {
-        failures.record(&err, 1);
+    // Only a statement the database refused can be one entry's fault; anything else (unreachable server, pool
+    // timeout) would fail the same way entry by entry.
+    let refused = matches!(&err, StoreError::Db(sqlx::Error::Database(db)) if !transient_db(db.as_ref()));
+    if entries.len() == 1 || !refused {
+        failures.record(&err, entries.len() as u64);
         return;
     }
     tracing::warn!(error = %err, entries = entries.len(), "store sink: batch failed, writing its entries one by one");
@@ -211,13 +214,36 @@ async fn write_retrying(store: &Store, entries: &[Entry]) -> Result<(), StoreErr
     loop {
         match store.write_batch(entries).await {
             Ok(_) => return Ok(()),
-            Err(StoreError::Db(err)) if attempt < RETRIES => {
+            Err(StoreError::Db(err)) if attempt < RETRIES && transient(&err) => {
                 tracing::warn!(error = %err, attempt, "store sink: write failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
             }
             Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Whether the same write may succeed a moment later: lock contention, serialization conflicts, a dropped
+/// connection. A pool timeout is not retried: it already waited.
+fn transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => transient_db(db.as_ref()),
+        sqlx::Error::Io(_) => true,
+        _ => false,
+    }
+}
+
+fn transient_db(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    match code.parse::<i32>() {
+        // SQLite: BUSY and LOCKED, with their extended codes.
+        Ok(n) => matches!(n & 0xff, 5 | 6),
+        // Postgres: serialization failure and deadlock (40xxx), lost connection (08xxx), admin shutdown, lock
+        // not available, too many connections.
+        Err(_) => {
+            code.starts_with("40") || code.starts_with("08") || matches!(code.as_ref(), "57P01" | "55P03" | "53300")
         }
     }
 }

@@ -17,6 +17,7 @@ both_dialects! {
     unknown_run_fails_at_flush,
     dropping_the_sink_drains_the_queue,
     concurrent_runs_and_readers,
+    closed_database_fails_flush_instead_of_hanging,
 }
 
 const BURST: u64 = 100_000;
@@ -173,4 +174,15 @@ async fn concurrent_runs_and_readers(store: Store) {
         assert_eq!(store.transcripts(run, &TranscriptFilter::default()).await.unwrap().len(), 5);
     }
     assert_eq!(store.metric_points(runs[0], "direct", None).await.unwrap().len(), 50);
+}
+
+async fn closed_database_fails_flush_instead_of_hanging(store: Store) {
+    let run = store.create_run(&new_run("gone")).await.unwrap();
+    let sink = StoreSink::new(store.clone(), run, tokio::runtime::Handle::current());
+    store.close().await;
+    for step in 0..1_000 {
+        sink.emit(&Event::Metrics { step, values: vec![("reward".into(), 1.0)] }).unwrap();
+    }
+    let err = sink.flush().await.unwrap_err();
+    assert!(matches!(&err, StoreError::Sink(m) if m.starts_with("1000 event(s)")), "{err}");
 }

@@ -43,8 +43,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Policy-engine CPU backend: matmul GFLOP/s vs the raw sgemm, prefill and decode tokens/s (medians).
+    /// Policy engine: matmul GFLOP/s vs the raw sgemm, prefill, decode (batch 1 and N) and training-step
+    /// tokens/s (medians), on the CPU backend or on wgpu.
     Nn {
+        /// `cpu`, or `wgpu` (the first adapter wgpu offers; set WGPU_BACKEND to choose). On wgpu: prefill, batch-1
+        /// decode and the training step (matmul and batched decode are CPU-only numbers).
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// A `.gguf` file or a checkpoint directory.
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
         model: std::path::PathBuf,
@@ -65,6 +70,12 @@ pub enum Command {
         /// The batch of the batched decode (0 skips it).
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Sequence length of the timed training step (forward + backward + AdamW; 0 skips it).
+        #[arg(long, default_value_t = 512)]
+        train_seq: usize,
+        /// Sequences per training step.
+        #[arg(long, default_value_t = 1)]
+        train_batch: usize,
         #[arg(long)]
         json: bool,
     },
@@ -129,9 +140,34 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Gyms { seconds, gyms, json } => bench_gyms(seconds, &gyms, json),
         Command::Llm { concurrency, requests, latency_ms, json } => bench_llm(concurrency, requests, latency_ms, json),
-        Command::Nn { model, runs, matmul_n, prefill_tokens, decode_context, decode_steps, batch, json } => {
-            let opts = NnOptions { runs, matmul_n, prefill_tokens, decode_context, decode_steps, batch };
-            bench_nn(&model, &opts, json)
+        Command::Nn {
+            device,
+            model,
+            runs,
+            matmul_n,
+            prefill_tokens,
+            decode_context,
+            decode_steps,
+            batch,
+            train_seq,
+            train_batch,
+            json,
+        } => {
+            let opts = NnOptions {
+                runs,
+                matmul_n,
+                prefill_tokens,
+                decode_context,
+                decode_steps,
+                batch,
+                train_seq,
+                train_batch,
+            };
+            match device.as_str() {
+                "cpu" => bench_nn(&model, &opts, json),
+                "wgpu" => bench_nn_wgpu(&model, &opts, json),
+                other => anyhow::bail!("--device {other}: expected cpu or wgpu"),
+            }
         }
         Command::Openai { model, streams, max_tokens, json } => bench_openai(&model, &streams, max_tokens, json),
         Command::Serve { connections, requests, runs, points, chart_requests, buckets, json } => {
@@ -259,6 +295,8 @@ struct NnOptions {
     decode_context: usize,
     decode_steps: usize,
     batch: usize,
+    train_seq: usize,
+    train_batch: usize,
 }
 
 fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
@@ -284,6 +322,13 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
     } else {
         None
     };
+    let train = if o.train_seq > 0 {
+        say(&format!("training step, seq {} x batch {}", o.train_seq, o.train_batch));
+        let mut trainable = userrl_nn::train::TrainableLlama::from_llama(model)?;
+        Some(bench::train_step(&mut trainable, o.train_seq, o.train_batch, o.runs.min(3))?)
+    } else {
+        None
+    };
     let report = json!({
         "device": "cpu",
         "threads": threads,
@@ -299,6 +344,7 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
             "batch": o.batch,
             "batch_tokens_per_s": decode_n,
         },
+        "train_step": {"seq": o.train_seq, "batch": o.train_batch, "tokens_per_s": train},
     });
     if json_out {
         println!("{report}");
@@ -312,6 +358,58 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
         println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
         if let Some(n) = decode_n {
             println!("decode batch {}: {n:.1} tokens/s in total", o.batch);
+        }
+        if let Some(t) = train {
+            println!("training step seq {} x {}: {t:.1} tokens/s", o.train_seq, o.train_batch);
+        }
+    }
+    Ok(())
+}
+
+/// `bench nn --device wgpu`: the same prefill, batch-1 decode and training step through the WGSL kernels.
+fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
+    use anyhow::Context;
+    use userrl_nn::{bench, wgpu};
+    let say = |what: &str| {
+        if !json_out {
+            eprintln!("[bench nn] {what}");
+        }
+    };
+    let device = wgpu::Device::wgpu()?;
+    let info = device.info();
+    let adapter = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
+    say(&format!("adapter {adapter}"));
+    let loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {}", path.display()))?;
+    let model = wgpu::WgpuLlama::new(&device, &loaded.model)?;
+    say(&format!("prefill {} tokens", o.prefill_tokens));
+    let prefill = bench::prefill(&model, o.prefill_tokens, o.runs)?;
+    say(&format!("decode batch 1, {} steps after {} tokens", o.decode_steps, o.decode_context));
+    let decode1 = bench::decode(&model, o.decode_context, o.decode_steps, o.runs)?;
+    let train = if o.train_seq > 0 {
+        say(&format!("training step, seq {} x batch {}", o.train_seq, o.train_batch));
+        let trainable = userrl_nn::train::TrainableLlama::from_llama(&loaded.model)?;
+        Some(wgpu::bench::train_step(&device, &trainable, o.train_seq, o.train_batch, o.runs.min(3))?)
+    } else {
+        None
+    };
+    let report = json!({
+        "device": "wgpu",
+        "adapter": adapter,
+        "runs": o.runs,
+        "statistic": "median",
+        "model": path.display().to_string(),
+        "prefill": {"tokens": o.prefill_tokens, "tokens_per_s": prefill},
+        "decode": {"context": o.decode_context, "steps": o.decode_steps, "batch1_tokens_per_s": decode1},
+        "train_step": train,
+    });
+    if json_out {
+        println!("{report}");
+    } else {
+        println!("wgpu backend on {adapter}, median of {} runs, model {}", o.runs, path.display());
+        println!("prefill {} tokens: {prefill:.1} tokens/s", o.prefill_tokens);
+        println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
+        if let Some(t) = train {
+            println!("training step seq {} x {}: {:.2} tokens/s", t.seq, t.batch, t.tokens_per_s);
         }
     }
     Ok(())

@@ -3,9 +3,9 @@
 //! warm-up. Each timed step waits for the device to finish its AdamW update, so it measures finished work.
 
 use super::{Device, WgpuError, WgpuTrainer};
-use crate::bench::median_seconds;
+use crate::bench::{median_seconds, synthetic_batch};
 use crate::cpu_ops::AdamW;
-use crate::train::{Objective, TrainSequence, TrainStep, TrainableLlama};
+use crate::train::{Objective, TrainStep, TrainableLlama};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainStepResult {
@@ -18,19 +18,6 @@ pub struct TrainStepResult {
     pub seconds_per_step: f64,
     /// `seq · batch / seconds_per_step`.
     pub tokens_per_s: f64,
-}
-
-/// `batch` deterministic pseudo-text sequences of `seq` tokens, the loss on every predicted token (as
-/// `examples/train_bench.rs`).
-pub fn synthetic_batch(vocab: usize, seq: usize, batch: usize) -> Vec<TrainSequence> {
-    let vocab = vocab.max(1) as u64;
-    (0..batch as u64)
-        .map(|b| {
-            let tokens =
-                (0..seq as u64).map(|i| ((i * 7919 + b * 104_729 + 13) * 2_654_435_761 % vocab) as u32).collect();
-            TrainSequence::sft(tokens, 1)
-        })
-        .collect()
 }
 
 /// Training-step tokens/s of `model` on `device` (the model is uploaded; its CPU copy is not changed).

@@ -388,7 +388,7 @@ pub enum Reply {
 const QUESTION_UNAVAILABLE: &str = "Unable to respond to your question right now.";
 const GUESS_UNAVAILABLE: &str = "Unable to evaluate your guess right now.";
 
-const WRONG_GUESS: &[&str] = &[
+pub(crate) const WRONG_GUESS: &[&str] = &[
     "No, that is not what I have in mind. Keep asking questions!",
     "That's not it. Try narrowing it down a bit more.",
     "Not quite: that is not the entity I am thinking of. Keep going!",
@@ -396,12 +396,12 @@ const WRONG_GUESS: &[&str] = &[
 const SEVERAL_GUESSES: &str = "You named several candidates at once. Guess one single entity per answer.";
 const NOT_A_NAME: &str = "That reads like a description rather than a guess. Answer with the name of one entity.";
 
-fn correct_feedback(task: &TelepathyTask) -> String {
+pub(crate) fn correct_feedback(task: &TelepathyTask) -> String {
     format!("Yes, you got it! I was thinking of {}.", task.title)
 }
 
 /// Whether a feedback text gives the entity away (it names the entity).
-fn reveals(task: &TelepathyTask, feedback: &str) -> bool {
+pub(crate) fn reveals(task: &TelepathyTask, feedback: &str) -> bool {
     let parsed = text::Parsed::new(&host::fold(feedback));
     host::name_variants(&task.title, &task.aliases)
         .iter()
