@@ -18,6 +18,7 @@ pub const PINNED: &[&str] = &[
     "reward/",
     "success/",
     "loss",
+    "sft/loss",
     "kl",
     "entropy",
     "grad_norm",
