@@ -130,6 +130,8 @@ fn bench_serve(options: &crate::serve::bench::ServeBenchOptions, json_out: bool)
             )
         };
         line(&format!("runs page ({} runs, {} conns)", report.runs, report.connections), &report.runs_page);
+        line("runs page (1 conn)", &report.runs_page_single);
+        line("Store::runs() in-process", &report.runs_query);
         line(&format!("chart data ({} pts, {} buckets)", report.points, report.buckets), &report.chart_data);
         println!("filled the database in {:.1} s; runs page {} bytes", report.fill_seconds, report.runs_page_bytes);
     }

@@ -45,6 +45,10 @@ pub struct ServeBenchReport {
     pub connections: usize,
     pub runs: usize,
     pub runs_page: Latency,
+    /// The same page one request at a time (latency without queueing).
+    pub runs_page_single: Latency,
+    /// `Store::runs()` alone, in-process, one at a time (the page's database share).
+    pub runs_query: Latency,
     pub points: usize,
     pub fill_seconds: f64,
     pub buckets: usize,
@@ -173,6 +177,7 @@ async fn measure(options: &ServeBenchOptions, dir: &std::path::Path) -> Result<S
     let router = super::app(store.clone(), manager, &[]).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let listener = super::no_delay(listener);
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let client = reqwest::Client::builder().pool_max_idle_per_host(options.connections.max(1)).build()?;
 
@@ -181,6 +186,16 @@ async fn measure(options: &ServeBenchOptions, dir: &std::path::Path) -> Result<S
     anyhow::ensure!(body.contains("bench-0"), "the runs page does not list the runs");
     hammer(&client, &page, options.connections, options.connections).await?;
     let runs_page = hammer(&client, &page, options.connections, options.requests).await?;
+    let single = (options.requests / 10).max(1);
+    let runs_page_single = hammer(&client, &page, 1, single).await?;
+    let mut samples = Vec::with_capacity(single);
+    let started = Instant::now();
+    for _ in 0..single {
+        let t = Instant::now();
+        store.runs().await?;
+        samples.push(t.elapsed());
+    }
+    let runs_query = summarize(samples, started.elapsed());
 
     let chart = format!("http://{addr}/api/runs/{big}/metrics/reward?buckets={}", options.buckets);
     let series: userrl_types::MetricSeries = client.get(&chart).send().await?.error_for_status()?.json().await?;
@@ -193,6 +208,8 @@ async fn measure(options: &ServeBenchOptions, dir: &std::path::Path) -> Result<S
         connections: options.connections,
         runs: options.runs,
         runs_page,
+        runs_page_single,
+        runs_query,
         points: options.points,
         fill_seconds,
         buckets: options.buckets,

@@ -82,6 +82,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
+    let listener = no_delay(listener);
     tracing::info!(%addr, database = store.dialect(), "serving http://{addr}");
     eprintln!("userrl: serving http://{addr}");
     if options.demo {
@@ -112,6 +113,20 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// Sends small writes at once: SSR streams its HTML in pieces, and with Nagle's algorithm each response
+/// waited ~40 ms for the client's delayed ACK (measured: 42 ms p50 for the runs page on one connection).
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
 }
 
 async fn shutdown_signal() {
