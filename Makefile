@@ -14,7 +14,7 @@ build: setup
 # The web app at http://127.0.0.1:3000 (on an empty database the quickstart run starts; see README).
 run: build
 	scripts/build-site --release
-	./target/release/userrl serve
+	"$${CARGO_TARGET_DIR:-target}/release/userrl" serve
 
 lint: setup
 	cargo fmt --all -- --check
