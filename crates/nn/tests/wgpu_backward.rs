@@ -6,33 +6,11 @@
 use userrl_nn::cpu_ops::{self, AdamW, AttnShape, GrpoClip, RopeTable};
 use userrl_nn::wgpu::{Device, MatView, Tensor, WgpuError};
 
+mod common;
+use common::{device, random, rel_err};
+
 const FWD_TOL: f32 = 1e-4;
 const BWD_TOL: f32 = 1e-3;
-
-fn device() -> Device {
-    Device::wgpu().unwrap_or_else(|e| panic!("the wgpu conformance tests need an adapter: {e}"))
-}
-
-/// Deterministic values in [-scale, scale).
-fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-/// max |got − want| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max).max(1e-12);
-    diff / scale
-}
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");

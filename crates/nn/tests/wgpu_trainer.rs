@@ -4,11 +4,10 @@
 
 use userrl_nn::cpu_ops::{AdamW, GrpoClip};
 use userrl_nn::train::{Objective, TrainError, TrainSequence, TrainStep, TrainableLlama, tiny_config};
-use userrl_nn::wgpu::{Device, WgpuError, WgpuLlama, WgpuTrainer};
+use userrl_nn::wgpu::{WgpuError, WgpuLlama, WgpuTrainer};
 
-fn device() -> Device {
-    Device::wgpu().unwrap_or_else(|e| panic!("the wgpu trainer tests need an adapter: {e}"))
-}
+mod common;
+use common::{device, rel_err};
 
 fn seq(tokens: &[u32], prompt: usize) -> TrainSequence {
     TrainSequence::sft(tokens.to_vec(), prompt)
@@ -16,13 +15,6 @@ fn seq(tokens: &[u32], prompt: usize) -> TrainSequence {
 
 fn batch() -> Vec<TrainSequence> {
     vec![seq(&[1, 5, 9, 5, 33, 60, 2, 7, 7, 12, 40, 5], 2), seq(&[3, 9, 5, 18, 44, 63, 0, 5], 1), seq(&[8, 8, 21], 1)]
-}
-
-/// max |got − want| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    diff / want.iter().map(|v| v.abs()).fold(0.0, f32::max).max(1e-12)
 }
 
 fn step<'a>(mbs: Vec<&'a [TrainSequence]>, objective: Objective) -> TrainStep<'a> {
