@@ -23,6 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::broadcast;
 
 pub use sink::{BATCH_WINDOW, MAX_BATCH, StoreSink, status_from_name};
+pub use write::RETRY_FOR;
 pub use userrl_types::{
     CheckpointRow, EvalRow, MetricBucket, MetricPoint, MetricSeries, RolloutHealth, RunKind, RunRow, RunStatus,
     Speaker, TranscriptMessage, TranscriptRecord, TranscriptSummary,
@@ -126,6 +127,8 @@ pub enum StoreEvent {
     Status { run_id: i64, status: RunStatus, message: String },
     Transcript { run_id: i64, id: i64, step: i64 },
     Checkpoint { run_id: i64, step: i64, path: String },
+    /// `step` of the `total` steps of the run's current `phase` are done.
+    Progress { run_id: i64, phase: String, step: i64, total: i64 },
 }
 
 #[derive(Clone, Debug)]
