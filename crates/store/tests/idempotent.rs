@@ -132,7 +132,7 @@ async fn old_migrator(dialect: &str) -> (sqlx::migrate::Migrator, tempfile::Temp
     (sqlx::migrate::Migrator::new(dir.path()).await.unwrap(), dir)
 }
 
-/// After the migrations, the old run (duplicates of every kind, see [`fill_old`]) holds one of each, the latest.
+/// After the migrations, the old run (duplicates of every kind, see [`old_rows`]) holds one of each, the latest.
 async fn check_deduplicated(store: &Store) {
     let points = store.metric_points(1, "reward", None).await.unwrap();
     assert_eq!(points.len(), 100);
@@ -150,11 +150,8 @@ async fn check_deduplicated(store: &Store) {
 
 /// One run with duplicates, as the old schema let them in: reward at steps 0..100 with steps 60..100 logged
 /// twice (the second time lower), two copies of a transcript and of a checkpoint.
-async fn fill_old<'c, E>(conn: E)
-where
-    E: sqlx::Executor<'c> + Copy,
-{
-    let statements = [
+fn old_rows() -> Vec<String> {
+    vec![
         "INSERT INTO runs (name, kind, status, config, gyms, model, device, total_steps, created_at) \
          VALUES ('old', 'train', 'interrupted', '', '[]', 'm', 'cpu', 100, 0)"
             .to_string(),
@@ -181,10 +178,7 @@ where
         "INSERT INTO checkpoints (run_id, step, path, created_at) VALUES (1, 49, 'runs/1/step-00050', 0), \
          (1, 49, 'runs/1/step-00050', 1)"
             .to_string(),
-    ];
-    for sql in statements {
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await.unwrap();
-    }
+    ]
 }
 
 #[tokio::test]
@@ -194,7 +188,9 @@ async fn the_migration_removes_old_duplicates_on_sqlite() {
     let (migrator, _files) = old_migrator("sqlite").await;
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     migrator.run(&pool).await.unwrap();
-    fill_old(&pool).await;
+    for sql in old_rows() {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+    }
     pool.close().await;
     let store = Store::connect(&url).await.unwrap();
     check_deduplicated(&store).await;
@@ -208,7 +204,9 @@ async fn the_migration_removes_old_duplicates_on_postgres() {
     migrator.run(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    fill_old(&pool).await;
+    for sql in old_rows() {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+    }
     pool.close().await;
     let store = Store::connect(&url).await.unwrap();
     check_deduplicated(&store).await;
