@@ -66,14 +66,32 @@ pub enum LaunchOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
-    Metrics { step: i64, values: Vec<(String, f64)> },
-    Status { status: RunStatus, message: String },
-    Transcript { step: i64 },
-    Checkpoint { step: i64 },
+    Metrics {
+        step: i64,
+        values: Vec<(String, f64)>,
+    },
+    Status {
+        status: RunStatus,
+        message: String,
+    },
+    Transcript {
+        step: i64,
+    },
+    Checkpoint {
+        step: i64,
+    },
     /// `step` of the `total` steps of the run's current `phase` are done.
-    Progress { phase: String, step: i64, total: i64 },
+    Progress {
+        phase: String,
+        step: i64,
+        total: i64,
+    },
     /// New points of a run the page compares with its own.
-    Compared { run_id: i64, step: i64, values: Vec<(String, f64)> },
+    Compared {
+        run_id: i64,
+        step: i64,
+        values: Vec<(String, f64)>,
+    },
 }
 
 /// Progress within a phase, as the run header and the runs table show it: `SFT 140 / 150`, `GRPO 3 / 24`,

@@ -316,7 +316,8 @@ async fn an_interrupted_eval_run_resumes_with_the_missing_episodes() {
     use userrl_gym::{Catalog, GymKind, Split};
 
     let h = harness("eval-resume", 1).await;
-    let doc = "name = \"experts\"\n[evaluate]\nagent = \"expert\"\ngyms = [\"turtle\", \"telepathy\"]\nlimit_per_gym = 2\n";
+    let doc =
+        "name = \"experts\"\n[evaluate]\nagent = \"expert\"\ngyms = [\"turtle\", \"telepathy\"]\nlimit_per_gym = 2\n";
     let id = h
         .store
         .create_run(&userrl_store::NewRun {

@@ -62,7 +62,8 @@ pub fn RunsPage() -> impl IntoView {
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         let reload = move || {
-            let live = runs.get_untracked().and_then(Result::ok).is_some_and(|l| l.runs.iter().any(|r| r.status.is_live()));
+            let live =
+                runs.get_untracked().and_then(Result::ok).is_some_and(|l| l.runs.iter().any(|r| r.status.is_live()));
             if live {
                 runs.refetch();
             }

@@ -83,24 +83,26 @@ impl Store {
             return Err(StoreError::Invalid("total_steps must not be negative".into()));
         }
         let gyms = serde_json::to_string(&new.gyms).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let id: i64 = retry("create run", || async { on_pool!(self, pool => {
-            sqlx::query_scalar(
-                "INSERT INTO runs (name, kind, status, config, gyms, model, device, total_steps, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            )
-            .bind(clean(&new.name).as_ref())
-            .bind(kind_name(new.kind))
-            .bind(RunStatus::Queued.as_str())
-            .bind(clean(&new.config).as_ref())
-            .bind(gyms.as_str())
-            .bind(clean(&new.model).as_ref())
-            .bind(clean(&new.device).as_ref())
-            .bind(new.total_steps)
-            .bind(now_ms())
-            .fetch_one(pool)
-            .await
-            .map_err(StoreError::from)
-        })})
+        let id: i64 = retry("create run", || async {
+            on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "INSERT INTO runs (name, kind, status, config, gyms, model, device, total_steps, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                )
+                .bind(clean(&new.name).as_ref())
+                .bind(kind_name(new.kind))
+                .bind(RunStatus::Queued.as_str())
+                .bind(clean(&new.config).as_ref())
+                .bind(gyms.as_str())
+                .bind(clean(&new.model).as_ref())
+                .bind(clean(&new.device).as_ref())
+                .bind(new.total_steps)
+                .bind(now_ms())
+                .fetch_one(pool)
+                .await
+                .map_err(StoreError::from)
+            })
+        })
         .await?;
         self.publish(StoreEvent::Status { run_id: id, status: RunStatus::Queued, message: String::new() });
         Ok(id)
@@ -148,18 +150,20 @@ impl Store {
     /// Returns how many.
     pub async fn mark_interrupted(&self) -> Result<u64, StoreError> {
         const MESSAGE: &str = "the server stopped while this run was going";
-        let ids: Vec<i64> = retry("mark interrupted", || async { on_pool!(self, pool => {
-            sqlx::query_scalar(
-                "UPDATE runs SET status = $1, message = $2, finished_at = $3 \
-                 WHERE status IN ('queued', 'running') RETURNING id",
-            )
-            .bind(RunStatus::Interrupted.as_str())
-            .bind(MESSAGE)
-            .bind(now_ms())
-            .fetch_all(pool)
-            .await
-            .map_err(StoreError::from)
-        })})
+        let ids: Vec<i64> = retry("mark interrupted", || async {
+            on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "UPDATE runs SET status = $1, message = $2, finished_at = $3 \
+                     WHERE status IN ('queued', 'running') RETURNING id",
+                )
+                .bind(RunStatus::Interrupted.as_str())
+                .bind(MESSAGE)
+                .bind(now_ms())
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::from)
+            })
+        })
         .await?;
         for &run_id in &ids {
             self.publish(StoreEvent::Status { run_id, status: RunStatus::Interrupted, message: MESSAGE.into() });
@@ -195,28 +199,30 @@ impl Store {
         if row.episodes < 0 {
             return Err(StoreError::Invalid("episodes must not be negative".into()));
         }
-        retry("add eval", || async { on_pool!(self, pool => {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO evals (run_id, model, gym, user_kind, split, episodes, mean_score, normalized, \
-                 success_rate, mean_turns, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 RETURNING id",
-            )
-            .bind(row.run_id)
-            .bind(clean(&row.model).as_ref())
-            .bind(clean(&row.gym).as_ref())
-            .bind(clean(&row.user_kind).as_ref())
-            .bind(clean(&row.split).as_ref())
-            .bind(row.episodes)
-            .bind(to_db(row.mean_score))
-            .bind(to_db(row.normalized))
-            .bind(to_db(row.success_rate))
-            .bind(to_db(row.mean_turns))
-            .bind(now_ms())
-            .fetch_one(pool)
-            .await
-            .map_err(not_found_on_fk)?;
-            Ok(id)
-        })})
+        retry("add eval", || async {
+            on_pool!(self, pool => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO evals (run_id, model, gym, user_kind, split, episodes, mean_score, normalized, \
+                     success_rate, mean_turns, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     RETURNING id",
+                )
+                .bind(row.run_id)
+                .bind(clean(&row.model).as_ref())
+                .bind(clean(&row.gym).as_ref())
+                .bind(clean(&row.user_kind).as_ref())
+                .bind(clean(&row.split).as_ref())
+                .bind(row.episodes)
+                .bind(to_db(row.mean_score))
+                .bind(to_db(row.normalized))
+                .bind(to_db(row.success_rate))
+                .bind(to_db(row.mean_turns))
+                .bind(now_ms())
+                .fetch_one(pool)
+                .await
+                .map_err(not_found_on_fk)?;
+                Ok(id)
+            })
+        })
         .await
     }
 

@@ -10,7 +10,7 @@
 //! Lock contention (SQLite's one writer, Postgres serialization failures, a pool with every connection busy)
 //! is retried with backoff for up to [`RETRY_FOR`]: a write waits rather than losing events.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use sqlx::AssertSqlSafe;
@@ -53,6 +53,9 @@ const RECOMPUTE_BLOCKS_TAIL: &str = ") INSERT INTO metric_blocks \
     ON CONFLICT (run_id, key, block) DO UPDATE SET first_step = excluded.first_step, \
     last_step = excluded.last_step, min_value = excluded.min_value, max_value = excluded.max_value, \
     cnt = excluded.cnt";
+
+/// A metric point's identity: run, key, step.
+type PointKey<'a> = (i64, Cow<'a, str>, i64);
 
 /// What a batch changes on each run's row: the largest step and the latest `reward`.
 #[derive(Default)]
@@ -153,7 +156,7 @@ impl Store {
 
     async fn write_batch(&self, entries: &[Entry]) -> Result<Written, StoreError> {
         // One point per (run, key, step): the last in the batch wins, as the last write wins in the table.
-        let mut points: std::collections::BTreeMap<(i64, Cow<str>, i64), (i64, Option<f64>)> = Default::default();
+        let mut points: BTreeMap<PointKey, (i64, Option<f64>)> = BTreeMap::new();
         let mut progress: HashMap<i64, RunProgress> = HashMap::new();
         let mut phases: HashMap<i64, (&str, i64, i64)> = HashMap::new();
         for entry in entries {

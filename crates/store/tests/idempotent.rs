@@ -136,7 +136,9 @@ async fn old_migrator(dialect: &str) -> (sqlx::migrate::Migrator, tempfile::Temp
 async fn check_deduplicated(store: &Store) {
     let points = store.metric_points(1, "reward", None).await.unwrap();
     assert_eq!(points.len(), 100);
-    assert!(points.iter().all(|p| p.value == if p.step >= 60 { p.step as f64 / 100.0 } else { 1000.0 + p.step as f64 }));
+    assert!(
+        points.iter().all(|p| p.value == if p.step >= 60 { p.step as f64 / 100.0 } else { 1000.0 + p.step as f64 })
+    );
     let b = store.metric_buckets(1, "reward", 1, Some((0, 127))).await.unwrap();
     assert_eq!((b[0].count, b[0].max, b[0].min, b[0].last), (100, 1059.0, 0.6, 0.99));
     let block = store.metric_buckets(1, "reward", 1, Some((64, 127))).await.unwrap();

@@ -414,9 +414,18 @@ mod tests {
             termination: "answered".into(),
             turns,
         };
-        let scores =
-            gym_scores(&[episode("turtle", 1.0, true, 2), episode("intention", 0.5, false, 4), episode("turtle", 0.0, false, 4)]);
-        assert_eq!(scores.iter().map(|s| (s.gym.as_str(), s.episodes)).collect::<Vec<_>>(), [("intention", 1), ("turtle", 2)]);
-        assert_eq!((scores[1].mean_score, scores[1].mean_normalized, scores[1].success_rate, scores[1].mean_turns), (0.5, 0.25, 0.5, 3.0));
+        let scores = gym_scores(&[
+            episode("turtle", 1.0, true, 2),
+            episode("intention", 0.5, false, 4),
+            episode("turtle", 0.0, false, 4),
+        ]);
+        assert_eq!(
+            scores.iter().map(|s| (s.gym.as_str(), s.episodes)).collect::<Vec<_>>(),
+            [("intention", 1), ("turtle", 2)]
+        );
+        assert_eq!(
+            (scores[1].mean_score, scores[1].mean_normalized, scores[1].success_rate, scores[1].mean_turns),
+            (0.5, 0.25, 0.5, 3.0)
+        );
     }
 }

@@ -288,7 +288,8 @@ fn run_eval(
             emit_error.get_or_insert_with(|| format!("writing events: {e}"));
         }
     };
-    let progress = |finished: usize| Event::Progress { phase: "eval".into(), step: finished as u64, total: total as u64 };
+    let progress =
+        |finished: usize| Event::Progress { phase: "eval".into(), step: finished as u64, total: total as u64 };
     emit(&progress(finished), &mut emit_error);
     let result = runtime.block_on(evaljob::run(
         config,
