@@ -247,8 +247,8 @@ async fn several_processes_share_one_sqlite_file_without_losing_events() {
     };
     let writers_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
-    for store in stores.iter().skip(RUNS + 1).cloned() {
-        let (runs, done) = (runs.clone(), writers_done.clone());
+    for store in &stores[RUNS + 1..] {
+        let (store, runs, done) = (store.clone(), runs.clone(), writers_done.clone());
         readers.push(tokio::spawn(async move {
             let mut reads = 0;
             while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
