@@ -204,17 +204,15 @@ async fn the_login_form_works_without_javascript() {
     let token = csrf_for(&browser.cookies[VISITOR_COOKIE]);
     assert!(page.body.contains(&format!("value=\"{token}\"")), "the form must carry the CSRF field");
 
-    let wrong = browser
-        .post_form("/admin/login", &[("csrf_token", &token), ("password", "nope"), ("next", "/runs/1")])
-        .await;
+    let wrong =
+        browser.post_form("/admin/login", &[("csrf_token", &token), ("password", "nope"), ("next", "/runs/1")]).await;
     assert_eq!(wrong.status, StatusCode::SEE_OTHER);
     assert_eq!(wrong.location(), "/admin/login?error=wrong&next=%2Fruns%2F1");
     let shown = browser.get(wrong.location()).await;
     assert!(shown.body.contains("Wrong password."), "{}", shown.body);
 
-    let right = browser
-        .post_form("/admin/login", &[("csrf_token", &token), ("password", PASSWORD), ("next", "/runs/1")])
-        .await;
+    let right =
+        browser.post_form("/admin/login", &[("csrf_token", &token), ("password", PASSWORD), ("next", "/runs/1")]).await;
     assert_eq!(right.status, StatusCode::SEE_OTHER);
     assert_eq!(right.location(), "/runs/1");
     assert!(browser.cookies.contains_key(SESSION_COOKIE));
@@ -344,7 +342,9 @@ async fn forged_and_expired_session_cookies_sign_nobody_in() {
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{cookie:?}");
         if !cookie.is_empty() {
             assert!(
-                page.set_cookies().iter().any(|c| c.starts_with(&format!("{SESSION_COOKIE}=;")) && c.contains("Max-Age=0")),
+                page.set_cookies()
+                    .iter()
+                    .any(|c| c.starts_with(&format!("{SESSION_COOKIE}=;")) && c.contains("Max-Age=0")),
                 "a cookie that signs nobody in is cleared: {:?}",
                 page.set_cookies()
             );

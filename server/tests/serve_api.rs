@@ -384,7 +384,8 @@ async fn shutdown_interrupts_running_jobs_and_they_resume() {
     );
     restarted.resume(id).await.unwrap();
     assert!(restarted.resume(id).await.is_err(), "a live run resumed twice");
-    let router = api::router(ApiState { store: h.store.clone(), jobs: restarted.clone() });
+    let auth = Auth::new(h.store.clone(), AuthConfig::default());
+    let router = api::router(ApiState { store: h.store.clone(), jobs: restarted.clone(), auth });
     let h2 = Harness { dir: h.dir.join("second"), store: h.store.clone(), manager: restarted, router };
     h2.wait(id, |s| s == RunStatus::Running).await;
     let (s, body) = h2.post(&format!("/api/runs/{id}/cancel")).await;

@@ -96,7 +96,8 @@ impl AuthConfig {
     /// (default 12). Rate limits keep their defaults.
     pub fn from_env() -> Result<AuthConfig, AuthError> {
         let mut config = AuthConfig::default();
-        config.admin_password_hash = match (env_value("USERRL_ADMIN_PASSWORD"), env_value("USERRL_ADMIN_PASSWORD_HASH")) {
+        config.admin_password_hash = match (env_value("USERRL_ADMIN_PASSWORD"), env_value("USERRL_ADMIN_PASSWORD_HASH"))
+        {
             (Some(_), Some(_)) => {
                 return Err(AuthError::Config(
                     "set USERRL_ADMIN_PASSWORD or USERRL_ADMIN_PASSWORD_HASH, not both".into(),
@@ -122,7 +123,9 @@ impl AuthConfig {
                 .parse()
                 .ok()
                 .filter(|h: &f64| h.is_finite() && *h > 0.0 && *h <= 24.0 * 365.0)
-                .ok_or_else(|| AuthError::Config(format!("USERRL_SESSION_HOURS: {hours:?} is not a number of hours")))?;
+                .ok_or_else(|| {
+                    AuthError::Config(format!("USERRL_SESSION_HOURS: {hours:?} is not a number of hours"))
+                })?;
             config.session_ttl = Duration::from_secs_f64(hours * 3600.0);
         }
         Ok(config)
@@ -276,7 +279,8 @@ impl Auth {
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical());
         let headers = req.headers();
         let proxied = ["x-forwarded-for", "x-real-ip", "forwarded"].iter().any(|h| headers.contains_key(*h));
-        let client_ip = if self.inner.config.trust_forwarded && proxied { forwarded_for(headers).or(peer) } else { peer };
+        let client_ip =
+            if self.inner.config.trust_forwarded && proxied { forwarded_for(headers).or(peer) } else { peer };
         let loopback = match (proxied, self.inner.config.trust_forwarded) {
             (false, _) => peer.is_some_and(|ip| ip.is_loopback()),
             (true, true) => client_ip.is_some_and(|ip| ip.is_loopback()),
@@ -349,7 +353,9 @@ impl Auth {
                 None => {
                     return json_error(
                         StatusCode::FORBIDDEN,
-                        format!("missing CSRF token: send the page's token in the {CSRF_HEADER} header or the {CSRF_FIELD} form field"),
+                        format!(
+                            "missing CSRF token: send the page's token in the {CSRF_HEADER} header or the {CSRF_FIELD} form field"
+                        ),
                     );
                 }
                 Some(given) if !same_secret(given.as_bytes(), csrf_token.as_bytes()) => {
@@ -773,11 +779,9 @@ async fn presented_csrf(req: Request) -> Result<(Option<String>, Request), Box<R
         let token = value.to_str().ok().map(|s| s.trim().to_string());
         return Ok((token, req));
     }
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    let is_form = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    });
     if !is_form {
         return Ok((None, req));
     }
@@ -791,8 +795,7 @@ async fn presented_csrf(req: Request) -> Result<(Option<String>, Request), Box<R
             )));
         }
     };
-    let token =
-        form_urlencoded::parse(&bytes).find(|(k, _)| k == CSRF_FIELD).map(|(_, v)| v.trim().to_string());
+    let token = form_urlencoded::parse(&bytes).find(|(k, _)| k == CSRF_FIELD).map(|(_, v)| v.trim().to_string());
     Ok((token, Request::from_parts(parts, Body::from(bytes))))
 }
 

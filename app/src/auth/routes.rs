@@ -48,8 +48,8 @@ fn parse_fields(headers: &HeaderMap, body: &[u8]) -> Result<Fields, Response> {
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
         let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        let password = text("password")
-            .ok_or_else(|| json_error(StatusCode::BAD_REQUEST, "send {\"password\": \"...\"}"))?;
+        let password =
+            text("password").ok_or_else(|| json_error(StatusCode::BAD_REQUEST, "send {\"password\": \"...\"}"))?;
         return Ok(Fields { json: true, password, confirm: text("confirm"), next: text("next") });
     }
     let mut fields = Fields { json: false, password: String::new(), confirm: None, next: None };

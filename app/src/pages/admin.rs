@@ -24,9 +24,7 @@ pub fn error_text(code: &str) -> String {
 /// The error named by the page's `?error=` parameter, if any.
 fn query_error() -> impl IntoView {
     let query = use_query_map();
-    move || {
-        query.read().get("error").map(|code| view! { <p class="error" role="alert">{error_text(&code)}</p> })
-    }
+    move || query.read().get("error").map(|code| view! { <p class="error" role="alert">{error_text(&code)}</p> })
 }
 
 fn csrf_field() -> impl IntoView {
