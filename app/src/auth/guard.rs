@@ -331,32 +331,47 @@ impl Auth {
         let csrf_token = csrf_for(session_token.as_deref().unwrap_or(&visitor));
         let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
 
+        // Every answer from here on (refusals included) carries the cookie changes this request needs.
+        let visitor_cookie = new_visitor.then(|| cookie(VISITOR_COOKIE, &visitor, None, secure));
+        let clear_session = (had_session_cookie && !had_valid_session).then(|| self.clear_session_cookie(secure));
+        let finish = move |mut res: Response| -> Response {
+            if let Some(set) = visitor_cookie.clone() {
+                res.headers_mut().append(header::SET_COOKIE, set);
+            }
+            let sets_session = res.headers().get_all(header::SET_COOKIE).iter().any(|v| {
+                v.to_str().is_ok_and(|v| v.starts_with(SESSION_COOKIE) && v[SESSION_COOKIE.len()..].starts_with('='))
+            });
+            if let Some(clear) = clear_session.clone().filter(|_| !sets_session) {
+                // A cookie that signs nobody in (expired, forged, from an old database) is removed.
+                res.headers_mut().append(header::SET_COOKIE, clear);
+            }
+            res
+        };
         let method = req.method().clone();
         let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let admin_api = path == "/api/admin" || path.starts_with("/api/admin/");
         if admin_api && admin.is_none() {
-            return AuthRejection::SignInRequired { page: false, next: String::new() }.into_response();
+            return finish(AuthRejection::SignInRequired { page: false, next: String::new() }.into_response());
         }
         if mutating && !cookie_free {
             if let Err(refusal) = same_origin(req.headers(), self.inner.config.trust_forwarded) {
-                return json_error(StatusCode::FORBIDDEN, refusal);
+                return finish(json_error(StatusCode::FORBIDDEN, refusal));
             }
             if let Err(limited) = self.inner.mutate_limit.check(&ip_key) {
-                return limited.into_response();
+                return finish(limited.into_response());
             }
             let (given, rebuilt) = match presented_csrf(req).await {
                 Ok(found) => found,
-                Err(res) => return *res,
+                Err(res) => return finish(*res),
             };
             req = rebuilt;
             match given {
                 None => {
-                    return json_error(
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "missing CSRF token: send the page's token in the {CSRF_HEADER} header or the {CSRF_FIELD} form field"
-                        ),
+                    let message = format!(
+                        "missing CSRF token: send the page's token in the {CSRF_HEADER} header or the {CSRF_FIELD} \
+                         form field"
                     );
+                    return finish(json_error(StatusCode::FORBIDDEN, message));
                 }
                 Some(given) if !same_secret(given.as_bytes(), csrf_token.as_bytes()) => {
                     let why = if new_visitor && session_token.is_none() {
@@ -364,7 +379,7 @@ impl Auth {
                     } else {
                         "the CSRF token does not match this session: reload the page"
                     };
-                    return json_error(StatusCode::FORBIDDEN, why);
+                    return finish(json_error(StatusCode::FORBIDDEN, why));
                 }
                 Some(_) => {}
             }
@@ -375,10 +390,10 @@ impl Auth {
         let open_page = matches!(path.as_str(), "/admin/login" | "/admin/setup");
         if admin_page && !open_page && admin.is_none() {
             let next = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-            return AuthRejection::SignInRequired { page: true, next }.into_response();
+            return finish(AuthRejection::SignInRequired { page: true, next }.into_response());
         }
         if page && path == "/admin/login" && admin.is_some() {
-            return Redirect::to("/admin").into_response();
+            return finish(Redirect::to("/admin").into_response());
         }
         let setup_refused = page && path == "/admin/setup" && !self.setup_allowed(loopback).await;
 
@@ -403,17 +418,7 @@ impl Auth {
             res.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
             res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
-        if new_visitor {
-            res.headers_mut().append(header::SET_COOKIE, cookie(VISITOR_COOKIE, &visitor, None, secure));
-        }
-        let sets_session = res.headers().get_all(header::SET_COOKIE).iter().any(|v| {
-            v.to_str().is_ok_and(|v| v.starts_with(SESSION_COOKIE) && v[SESSION_COOKIE.len()..].starts_with('='))
-        });
-        if had_session_cookie && !had_valid_session && !sets_session {
-            // A cookie that signs nobody in (expired, forged, from an old database) is removed.
-            res.headers_mut().append(header::SET_COOKIE, self.clear_session_cookie(secure));
-        }
-        res
+        finish(res)
     }
 
     /// The setup page accepts a visitor only while no admin exists and only from this machine.
