@@ -60,9 +60,9 @@ pub struct AuthConfig {
     /// Take the client address from the last `X-Forwarded-For` hop (only behind a proxy that sets it).
     pub trust_forwarded: bool,
     pub session_ttl: Duration,
-    /// Login and setup attempts per IP.
+    /// Login and setup attempts per IP (this machine included).
     pub login_rate: Rate,
-    /// Mutating requests (POST/PUT/PATCH/DELETE) per IP.
+    /// Mutating requests (POST/PUT/PATCH/DELETE) per IP, except from this machine (loopback).
     pub mutate_rate: Rate,
     /// Every request per IP, except from this machine (loopback).
     pub general_rate: Rate,
@@ -359,7 +359,8 @@ impl Auth {
             if let Err(refusal) = same_origin(req.headers(), self.inner.config.trust_forwarded) {
                 return finish(json_error(StatusCode::FORBIDDEN, refusal));
             }
-            if let Err(limited) = self.inner.mutate_limit.check(&ip_key) {
+            // Server functions are POSTs even when they only read: a busy page on this machine must not trip this.
+            if !loopback && let Err(limited) = self.inner.mutate_limit.check(&ip_key) {
                 return finish(limited.into_response());
             }
             let (given, rebuilt) = match presented_csrf(req).await {
