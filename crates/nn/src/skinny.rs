@@ -184,6 +184,12 @@ mod avx2 {
     /// task's contract holds.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn task<const HALF: bool>(task: &Task<'_>, w: *const u8) {
+        if task.t == 1 {
+            for j in task.rows.clone() {
+                unsafe { row1::<HALF>(task, w, j) };
+            }
+            return;
+        }
         let (mut j, end) = (task.rows.start, task.rows.end);
         while j + NR <= end {
             unsafe { row_block::<NR, HALF>(task, w, j) };
@@ -196,22 +202,69 @@ mod avx2 {
         }
     }
 
-    /// Weight rows `j..j + N` against every input row, `MR` rows at a time.
+    /// How far ahead (in weight rows) the first tile of a block prefetches: the rows come from memory once per
+    /// call (a model's matrices do not fit in the caches), and a three-row block is too short a stream for the
+    /// hardware prefetcher to hide the latency on its own.
+    const PREFETCH_ROWS: usize = 2 * NR;
+
+    /// Weight rows `j..j + N` against every input row, `MR` rows at a time. The first tile reads the block's
+    /// weights from memory (and prefetches the block after next); the others find them in L1.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn row_block<const N: usize, const HALF: bool>(task: &Task<'_>, w: *const u8, j: usize) {
-        let mut r = 0;
-        while r + MR <= task.t {
-            unsafe { tile::<MR, N, HALF>(task, w, r, j) };
-            r += MR;
-        }
-        match task.t - r {
-            1 => unsafe { tile::<1, N, HALF>(task, w, r, j) },
-            2 => unsafe { tile::<2, N, HALF>(task, w, r, j) },
-            3 => unsafe { tile::<3, N, HALF>(task, w, r, j) },
+        let rem = task.t % MR;
+        match rem {
+            1 => unsafe { tile::<1, N, HALF, true>(task, w, 0, j) },
+            2 => unsafe { tile::<2, N, HALF, true>(task, w, 0, j) },
+            3 => unsafe { tile::<3, N, HALF, true>(task, w, 0, j) },
             _ => {}
         }
+        let mut r = rem;
+        while r + MR <= task.t {
+            if r == 0 {
+                unsafe { tile::<MR, N, HALF, true>(task, w, r, j) };
+            } else {
+                unsafe { tile::<MR, N, HALF, false>(task, w, r, j) };
+            }
+            r += MR;
+        }
     }
+
+    /// One input row against weight row `j`: a single sequential stream through the row (the rows of a task are
+    /// adjacent, so the task reads one contiguous range), four accumulators to cover the FMA latency.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row1<const HALF: bool>(task: &Task<'_>, w: *const u8, j: usize) {
+        let (k, x) = (task.k, task.x.as_ptr());
+        let base = j * k;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let body = k / 32 * 32;
+        let mut i = 0;
+        while i < body {
+            let ahead = (base + i + PREFETCH_ELEMS) * if HALF { 2 } else { 4 };
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let wv = unsafe { load_w::<HALF>(w, base + i + 8 * u) };
+                let xv = unsafe { _mm256_loadu_ps(x.add(i + 8 * u)) };
+                *acc = _mm256_fmadd_ps(xv, wv, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= k {
+            let wv = unsafe { load_w::<HALF>(w, base + i) };
+            acc[0] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(x.add(i)) }, wv, acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for i in i..k {
+            s += unsafe { *x.add(i) * load_w1::<HALF>(w, base + i) };
+        }
+        // SAFETY: j < rows.end <= ldy and t = 1; this task owns the column.
+        unsafe { *task.y.0.add(j) = s };
+    }
+
+    /// Elements ahead of the one being read that `row1` prefetches (about 1 KiB of f32).
+    const PREFETCH_ELEMS: usize = 256;
 
     /// Eight weights from element `i` of the matrix, as f32.
     #[inline]
@@ -243,7 +296,7 @@ mod avx2 {
     /// `y[r0 + a, j0 + b] = x[r0 + a] · w[j0 + b]` for `a < M`, `b < N`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const M: usize, const N: usize, const HALF: bool>(
+    unsafe fn tile<const M: usize, const N: usize, const HALF: bool, const PREFETCH: bool>(
         task: &Task<'_>,
         w: *const u8,
         r0: usize,
@@ -258,6 +311,11 @@ mod avx2 {
             let mut wv = [_mm256_setzero_ps(); N];
             for (b, v) in wv.iter_mut().enumerate() {
                 *v = unsafe { load_w::<HALF>(w, (j0 + b) * k + i) };
+                if PREFETCH {
+                    // A hint only (never faults), so an address past the matrix is harmless.
+                    let ahead = ((j0 + b + PREFETCH_ROWS) * k + i) * if HALF { 2 } else { 4 };
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
+                }
             }
             for (a, acc) in acc.iter_mut().enumerate() {
                 let xv = unsafe { _mm256_loadu_ps(x.add(a * k + i)) };
