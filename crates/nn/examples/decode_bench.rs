@@ -43,6 +43,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{precision}: log-prob gap mean {:.2e} max {:.2e}", gap.mean_abs, gap.max_abs);
         }
     }
+    if what == "rows" {
+        // Where the few-row kernel stops beating the sgemm (the cut-over `skinny::MAX_ROWS`).
+        for (i, o) in [(h, vocab), (h, ffn), (ffn, h)] {
+            for t in [16, 24, 32, 48] {
+                let x: Vec<f32> = (0..t * i).map(|v| ((v % 97) as f32 - 48.0) / 97.0).collect();
+                let w: Vec<f32> = (0..i * o).map(|v| ((v % 89) as f32 - 44.0) / 89.0).collect();
+                let mut y = vec![0.0f32; t * o];
+                let flops = 2.0 * (t * i * o) as f64;
+                let few = bench::median_seconds::<()>(runs, || {
+                    userrl_nn::skinny::linear_few_rows(&x, t, &w, i, o, &mut y);
+                    Ok(())
+                })
+                .unwrap_or(f64::NAN);
+                let sgemm = bench::median_seconds::<()>(runs, || {
+                    userrl_nn::cpu_ops::linear_fwd(&x, t, &w, i, o, &mut y);
+                    Ok(())
+                })
+                .unwrap_or(f64::NAN);
+                println!(
+                    "{t:>2} x {i:>4} -> {o:>5}: few-row {:6.1} GFLOP/s, sgemm {:6.1} GFLOP/s",
+                    flops / few / 1e9,
+                    flops / sgemm / 1e9
+                );
+            }
+        }
+    }
     println!("load: {}", std::fs::read_to_string("/proc/loadavg")?.trim());
     Ok(())
 }
