@@ -381,7 +381,7 @@ pub(crate) fn linear_set(x: &[f32], t: usize, in_dim: usize, products: &mut [(Ma
             .map(|(m, out_dim, y)| Linear {
                 w: m.half.map_or(Weights::F32(m.w), Weights::F16),
                 out_dim: *out_dim,
-                y: &mut **y,
+                y,
             })
             .collect();
         crate::skinny::linear_many(x, t, in_dim, &mut jobs);
