@@ -509,6 +509,16 @@ fn reference_policy(
     Ok(reference)
 }
 
+/// Clears the AdamW moments and step. GRPO starts with a fresh optimizer, as the paper's RL job does when it loads
+/// the SFT checkpoint: SFT's second moments (from gradients at a learning rate orders of magnitude higher) would
+/// otherwise shrink GRPO's first updates, and its step count would skip the bias correction. It also makes
+/// `SFT then GRPO` in one run equal to an SFT run followed by a GRPO run from its checkpoint.
+fn fresh_optimizer(trainable: &mut TrainableLlama) {
+    trainable.adam_m.iter_mut().for_each(|m| *m = 0.0);
+    trainable.adam_v.iter_mut().for_each(|v| *v = 0.0);
+    trainable.step = 0;
+}
+
 async fn run_grpo(
     run: &Ctx<'_>,
     grpo: &GrpoConfig,
@@ -519,6 +529,9 @@ async fn run_grpo(
     summary: &mut RunSummary,
 ) -> Result<(), TrainError> {
     let (config, tokenizer, sink, user) = (run.config, run.tokenizer, run.sink, &run.user);
+    if first_step == 0 {
+        fresh_optimizer(trainable);
+    }
     let mut rng = rng.unwrap_or_else(|| ChaCha8Rng::seed_from_u64(config.seed ^ 0x6790));
     let shaping = Shaping { score: grpo.trajectory_score, credit: grpo.turn_credit, gamma: grpo.gamma };
     let rollout_config = |seed: u64| RolloutConfig {
@@ -1191,6 +1204,32 @@ mod tests {
 
     fn transcripts_of(events: &[Event]) -> Vec<Event> {
         events.iter().filter(|e| matches!(e, Event::Transcript { .. })).cloned().collect()
+    }
+
+    /// SFT then GRPO in one run ends bit-exactly where an SFT run followed by a GRPO run from its SFT checkpoint
+    /// (`model.path`) ends: GRPO starts with a fresh optimizer either way, so the ablations can share one SFT start.
+    #[test]
+    fn grpo_from_the_sft_checkpoint_equals_sft_then_grpo() {
+        let base = std::env::temp_dir().join(format!("userrl-from-sft-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let both = resume_config(&base);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let straight = runtime.block_on(run(&both, &base.join("both"), &MemorySink::default())).unwrap();
+        let sft_dir = base.join("both").join(Progress { phase: Phase::Sft, step: straight.sft_steps }.dir_name());
+        assert!(sft_dir.join("config.json").exists(), "{} is missing", sft_dir.display());
+        let mut grpo_only = both.clone();
+        grpo_only.sft = None;
+        grpo_only.model.tiny = None;
+        grpo_only.model.path = Some(sft_dir.display().to_string());
+        grpo_only.validate().unwrap();
+        let from_sft = runtime.block_on(run(&grpo_only, &base.join("grpo"), &MemorySink::default())).unwrap();
+        assert_eq!(from_sft.sft_steps, 0);
+        assert_eq!(from_sft.grpo_rewards, straight.grpo_rewards);
+        let (a, b) = (params_of(&base.join("both/final")), params_of(&base.join("grpo/final")));
+        assert_eq!(a.len(), b.len());
+        let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!(differ, 0, "{differ} of {} parameters differ", a.len());
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// Stops a run with a cancel at each of several points, resumes it, and checks that it ends exactly where
