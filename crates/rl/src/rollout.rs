@@ -124,6 +124,8 @@ pub enum RolloutError {
     MissingToken(&'static str),
     #[error("bad SFT record: {0}")]
     BadRecord(String),
+    #[error("the reply did not end within {0} new tokens")]
+    ReplyTooLong(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -310,7 +312,7 @@ impl userrl_gym::Agent for ModelAgent {
             let sampling = Sampling { max_new_tokens: self.sampling.max_new_tokens.min(room), ..self.sampling.clone() };
             let generation = userrl_nn::generate::generate(&self.model, &context, &[im_end], &sampling)?;
             if !generation.stopped {
-                return Err(RolloutError::BadRecord("the reply ran past its token budget".into()));
+                return Err(RolloutError::ReplyTooLong(sampling.max_new_tokens));
             }
             let tokens = &generation.tokens[..generation.tokens.len().saturating_sub(1)];
             Ok(self.tokenizer.decode(tokens)?)
@@ -624,6 +626,12 @@ pub(crate) mod tests {
             .unwrap();
         assert!(matches!(t.termination, Termination::AgentError | Termination::NoToolCall), "{:?}", t.termination);
         assert!(t.turns.is_empty());
+        // The failure says what happened (it used to be reported as a "bad SFT record").
+        let conversation = [Message::new(Role::System, "You are an agent."), Message::new(Role::User, "Hello")];
+        match block_on(userrl_gym::Agent::act(&mut agent, &conversation)) {
+            userrl_gym::AgentTurn::Failed(why) => assert_eq!(why, "the reply did not end within 4 new tokens"),
+            other => panic!("a random model should overflow 4 tokens here: {other:?}"),
+        }
     }
 
     #[test]
