@@ -5,7 +5,7 @@
 //!
 //! [`Precision::F16`] adds half-precision copies of the matrices that decoding reads instead of the f32 ones
 //! (decoding one sequence is bound by the bytes of weights streamed per token); the f32 weights stay the
-//! model's truth for prefill, training, checkpoints and export.
+//! model's truth for long prefills, training, checkpoints and export.
 
 use half::f16;
 use rayon::prelude::*;
@@ -378,11 +378,7 @@ pub(crate) fn linear_set(x: &[f32], t: usize, in_dim: usize, products: &mut [(Ma
     if t <= crate::skinny::MAX_ROWS {
         let mut jobs: Vec<Linear<'_>> = products
             .iter_mut()
-            .map(|(m, out_dim, y)| Linear {
-                w: m.half.map_or(Weights::F32(m.w), Weights::F16),
-                out_dim: *out_dim,
-                y,
-            })
+            .map(|(m, out_dim, y)| Linear { w: m.half.map_or(Weights::F32(m.w), Weights::F16), out_dim: *out_dim, y })
             .collect();
         crate::skinny::linear_many(x, t, in_dim, &mut jobs);
         return;
@@ -465,6 +461,44 @@ mod tests {
                 assert!((y[r * o + c] - want).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn f16_decoding_stays_close_to_f32_and_can_be_dropped() {
+        let config = LlamaConfig {
+            vocab: 300,
+            hidden: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 96,
+            rope_theta: 10_000.0,
+            eps: 1e-5,
+            context: 64,
+        };
+        let mut model = crate::checkpoint::random_model(config, true, 11);
+        let prompt = [5u32, 17, 42, 99, 123, 7];
+        let run = |m: &Llama| {
+            let mut cache = m.new_cache();
+            let mut out = m.forward_last(&prompt, &mut cache).unwrap();
+            for tok in [3u32, 250, 77] {
+                out.extend(m.forward_last(&[tok], &mut cache).unwrap());
+            }
+            out
+        };
+        let exact = run(&model);
+        model.set_precision(Precision::F16);
+        assert_eq!(model.precision(), Precision::F16);
+        let half = run(&model);
+        let scale = exact.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let diff = exact.iter().zip(&half).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        // Every step here has at most `skinny::MAX_ROWS` rows, so all read the f16 copies: close, not equal.
+        assert!(diff > 0.0 && diff < 1e-2 * scale, "f16 logits differ by {diff} (scale {scale})");
+        model.set_precision(Precision::F32);
+        assert!(model.half.is_none());
+        assert_eq!(run(&model), exact);
+        assert_eq!("F16".parse::<Precision>(), Ok(Precision::F16));
+        assert!("bf16".parse::<Precision>().is_err());
     }
 
     #[test]

@@ -158,6 +158,11 @@ fn tiny_model_overfits_one_batch() {
     m.write_into(&mut other).unwrap();
     let got = other.forward(tokens, &mut other.new_cache()).unwrap();
     assert!(max_abs_diff(&got, &want) <= 1e-4);
+    // A model decoding in f16 gets half copies of the new weights, not stale ones.
+    let mut half = random_llama(&tiny_config(), 99, true).unwrap().with_precision(crate::model::Precision::F16);
+    m.write_into(&mut half).unwrap();
+    let fresh = crate::skinny::to_f16(&other.layers[0].wq);
+    assert_eq!(half.half.as_ref().unwrap().layers[0].wq, fresh);
     let mut untied = random_llama(&tiny_config(), 99, false).unwrap();
     assert!(matches!(m.write_into(&mut untied), Err(TrainError::ConfigMismatch(_))));
 }

@@ -329,7 +329,10 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
         say(&format!("decode batch 1 ({precision}), {} steps after {} tokens", o.decode_steps, o.decode_context));
         let one = bench::decode(model, o.decode_context, o.decode_steps, o.runs)?;
         let n = if o.batch > 0 {
-            say(&format!("decode batch {} ({precision}), {} steps after {} tokens each", o.batch, o.decode_steps, o.decode_context));
+            say(&format!(
+                "decode batch {} ({precision}), {} steps after {} tokens each",
+                o.batch, o.decode_steps, o.decode_context
+            ));
             Some(bench::decode_batch(model, o.batch, o.decode_context, o.decode_steps, o.runs)?)
         } else {
             None

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
     /// The weights the CPU backend decodes with: `f16` (half-precision copies, about twice the tokens/s of one
-    /// sequence) or `f32`. The prompt always runs in f32; ignored on wgpu.
+    /// sequence) or `f32`. Prompts past 32 tokens run in f32; ignored on wgpu.
     #[arg(long, default_value = "f16")]
     pub weights: userrl_nn::model::Precision,
 }
