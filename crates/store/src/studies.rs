@@ -607,6 +607,27 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Puts a running episode back to `assigned` and forgets its answers (its live game was lost to a server
+    /// restart: it is played again from the start). False when it is not running.
+    pub async fn restart_study_episode(&self, id: i64) -> Result<bool, StoreError> {
+        let n = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query("UPDATE study_episodes SET state = $1, started_at = NULL WHERE id = $2 AND state = $3")
+                .bind(EpisodeState::Assigned.as_str())
+                .bind(id)
+                .bind(EpisodeState::Running.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                sqlx::query("DELETE FROM study_answers WHERE episode_id = $1").bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            n
+        });
+        Ok(n == 1)
+    }
+
     /// Stores how a running episode ended; false when it is not `running` (ended already: the first result
     /// stays).
     pub async fn end_study_episode(&self, id: i64, result: &EpisodeResult) -> Result<bool, StoreError> {

@@ -19,6 +19,7 @@ both_dialects! {
     episodes_end_once_and_answers_once,
     flags_find_fast_duplicate_and_early,
     human_evals_skip_excluded_and_abandoned,
+    lost_episodes_restart_without_their_answers,
 }
 
 fn spec(slug: &str) -> StudySpec {
@@ -288,4 +289,20 @@ async fn human_evals_skip_excluded_and_abandoned(store: Store) {
     assert_eq!(rows[0].episodes, 3, "taking an exclusion back counts the episode again");
     let progress = store.study_progress(study).await.unwrap();
     assert!((progress.mean_score - 0.8).abs() < 1e-12);
+}
+
+async fn lost_episodes_restart_without_their_answers(store: Store) {
+    let study = store.create_study(&spec("s"), StudyStatus::Open).await.unwrap();
+    let s = new_session(&store, study, "W1").await;
+    let e = store.session_episodes(s).await.unwrap()[0].id;
+    assert!(!store.restart_study_episode(e).await.unwrap(), "only a running episode restarts");
+    store.start_study_episode(e).await.unwrap();
+    let answer = StudyAnswer { episode_id: e, prompt_id: 1, answer: "{}".into(), text: "hi".into(), elapsed_ms: 5, created_at: 0 };
+    store.add_study_answer(&answer).await.unwrap();
+    assert!(store.restart_study_episode(e).await.unwrap());
+    let (row, record) = store.study_episode(e).await.unwrap().unwrap();
+    assert_eq!((row.state, row.started_at, row.answer_ms.len()), (EpisodeState::Assigned, None, 0));
+    assert!(record.is_none());
+    store.start_study_episode(e).await.unwrap();
+    store.add_study_answer(&answer).await.unwrap();
 }
