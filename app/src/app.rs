@@ -8,6 +8,8 @@ use leptos_router::path;
 use crate::pages::eval::EvalPage;
 use crate::pages::run::RunPage;
 use crate::pages::runs::RunsPage;
+use crate::pages::studies::{StudiesPage, StudyAdminPage, StudyEpisodePage};
+use crate::pages::study::StudyPage;
 use crate::pages::transcripts::{GroupPage, TranscriptPage, TranscriptsPage};
 
 /// The document the server renders; `App` inside it is what the browser hydrates.
@@ -43,6 +45,7 @@ pub fn App() -> impl IntoView {
                 <a class="brand" href="/">"userrl"</a>
                 <a href="/">"Runs"</a>
                 <a href="/eval">"Eval"</a>
+                <a href="/admin/studies">"Studies"</a>
             </nav>
             <main data-hydrated=move || hydrated.get().then_some("true")>
                 <Routes fallback=|| view! { <p class="error">"Page not found."</p> }>
@@ -52,6 +55,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/runs/:id/groups/:step/:group") view=GroupPage />
                     <Route path=path!("/transcripts/:id") view=TranscriptPage />
                     <Route path=path!("/eval") view=EvalPage />
+                    <Route path=path!("/study/:slug") view=StudyPage />
+                    <Route path=path!("/admin/studies") view=StudiesPage />
+                    <Route path=path!("/admin/studies/:id") view=StudyAdminPage />
+                    <Route path=path!("/admin/studies/:id/episodes/:episode") view=StudyEpisodePage />
                 </Routes>
             </main>
         </Router>

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod chart;
 pub mod components;
+pub mod crowd;
 pub mod live;
 pub mod model;
 pub mod pages;

@@ -52,6 +52,8 @@ pub trait RunLauncher: Send + Sync {
 pub struct AppContext {
     pub store: Store,
     pub launcher: Arc<dyn RunLauncher>,
+    /// The crowd-study portal (worker sessions and live episodes); `None` where studies are not served.
+    pub crowd: Option<Arc<crate::crowd::service::Crowd>>,
 }
 
 /// The router's state: the Leptos options plus the app context.
@@ -114,8 +116,9 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
     let routes = generate_route_list(App);
     let state = SiteState { options: options.clone(), ctx: ctx.clone() };
     let page_ctx = ctx.clone();
+    let crowd = ctx.crowd.clone();
     let fallback_ctx = ctx;
-    Router::new()
+    let router = Router::new()
         .route("/api/runs/{id}/live", get(live))
         .route("/api/runs/{id}/export", get(export))
         .route("/api/runs/{run}/checkpoints/{checkpoint}/{file}", get(checkpoint_file))
@@ -128,7 +131,11 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
             shell,
         ))
         .layer(axum::middleware::from_fn(bad_arguments_are_client_errors))
-        .with_state(state)
+        .with_state(state);
+    match crowd {
+        Some(crowd) => router.merge(crate::crowd::admin::router(crowd)),
+        None => router,
+    }
 }
 
 /// Leptos answers a server-function call whose arguments do not parse with a 500; it is the caller's

@@ -3,4 +3,6 @@
 pub mod eval;
 pub mod run;
 pub mod runs;
+pub mod studies;
+pub mod study;
 pub mod transcripts;

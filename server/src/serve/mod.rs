@@ -44,9 +44,26 @@ pub fn default_database_url() -> String {
 /// OpenAI-compatible /v1 endpoint (serving `models`).
 pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result<Router> {
     let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
-    let site = userrl_app::site_router(AppContext { store: store.clone(), launcher }, userrl_app::site_options());
+    let crowd = Some(Arc::new(crowd(store.clone())?));
+    let site = userrl_app::site_router(AppContext { store: store.clone(), launcher, crowd }, userrl_app::site_options());
     let router = api::router(api::ApiState { store, jobs: manager }).merge(site);
     Ok(mount_v1(router, models).await?.layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+/// Tokens an agent model may write per turn in a crowd study, and its temperature (greedy, as in evaluation).
+const STUDY_AGENT_TOKENS: usize = 512;
+const STUDY_AGENT_TEMPERATURE: f32 = 0.0;
+
+/// The crowd-study portal: episodes of the embedded gyms, with `expert`, `random`, or a local model (a
+/// checkpoint folder or a GGUF file, loaded once on first use) as the agent.
+pub fn crowd(store: Store) -> Result<userrl_app::crowd::service::Crowd> {
+    use userrl_app::crowd::service::{AgentResolver, Crowd, GymPlayer};
+    let resolve: AgentResolver = Arc::new(|model: &str| {
+        crate::commands::eval::local_agent(model, STUDY_AGENT_TOKENS, STUDY_AGENT_TEMPERATURE)
+            .map_err(|e| format!("{e:#}"))
+    });
+    let player = GymPlayer::new(Some(resolve)).map_err(anyhow::Error::msg).context("loading the gyms for studies")?;
+    Ok(Crowd::new(store, Arc::new(player)))
 }
 
 /// The OpenAI-compatible /v1 endpoint, always mounted (with no models it lists none); `USERRL_API_KEY` guards it.
