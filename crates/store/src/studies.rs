@@ -422,12 +422,7 @@ impl Store {
 
     /// Moves a session from `from` to `to`; false (nothing changed) when it is not in `from`. Final states
     /// stamp `finished_at`.
-    pub async fn set_session_state(
-        &self,
-        id: i64,
-        from: SessionState,
-        to: SessionState,
-    ) -> Result<bool, StoreError> {
+    pub async fn set_session_state(&self, id: i64, from: SessionState, to: SessionState) -> Result<bool, StoreError> {
         let now = now_ms();
         let finished = to.is_final().then_some(now);
         let n = on_pool!(self, pool => {
@@ -495,9 +490,10 @@ impl Store {
             .bind(SessionState::Episodes.as_str())
             .execute(pool)
             .await
+            .map(|done| done.rows_affected())
         });
         match result {
-            Ok(done) => Ok(done.rows_affected() == 1),
+            Ok(n) => Ok(n == 1),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Invalid("completion code collision".into())),
             Err(e) => Err(e.into()),
         }
@@ -670,6 +666,7 @@ impl Store {
             .bind(now_ms())
             .execute(pool)
             .await
+            .map(|done| done.rows_affected())
         });
         match result {
             Ok(_) => Ok(()),
@@ -713,7 +710,10 @@ impl Store {
     }
 
     /// How many episodes of the study each (gym, task, model) has been assigned, for balancing new workers.
-    pub async fn assignment_counts(&self, study_id: i64) -> Result<BTreeMap<(String, String, String), i64>, StoreError> {
+    pub async fn assignment_counts(
+        &self,
+        study_id: i64,
+    ) -> Result<BTreeMap<(String, String, String), i64>, StoreError> {
         on_pool!(self, pool => {
             let rows = sqlx::query(
                 "SELECT gym, task_id, model, COUNT(*) AS n FROM study_episodes WHERE study_id = $1 \
@@ -818,7 +818,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT e.model, e.gym, s.split, COUNT(*) AS episodes, \
                  AVG(e.score) AS mean_score, AVG(e.normalized) AS normalized, \
-                 AVG(CASE WHEN e.success THEN 1.0 ELSE 0.0 END) AS success_rate, \
+                 CAST(AVG(CASE WHEN e.success THEN 1.0 ELSE 0.0 END) AS DOUBLE PRECISION) AS success_rate, \
                  AVG(CAST(e.turns AS DOUBLE PRECISION)) AS mean_turns, MAX(e.finished_at) AS at \
                  FROM study_episodes e \
                  JOIN study_sessions ss ON ss.id = e.session_id \

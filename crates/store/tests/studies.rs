@@ -7,8 +7,8 @@ mod common;
 use userrl_store::{Assignment, NewSessionError, Store, StoreError, TOO_FAST_MEDIAN_MS};
 use userrl_types::TranscriptRecord;
 use userrl_types::study::{
-    EpisodeResult, EpisodeState, Platform, PlatformIds, SessionState, StudyAnswer, StudyFlag, StudySpec,
-    StudyStatus, StudyTask,
+    EpisodeResult, EpisodeState, Platform, PlatformIds, SessionState, StudyAnswer, StudyFlag, StudySpec, StudyStatus,
+    StudyTask,
 };
 
 both_dialects! {
@@ -72,7 +72,10 @@ fn result(score: f64, success: bool, termination: &str) -> EpisodeResult {
 }
 
 async fn new_session(store: &Store, study: i64, worker: &str) -> i64 {
-    store.create_session(study, Platform::Prolific, &ids(worker), &format!("hash-{worker}"), &assignments()).await.unwrap()
+    store
+        .create_session(study, Platform::Prolific, &ids(worker), &format!("hash-{worker}"), &assignments())
+        .await
+        .unwrap()
 }
 
 async fn studies_round_trip_and_slugs_are_unique(store: Store) {
@@ -88,10 +91,14 @@ async fn studies_round_trip_and_slugs_are_unique(store: Store) {
         other => panic!("a second study with the same slug: {other:?}"),
     }
     let mut bad = spec("Bad Slug");
-    assert!(matches!(store.create_study(&bad, StudyStatus::Open).await, Err(StoreError::Invalid(m)) if m.starts_with("slug")));
+    assert!(
+        matches!(store.create_study(&bad, StudyStatus::Open).await, Err(StoreError::Invalid(m)) if m.starts_with("slug"))
+    );
     bad = spec("ok");
     bad.tasks.clear();
-    assert!(matches!(store.create_study(&bad, StudyStatus::Open).await, Err(StoreError::Invalid(m)) if m.starts_with("tasks")));
+    assert!(
+        matches!(store.create_study(&bad, StudyStatus::Open).await, Err(StoreError::Invalid(m)) if m.starts_with("tasks"))
+    );
     bad = spec("ok");
     bad.completion_url = "javascript:alert(1)".into();
     assert!(
@@ -196,7 +203,10 @@ async fn episodes_end_once_and_answers_once(store: Store) {
     assert!(store.end_study_episode(e, &result(0.75, true, "terminated")).await.unwrap());
     assert!(!store.end_study_episode(e, &result(0.0, false, "abandoned")).await.unwrap(), "the first result stays");
     let (row, record) = store.study_episode(e).await.unwrap().unwrap();
-    assert_eq!((row.state, row.score, row.success, row.termination.as_str()), (EpisodeState::Ended, 0.75, true, "terminated"));
+    assert_eq!(
+        (row.state, row.score, row.success, row.termination.as_str()),
+        (EpisodeState::Ended, 0.75, true, "terminated")
+    );
     assert_eq!(row.answer_ms, [4_000, 6_000]);
     assert_eq!(record.unwrap().task_id, "t1");
     let answers = store.study_answers(study).await.unwrap();
@@ -208,7 +218,11 @@ async fn episodes_end_once_and_answers_once(store: Store) {
 
 async fn flags_find_fast_duplicate_and_early(store: Store) {
     let study = store.create_study(&spec("s"), StudyStatus::Open).await.unwrap();
-    let (a, b, c) = (new_session(&store, study, "A").await, new_session(&store, study, "B").await, new_session(&store, study, "C").await);
+    let (a, b, c) = (
+        new_session(&store, study, "A").await,
+        new_session(&store, study, "B").await,
+        new_session(&store, study, "C").await,
+    );
     let first = |s| {
         let store = store.clone();
         async move { store.session_episodes(s).await.unwrap()[0].id }
@@ -247,7 +261,10 @@ async fn flags_find_fast_duplicate_and_early(store: Store) {
     assert!(flags.iter().any(|f| matches!(f, StudyFlag::LeftEarly { session_id, .. } if *session_id == c)));
     assert!(flags.iter().any(|f| matches!(f, StudyFlag::LeftEarly { session_id, .. } if *session_id == b)));
     assert!(!flags.iter().any(|f| matches!(f, StudyFlag::TooFast { session_id, .. } if *session_id != a)));
-    assert!(!flags.iter().any(|f| matches!(f, StudyFlag::DuplicateText { session_id, .. } if *session_id == c)), "short texts are not duplicates");
+    assert!(
+        !flags.iter().any(|f| matches!(f, StudyFlag::DuplicateText { session_id, .. } if *session_id == c)),
+        "short texts are not duplicates"
+    );
 
     let progress = store.study_progress(study).await.unwrap();
     assert_eq!((progress.sessions, progress.consented, progress.expired, progress.episodes_assigned), (3, 1, 1, 6));
@@ -259,9 +276,12 @@ async fn flags_find_fast_duplicate_and_early(store: Store) {
 async fn human_evals_skip_excluded_and_abandoned(store: Store) {
     let study = store.create_study(&spec("s"), StudyStatus::Open).await.unwrap();
     let mut ended = Vec::new();
-    for (worker, score, success, termination) in
-        [("A", 1.0, true, "terminated"), ("B", 0.5, false, "max_steps"), ("C", 0.0, false, "abandoned"), ("D", 0.9, true, "terminated")]
-    {
+    for (worker, score, success, termination) in [
+        ("A", 1.0, true, "terminated"),
+        ("B", 0.5, false, "max_steps"),
+        ("C", 0.0, false, "abandoned"),
+        ("D", 0.9, true, "terminated"),
+    ] {
         let s = new_session(&store, study, worker).await;
         let e = store.session_episodes(s).await.unwrap()[0].id;
         store.start_study_episode(e).await.unwrap();
@@ -277,7 +297,10 @@ async fn human_evals_skip_excluded_and_abandoned(store: Store) {
     let rows = store.human_evals().await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];
-    assert_eq!((r.model.as_str(), r.gym.as_str(), r.user_kind.as_str(), r.split.as_str()), ("expert", "telepathy", "human", "test"));
+    assert_eq!(
+        (r.model.as_str(), r.gym.as_str(), r.user_kind.as_str(), r.split.as_str()),
+        ("expert", "telepathy", "human", "test")
+    );
     assert_eq!(r.episodes, 2);
     assert!((r.mean_score - 0.75).abs() < 1e-12);
     assert!((r.success_rate - 0.5).abs() < 1e-12);
@@ -297,7 +320,14 @@ async fn lost_episodes_restart_without_their_answers(store: Store) {
     let e = store.session_episodes(s).await.unwrap()[0].id;
     assert!(!store.restart_study_episode(e).await.unwrap(), "only a running episode restarts");
     store.start_study_episode(e).await.unwrap();
-    let answer = StudyAnswer { episode_id: e, prompt_id: 1, answer: "{}".into(), text: "hi".into(), elapsed_ms: 5, created_at: 0 };
+    let answer = StudyAnswer {
+        episode_id: e,
+        prompt_id: 1,
+        answer: "{}".into(),
+        text: "hi".into(),
+        elapsed_ms: 5,
+        created_at: 0,
+    };
     store.add_study_answer(&answer).await.unwrap();
     assert!(store.restart_study_episode(e).await.unwrap());
     let (row, record) = store.study_episode(e).await.unwrap().unwrap();
