@@ -1,7 +1,7 @@
 //! What the `userrl serve` command mounts: the app context (store and run launcher), the site options, and
 //! one axum router with the pages (SSR), the server functions, the static site files (`/pkg/...`), the live
 //! stream of a run (`/api/runs/{id}/live`, Server-Sent Events), per-chart CSV/JSON export and checkpoint
-//! downloads.
+//! downloads, and the admin sign-in endpoints, all behind the auth guard (`crate::auth`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,6 +26,7 @@ use userrl_store::{Store, StoreEvent};
 use userrl_types::{CheckpointRow, RunStatus};
 
 use crate::app::{App, shell};
+use crate::auth::Auth;
 use crate::model::{CheckpointFiles, LiveEvent};
 
 /// A rejected run config: `field` names the TOML key at fault (`grpo.lr`), when one is.
@@ -52,6 +53,9 @@ pub trait RunLauncher: Send + Sync {
 pub struct AppContext {
     pub store: Store,
     pub launcher: Arc<dyn RunLauncher>,
+    /// Admin sessions, CSRF and rate limits: `site_router` puts its guard in front of every route (see
+    /// `crate::auth`).
+    pub auth: Auth,
     /// The crowd-study portal (worker sessions and live episodes); `None` where studies are not served.
     pub crowd: Option<Arc<crate::crowd::service::Crowd>>,
 }
@@ -111,17 +115,20 @@ fn default_site_root() -> PathBuf {
     from_exe.unwrap_or_else(|| PathBuf::from("target/site"))
 }
 
-/// The whole web app as one router (pages, server functions, static files, live stream, exports).
+/// The whole web app as one router (pages, server functions, static files, live stream, exports, sign-in),
+/// behind the auth guard.
 pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
     let routes = generate_route_list(App);
     let state = SiteState { options: options.clone(), ctx: ctx.clone() };
     let page_ctx = ctx.clone();
+    let auth = ctx.auth.clone();
     let crowd = ctx.crowd.clone();
     let fallback_ctx = ctx;
     let router = Router::new()
         .route("/api/runs/{id}/live", get(live))
         .route("/api/runs/{id}/export", get(export))
         .route("/api/runs/{run}/checkpoints/{checkpoint}/{file}", get(checkpoint_file))
+        .merge(crate::auth::routes())
         .leptos_routes_with_context(&state, routes, move || provide_context(page_ctx.clone()), {
             let options = options.clone();
             move || shell(options.clone())
@@ -132,10 +139,11 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
         ))
         .layer(axum::middleware::from_fn(bad_arguments_are_client_errors))
         .with_state(state);
-    match crowd {
+    let router = match crowd {
         Some(crowd) => router.merge(crate::crowd::admin::router(crowd)),
         None => router,
-    }
+    };
+    crate::auth::protect(router, &auth)
 }
 
 /// Leptos answers a server-function call whose arguments do not parse with a 500; it is the caller's

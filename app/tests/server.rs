@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use userrl_app::auth::{Auth, AuthConfig, VISITOR_COOKIE, csrf_for};
 use userrl_app::model::LaunchOutcome;
 use userrl_app::{AppContext, LaunchError, RunLauncher, site_options, site_router};
 use userrl_store::{NewRun, Store};
@@ -99,7 +100,8 @@ async fn fixture(name: &str) -> Fixture {
     std::fs::write(ckpt.join("config.json"), "{\"layers\": 2}").unwrap();
     std::fs::write(dir.join("secret.txt"), "secret").unwrap();
     store.add_checkpoint(run, 2, &ckpt.to_string_lossy()).await.unwrap();
-    let ctx = AppContext { store: store.clone(), launcher: Arc::new(TestLauncher), crowd: None };
+    let auth = Auth::new(store.clone(), AuthConfig::default());
+    let ctx = AppContext { store: store.clone(), launcher: Arc::new(TestLauncher), auth, crowd: None };
     let router = site_router(ctx, site_options());
     Fixture { store, router, run, transcript, _dir: TempDir(dir) }
 }
@@ -225,9 +227,19 @@ async fn live_stream_sends_new_metrics() {
     assert_eq!(event, serde_json::json!({"type": "metrics", "step": 7, "values": [["reward", 0.75]]}));
 }
 
+/// A browser's visitor secret (any 64 hex digits) and the CSRF token a page would carry for it.
+const VISITOR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A server-function call as the browser bundle makes it: from this machine, with the visitor cookie and the
+/// page's CSRF token.
 async fn call(router: &axum::Router, path: &str, json: serde_json::Value) -> (StatusCode, String) {
-    let req =
-        Request::post(path).header("content-type", "application/json").body(Body::from(json.to_string())).unwrap();
+    let mut req = Request::post(path)
+        .header("content-type", "application/json")
+        .header("cookie", format!("{VISITOR_COOKIE}={VISITOR}"))
+        .header("x-csrf-token", csrf_for(VISITOR))
+        .body(Body::from(json.to_string()))
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 50000))));
     let res = router.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -268,4 +280,57 @@ async fn server_functions_answer_and_reject_bad_input() {
     let (status, body) = call(&f.router, ResumeRun::PATH, serde_json::json!({"id": f.run})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("cannot be resumed"), "{body}");
+}
+
+#[tokio::test]
+async fn server_functions_need_the_csrf_token_and_run_controls_a_local_caller() {
+    use leptos::server_fn::ServerFn;
+    use userrl_app::api::{LaunchRun, ListRuns};
+    let f = fixture("csrf").await;
+    let send = |token: Option<String>, peer: [u8; 4]| {
+        let mut req = Request::post(LaunchRun::PATH)
+            .header("content-type", "application/json")
+            .header("cookie", format!("{VISITOR_COOKIE}={VISITOR}"));
+        if let Some(token) = token {
+            req = req.header("x-csrf-token", token);
+        }
+        let mut req = req.body(Body::from(serde_json::json!({"config": "name = \"x\""}).to_string())).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((peer, 40000))));
+        f.router.clone().oneshot(req)
+    };
+    let missing = send(None, [127, 0, 0, 1]).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::FORBIDDEN);
+    let body = missing.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");
+    let wrong = send(Some(csrf_for(&"f".repeat(64))), [127, 0, 0, 1]).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    // With no admin set up, run controls accept only this machine.
+    let remote = send(Some(csrf_for(VISITOR)), [192, 0, 2, 7]).await.unwrap();
+    assert_eq!(remote.status(), StatusCode::FORBIDDEN);
+    let local = send(Some(csrf_for(VISITOR)), [127, 0, 0, 1]).await.unwrap();
+    assert_eq!(local.status(), StatusCode::OK);
+    // Reading stays public (with the token, as every POST).
+    let (status, body) = call(&f.router, ListRuns::PATH, serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn pages_carry_the_csrf_token_and_give_new_visitors_a_cookie() {
+    let f = fixture("meta").await;
+    let res = f.router.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with(&format!("{VISITOR_COOKIE}=")), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let secret = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let html = String::from_utf8_lossy(&body);
+    assert!(html.contains(&format!("<meta name=\"csrf-token\" content=\"{}\"", csrf_for(&secret))), "{html}");
+    // A returning visitor keeps the cookie (no new one).
+    let again = Request::get("/").header("cookie", format!("{VISITOR_COOKIE}={VISITOR}")).body(Body::empty()).unwrap();
+    let res = f.router.clone().oneshot(again).await.unwrap();
+    assert!(res.headers().get("set-cookie").is_none());
+    let (status, _, body) = get(&f.router, "/admin/login").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("No admin is set up yet"), "{body}");
 }

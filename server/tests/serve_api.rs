@@ -12,6 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
+use userrl_app::auth::{Auth, AuthConfig, VISITOR_COOKIE, csrf_for};
 use userrl_server::serve::api::{self, ApiState};
 use userrl_server::serve::{JobManager, JobOptions, paths};
 use userrl_store::Store;
@@ -83,13 +84,27 @@ async fn harness(name: &str, max_jobs: usize) -> Harness {
             max_jobs,
         },
     );
-    let router = api::router(ApiState { store: store.clone(), jobs: manager.clone() });
+    let auth = Auth::new(store.clone(), AuthConfig::default());
+    let router = api::router(ApiState { store: store.clone(), jobs: manager.clone(), auth });
     Harness { dir, store, manager, router }
+}
+
+/// The visitor secret the test client's requests carry (with its CSRF token), as a browser's would.
+const VISITOR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A request as a local browser page sends it: from this machine (no admin is set up in these tests, so run
+/// controls accept it), with the visitor cookie and the page's CSRF token.
+fn local_browser(mut request: Request<Body>) -> Request<Body> {
+    let headers = request.headers_mut();
+    headers.insert(header::COOKIE, format!("{VISITOR_COOKIE}={VISITOR}").parse().unwrap());
+    headers.insert("x-csrf-token", csrf_for(VISITOR).parse().unwrap());
+    request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 50000))));
+    request
 }
 
 impl Harness {
     async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
-        let response = self.router.clone().oneshot(request).await.unwrap();
+        let response = self.router.clone().oneshot(local_browser(request)).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&bytes)
@@ -369,7 +384,8 @@ async fn shutdown_interrupts_running_jobs_and_they_resume() {
     );
     restarted.resume(id).await.unwrap();
     assert!(restarted.resume(id).await.is_err(), "a live run resumed twice");
-    let router = api::router(ApiState { store: h.store.clone(), jobs: restarted.clone() });
+    let auth = Auth::new(h.store.clone(), AuthConfig::default());
+    let router = api::router(ApiState { store: h.store.clone(), jobs: restarted.clone(), auth });
     let h2 = Harness { dir: h.dir.join("second"), store: h.store.clone(), manager: restarted, router };
     h2.wait(id, |s| s == RunStatus::Running).await;
     let (s, body) = h2.post(&format!("/api/runs/{id}/cancel")).await;
@@ -402,7 +418,8 @@ async fn the_whole_site_serves_pages_the_api_and_v1_together() {
         .as_i64()
         .unwrap();
     h.wait(id, |s| !s.is_live()).await;
-    let site = userrl_server::serve::app(h.store.clone(), h.manager.clone(), &[]).await.unwrap();
+    let auth = Auth::new(h.store.clone(), AuthConfig::default());
+    let site = userrl_server::serve::app_with_auth(h.store.clone(), h.manager.clone(), &[], auth).await.unwrap();
     let get = |uri: &str| site.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap());
     let page = get("/").await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use userrl_gym::eval::{AgentSpec, make_agent, play_episode};
 use userrl_gym::human::{HumanAnswer, HumanChannel, HumanError, HumanUser};
 use userrl_gym::user::{User, UserError, UserKind, UserQuery, UserReply};
@@ -26,6 +25,10 @@ use userrl_types::study::{
     StudyRow, StudyStatus,
 };
 use userrl_types::{Speaker, TranscriptMessage, TranscriptRecord};
+
+/// SHA-256 of a session token, hex: what the store keeps (the same form as admin session tokens).
+pub use crate::auth::hash_token;
+use crate::auth::{Limited, Rate, RateLimiter};
 
 use super::{
     AnswerView, Completion, CurrentEpisode, EpisodeBrief, Entry, MTURK_HOSTS, MTURK_PREVIEW, MturkSubmit,
@@ -215,57 +218,28 @@ impl CrowdError {
     }
 }
 
-/// A token bucket per key (an IP address, a worker): `burst` requests at once, refilled at `per_minute`.
-pub struct Limiter {
-    burst: f64,
-    per_second: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl Limiter {
-    pub fn new(burst: u32, per_minute: u32) -> Limiter {
-        Limiter { burst: burst as f64, per_second: per_minute as f64 / 60.0, buckets: Mutex::new(HashMap::new()) }
-    }
-
-    /// Takes one token for `key`; `Err(seconds to wait)` when there is none.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        let now = Instant::now();
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() > 100_000 {
-            // Full buckets carry no information: forget them rather than grow without bound.
-            let (burst, rate) = (self.burst, self.per_second);
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.per_second.max(1e-9)).ceil() as u64)
-        }
-    }
-}
-
-/// Request limits of the worker portal.
+/// Request limits of the worker portal (the auth module's token buckets).
 pub struct Limits {
     /// Entering a study (creating sessions), per IP.
-    pub enter_per_ip: Limiter,
+    pub enter_per_ip: RateLimiter<String>,
     /// Every worker call, per IP.
-    pub calls_per_ip: Limiter,
-    /// Answers and other mutations, per worker session.
-    pub calls_per_session: Limiter,
+    pub calls_per_ip: RateLimiter<String>,
+    /// Answers and other calls, per worker session.
+    pub calls_per_session: RateLimiter<i64>,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            enter_per_ip: Limiter::new(20, 20),
-            calls_per_ip: Limiter::new(600, 1200),
-            calls_per_session: Limiter::new(60, 120),
+            enter_per_ip: RateLimiter::new(Rate::per_minute(20, 20)),
+            calls_per_ip: RateLimiter::new(Rate::per_minute(1200, 600)),
+            calls_per_session: RateLimiter::new(Rate::per_minute(120, 60)),
         }
     }
+}
+
+fn limited(l: Limited) -> CrowdError {
+    CrowdError::TooMany(l.retry_after_secs())
 }
 
 /// One live episode: its channel, and when the open prompt appeared (for the worker's answer time).
@@ -297,12 +271,6 @@ impl User for TimedUser {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a few assignments: a panic inside cannot leave the data half-written.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// SHA-256 of a session token, hex: what the store keeps.
-pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A fresh session token: 256 random bits, hex.
@@ -439,7 +407,7 @@ impl Crowd {
         cookie_token: Option<&str>,
         ip: &str,
     ) -> Result<(Entry, Option<String>), CrowdError> {
-        self.limits.calls_per_ip.check(ip).map_err(CrowdError::TooMany)?;
+        self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
         let study = self.open_study(slug).await?;
         let Some(ids) = parse_link(study.spec.platform, params)? else {
             return Ok((Entry::Preview { study: StudyPublic::of(&study) }, None));
@@ -468,7 +436,7 @@ impl Crowd {
         if study.status != StudyStatus::Open {
             return Err(CrowdError::Closed("this study is not taking participants now".into()));
         }
-        self.limits.enter_per_ip.check(ip).map_err(CrowdError::TooMany)?;
+        self.limits.enter_per_ip.check(&ip.to_string()).map_err(limited)?;
         let assignments = self.assign(&study).await?;
         let token = new_token();
         let id = match self
@@ -522,7 +490,7 @@ impl Crowd {
         if session.study_id != study.id {
             return Err(CrowdError::Refused("this session belongs to another study".into()));
         }
-        self.limits.calls_per_session.check(&format!("s{}", session.id)).map_err(CrowdError::TooMany)?;
+        self.limits.calls_per_session.check(&session.id).map_err(limited)?;
         let session = self.enforce_deadline(&study, session).await?;
         Ok((study, session))
     }
@@ -547,7 +515,7 @@ impl Crowd {
 
     /// The worker's page, read fresh.
     pub async fn view(&self, slug: &str, token: Option<&str>, ip: &str) -> Result<WorkerView, CrowdError> {
-        self.limits.calls_per_ip.check(ip).map_err(CrowdError::TooMany)?;
+        self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
         let (study, session) = self.session(slug, token).await?;
         self.view_of(&study, session).await
     }
@@ -725,7 +693,7 @@ impl Crowd {
         answer: &AnswerView,
         ip: &str,
     ) -> Result<WorkerView, CrowdError> {
-        self.limits.calls_per_ip.check(ip).map_err(CrowdError::TooMany)?;
+        self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
         let (study, session) = self.session(slug, token).await?;
         if session.state != SessionState::Episodes {
             return Err(CrowdError::Conflict(format!("no open question: the session is at {}", session.state.as_str())));
@@ -886,14 +854,5 @@ mod tests {
         assert_eq!(token_from_cookies(&header, "nope"), None);
         let cookie = session_cookie("pilot", "tok", true, 60);
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.ends_with("; Secure"));
-    }
-
-    #[test]
-    fn limiter_refuses_past_the_burst() {
-        let l = Limiter::new(2, 60);
-        assert!(l.check("a").is_ok());
-        assert!(l.check("a").is_ok());
-        assert_eq!(l.check("a"), Err(1));
-        assert!(l.check("b").is_ok(), "keys have their own buckets");
     }
 }

@@ -1,5 +1,6 @@
 //! The pages, one module each, with the server functions they call in `crate::api`.
 
+pub mod admin;
 pub mod eval;
 pub mod run;
 pub mod runs;

@@ -1,12 +1,13 @@
-//! Persistence for userrl: runs, metrics, transcripts, checkpoints, eval scores and crowd studies, in SQLite
-//! (the default, one file in WAL mode) or Postgres (for teams), through sqlx with runtime-checked queries.
-//! Migrations for both dialects live in the workspace's `migrations/` and run at connect. The [`StoreSink`]
-//! turns a training run's events into batched writes; every write is announced on a broadcast channel for live
-//! views (SSE).
+//! Persistence for userrl: runs, metrics, transcripts, checkpoints, eval scores, admin sessions and crowd
+//! studies, in SQLite (the default, one file in WAL mode) or Postgres (for teams), through sqlx with
+//! runtime-checked queries. Migrations for both dialects live in the workspace's `migrations/` and run at
+//! connect. The [`StoreSink`] turns a training run's events into batched writes; every write is announced on a
+//! broadcast channel for live views.
 //!
 //! One SQL text serves both dialects: placeholders are `$N` (SQLite accepts them too) and only portable SQL is
 //! used; the few values SQLite cannot hold (NaN) are stored as NULL on both sides so both answer alike.
 
+mod auth;
 mod metrics;
 mod runs;
 mod sink;
@@ -24,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::broadcast;
 
+pub use auth::AuthSession;
 pub use sink::{BATCH_WINDOW, MAX_BATCH, StoreSink, status_from_name};
 pub use studies::{
     Assignment, DUPLICATE_MIN_CHARS, NewSessionError, TOO_FAST_MEDIAN_MS, normalize_text, validate_spec,
