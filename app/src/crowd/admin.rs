@@ -145,7 +145,7 @@ pub async fn detail(crowd: &Crowd, id: i64, base_url: &str) -> Result<StudyDetai
     Ok(StudyDetail {
         link: worker_link(base_url, &study.spec),
         progress: crowd.store.study_progress(id).await?,
-        sessions: crowd.store.sessions(id).await?,
+        sessions: crowd.store.worker_sessions(id).await?,
         episodes: crowd.store.study_episodes(id).await?,
         flags: crowd.store.study_flags(id).await?,
         study,
@@ -170,7 +170,7 @@ pub async fn exclude(crowd: &Crowd, study_id: i64, session_id: i64, excluded: bo
     if reason.chars().count() > 1_000 {
         return Err(CrowdError::Invalid("the reason is over 1,000 characters".into()));
     }
-    match crowd.store.session(session_id).await? {
+    match crowd.store.worker_session(session_id).await? {
         Some(s) if s.study_id == study_id => {}
         _ => return Err(CrowdError::NotFound(format!("session {session_id} of study {study_id}"))),
     }

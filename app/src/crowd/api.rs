@@ -148,35 +148,41 @@ pub async fn study_complete(slug: String) -> Result<Completion, ServerFnError> {
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_studies")]
 pub async fn admin_studies() -> Result<Vec<StudySummary>, ServerFnError> {
     crate::auth::require_admin().await?;
-    super::admin::list(&backend::crowd()?).await.map_err(backend::fail)
+    let crowd = backend::crowd()?;
+    super::admin::list(&crowd).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_study")]
 pub async fn admin_study(id: i64) -> Result<StudyDetail, ServerFnError> {
     crate::auth::require_admin().await?;
-    super::admin::detail(&backend::crowd()?, id, &backend::base_url()).await.map_err(backend::fail)
+    let crowd = backend::crowd()?;
+    super::admin::detail(&crowd, id, &backend::base_url()).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_create_study")]
 pub async fn admin_create_study(form: StudyForm) -> Result<CreateOutcome, ServerFnError> {
     crate::auth::require_admin().await?;
-    super::admin::create(&backend::crowd()?, &form).await.map_err(backend::fail)
+    let crowd = backend::crowd()?;
+    super::admin::create(&crowd, &form).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_study_status")]
 pub async fn admin_study_status(id: i64, status: String) -> Result<(), ServerFnError> {
     crate::auth::require_admin().await?;
-    super::admin::set_status(&backend::crowd()?, id, &status).await.map_err(backend::fail)
+    let crowd = backend::crowd()?;
+    super::admin::set_status(&crowd, id, &status).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_exclude")]
 pub async fn admin_exclude(study_id: i64, session_id: i64, excluded: bool, reason: String) -> Result<(), ServerFnError> {
     crate::auth::require_admin().await?;
-    super::admin::exclude(&backend::crowd()?, study_id, session_id, excluded, &reason).await.map_err(backend::fail)
+    let crowd = backend::crowd()?;
+    super::admin::exclude(&crowd, study_id, session_id, excluded, &reason).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_study_episode")]
 pub async fn admin_study_episode(study_id: i64, episode_id: i64) -> Result<StudyEpisodeView, ServerFnError> {
     crate::auth::require_admin().await?;
-    super::admin::episode(&backend::crowd()?, study_id, episode_id).await.map_err(backend::fail)
+    let crowd = backend::crowd()?;
+    super::admin::episode(&crowd, study_id, episode_id).await.map_err(backend::fail)
 }

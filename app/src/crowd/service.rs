@@ -413,7 +413,7 @@ impl Crowd {
             return Ok((Entry::Preview { study: StudyPublic::of(&study) }, None));
         };
         if let Some(token) = cookie_token
-            && let Some(session) = self.store.session_by_token(&hash_token(token)).await?
+            && let Some(session) = self.store.worker_session_by_token(&hash_token(token)).await?
             && session.study_id == study.id
         {
             if session.ids.worker_id != ids.worker_id {
@@ -424,7 +424,7 @@ impl Crowd {
             let view = self.view_of(&study, session).await?;
             return Ok((Entry::Session { view }, None));
         }
-        if let Some(existing) = self.store.session_for_worker(study.id, study.spec.platform, &ids.worker_id).await? {
+        if let Some(existing) = self.store.worker_session_for(study.id, study.spec.platform, &ids.worker_id).await? {
             return Err(if existing.state.is_final() {
                 CrowdError::Conflict("you have already taken part in this study".into())
             } else {
@@ -441,7 +441,7 @@ impl Crowd {
         let token = new_token();
         let id = match self
             .store
-            .create_session(study.id, study.spec.platform, &ids, &hash_token(&token), &assignments)
+            .create_worker_session(study.id, study.spec.platform, &ids, &hash_token(&token), &assignments)
             .await
         {
             Ok(id) => id,
@@ -451,7 +451,7 @@ impl Crowd {
             }
             Err(NewSessionError::Store(e)) => return Err(e.into()),
         };
-        let session = self.store.session(id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
+        let session = self.store.worker_session(id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
         let view = self.view_of(&study, session).await?;
         Ok((Entry::Session { view }, Some(token)))
     }
@@ -484,7 +484,7 @@ impl Crowd {
         let study = self.open_study(slug).await?;
         let session = self
             .store
-            .session_by_token(&hash_token(token))
+            .worker_session_by_token(&hash_token(token))
             .await?
             .ok_or_else(|| CrowdError::Refused("unknown session token: open the study link again".into()))?;
         if session.study_id != study.id {
@@ -509,8 +509,8 @@ impl Crowd {
                 live.channel.quit("the study's time limit passed");
             }
         }
-        self.store.set_session_state(session.id, session.state, SessionState::Expired).await?;
-        Ok(self.store.session(session.id).await?.unwrap_or(session))
+        self.store.set_worker_session_state(session.id, session.state, SessionState::Expired).await?;
+        Ok(self.store.worker_session(session.id).await?.unwrap_or(session))
     }
 
     /// The worker's page, read fresh.
@@ -537,8 +537,8 @@ impl Crowd {
         let mut ended_because = None;
         if let Some(e) = left {
             if !session.state.is_final() {
-                self.store.set_session_state(session.id, session.state, SessionState::Expired).await?;
-                session = self.store.session(session.id).await?.unwrap_or(session);
+                self.store.set_worker_session_state(session.id, session.state, SessionState::Expired).await?;
+                session = self.store.worker_session(session.id).await?.unwrap_or(session);
             }
             ended_because = Some(format!("episode {} was left without an answer", e.index + 1));
         } else if session.state == SessionState::Expired {
@@ -596,7 +596,7 @@ impl Crowd {
     /// After the instructions: the first episode starts.
     pub async fn begin(&self, slug: &str, token: Option<&str>) -> Result<WorkerView, CrowdError> {
         let (study, session) = self.session(slug, token).await?;
-        if !self.store.set_session_state(session.id, SessionState::Instructions, SessionState::Episodes).await? {
+        if !self.store.set_worker_session_state(session.id, SessionState::Instructions, SessionState::Episodes).await? {
             return Err(CrowdError::Conflict(format!("cannot begin: the session is at {}", session.state.as_str())));
         }
         self.start_next(&study, session.id).await?;
@@ -743,7 +743,7 @@ impl Crowd {
     }
 
     async fn reload(&self, study: &StudyRow, session_id: i64) -> Result<WorkerView, CrowdError> {
-        let session = self.store.session(session_id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
+        let session = self.store.worker_session(session_id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
         self.view_of(study, session).await
     }
 
@@ -758,7 +758,7 @@ impl Crowd {
                 live.channel.quit("the worker left the study");
             }
         }
-        self.store.set_session_state(session.id, session.state, SessionState::Expired).await?;
+        self.store.set_worker_session_state(session.id, session.state, SessionState::Expired).await?;
         self.reload(&study, session.id).await
     }
 

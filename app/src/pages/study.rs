@@ -37,7 +37,7 @@ pub fn StudyPage() -> impl IntoView {
     Effect::new(move |_| {
         let slug = slug();
         let link: BTreeMap<String, String> =
-            query.read_untracked().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            query.get_untracked().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         leptos::task::spawn_local(async move {
             match study_enter(slug, link).await {
                 Ok(e) => entry.set(Some(e)),
@@ -203,7 +203,7 @@ pub fn StudyPage() -> impl IntoView {
 
 fn deadline_text(deadline_ms: i64, now_ms: i64) -> String {
     let left = (deadline_ms - now_ms).max(0) / 1000;
-    format!("{} min left", left.div_ceil(60))
+    format!("{} min left", (left + 59) / 60)
 }
 
 #[component]
@@ -323,13 +323,13 @@ fn control_view(control: ControlView, values: RwSignal<BTreeMap<String, AnswerVa
                 .into_iter()
                 .map(|o| {
                     let (n1, n2, id1, id2) = (name.clone(), name.clone(), o.id.clone(), o.id.clone());
-                    let chosen = move || values.with(|v| v.get(&n1) == Some(&AnswerValue::Text(id1.clone())));
+                    let chosen = Signal::derive(move || values.with(|v| v.get(&n1) == Some(&AnswerValue::Text(id1.clone()))));
                     view! {
                         <button
                             type="button"
                             class="choice"
                             class:chosen=chosen
-                            aria-pressed=move || chosen().to_string()
+                            aria-pressed=move || chosen.get().to_string()
                             on:click=move |_| values.update(|v| {
                                 v.insert(n2.clone(), AnswerValue::Text(id2.clone()));
                             })
@@ -369,7 +369,7 @@ fn control_view(control: ControlView, values: RwSignal<BTreeMap<String, AnswerVa
                 .map(|n| {
                     let (n1, n2) = (name.clone(), name.clone());
                     let text = labels.get((n - min) as usize).cloned().unwrap_or_else(|| n.to_string());
-                    let chosen = move || values.with(|v| v.get(&n1) == Some(&AnswerValue::Number(n)));
+                    let chosen = Signal::derive(move || values.with(|v| v.get(&n1) == Some(&AnswerValue::Number(n))));
                     view! {
                         <button
                             type="button"

@@ -301,7 +301,7 @@ impl Store {
 
     /// Creates a session (state `consent`) with its assigned episodes, in one transaction. `Exists` when the
     /// worker already has a session in this study (the unique key on study, platform and worker id).
-    pub async fn create_session(
+    pub async fn create_worker_session(
         &self,
         study_id: i64,
         platform: Platform,
@@ -359,17 +359,17 @@ impl Store {
         }
     }
 
-    pub async fn session(&self, id: i64) -> Result<Option<SessionRow>, StoreError> {
-        self.session_where("id = $1", SessionKey::Id(id)).await
+    pub async fn worker_session(&self, id: i64) -> Result<Option<SessionRow>, StoreError> {
+        self.worker_session_where("id = $1", SessionKey::Id(id)).await
     }
 
     /// The session whose token hashes to `token_hash`.
-    pub async fn session_by_token(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError> {
-        self.session_where("token_hash = $1", SessionKey::Text(token_hash.to_string())).await
+    pub async fn worker_session_by_token(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        self.worker_session_where("token_hash = $1", SessionKey::Text(token_hash.to_string())).await
     }
 
     /// The worker's session in a study, if they have one.
-    pub async fn session_for_worker(
+    pub async fn worker_session_for(
         &self,
         study_id: i64,
         platform: Platform,
@@ -392,7 +392,7 @@ impl Store {
         })
     }
 
-    async fn session_where(&self, clause: &str, key: SessionKey) -> Result<Option<SessionRow>, StoreError> {
+    async fn worker_session_where(&self, clause: &str, key: SessionKey) -> Result<Option<SessionRow>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM study_sessions WHERE {clause}");
         on_pool!(self, pool => {
             let query = sqlx::query(AssertSqlSafe(sql));
@@ -408,7 +408,7 @@ impl Store {
     }
 
     /// A study's sessions, oldest first.
-    pub async fn sessions(&self, study_id: i64) -> Result<Vec<SessionRow>, StoreError> {
+    pub async fn worker_sessions(&self, study_id: i64) -> Result<Vec<SessionRow>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM study_sessions WHERE study_id = $1 ORDER BY id");
         on_pool!(self, pool => {
             let rows = sqlx::query(AssertSqlSafe(sql)).bind(study_id).fetch_all(pool).await?;
@@ -422,7 +422,7 @@ impl Store {
 
     /// Moves a session from `from` to `to`; false (nothing changed) when it is not in `from`. Final states
     /// stamp `finished_at`.
-    pub async fn set_session_state(&self, id: i64, from: SessionState, to: SessionState) -> Result<bool, StoreError> {
+    pub async fn set_worker_session_state(&self, id: i64, from: SessionState, to: SessionState) -> Result<bool, StoreError> {
         let now = now_ms();
         let finished = to.is_final().then_some(now);
         let n = on_pool!(self, pool => {
@@ -463,7 +463,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    pub async fn touch_session(&self, id: i64) -> Result<(), StoreError> {
+    pub async fn touch_worker_session(&self, id: i64) -> Result<(), StoreError> {
         on_pool!(self, pool => {
             sqlx::query("UPDATE study_sessions SET last_seen_at = $1 WHERE id = $2")
                 .bind(now_ms())
@@ -732,7 +732,7 @@ impl Store {
 
     /// What the admin should look at (see [`StudyFlag`]), sorted, each at most once.
     pub async fn study_flags(&self, study_id: i64) -> Result<Vec<StudyFlag>, StoreError> {
-        let sessions = self.sessions(study_id).await?;
+        let sessions = self.worker_sessions(study_id).await?;
         let episodes = self.study_episodes(study_id).await?;
         let answers = self.study_answers(study_id).await?;
         let mut flags = BTreeSet::new();
@@ -780,7 +780,7 @@ impl Store {
 
     /// A study's live numbers (see [`StudyProgress`]).
     pub async fn study_progress(&self, study_id: i64) -> Result<StudyProgress, StoreError> {
-        let sessions = self.sessions(study_id).await?;
+        let sessions = self.worker_sessions(study_id).await?;
         let episodes = self.study_episodes(study_id).await?;
         let excluded: BTreeSet<i64> = sessions.iter().filter(|s| s.excluded).map(|s| s.id).collect();
         let mut p = StudyProgress {

@@ -73,7 +73,7 @@ fn result(score: f64, success: bool, termination: &str) -> EpisodeResult {
 
 async fn new_session(store: &Store, study: i64, worker: &str) -> i64 {
     store
-        .create_session(study, Platform::Prolific, &ids(worker), &format!("hash-{worker}"), &assignments())
+        .create_worker_session(study, Platform::Prolific, &ids(worker), &format!("hash-{worker}"), &assignments())
         .await
         .unwrap()
 }
@@ -116,22 +116,22 @@ async fn studies_round_trip_and_slugs_are_unique(store: Store) {
 async fn one_session_per_worker_and_token_lookup(store: Store) {
     let study = store.create_study(&spec("s"), StudyStatus::Open).await.unwrap();
     let a = new_session(&store, study, "W1").await;
-    let again = store.create_session(study, Platform::Prolific, &ids("W1"), "other-hash", &assignments()).await;
+    let again = store.create_worker_session(study, Platform::Prolific, &ids("W1"), "other-hash", &assignments()).await;
     assert!(matches!(again, Err(NewSessionError::Exists)), "a second session for the same worker");
     // The same worker id on another platform is another person.
-    store.create_session(study, Platform::Mturk, &ids("W1"), "hash-mturk", &[]).await.unwrap();
+    store.create_worker_session(study, Platform::Mturk, &ids("W1"), "hash-mturk", &[]).await.unwrap();
     // A token hash is unique too: a collision never lets two sessions share a token.
-    let clash = store.create_session(study, Platform::Prolific, &ids("W2"), "hash-W1", &assignments()).await;
+    let clash = store.create_worker_session(study, Platform::Prolific, &ids("W2"), "hash-W1", &assignments()).await;
     assert!(matches!(clash, Err(NewSessionError::Exists)));
-    assert!(store.session_for_worker(study, Platform::Prolific, "W2").await.unwrap().is_none(), "rolled back");
+    assert!(store.worker_session_for(study, Platform::Prolific, "W2").await.unwrap().is_none(), "rolled back");
 
-    let by_token = store.session_by_token("hash-W1").await.unwrap().unwrap();
+    let by_token = store.worker_session_by_token("hash-W1").await.unwrap().unwrap();
     assert_eq!(by_token.id, a);
     assert_eq!(by_token.ids, ids("W1"));
     assert_eq!(by_token.state, SessionState::Consent);
     assert!(!by_token.code_issued);
-    assert!(store.session_by_token("hash-nobody").await.unwrap().is_none());
-    let by_worker = store.session_for_worker(study, Platform::Prolific, "W1").await.unwrap().unwrap();
+    assert!(store.worker_session_by_token("hash-nobody").await.unwrap().is_none());
+    let by_worker = store.worker_session_for(study, Platform::Prolific, "W1").await.unwrap().unwrap();
     assert_eq!(by_worker.id, a);
 
     let episodes = store.session_episodes(a).await.unwrap();
@@ -141,24 +141,24 @@ async fn one_session_per_worker_and_token_lookup(store: Store) {
     assert!(episodes.iter().all(|e| e.state == EpisodeState::Assigned && e.score.is_nan()));
     let counts = store.assignment_counts(study).await.unwrap();
     assert_eq!(counts[&("travel".to_string(), "v1".to_string(), "expert".to_string())], 1);
-    let missing = store.create_session(999, Platform::Prolific, &ids("W9"), "h9", &assignments()).await;
+    let missing = store.create_worker_session(999, Platform::Prolific, &ids("W9"), "h9", &assignments()).await;
     assert!(matches!(missing, Err(NewSessionError::Store(StoreError::NotFound))));
 }
 
 async fn session_states_move_once(store: Store) {
     let study = store.create_study(&spec("s"), StudyStatus::Open).await.unwrap();
     let s = new_session(&store, study, "W1").await;
-    assert!(!store.set_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap());
+    assert!(!store.set_worker_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap());
     assert!(store.record_consent(s, "v1").await.unwrap());
     assert!(!store.record_consent(s, "v2").await.unwrap(), "consent is recorded once");
-    let row = store.session(s).await.unwrap().unwrap();
+    let row = store.worker_session(s).await.unwrap().unwrap();
     assert_eq!(row.state, SessionState::Instructions);
     assert_eq!(row.consent_version.as_deref(), Some("v1"));
     assert!(row.consent_at.unwrap() > 1_700_000_000_000);
-    assert!(store.set_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap());
-    assert!(!store.set_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap());
-    assert!(store.set_session_state(s, SessionState::Episodes, SessionState::Expired).await.unwrap());
-    let row = store.session(s).await.unwrap().unwrap();
+    assert!(store.set_worker_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap());
+    assert!(!store.set_worker_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap());
+    assert!(store.set_worker_session_state(s, SessionState::Episodes, SessionState::Expired).await.unwrap());
+    let row = store.worker_session(s).await.unwrap().unwrap();
     assert_eq!(row.state, SessionState::Expired);
     assert!(row.finished_at.is_some());
     assert!(!store.issue_completion_code(s, "CODE1").await.unwrap(), "an expired session gets no code");
@@ -169,10 +169,10 @@ async fn completion_code_is_issued_once(store: Store) {
     let s = new_session(&store, study, "W1").await;
     assert!(!store.issue_completion_code(s, "EARLY").await.unwrap(), "no code before the episodes");
     store.record_consent(s, "v1").await.unwrap();
-    store.set_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap();
+    store.set_worker_session_state(s, SessionState::Instructions, SessionState::Episodes).await.unwrap();
     assert!(store.issue_completion_code(s, "C0DE-ONE").await.unwrap());
     assert!(!store.issue_completion_code(s, "C0DE-TWO").await.unwrap(), "the code is never replaced");
-    let row = store.session(s).await.unwrap().unwrap();
+    let row = store.worker_session(s).await.unwrap().unwrap();
     assert_eq!(row.state, SessionState::Completed);
     assert_eq!(row.completion_code.as_deref(), Some("C0DE-ONE"));
     assert!(row.code_issued && row.finished_at.is_some());
@@ -251,7 +251,7 @@ async fn flags_find_fast_duplicate_and_early(store: Store) {
     store.start_study_episode(ec).await.unwrap();
     store.end_study_episode(ec, &result(0.0, false, "abandoned")).await.unwrap();
     store.record_consent(b, "v1").await.unwrap();
-    store.set_session_state(b, SessionState::Instructions, SessionState::Expired).await.unwrap();
+    store.set_worker_session_state(b, SessionState::Instructions, SessionState::Expired).await.unwrap();
 
     let flags = store.study_flags(study).await.unwrap();
     assert!(flags.contains(&StudyFlag::TooFast { session_id: a, episode_id: ea, median_ms: 400 }), "{flags:?}");
@@ -289,7 +289,7 @@ async fn human_evals_skip_excluded_and_abandoned(store: Store) {
         ended.push(s);
     }
     store.set_excluded(ended[3], true, "bot-like answers").await.unwrap();
-    let excluded = store.session(ended[3]).await.unwrap().unwrap();
+    let excluded = store.worker_session(ended[3]).await.unwrap().unwrap();
     assert!(excluded.excluded);
     assert_eq!(excluded.exclusion_reason, "bot-like answers");
     assert!(matches!(store.set_excluded(999, true, "x").await, Err(StoreError::NotFound)));
