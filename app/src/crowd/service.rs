@@ -233,7 +233,7 @@ impl Default for Limits {
         Limits {
             enter_per_ip: RateLimiter::new(Rate::per_minute(20, 20)),
             calls_per_ip: RateLimiter::new(Rate::per_minute(1200, 600)),
-            calls_per_session: RateLimiter::new(Rate::per_minute(120, 60)),
+            calls_per_session: RateLimiter::new(Rate::per_minute(600, 120)),
         }
     }
 }
