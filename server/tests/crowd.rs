@@ -42,10 +42,8 @@ async fn site(name: &str) -> Site {
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.join("crowd.db").display())).await.unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let manager = JobManager::new(
-        store.clone(),
-        JobOptions { runs_dir: dir.join("runs"), root, configs_dir: None, max_jobs: 1 },
-    );
+    let manager =
+        JobManager::new(store.clone(), JobOptions { runs_dir: dir.join("runs"), root, configs_dir: None, max_jobs: 1 });
     // The site's per-IP limits are tested with auth; here they must not cut a test worker's polling short.
     let config = AuthConfig {
         admin_password_hash: Some(hash_password(PASSWORD).unwrap()),
@@ -190,10 +188,7 @@ fn answer_for(prompt: &Value, text: &str) -> Value {
         match c["type"].as_str().unwrap() {
             "buttons" => {
                 let options = c["options"].as_array().unwrap();
-                let pick = options
-                    .iter()
-                    .find(|o| o["id"] == "conversation")
-                    .unwrap_or(&options[0]);
+                let pick = options.iter().find(|o| o["id"] == "conversation").unwrap_or(&options[0]);
                 values.insert(name, pick["id"].clone());
             }
             "checkboxes" => {}
@@ -219,9 +214,8 @@ async fn play_all(worker: &mut Browser<'_>, slug: &str, text: &str) -> Value {
         if !current["prompt"].is_null() {
             let prompt = current["prompt"].clone();
             let answer = answer_for(&prompt, text);
-            let res = worker
-                .call("study_answer", json!({ "slug": slug, "prompt_id": prompt["id"], "answer": answer }))
-                .await;
+            let res =
+                worker.call("study_answer", json!({ "slug": slug, "prompt_id": prompt["id"], "answer": answer })).await;
             assert_eq!(res.status, StatusCode::OK, "{}", res.body);
             view = res.json();
             continue;
@@ -252,7 +246,13 @@ async fn a_worker_plays_telepathy_and_travel_and_gets_one_code() {
     let entered = worker.call("study_enter", json!({ "slug": "pilot", "params": prolific("W1") })).await;
     assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
     assert!(entered.sets_cookie("userrl_study_pilot="), "entering sets the session cookie");
-    let cookie = entered.headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).find(|c| c.starts_with("userrl_study_pilot=")).unwrap();
+    let cookie = entered
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("userrl_study_pilot="))
+        .unwrap();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     let entry = entered.json();
     assert_eq!(entry["mode"], "session");
@@ -318,10 +318,16 @@ async fn a_worker_plays_telepathy_and_travel_and_gets_one_code() {
     let detail = detail.json();
     let episodes = detail["episodes"].as_array().unwrap();
     assert_eq!(episodes.len(), 2);
-    assert!(episodes.iter().all(|e| e["state"] == "ended" && e["score"].is_number() && e["turns"].as_i64().unwrap() >= 1));
+    assert!(
+        episodes.iter().all(|e| e["state"] == "ended" && e["score"].is_number() && e["turns"].as_i64().unwrap() >= 1)
+    );
     assert!(episodes.iter().all(|e| !e["answer_ms"].as_array().unwrap().is_empty()), "per-answer times are kept");
     assert_eq!(detail["progress"]["completed"], 1);
-    assert!(detail["link"].as_str().unwrap().ends_with("/study/pilot?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"));
+    assert!(
+        detail["link"].as_str().unwrap().ends_with(
+            "/study/pilot?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
+        )
+    );
 
     let travel = episodes.iter().find(|e| e["gym"] == "travel").unwrap();
     let page = admin.get(&format!("/admin/studies/{study}/episodes/{}", travel["id"])).await;
@@ -341,14 +347,20 @@ async fn a_worker_plays_telepathy_and_travel_and_gets_one_code() {
     assert_eq!(jsonl.status, StatusCode::OK);
     let lines: Vec<Value> = jsonl.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
-    assert!(lines.iter().any(|l| l["answers"].to_string().contains("<script>alert('xss')</script>")), "JSONL keeps the text exactly");
+    assert!(
+        lines.iter().any(|l| l["answers"].to_string().contains("<script>alert('xss')</script>")),
+        "JSONL keeps the text exactly"
+    );
 
     // Excluding (not rejecting) the session takes it out of the real-user scores; the reason is CSV-safe.
     let session_id = session.id;
     let evals = admin.call("list_evals", json!({})).await.json();
     assert!(evals.as_array().unwrap().iter().any(|e| e["user_kind"] == "human" && e["model"] == "expert"), "{evals}");
     let excluded = admin
-        .post(&format!("/api/admin/studies/{study}/sessions/{session_id}/exclude"), json!({ "excluded": true, "reason": "=HYPERLINK(\"http://x\")" }))
+        .post(
+            &format!("/api/admin/studies/{study}/sessions/{session_id}/exclude"),
+            json!({ "excluded": true, "reason": "=HYPERLINK(\"http://x\")" }),
+        )
         .await;
     assert_eq!(excluded.status, StatusCode::OK, "{}", excluded.body);
     let csv = admin.get(&format!("/api/admin/studies/{study}/export.csv")).await;
@@ -400,14 +412,19 @@ async fn forged_foreign_and_missing_session_tokens_are_refused() {
     }
     let prompt = view["current"]["prompt"].clone();
     let answer = answer_for(&prompt, "a fine answer");
-    let first = worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": prompt["id"], "answer": answer })).await;
+    let first =
+        worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": prompt["id"], "answer": answer })).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
-    let replay = worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": prompt["id"], "answer": answer })).await;
+    let replay =
+        worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": prompt["id"], "answer": answer })).await;
     assert_eq!(replay.status, StatusCode::CONFLICT, "{}", replay.body);
     // Over-long text is refused with a message, not a panic.
     let long = "x".repeat(20_000);
     let huge = worker
-        .call("study_answer", json!({ "slug": "alpha", "prompt_id": 999, "answer": { "values": { "response": long } } }))
+        .call(
+            "study_answer",
+            json!({ "slug": "alpha", "prompt_id": 999, "answer": { "values": { "response": long } } }),
+        )
         .await;
     assert_eq!(huge.status, StatusCode::BAD_REQUEST, "{}", huge.body);
 }
@@ -434,7 +451,10 @@ async fn one_session_per_worker_and_mturk_preview_makes_none() {
     let turk = create_study(&site, "turk", "mturk").await;
     let mut previewer = Browser::new(&site, [192, 0, 2, 32]);
     let preview = previewer
-        .call("study_enter", json!({ "slug": "turk", "params": { "assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "H1" } }))
+        .call(
+            "study_enter",
+            json!({ "slug": "turk", "params": { "assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "H1" } }),
+        )
         .await;
     assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
     assert_eq!(preview.json()["mode"], "preview");
@@ -474,7 +494,8 @@ async fn admin_routes_refuse_everyone_else() {
     }
     let create = visitor.post("/api/admin/studies", study_form("sneaky", "prolific")).await;
     assert!(matches!(create.status.as_u16(), 401 | 403), "{}", create.status);
-    let exclude = visitor.post(&format!("/api/admin/studies/{study}/sessions/1/exclude"), json!({ "excluded": true })).await;
+    let exclude =
+        visitor.post(&format!("/api/admin/studies/{study}/sessions/1/exclude"), json!({ "excluded": true })).await;
     assert!(matches!(exclude.status.as_u16(), 401 | 403));
     for (function, args) in [
         ("admin_studies", json!({})),

@@ -109,7 +109,11 @@ pub fn spec_from_form(form: &StudyForm, crowd: &Crowd) -> Result<StudySpec, (Str
     };
     validate_spec(&spec).map_err(|(field, message)| {
         // The form asks for minutes.
-        if field == "time_limit_s" { ("time_limit_min".to_string(), "between 1 and 1440 minutes".to_string()) } else { (field, message) }
+        if field == "time_limit_s" {
+            ("time_limit_min".to_string(), "between 1 and 1440 minutes".to_string())
+        } else {
+            (field, message)
+        }
     })?;
     Ok(spec)
 }
@@ -124,7 +128,8 @@ pub async fn create(crowd: &Crowd, form: &StudyForm) -> Result<CreateOutcome, Cr
     match crowd.store.create_study(&spec, status).await {
         Ok(id) => Ok(CreateOutcome::Created { id, slug: spec.slug }),
         Err(StoreError::Invalid(m)) => {
-            let (field, message) = m.split_once(": ").map(|(f, m)| (f.to_string(), m.to_string())).unwrap_or(("name".into(), m));
+            let (field, message) =
+                m.split_once(": ").map(|(f, m)| (f.to_string(), m.to_string())).unwrap_or(("name".into(), m));
             Ok(CreateOutcome::Invalid { field, message })
         }
         Err(e) => Err(e.into()),
@@ -160,13 +165,20 @@ pub async fn episode(crowd: &Crowd, study_id: i64, episode_id: i64) -> Result<St
 }
 
 pub async fn set_status(crowd: &Crowd, id: i64, status: &str) -> Result<(), CrowdError> {
-    let status = StudyStatus::parse(status).ok_or_else(|| CrowdError::Invalid("status: draft, open or closed".into()))?;
+    let status =
+        StudyStatus::parse(status).ok_or_else(|| CrowdError::Invalid("status: draft, open or closed".into()))?;
     crowd.store.set_study_status(id, status).await?;
     Ok(())
 }
 
 /// Excludes a session of study `study_id` from the scores (or takes it back); the worker is not rejected.
-pub async fn exclude(crowd: &Crowd, study_id: i64, session_id: i64, excluded: bool, reason: &str) -> Result<(), CrowdError> {
+pub async fn exclude(
+    crowd: &Crowd,
+    study_id: i64,
+    session_id: i64,
+    excluded: bool,
+    reason: &str,
+) -> Result<(), CrowdError> {
     if reason.chars().count() > 1_000 {
         return Err(CrowdError::Invalid("the reason is over 1,000 characters".into()));
     }
@@ -358,7 +370,11 @@ async fn status_route(
     }
 }
 
-async fn episode_route(_: AdminSession, State(crowd): State<Shared>, Path((id, episode_id)): Path<(i64, i64)>) -> Response {
+async fn episode_route(
+    _: AdminSession,
+    State(crowd): State<Shared>,
+    Path((id, episode_id)): Path<(i64, i64)>,
+) -> Response {
     match episode(&crowd, id, episode_id).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error_response(e),

@@ -91,7 +91,8 @@ mod backend {
 pub async fn study_enter(slug: String, params: BTreeMap<String, String>) -> Result<Entry, ServerFnError> {
     let crowd = backend::crowd()?;
     let token = backend::token(&slug);
-    let (entry, new_token) = crowd.enter(&slug, &params, token.as_deref(), &backend::ip()).await.map_err(backend::fail)?;
+    let (entry, new_token) =
+        crowd.enter(&slug, &params, token.as_deref(), &backend::ip()).await.map_err(backend::fail)?;
     if let (Some(token), Entry::Session { view }) = (new_token, &entry) {
         // The cookie outlives the time limit a little, so a late reload still shows how the session ended.
         backend::set_cookie(&slug, &token, view.study.time_limit_s + 3600);
@@ -174,7 +175,12 @@ pub async fn admin_study_status(id: i64, status: String) -> Result<(), ServerFnE
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "admin_exclude")]
-pub async fn admin_exclude(study_id: i64, session_id: i64, excluded: bool, reason: String) -> Result<(), ServerFnError> {
+pub async fn admin_exclude(
+    study_id: i64,
+    session_id: i64,
+    excluded: bool,
+    reason: String,
+) -> Result<(), ServerFnError> {
     crate::auth::require_admin().await?;
     let crowd = backend::crowd()?;
     super::admin::exclude(&crowd, study_id, session_id, excluded, &reason).await.map_err(backend::fail)

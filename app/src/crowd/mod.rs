@@ -11,9 +11,9 @@ pub mod service;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use userrl_types::study::{Platform, SessionState, StudyFlag, StudyProgress, StudyRow, StudySpec};
-use userrl_types::study::{EpisodeState, SessionRow, StudyEpisodeRow};
 use userrl_types::TranscriptRecord;
+use userrl_types::study::{EpisodeState, SessionRow, StudyEpisodeRow};
+use userrl_types::study::{Platform, SessionState, StudyFlag, StudyProgress, StudyRow, StudySpec};
 
 /// MTurk's `assignmentId` while a worker previews a HIT (before accepting it).
 pub const MTURK_PREVIEW: &str = "ASSIGNMENT_ID_NOT_AVAILABLE";
@@ -154,7 +154,7 @@ pub enum Entry {
     /// MTurk preview (the HIT is not accepted yet): the study's description, no session.
     Preview { study: StudyPublic },
     /// The worker's session (new or resumed).
-    Session { view: WorkerView },
+    Session { view: Box<WorkerView> },
 }
 
 /// The completion code and how it goes back to the platform. Given once per session.
@@ -249,16 +249,9 @@ pub fn worker_link(base: &str, spec: &StudySpec) -> String {
 /// when it starts with `=`, `+`, `-`, `@`, a tab or a carriage return, so a spreadsheet never runs it as a
 /// formula (CSV injection).
 pub fn csv_field(value: &str) -> String {
-    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_string()
-    };
-    if guarded.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", guarded.replace('"', "\"\""))
-    } else {
-        guarded
-    }
+    let guarded =
+        if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}") } else { value.to_string() };
+    if guarded.contains([',', '"', '\n', '\r']) { format!("\"{}\"", guarded.replace('"', "\"\"")) } else { guarded }
 }
 
 /// One CSV line (with its `\n`).

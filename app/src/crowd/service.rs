@@ -31,8 +31,8 @@ pub use crate::auth::hash_token;
 use crate::auth::{Limited, Rate, RateLimiter};
 
 use super::{
-    AnswerView, Completion, CurrentEpisode, EpisodeBrief, Entry, MTURK_HOSTS, MTURK_PREVIEW, MturkSubmit,
-    PromptView, StudyPublic, WorkerView,
+    AnswerView, Completion, CurrentEpisode, Entry, EpisodeBrief, MTURK_HOSTS, MTURK_PREVIEW, MturkSubmit, PromptView,
+    StudyPublic, WorkerView,
 };
 
 /// The session cookie of study `<slug>` is `userrl_study_<slug>` (slugs are cookie-safe: `[a-z0-9-]`).
@@ -122,7 +122,8 @@ impl EpisodePlayer for GymPlayer {
                         return;
                     }
                 };
-                let played = runtime.block_on(play_episode(gym.as_ref(), &request.task_id, agent.as_mut(), user, &config));
+                let played =
+                    runtime.block_on(play_episode(gym.as_ref(), &request.task_id, agent.as_mut(), user, &config));
                 let _ = tx.send(played.map(|p| p.transcript).map_err(|e| e.to_string()));
             })
             .map_err(|e| format!("cannot start the episode's thread: {e}"))?;
@@ -148,8 +149,11 @@ pub fn result_of(t: &Transcript) -> EpisodeResult {
     let message = |speaker, text: String, reward| TranscriptMessage { speaker, text, tokens: vec![], reward };
     let mut messages = vec![message(Speaker::User, t.opening.clone(), None)];
     for turn in &t.turns {
-        let call =
-            if turn.content.is_empty() { format!("[{}]", turn.choice) } else { format!("[{}] {}", turn.choice, turn.content) };
+        let call = if turn.content.is_empty() {
+            format!("[{}]", turn.choice)
+        } else {
+            format!("[{}] {}", turn.choice, turn.content)
+        };
         messages.push(message(Speaker::Assistant, call, Some(turn.reward)));
         messages.push(message(Speaker::Tool, turn.feedback.clone(), None));
     }
@@ -385,7 +389,12 @@ impl Crowd {
         Crowd::with_limits(store, player, Limits::default(), ANSWER_TIMEOUT)
     }
 
-    pub fn with_limits(store: Store, player: Arc<dyn EpisodePlayer>, limits: Limits, answer_timeout: Duration) -> Crowd {
+    pub fn with_limits(
+        store: Store,
+        player: Arc<dyn EpisodePlayer>,
+        limits: Limits,
+        answer_timeout: Duration,
+    ) -> Crowd {
         Crowd { store, player, live: Arc::new(Mutex::new(HashMap::new())), limits, answer_timeout }
     }
 
@@ -417,12 +426,10 @@ impl Crowd {
             && session.study_id == study.id
         {
             if session.ids.worker_id != ids.worker_id {
-                return Err(CrowdError::Refused(
-                    "this browser holds another worker's session for this study".into(),
-                ));
+                return Err(CrowdError::Refused("this browser holds another worker's session for this study".into()));
             }
             let view = self.view_of(&study, session).await?;
-            return Ok((Entry::Session { view }, None));
+            return Ok((Entry::Session { view: Box::new(view) }, None));
         }
         if let Some(existing) = self.store.worker_session_for(study.id, study.spec.platform, &ids.worker_id).await? {
             return Err(if existing.state.is_final() {
@@ -453,7 +460,7 @@ impl Crowd {
         };
         let session = self.store.worker_session(id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
         let view = self.view_of(&study, session).await?;
-        Ok((Entry::Session { view }, Some(token)))
+        Ok((Entry::Session { view: Box::new(view) }, Some(token)))
     }
 
     /// `episodes_per_worker` (task, model) pairs, least assigned first (ties broken at random), never the
@@ -525,7 +532,11 @@ impl Crowd {
         // A running episode with no live game was cut off by a server restart: it is played again from the start.
         let lost: Vec<i64> = {
             let live = lock(&self.live);
-            episodes.iter().filter(|e| e.state == EpisodeState::Running && !live.contains_key(&e.id)).map(|e| e.id).collect()
+            episodes
+                .iter()
+                .filter(|e| e.state == EpisodeState::Running && !live.contains_key(&e.id))
+                .map(|e| e.id)
+                .collect()
         };
         if !lost.is_empty() {
             for id in lost {
@@ -588,7 +599,10 @@ impl Crowd {
             ));
         }
         if !self.store.record_consent(session.id, version).await? {
-            return Err(CrowdError::Conflict(format!("consent is not open (the session is at {})", session.state.as_str())));
+            return Err(CrowdError::Conflict(format!(
+                "consent is not open (the session is at {})",
+                session.state.as_str()
+            )));
         }
         self.reload(&study, session.id).await
     }
@@ -696,7 +710,10 @@ impl Crowd {
         self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
         let (study, session) = self.session(slug, token).await?;
         if session.state != SessionState::Episodes {
-            return Err(CrowdError::Conflict(format!("no open question: the session is at {}", session.state.as_str())));
+            return Err(CrowdError::Conflict(format!(
+                "no open question: the session is at {}",
+                session.state.as_str()
+            )));
         }
         let json = serde_json::to_string(answer).map_err(|e| CrowdError::Invalid(e.to_string()))?;
         if json.len() > MAX_ANSWER_BYTES {
@@ -743,7 +760,8 @@ impl Crowd {
     }
 
     async fn reload(&self, study: &StudyRow, session_id: i64) -> Result<WorkerView, CrowdError> {
-        let session = self.store.worker_session(session_id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
+        let session =
+            self.store.worker_session(session_id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
         self.view_of(study, session).await
     }
 

@@ -11,7 +11,9 @@ use leptos::prelude::*;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use userrl_types::study::{EpisodeState, SessionState};
 
-use crate::crowd::api::{study_answer, study_begin, study_complete, study_consent, study_enter, study_next, study_view};
+use crate::crowd::api::{
+    study_answer, study_begin, study_complete, study_consent, study_enter, study_next, study_view,
+};
 use crate::crowd::{
     AnswerValue, AnswerView, Completion, ControlView, CurrentEpisode, Entry, PromptView, StudyPublic, WorkerView,
 };
@@ -51,7 +53,7 @@ pub fn StudyPage() -> impl IntoView {
         match result {
             Ok(view) => {
                 error.set(None);
-                entry.set(Some(Entry::Session { view }));
+                entry.set(Some(Entry::Session { view: Box::new(view) }));
             }
             Err(e) => error.set(Some(clean_error(&e))),
         }
@@ -73,7 +75,7 @@ pub fn StudyPage() -> impl IntoView {
                     leptos::task::spawn_local(async move {
                         // A failed poll is retried by the next one; a lasting error shows through the actions.
                         if let Ok(view) = study_view(slug).await {
-                            entry.set(Some(Entry::Session { view }));
+                            entry.set(Some(Entry::Session { view: Box::new(view) }));
                         }
                     })
                 },
@@ -323,7 +325,8 @@ fn control_view(control: ControlView, values: RwSignal<BTreeMap<String, AnswerVa
                 .into_iter()
                 .map(|o| {
                     let (n1, n2, id1, id2) = (name.clone(), name.clone(), o.id.clone(), o.id.clone());
-                    let chosen = Signal::derive(move || values.with(|v| v.get(&n1) == Some(&AnswerValue::Text(id1.clone()))));
+                    let chosen =
+                        Signal::derive(move || values.with(|v| v.get(&n1) == Some(&AnswerValue::Text(id1.clone()))));
                     view! {
                         <button
                             type="button"

@@ -183,8 +183,8 @@ pub fn validate_spec(spec: &StudySpec) -> Result<(), (String, String)> {
     if spec.consent_version.trim().is_empty() {
         return field("consent_version", "name the consent text's version (e.g. v1)");
     }
-    if spec.platform == Platform::Prolific
-        && !(spec.completion_url.starts_with("https://") && !spec.completion_url.contains(['?', '#', '"', '<', '>']))
+    let url = &spec.completion_url;
+    if spec.platform == Platform::Prolific && (!url.starts_with("https://") || url.contains(['?', '#', '"', '<', '>']))
     {
         return field("completion_url", "an https:// URL without a query (the code is appended as ?cc=CODE)");
     }
@@ -422,7 +422,12 @@ impl Store {
 
     /// Moves a session from `from` to `to`; false (nothing changed) when it is not in `from`. Final states
     /// stamp `finished_at`.
-    pub async fn set_worker_session_state(&self, id: i64, from: SessionState, to: SessionState) -> Result<bool, StoreError> {
+    pub async fn set_worker_session_state(
+        &self,
+        id: i64,
+        from: SessionState,
+        to: SessionState,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let finished = to.is_final().then_some(now);
         let n = on_pool!(self, pool => {

@@ -5,6 +5,8 @@
 mod common;
 
 use userrl_store::{Assignment, NewSessionError, Store, StoreError, TOO_FAST_MEDIAN_MS};
+
+const _: () = assert!(400 < TOO_FAST_MEDIAN_MS, "the fast answers below must count as too fast");
 use userrl_types::TranscriptRecord;
 use userrl_types::study::{
     EpisodeResult, EpisodeState, Platform, PlatformIds, SessionState, StudyAnswer, StudyFlag, StudySpec, StudyStatus,
@@ -255,7 +257,6 @@ async fn flags_find_fast_duplicate_and_early(store: Store) {
 
     let flags = store.study_flags(study).await.unwrap();
     assert!(flags.contains(&StudyFlag::TooFast { session_id: a, episode_id: ea, median_ms: 400 }), "{flags:?}");
-    assert!(400 < TOO_FAST_MEDIAN_MS);
     let dup = |s, o| StudyFlag::DuplicateText { session_id: s, other_session_id: o, text: text.to_lowercase() };
     assert!(flags.contains(&dup(a, b)) && flags.contains(&dup(b, a)), "{flags:?}");
     assert!(flags.iter().any(|f| matches!(f, StudyFlag::LeftEarly { session_id, .. } if *session_id == c)));
