@@ -60,9 +60,9 @@ pub struct AuthConfig {
     /// Take the client address from the last `X-Forwarded-For` hop (only behind a proxy that sets it).
     pub trust_forwarded: bool,
     pub session_ttl: Duration,
-    /// Login and setup attempts per IP.
+    /// Login and setup attempts per IP (this machine included).
     pub login_rate: Rate,
-    /// Mutating requests (POST/PUT/PATCH/DELETE) per IP.
+    /// Mutating requests (POST/PUT/PATCH/DELETE) per IP, except from this machine (loopback).
     pub mutate_rate: Rate,
     /// Every request per IP, except from this machine (loopback).
     pub general_rate: Rate,
@@ -95,9 +95,7 @@ impl AuthConfig {
     /// argon2 PHC string), `USERRL_SECURE_COOKIES=1`, `USERRL_TRUST_FORWARDED=1` and `USERRL_SESSION_HOURS`
     /// (default 12). Rate limits keep their defaults.
     pub fn from_env() -> Result<AuthConfig, AuthError> {
-        let mut config = AuthConfig::default();
-        config.admin_password_hash = match (env_value("USERRL_ADMIN_PASSWORD"), env_value("USERRL_ADMIN_PASSWORD_HASH"))
-        {
+        let admin_password_hash = match (env_value("USERRL_ADMIN_PASSWORD"), env_value("USERRL_ADMIN_PASSWORD_HASH")) {
             (Some(_), Some(_)) => {
                 return Err(AuthError::Config(
                     "set USERRL_ADMIN_PASSWORD or USERRL_ADMIN_PASSWORD_HASH, not both".into(),
@@ -115,8 +113,12 @@ impl AuthConfig {
             }
             (None, None) => None,
         };
-        config.secure_cookies = env_flag("USERRL_SECURE_COOKIES");
-        config.trust_forwarded = env_flag("USERRL_TRUST_FORWARDED");
+        let mut config = AuthConfig {
+            admin_password_hash,
+            secure_cookies: env_flag("USERRL_SECURE_COOKIES"),
+            trust_forwarded: env_flag("USERRL_TRUST_FORWARDED"),
+            ..AuthConfig::default()
+        };
         if let Some(hours) = env_value("USERRL_SESSION_HOURS") {
             let hours: f64 = hours
                 .trim()
@@ -357,7 +359,8 @@ impl Auth {
             if let Err(refusal) = same_origin(req.headers(), self.inner.config.trust_forwarded) {
                 return finish(json_error(StatusCode::FORBIDDEN, refusal));
             }
-            if let Err(limited) = self.inner.mutate_limit.check(&ip_key) {
+            // Server functions are POSTs even when they only read: a busy page on this machine must not trip this.
+            if !loopback && let Err(limited) = self.inner.mutate_limit.check(&ip_key) {
                 return finish(limited.into_response());
             }
             let (given, rebuilt) = match presented_csrf(req).await {
@@ -731,9 +734,8 @@ fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter(|s| !s.trim().is_empty())
-        .last()
+        .next_back()
+        .and_then(|v| v.split(',').rfind(|s| !s.trim().is_empty()))
         .map(|s| s.trim().to_string());
     let real = || headers.get("x-real-ip").and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
     last.or_else(real).and_then(|s| parse_ip(&s)).map(|ip| ip.to_canonical())

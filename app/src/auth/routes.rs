@@ -43,13 +43,13 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn parse_fields(headers: &HeaderMap, body: &[u8]) -> Result<Fields, Response> {
+fn parse_fields(headers: &HeaderMap, body: &[u8]) -> Result<Fields, Box<Response>> {
     if is_json(headers) {
         let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
+            .map_err(|e| Box::new(json_error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"))))?;
         let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        let password =
-            text("password").ok_or_else(|| json_error(StatusCode::BAD_REQUEST, "send {\"password\": \"...\"}"))?;
+        let password = text("password")
+            .ok_or_else(|| Box::new(json_error(StatusCode::BAD_REQUEST, "send {\"password\": \"...\"}")))?;
         return Ok(Fields { json: true, password, confirm: text("confirm"), next: text("next") });
     }
     let mut fields = Fields { json: false, password: String::new(), confirm: None, next: None };
@@ -66,7 +66,7 @@ fn parse_fields(headers: &HeaderMap, body: &[u8]) -> Result<Fields, Response> {
         }
     }
     if !has_password {
-        return Err(json_error(StatusCode::BAD_REQUEST, "the form has no password field"));
+        return Err(Box::new(json_error(StatusCode::BAD_REQUEST, "the form has no password field")));
     }
     Ok(fields)
 }
@@ -129,7 +129,7 @@ async fn login(Extension(request): Extension<RequestAuth>, headers: HeaderMap, b
     }
     let fields = match parse_fields(&headers, &body) {
         Ok(fields) => fields,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let next = fields.next.clone();
     match request.auth.check_password(fields.password).await {
@@ -209,7 +209,7 @@ async fn setup(Extension(request): Extension<RequestAuth>, headers: HeaderMap, b
     }
     let fields = match parse_fields(&headers, &body) {
         Ok(fields) => fields,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if let Err(message) = super::guard::check_new_password(&fields.password) {
         return refuse(StatusCode::BAD_REQUEST, "short", &message);
