@@ -304,7 +304,7 @@ pub fn PromptForm(
         leptos::task::spawn_local(async move { apply(study_answer(slug, id, answer).await) });
     };
     view! {
-        <form class="prompt" on:submit=submit>
+        <form class="prompt" data-prompt=id.to_string() on:submit=submit>
             <div class="context">{context}</div>
             <div class="history">{history}</div>
             <div class="agent-message">
