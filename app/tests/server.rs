@@ -137,6 +137,32 @@ async fn run_page_draws_charts_server_side() {
 }
 
 #[tokio::test]
+async fn run_header_and_runs_table_show_the_phase_against_its_own_total() {
+    let f = fixture("progress").await;
+    // SFT logs its own steps (here 139) while the run's planned total counts GRPO steps (3).
+    f.store.append_metrics(f.run, 139, 5_000, &[("sft/loss".into(), 1.5)]).await.unwrap();
+    f.store.set_progress(f.run, "sft", 140, 150).await.unwrap();
+    let (status, _, body) = get(&f.router, &format!("/runs/{}", f.run)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("SFT 140 / 150"), "{body}");
+    assert!(!body.contains("139 / 3"), "SFT steps shown against the GRPO total");
+    let (_, _, runs) = get(&f.router, "/").await;
+    assert!(runs.contains("SFT 140 / 150"), "{runs}");
+
+    f.store.set_progress(f.run, "grpo", 3, 24).await.unwrap();
+    let (_, _, body) = get(&f.router, &format!("/runs/{}", f.run)).await;
+    assert!(body.contains("GRPO 3 / 24"), "{body}");
+}
+
+#[tokio::test]
+async fn checkpoints_link_to_the_chat_page() {
+    let f = fixture("chat-link").await;
+    let (_, _, body) = get(&f.router, &format!("/runs/{}", f.run)).await;
+    let link = format!("href=\"/chat?run={}&amp;checkpoint=step-2\"", f.run);
+    assert!(body.contains(&link), "no {link} in {body}");
+}
+
+#[tokio::test]
 async fn unknown_pages_and_runs_are_not_found() {
     let f = fixture("missing").await;
     let (status, _, body) = get(&f.router, "/no/such/page").await;
@@ -225,6 +251,49 @@ async fn live_stream_sends_new_metrics() {
     assert!(text.starts_with("data: "), "{text}");
     let event: serde_json::Value = serde_json::from_str(text.trim().trim_start_matches("data: ")).unwrap();
     assert_eq!(event, serde_json::json!({"type": "metrics", "step": 7, "values": [["reward", 0.75]]}));
+}
+
+/// The first SSE message of a live stream response, as JSON.
+async fn first_event(body: &mut Body) -> serde_json::Value {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("\n\n") {
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await.expect("no live event").unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    let message = text.split("\n\n").next().unwrap_or_default();
+    assert!(message.starts_with("data: "), "{text}");
+    serde_json::from_str(message.trim_start_matches("data: ")).unwrap()
+}
+
+#[tokio::test]
+async fn live_stream_sends_the_compared_runs_points_and_progress() {
+    let f = fixture("live-compare").await;
+    let other = f
+        .store
+        .create_run(&NewRun {
+            name: "other".into(),
+            kind: RunKind::Train,
+            config: String::new(),
+            gyms: vec![],
+            model: "tiny".into(),
+            device: "cpu".into(),
+            total_steps: 3,
+        })
+        .await
+        .unwrap();
+    let uri = format!("/api/runs/{}/live?compare={other},999999,x", f.run);
+    let res = f.router.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    f.store.append_metrics(other, 5, 2_000, &[("reward".into(), 0.5)]).await.unwrap();
+    let event = first_event(&mut body).await;
+    assert_eq!(event, serde_json::json!({"type": "compared", "run_id": other, "step": 5, "values": [["reward", 0.5]]}));
+    f.store.set_progress(f.run, "grpo", 2, 3).await.unwrap();
+    let event = first_event(&mut body).await;
+    assert_eq!(event, serde_json::json!({"type": "progress", "phase": "grpo", "step": 2, "total": 3}));
 }
 
 /// A browser's visitor secret (any 64 hex digits) and the CSRF token a page would carry for it.

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::model::{Llama, ModelError, linear, rms_norm, rope};
+use crate::model::{Llama, ModelError, linear_set, rms_norm, rope};
 
 /// One sequence's keys and values, `[positions, kv_dim]` per layer.
 #[derive(Clone, Debug, Default)]
@@ -60,10 +60,9 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     for (li, layer) in model.layers.iter().enumerate() {
+        let m = model.mats(li);
         rms_norm(&x, &layer.attn_norm, c.eps, h, &mut normed);
-        linear(&normed, rows, &layer.wq, h, h, &mut q);
-        linear(&normed, rows, &layer.wk, h, kvd, &mut k);
-        linear(&normed, rows, &layer.wv, h, kvd, &mut v);
+        linear_set(&normed, rows, h, &mut [(m.wq, h, &mut q), (m.wk, kvd, &mut k), (m.wv, kvd, &mut v)]);
         // Each sequence: RoPE at its own positions, append to its cache, attend over it. Sequences are
         // independent, so they run on the rayon pool.
         let q_parts = split_rows(&mut q, &starts, h);
@@ -81,13 +80,12 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
             cache.v[li].extend_from_slice(&v[lo * kvd..hi * kvd]);
             attend(q, &cache.k[li], &cache.v[li], attn, start, t, c.heads, group, hd, scale);
         });
-        linear(&attn, rows, &layer.wo, h, h, &mut proj);
+        linear_set(&attn, rows, h, &mut [(m.wo, h, &mut proj)]);
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
-        linear(&normed, rows, &layer.w_gate, h, c.ffn, &mut gate);
-        linear(&normed, rows, &layer.w_up, h, c.ffn, &mut up);
+        linear_set(&normed, rows, h, &mut [(m.w_gate, c.ffn, &mut gate), (m.w_up, c.ffn, &mut up)]);
         gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-        linear(&gate, rows, &layer.w_down, c.ffn, h, &mut proj);
+        linear_set(&gate, rows, c.ffn, &mut [(m.w_down, h, &mut proj)]);
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
     }
     for (cache, t) in caches.iter_mut().zip(tokens) {
@@ -101,9 +99,8 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
     }
     let mut normed_last = vec![0.0f32; tokens.len() * h];
     rms_norm(&last, &model.norm, c.eps, h, &mut normed_last);
-    let head = model.lm_head.as_deref().unwrap_or(&model.embed);
     let mut logits = vec![0.0f32; tokens.len() * c.vocab];
-    linear(&normed_last, tokens.len(), head, h, c.vocab, &mut logits);
+    linear_set(&normed_last, tokens.len(), h, &mut [(model.head(), c.vocab, &mut logits)]);
     Ok(logits)
 }
 
@@ -138,31 +135,30 @@ pub(crate) fn attend(
     let kvd = h / group;
     debug_assert_eq!(out.len(), t * h);
     debug_assert!(kc.len() >= (start + t) * kvd && vc.len() >= (start + t) * kvd);
-    out.par_chunks_mut(h).zip(q.par_chunks(h)).enumerate().for_each(|(i, (out, q))| {
+    // One task per (row, head): a decoding step (one row) still spreads its heads over the pool.
+    out.par_chunks_mut(hd).enumerate().for_each(|(n, o)| {
+        let (i, head) = (n / heads, n % heads);
         let visible = start + i + 1;
         let mut scores = vec![0.0f32; visible];
-        for head in 0..heads {
-            let kvh = head / group;
-            let qh = &q[head * hd..(head + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                *s = crate::skinny::dot(qh, kj) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let o = &mut out[head * hd..(head + 1) * hd];
-            o.fill(0.0);
-            for (j, s) in scores.iter().enumerate() {
-                let w = s / sum;
-                let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                for (a, b) in o.iter_mut().zip(vj) {
-                    *a += w * b;
-                }
+        let kvh = head / group;
+        let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+            *s = crate::skinny::dot(qh, kj) * scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let w = s / sum;
+            let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+            for (a, b) in o.iter_mut().zip(vj) {
+                *a += w * b;
             }
         }
     });

@@ -154,3 +154,73 @@ pub fn train_step(
     let seconds = median_seconds(runs, || model.train_step(&step).map(|_| ()))?;
     Ok((seq * batch) as f64 / seconds)
 }
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SkinnyResult {
+    pub rows: usize,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    /// `2 · rows · in · out` over the median time, f32 weights.
+    pub f32_gflops: f64,
+    /// The same with half-precision weights.
+    pub f16_gflops: f64,
+}
+
+/// GFLOP/s of the few-row kernels (`skinny::linear_few_rows` and its f16 twin) at each row count of `rows`, on
+/// a `[out_dim, in_dim]` matrix (pick one larger than the last-level cache to see decoding's streaming).
+pub fn skinny(rows: &[usize], in_dim: usize, out_dim: usize, runs: usize) -> Vec<SkinnyResult> {
+    use crate::skinny::{Linear, Weights, linear_many, to_f16};
+    let w: Vec<f32> = (0..in_dim * out_dim).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    let wh = to_f16(&w);
+    rows.iter()
+        .map(|&t| {
+            let x: Vec<f32> = (0..t * in_dim).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+            let mut y = vec![0.0f32; t * out_dim];
+            let flops = 2.0 * (t * in_dim * out_dim) as f64;
+            let mut time = |w: Weights<'_>| {
+                median_seconds::<()>(runs, || {
+                    linear_many(&x, t, in_dim, &mut [Linear { w, out_dim, y: &mut y }]);
+                    Ok(())
+                })
+                .unwrap_or(f64::NAN)
+            };
+            let f32_s = time(Weights::F32(&w));
+            let f16_s = time(Weights::F16(&wh));
+            SkinnyResult { rows: t, in_dim, out_dim, f32_gflops: flops / f32_s / 1e9, f16_gflops: flops / f16_s / 1e9 }
+        })
+        .collect()
+}
+
+/// How far the log-probs a sampler reports drift from what a trainer recomputes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogprobGap {
+    /// The sampler's weight precision.
+    pub precision: crate::model::Precision,
+    pub tokens: usize,
+    /// Mean and max of |sampler log-prob − f32 full-forward log-prob| over the sampled tokens.
+    pub mean_abs: f64,
+    pub max_abs: f64,
+}
+
+/// Samples `new_tokens` tokens after `prompt` at temperature 1 (seeded, no stop) with `model` at its current
+/// precision, then scores the whole sequence with one f32 forward (what the trainer does: many rows go through
+/// the f32 sgemm whatever the precision) and compares each sampled token's log-prob.
+pub fn logprob_gap(model: &Llama, prompt: &[u32], new_tokens: usize, seed: u64) -> Result<LogprobGap, ModelError> {
+    let sampling =
+        crate::generate::Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed, max_new_tokens: new_tokens };
+    let generation = crate::generate::generate(model, prompt, &[], &sampling)?;
+    let all: Vec<u32> = prompt.iter().chain(&generation.tokens).copied().collect();
+    let logits = model.forward(&all, &mut model.new_cache())?;
+    let vocab = model.config.vocab;
+    let (mut sum, mut max) = (0.0f64, 0.0f64);
+    for (i, (&tok, &sampler)) in generation.tokens.iter().zip(&generation.logprobs).enumerate() {
+        // The logits at position p predict token p + 1.
+        let row = prompt.len() + i - 1;
+        let trainer = crate::generate::log_softmax_at(&logits[row * vocab..(row + 1) * vocab], tok as usize);
+        let d = (sampler as f64 - trainer as f64).abs();
+        sum += d;
+        max = max.max(d);
+    }
+    let n = generation.tokens.len();
+    Ok(LogprobGap { precision: model.precision(), tokens: n, mean_abs: sum / n.max(1) as f64, max_abs: max })
+}

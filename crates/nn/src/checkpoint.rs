@@ -234,6 +234,7 @@ pub fn load(dir: &Path) -> Result<LoadedModel, CheckpointError> {
         lm_head: (!config.tie_embeddings).then(|| take("output.weight")),
         layers,
         config: llama_config,
+        half: None,
     };
     Ok(LoadedModel { model, tokenizer })
 }
@@ -257,6 +258,7 @@ fn expected_shapes(c: &LlamaConfig, tied: bool) -> Vec<(String, Vec<usize>)> {
             .collect(),
         norm: Vec::new(),
         lm_head: (!tied).then(Vec::new),
+        half: None,
     };
     named_tensors(&shell).into_iter().map(|(n, s, _)| (n, s)).collect()
 }
@@ -316,5 +318,5 @@ pub fn random_model(config: LlamaConfig, tie_embeddings: bool, seed: u64) -> Lla
     let lm_head = (!tie_embeddings).then(|| matrix(v, h));
     let mut norm = matrix(1, h);
     norm.iter_mut().for_each(|x| *x = 1.0 + 0.5 * *x);
-    Llama { config, embed, layers, norm, lm_head }
+    Llama { config, embed, layers, norm, lm_head, half: None }
 }

@@ -132,7 +132,7 @@ pub struct EngineConfig {
     pub max_active: usize,
     /// Prompt tokens prefilled per iteration across all joining sequences (at least 1).
     pub prefill_chunk: usize,
-    /// Decoding sequences per batched forward. Up to 16 rows the CPU matmuls take the few-row kernel, which
+    /// Decoding sequences per batched forward. Up to `skinny::MAX_ROWS` (32) rows the CPU matmuls take the few-row kernel, which
     /// beats the packing sgemm there (and keeps each row's arithmetic identical to a lone `generate`).
     pub decode_rows: usize,
 }

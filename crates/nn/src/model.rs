@@ -1,9 +1,17 @@
 //! A LLaMA-family decoder (RMSNorm, adjacent-pair RoPE, grouped-query attention, SwiGLU, tied or separate
 //! LM head) on the native CPU backend: weights dequantised to f32, projections through the `matrixmultiply`
-//! sgemm, a KV cache for incremental decoding. This is the inference path and the oracle the wgpu kernels
-//! will be checked against.
+//! sgemm (many rows) or the few-row kernels of `skinny` (decoding), a KV cache for incremental decoding. This is
+//! the inference path and the oracle the wgpu kernels will be checked against.
+//!
+//! [`Precision::F16`] adds half-precision copies of the matrices that decoding reads instead of the f32 ones
+//! (decoding one sequence is bound by the bytes of weights streamed per token); the f32 weights stay the
+//! model's truth for prefill, training, checkpoints and export.
+
+use half::f16;
+use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError};
+use crate::skinny::{Linear, Weights, to_f16};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -100,6 +108,78 @@ pub struct Llama {
     pub norm: Vec<f32>,
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<Vec<f32>>,
+    /// Half-precision copies of the matrices for decoding ([`Precision::F16`]); `None` decodes in f32. Made by
+    /// [`Llama::set_precision`]; whoever changes the f32 weights refreshes them (`TrainableLlama::write_into`
+    /// does).
+    pub half: Option<HalfWeights>,
+}
+
+/// The weight format that decoding's matrix products read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The f32 weights themselves.
+    #[default]
+    F32,
+    /// IEEE half-precision copies (round to nearest): half the bytes per decoded token, logits within ~1e-2.
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Precision, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "f16" | "fp16" | "half" => Ok(Precision::F16),
+            other => Err(format!("unknown weight precision `{other}` (f32 or f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+/// One decoder block's matrices in half precision.
+pub struct HalfLayer {
+    pub wq: Vec<f16>,
+    pub wk: Vec<f16>,
+    pub wv: Vec<f16>,
+    pub wo: Vec<f16>,
+    pub w_gate: Vec<f16>,
+    pub w_up: Vec<f16>,
+    pub w_down: Vec<f16>,
+}
+
+/// Half-precision copies of every matrix a decoding step reads (the embedding lookup stays f32).
+pub struct HalfWeights {
+    pub layers: Vec<HalfLayer>,
+    /// The LM head (the embedding's copy when tied).
+    pub head: Vec<f16>,
+}
+
+impl HalfWeights {
+    pub fn from_model(model: &Llama) -> HalfWeights {
+        let layers = model
+            .layers
+            .par_iter()
+            .map(|l| HalfLayer {
+                wq: to_f16(&l.wq),
+                wk: to_f16(&l.wk),
+                wv: to_f16(&l.wv),
+                wo: to_f16(&l.wo),
+                w_gate: to_f16(&l.w_gate),
+                w_up: to_f16(&l.w_up),
+                w_down: to_f16(&l.w_down),
+            })
+            .collect();
+        HalfWeights { layers, head: to_f16(model.lm_head.as_deref().unwrap_or(&model.embed)) }
+    }
 }
 
 impl Llama {
@@ -135,7 +215,52 @@ impl Llama {
             layers,
             lm_head,
             config: c,
+            half: None,
         })
+    }
+
+    pub fn precision(&self) -> Precision {
+        if self.half.is_some() { Precision::F16 } else { Precision::F32 }
+    }
+
+    /// Decoding reads `precision`'s weights from now on. F16 makes the half-precision copies (half the f32
+    /// matrices' memory again) from the current f32 weights; F32 drops them.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.half = match precision {
+            Precision::F32 => None,
+            Precision::F16 => Some(HalfWeights::from_model(self)),
+        };
+    }
+
+    pub fn with_precision(mut self, precision: Precision) -> Llama {
+        self.set_precision(precision);
+        self
+    }
+
+    /// Remakes the half-precision copies after the f32 weights changed (nothing to do in f32).
+    pub fn refresh_half(&mut self) {
+        if self.half.is_some() {
+            self.set_precision(Precision::F16);
+        }
+    }
+
+    /// Layer `li`'s matrices as the products read them: f32, with the half copy when there is one.
+    pub(crate) fn mats(&self, li: usize) -> LayerMats<'_> {
+        let (l, half) = (&self.layers[li], self.half.as_ref().map(|h| &h.layers[li]));
+        LayerMats {
+            wq: Mat { w: &l.wq, half: half.map(|h| &h.wq[..]) },
+            wk: Mat { w: &l.wk, half: half.map(|h| &h.wk[..]) },
+            wv: Mat { w: &l.wv, half: half.map(|h| &h.wv[..]) },
+            wo: Mat { w: &l.wo, half: half.map(|h| &h.wo[..]) },
+            w_gate: Mat { w: &l.w_gate, half: half.map(|h| &h.w_gate[..]) },
+            w_up: Mat { w: &l.w_up, half: half.map(|h| &h.w_up[..]) },
+            w_down: Mat { w: &l.w_down, half: half.map(|h| &h.w_down[..]) },
+        }
+    }
+
+    /// The LM head as the products read it.
+    pub(crate) fn head(&self) -> Mat<'_> {
+        Mat { w: self.lm_head.as_deref().unwrap_or(&self.embed), half: self.half.as_ref().map(|h| &h.head[..]) }
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -157,9 +282,8 @@ impl Llama {
 
     fn logits(&self, x: &[f32], t: usize) -> Vec<f32> {
         let c = &self.config;
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
         let mut out = vec![0.0; t * c.vocab];
-        linear(x, t, head, c.hidden, c.vocab, &mut out);
+        linear_set(x, t, c.hidden, &mut [(self.head(), c.vocab, &mut out)]);
         out
     }
 
@@ -193,10 +317,9 @@ impl Llama {
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
+            let m = self.mats(li);
             rms_norm(&x, &layer.attn_norm, c.eps, h, &mut normed);
-            linear(&normed, t, &layer.wq, h, h, &mut q);
-            linear(&normed, t, &layer.wk, h, kvd, &mut k);
-            linear(&normed, t, &layer.wv, h, kvd, &mut v);
+            linear_set(&normed, t, h, &mut [(m.wq, h, &mut q), (m.wk, kvd, &mut k), (m.wv, kvd, &mut v)]);
             for i in 0..t {
                 let pos = start + i;
                 rope(&mut q[i * h..(i + 1) * h], hd, pos, c.rope_theta);
@@ -206,13 +329,12 @@ impl Llama {
             cache.v[li].extend_from_slice(&v);
             // Causal grouped-query attention over the cache, query rows in parallel.
             crate::batch::attend(&q, &cache.k[li], &cache.v[li], &mut attn, start, t, c.heads, group, hd, scale);
-            linear(&attn, t, &layer.wo, h, h, &mut proj);
+            linear_set(&attn, t, h, &mut [(m.wo, h, &mut proj)]);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
-            linear(&normed, t, &layer.w_gate, h, c.ffn, &mut gate);
-            linear(&normed, t, &layer.w_up, h, c.ffn, &mut up);
+            linear_set(&normed, t, h, &mut [(m.w_gate, c.ffn, &mut gate), (m.w_up, c.ffn, &mut up)]);
             gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-            linear(&gate, t, &layer.w_down, c.ffn, h, &mut proj);
+            linear_set(&gate, t, c.ffn, &mut [(m.w_down, h, &mut proj)]);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
         cache.len += t;
@@ -228,6 +350,46 @@ pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     pub len: usize,
+}
+
+/// A matrix `[out, in]` as the products read it: the f32 weights, and their half copy when the model has one
+/// (decoding-sized products read that instead).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub w: &'a [f32],
+    pub half: Option<&'a [f16]>,
+}
+
+/// One layer's matrices, see [`Llama::mats`].
+pub(crate) struct LayerMats<'a> {
+    pub wq: Mat<'a>,
+    pub wk: Mat<'a>,
+    pub wv: Mat<'a>,
+    pub wo: Mat<'a>,
+    pub w_gate: Mat<'a>,
+    pub w_up: Mat<'a>,
+    pub w_down: Mat<'a>,
+}
+
+/// Every `y = x · wᵀ` of `products` (`(matrix, out_dim, y)`, all reading the same `x` `[t, in_dim]`). Few rows go
+/// through the `skinny` kernels in one parallel region, half-precision weights where the model has them; many
+/// rows through the f32 sgemm, one product after another.
+pub(crate) fn linear_set(x: &[f32], t: usize, in_dim: usize, products: &mut [(Mat<'_>, usize, &mut [f32])]) {
+    if t <= crate::skinny::MAX_ROWS {
+        let mut jobs: Vec<Linear<'_>> = products
+            .iter_mut()
+            .map(|(m, out_dim, y)| Linear {
+                w: m.half.map_or(Weights::F32(m.w), Weights::F16),
+                out_dim: *out_dim,
+                y,
+            })
+            .collect();
+        crate::skinny::linear_many(x, t, in_dim, &mut jobs);
+        return;
+    }
+    for (m, out_dim, y) in products.iter_mut() {
+        linear(x, t, m.w, in_dim, *out_dim, y);
+    }
 }
 
 /// `y[t, out] = x[t, in] · w[out, in]ᵀ`.
@@ -272,12 +434,13 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, dim: usize, out: &mut [f32]
     }
 }
 
-/// Rotates adjacent pairs `(2i, 2i+1)` of each head by `pos · θ^(-2i/d)` (the GGUF llama layout).
+/// Rotates adjacent pairs `(2i, 2i+1)` of each head by `pos · θ^(-2i/d)` (the GGUF llama layout). The angles
+/// are computed once for all heads of the row, exactly as `cpu_ops::RopeTable` computes them.
 pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
-    for head in x.chunks_exact_mut(head_dim) {
-        for i in 0..head_dim / 2 {
-            let freq = theta.powf(-((2 * i) as f32) / head_dim as f32);
-            let (sin, cos) = (pos as f32 * freq).sin_cos();
+    for i in 0..head_dim / 2 {
+        let freq = theta.powf(-((2 * i) as f32) / head_dim as f32);
+        let (sin, cos) = (pos as f32 * freq).sin_cos();
+        for head in x.chunks_exact_mut(head_dim) {
             let (a, b) = (head[2 * i], head[2 * i + 1]);
             head[2 * i] = a * cos - b * sin;
             head[2 * i + 1] = a * sin + b * cos;

@@ -1,145 +1,478 @@
-//! `y[t, out] = x[t, in] · w[out, in]ᵀ` for few rows `t` (decoding): one pass over the weight rows, each row
-//! dotted with every input row while it is in L1, output rows split over the rayon pool. The general sgemm
-//! packs the whole weight matrix on every call, which at one token a step costs more than the arithmetic
-//! (SmolLM2 decoded at ~5 tokens/s through it). AVX2 with FMA is used when the CPU has them (checked at run time).
+//! `y[t, out] = x[t, in] · w[out, in]ᵀ` for few rows `t` (decoding: one row per sequence, 1..=16): one pass
+//! over the weight rows, output rows split over the rayon pool. The general sgemm packs the whole weight matrix
+//! on every call, which at one token a step costs more than the arithmetic (SmolLM2 decoded at ~5 tokens/s
+//! through it).
+//!
+//! The AVX2 + FMA micro-kernel (picked at run time, with a scalar fallback) holds a tile of `MR` input rows ×
+//! `NR` weight rows of accumulators in registers and walks `in` eight lanes at a time: each weight vector is
+//! loaded (and, for f16 weights, widened with F16C) once and used for `MR` rows, each input vector once for `NR`
+//! weight rows. Weights may be f32 or IEEE half precision: at batch 1 decoding only streams the weights, so half
+//! the bytes is nearly half the time. Several matrices that read the same input (q, k, v; gate, up) go through
+//! one parallel region ([`linear_many`]), so two threads are woken once instead of three times.
 
+use half::f16;
 use rayon::prelude::*;
 
-/// Up to this many rows `model::linear` comes here; measured on 2 cores, at 16 rows this still beats the sgemm
-/// on SmolLM2's layers (576 -> 1536: 0.5-0.6 ms against 0.69) and ties on the LM head (~34 ms).
-pub const MAX_ROWS: usize = 16;
+/// Up to this many rows `model::linear` comes here. Measured on 2 cores (loaded): at 32 rows the tiled kernel
+/// still ran SmolLM2's layers at 1.8-4× the sgemm (56 against 26 GFLOP/s on the LM head), and the engine decodes
+/// up to this many sequences in one forward, so each weight is streamed once for all of them.
+pub const MAX_ROWS: usize = 32;
 
 /// Output rows per rayon task: enough work per task to amortise scheduling, small enough to balance two to
-/// sixteen threads on SmolLM2's 576..49,152-wide layers.
-const ROWS_PER_TASK: usize = 64;
+/// sixteen threads on SmolLM2's 192..49,152-wide layers. A multiple of every tile width.
+const ROWS_PER_TASK: usize = 48;
+
+/// A weight matrix `[out, in]`, row-major, in f32 or in half precision.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Weights<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::F16(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One matrix of a [`linear_many`] call and the `[t, out_dim]` buffer its product goes to.
+pub struct Linear<'a> {
+    pub w: Weights<'a>,
+    pub out_dim: usize,
+    pub y: &'a mut [f32],
+}
 
 /// `y = x · wᵀ` with `x` `[t, in_dim]`, `w` `[out_dim, in_dim]`, `y` `[t, out_dim]`, all row-major.
 pub fn linear_few_rows(x: &[f32], t: usize, w: &[f32], in_dim: usize, out_dim: usize, y: &mut [f32]) {
-    debug_assert_eq!(x.len(), t * in_dim);
-    debug_assert_eq!(w.len(), out_dim * in_dim);
-    debug_assert_eq!(y.len(), t * out_dim);
-    if t == 0 || out_dim == 0 {
+    linear_many(x, t, in_dim, &mut [Linear { w: Weights::F32(w), out_dim, y }]);
+}
+
+/// Every `job.y = x · job.wᵀ`, in one parallel region. Panics if a buffer's length disagrees with the shapes
+/// (a caller's bug: the kernels below read and write through raw pointers sized from them).
+pub fn linear_many(x: &[f32], t: usize, in_dim: usize, jobs: &mut [Linear<'_>]) {
+    assert_eq!(x.len(), t * in_dim, "x is not [t, in]");
+    for job in jobs.iter() {
+        assert_eq!(job.w.len(), job.out_dim * in_dim, "w is not [out, in]");
+        assert_eq!(job.y.len(), t * job.out_dim, "y is not [t, out]");
+    }
+    if t == 0 {
         return;
     }
     if in_dim == 0 {
-        y.fill(0.0);
+        jobs.iter_mut().for_each(|j| j.y.fill(0.0));
         return;
     }
-    // Computed as yᵀ `[out, t]` so each task owns a contiguous slice; transposed after (t × out is small).
-    let mut yt = vec![0.0f32; out_dim * t];
-    yt.par_chunks_mut(ROWS_PER_TASK * t).zip(w.par_chunks(ROWS_PER_TASK * in_dim)).for_each(|(out, rows)| {
-        block(x, t, rows, in_dim, out);
-    });
-    if t == 1 {
-        y.copy_from_slice(&yt);
-        return;
-    }
-    for (o, col) in yt.chunks_exact(t).enumerate() {
-        for (r, v) in col.iter().enumerate() {
-            y[r * out_dim + o] = *v;
+    let isa = Isa::detect();
+    let outs: Vec<OutPtr> = jobs.iter_mut().map(|j| OutPtr(j.y.as_mut_ptr())).collect();
+    let mut tasks = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        for start in (0..job.out_dim).step_by(ROWS_PER_TASK) {
+            tasks.push((i, start, (start + ROWS_PER_TASK).min(job.out_dim)));
         }
+    }
+    let run = |&(i, start, end): &(usize, usize, usize)| {
+        let job = &jobs[i];
+        let task = Task { x, t, k: in_dim, y: outs[i], ldy: job.out_dim, rows: start..end };
+        // SAFETY: every task writes only the columns `start..end` of its job's `y` (rows 0..t, stride out_dim),
+        // and no two tasks share a (job, column range); the lengths were checked above.
+        unsafe { task.run(isa, job.w) };
+    };
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().with_min_len(1).for_each(run);
     }
 }
 
-fn block(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f32]) {
+/// `y`'s base pointer, shared by the tasks that write disjoint columns of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements through it (see `linear_many`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// The instruction set the kernels use, found once per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above); the function is otherwise safe Rust.
-            unsafe { block_avx2_fma(x, t, rows, in_dim, out) };
-            return;
+    Avx2,
+}
+
+impl Isa {
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+}
+
+/// Weight rows `rows` of one matrix against all `t` input rows.
+struct Task<'a> {
+    x: &'a [f32],
+    t: usize,
+    k: usize,
+    y: OutPtr,
+    ldy: usize,
+    rows: std::ops::Range<usize>,
+}
+
+impl Task<'_> {
+    /// # Safety
+    /// `y` must point at `t * ldy` floats of which this task alone writes the columns `rows`; `w` must hold
+    /// at least `rows.end * k` values.
+    unsafe fn run(&self, isa: Isa, w: Weights<'_>) {
+        debug_assert!(w.len() >= self.rows.end * self.k);
+        match (isa, w) {
+            // SAFETY: AVX2, FMA and F16C were detected; the caller's contract covers the pointers.
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Weights::F32(w)) => unsafe { avx2::task::<false>(self, w.as_ptr().cast()) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Weights::F16(w)) => unsafe { avx2::task::<true>(self, w.as_ptr().cast()) },
+            (Isa::Scalar, w) => self.scalar(w),
         }
     }
-    block_generic::<false>(x, t, rows, in_dim, out);
+
+    /// The portable path: each weight row (widened to f32 once) dotted with every input row.
+    fn scalar(&self, w: Weights<'_>) {
+        let k = self.k;
+        let mut row = vec![0.0f32; k];
+        for j in self.rows.clone() {
+            let wr: &[f32] = match w {
+                Weights::F32(w) => &w[j * k..(j + 1) * k],
+                Weights::F16(w) => {
+                    for (o, v) in row.iter_mut().zip(&w[j * k..(j + 1) * k]) {
+                        *o = v.to_f32();
+                    }
+                    &row
+                }
+            };
+            for (r, xr) in self.x.chunks_exact(k).enumerate() {
+                // SAFETY: r < t and j < ldy (rows.end <= out_dim); this task owns column j.
+                unsafe { *self.y.0.add(r * self.ldy + j) = dot(xr, wr) };
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn block_avx2_fma(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f32]) {
-    block_generic::<true>(x, t, rows, in_dim, out);
-}
+mod avx2 {
+    use std::arch::x86_64::*;
 
-/// `acc + x·y`, fused where the caller is compiled with FMA (elsewhere `mul_add` would be a slow libm call).
-#[inline(always)]
-fn madd<const FMA: bool>(acc: f32, x: f32, y: f32) -> f32 {
-    if FMA { x.mul_add(y, acc) } else { acc + x * y }
-}
+    use super::Task;
 
-#[inline(always)]
-fn block_generic<const FMA: bool>(x: &[f32], t: usize, rows: &[f32], in_dim: usize, out: &mut [f32]) {
-    for (row, o) in rows.chunks_exact(in_dim).zip(out.chunks_exact_mut(t)) {
-        // Four input rows share each load of the weight row (register blocking), then the rest one by one.
-        let mut r = 0;
-        while r + 4 <= t {
-            let xs = |k: usize| &x[(r + k) * in_dim..(r + k + 1) * in_dim];
-            o[r..r + 4].copy_from_slice(&dot4::<FMA>([xs(0), xs(1), xs(2), xs(3)], row));
-            r += 4;
+    /// Input rows per tile.
+    const MR: usize = 4;
+    /// Weight rows per tile: 4 × 3 accumulators + 3 weight vectors + 1 input vector fill the 16 registers.
+    const NR: usize = 3;
+
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `w` points at the matrix (f32, or f16 when `HALF`) and the
+    /// task's contract holds.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn task<const HALF: bool>(task: &Task<'_>, w: *const u8) {
+        if task.t == 1 {
+            for j in task.rows.clone() {
+                unsafe { row1::<HALF>(task, w, j) };
+            }
+            return;
         }
-        for (xr, v) in x[r * in_dim..].chunks_exact(in_dim).zip(o[r..].iter_mut()) {
-            *v = dot_with::<FMA>(xr, row);
+        let (mut j, end) = (task.rows.start, task.rows.end);
+        while j + NR <= end {
+            unsafe { row_block::<NR, HALF>(task, w, j) };
+            j += NR;
         }
-    }
-}
-
-/// Four dot products against the same `w`, 16 lanes each.
-#[inline(always)]
-fn dot4<const FMA: bool>(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
-    let mut acc = [[0.0f32; 16]; 4];
-    let (wc, w_tail) = w.as_chunks::<16>();
-    let chunks = |k: usize| xs[k].as_chunks::<16>().0;
-    for ((((w, x0), x1), x2), x3) in wc.iter().zip(chunks(0)).zip(chunks(1)).zip(chunks(2)).zip(chunks(3)) {
-        for i in 0..16 {
-            acc[0][i] = madd::<FMA>(acc[0][i], x0[i], w[i]);
-            acc[1][i] = madd::<FMA>(acc[1][i], x1[i], w[i]);
-            acc[2][i] = madd::<FMA>(acc[2][i], x2[i], w[i]);
-            acc[3][i] = madd::<FMA>(acc[3][i], x3[i], w[i]);
+        match end - j {
+            1 => unsafe { row_block::<1, HALF>(task, w, j) },
+            2 => unsafe { row_block::<2, HALF>(task, w, j) },
+            _ => {}
         }
     }
-    let n = w.len() - w_tail.len();
-    let mut out = [0.0f32; 4];
-    for k in 0..4 {
-        let tail: f32 = xs[k][n..].iter().zip(w_tail).map(|(p, q)| p * q).sum();
-        out[k] = acc[k].iter().sum::<f32>() + tail;
+
+    /// How far ahead (in weight rows) the first tile of a block prefetches: the rows come from memory once per
+    /// call (a model's matrices do not fit in the caches), and a three-row block is too short a stream for the
+    /// hardware prefetcher to hide the latency on its own.
+    const PREFETCH_ROWS: usize = 2 * NR;
+
+    /// Weight rows `j..j + N` against every input row, `MR` rows at a time. The first tile reads the block's
+    /// weights from memory (and prefetches the block after next); the others find them in L1.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row_block<const N: usize, const HALF: bool>(task: &Task<'_>, w: *const u8, j: usize) {
+        let rem = task.t % MR;
+        match rem {
+            1 => unsafe { tile::<1, N, HALF, true>(task, w, 0, j) },
+            2 => unsafe { tile::<2, N, HALF, true>(task, w, 0, j) },
+            3 => unsafe { tile::<3, N, HALF, true>(task, w, 0, j) },
+            _ => {}
+        }
+        let mut r = rem;
+        while r + MR <= task.t {
+            if r == 0 {
+                unsafe { tile::<MR, N, HALF, true>(task, w, r, j) };
+            } else {
+                unsafe { tile::<MR, N, HALF, false>(task, w, r, j) };
+            }
+            r += MR;
+        }
     }
-    out
+
+    /// One input row against weight row `j`: a single sequential stream through the row (the rows of a task are
+    /// adjacent, so the task reads one contiguous range), four accumulators to cover the FMA latency.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row1<const HALF: bool>(task: &Task<'_>, w: *const u8, j: usize) {
+        let (k, x) = (task.k, task.x.as_ptr());
+        let base = j * k;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let body = k / 32 * 32;
+        let mut i = 0;
+        while i < body {
+            let ahead = (base + i + PREFETCH_ELEMS) * if HALF { 2 } else { 4 };
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let wv = unsafe { load_w::<HALF>(w, base + i + 8 * u) };
+                let xv = unsafe { _mm256_loadu_ps(x.add(i + 8 * u)) };
+                *acc = _mm256_fmadd_ps(xv, wv, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= k {
+            let wv = unsafe { load_w::<HALF>(w, base + i) };
+            acc[0] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(x.add(i)) }, wv, acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for i in i..k {
+            s += unsafe { *x.add(i) * load_w1::<HALF>(w, base + i) };
+        }
+        // SAFETY: j < rows.end <= ldy and t = 1; this task owns the column.
+        unsafe { *task.y.0.add(j) = s };
+    }
+
+    /// Elements ahead of the one being read that `row1` prefetches (about 1 KiB of f32).
+    const PREFETCH_ELEMS: usize = 256;
+
+    /// Eight weights from element `i` of the matrix, as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w<const HALF: bool>(w: *const u8, i: usize) -> __m256 {
+        unsafe {
+            if HALF {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.cast::<u16>().add(i).cast()))
+            } else {
+                _mm256_loadu_ps(w.cast::<f32>().add(i))
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w1<const HALF: bool>(w: *const u8, i: usize) -> f32 {
+        unsafe { if HALF { half::f16::from_bits(*w.cast::<u16>().add(i)).to_f32() } else { *w.cast::<f32>().add(i) } }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+
+    /// `y[r0 + a, j0 + b] = x[r0 + a] · w[j0 + b]` for `a < M`, `b < N`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const M: usize, const N: usize, const HALF: bool, const PREFETCH: bool>(
+        task: &Task<'_>,
+        w: *const u8,
+        r0: usize,
+        j0: usize,
+    ) {
+        let k = task.k;
+        let x = unsafe { task.x.as_ptr().add(r0 * k) };
+        let mut acc = [[_mm256_setzero_ps(); N]; M];
+        let body = k / 8 * 8;
+        let mut i = 0;
+        while i < body {
+            let mut wv = [_mm256_setzero_ps(); N];
+            for (b, v) in wv.iter_mut().enumerate() {
+                *v = unsafe { load_w::<HALF>(w, (j0 + b) * k + i) };
+                if PREFETCH {
+                    // A hint only (never faults), so an address past the matrix is harmless.
+                    let ahead = ((j0 + b + PREFETCH_ROWS) * k + i) * if HALF { 2 } else { 4 };
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
+                }
+            }
+            for (a, acc) in acc.iter_mut().enumerate() {
+                let xv = unsafe { _mm256_loadu_ps(x.add(a * k + i)) };
+                for (acc, wv) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm256_fmadd_ps(xv, *wv, *acc);
+                }
+            }
+            i += 8;
+        }
+        for (a, acc) in acc.iter().enumerate() {
+            for (b, acc) in acc.iter().enumerate() {
+                let mut s = hsum(*acc);
+                for i in body..k {
+                    s += unsafe { *x.add(a * k + i) * load_w1::<HALF>(w, (j0 + b) * k + i) };
+                }
+                // SAFETY: r0 + a < t and j0 + b < rows.end <= ldy; this task owns the column.
+                unsafe { *task.y.0.add((r0 + a) * task.ldy + j0 + b) = s };
+            }
+        }
+    }
 }
 
 /// A dot product with 16 independent accumulators, so it vectorises (a plain iterator sum is sequential).
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_with::<false>(a, b)
-}
-
-#[inline(always)]
-fn dot_with<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
-            acc[i] = madd::<FMA>(acc[i], x[i], y[i]);
+            acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// `w` rounded to half precision (round to nearest even), for [`Weights::F16`].
+pub fn to_f16(w: &[f32]) -> Vec<f16> {
+    use half::slice::HalfFloatSliceExt;
+    let mut out = vec![f16::ZERO; w.len()];
+    out.par_chunks_mut(1 << 16).zip(w.par_chunks(1 << 16)).for_each(|(o, w)| o.convert_from_f32_slice(w));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A deterministic pseudo-random value in [-1, 1).
+    fn noise(seed: usize) -> f32 {
+        let mut s = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D;
+        s ^= s >> 29;
+        s = s.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        s ^= s >> 32;
+        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn check(isa: Isa, t: usize, i: usize, o: usize, half: bool) {
+        let x: Vec<f32> = (0..t * i).map(|v| noise(v * 3 + 1)).collect();
+        let w32: Vec<f32> = (0..o * i).map(|v| noise(v * 5 + 2)).collect();
+        let w16 = to_f16(&w32);
+        // The reference reads the weights the kernel reads (rounded to f16 or not), in f64.
+        let wref: Vec<f64> =
+            if half { w16.iter().map(|v| v.to_f64()).collect() } else { w32.iter().map(|&v| v as f64).collect() };
+        let mut y = vec![f32::NAN; t * o];
+        let w = if half { Weights::F16(&w16) } else { Weights::F32(&w32) };
+        for start in (0..o).step_by(ROWS_PER_TASK) {
+            let task = Task { x: &x, t, k: i, y: OutPtr(y.as_mut_ptr()), ldy: o, rows: start..(start + 7).min(o) };
+            // Uneven row ranges (7 rows, then the rest) exercise every tile remainder.
+            unsafe { task.run(isa, w) };
+            let task = Task {
+                x: &x,
+                t,
+                k: i,
+                y: OutPtr(y.as_mut_ptr()),
+                ldy: o,
+                rows: (start + 7).min(o)..(start + ROWS_PER_TASK).min(o),
+            };
+            unsafe { task.run(isa, w) };
+        }
+        for r in 0..t {
+            for c in 0..o {
+                let want: f64 = (0..i).map(|k| x[r * i + k] as f64 * wref[c * i + k]).sum();
+                let got = y[r * o + c] as f64;
+                let scale: f64 = (0..i).map(|k| (x[r * i + k] as f64 * wref[c * i + k]).abs()).sum();
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + scale),
+                    "{isa:?} half={half} {t}x{i}x{o} at {r},{c}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if Isa::detect() != Isa::Scalar {
+            v.push(Isa::detect());
+        }
+        v
+    }
+
     #[test]
-    fn matches_naive_for_odd_shapes() {
-        for (t, i, o) in [(1, 5, 3), (3, 37, 130), (4, 64, 64), (6, 37, 20), (16, 50, 9), (2, 16, 1), (1, 577, 200)] {
-            let x: Vec<f32> = (0..t * i).map(|v| ((v * 7 % 13) as f32 - 6.0) / 7.0).collect();
-            let w: Vec<f32> = (0..o * i).map(|v| (v as f32 * 0.37).sin()).collect();
-            let mut y = vec![f32::NAN; t * o];
-            linear_few_rows(&x, t, &w, i, o, &mut y);
-            for r in 0..t {
-                for c in 0..o {
-                    let want: f64 = (0..i).map(|k| x[r * i + k] as f64 * w[c * i + k] as f64).sum();
-                    assert!((y[r * o + c] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{t}x{i}x{o} at {r},{c}");
+    fn kernels_match_f64_reference_on_odd_shapes() {
+        for isa in isas() {
+            for half in [false, true] {
+                for t in 1..=MAX_ROWS {
+                    for (i, o) in [(5, 3), (8, 1), (37, 130), (64, 64), (72, 49), (577, 20)] {
+                        check(isa, t, i, o, half);
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn linear_many_fills_every_job() {
+        let (t, i) = (6, 45);
+        let x: Vec<f32> = (0..t * i).map(|v| noise(v + 11)).collect();
+        let wa: Vec<f32> = (0..100 * i).map(|v| noise(v + 7)).collect();
+        let wb = to_f16(&(0..13 * i).map(|v| noise(v + 9)).collect::<Vec<_>>());
+        let (mut ya, mut yb) = (vec![f32::NAN; t * 100], vec![f32::NAN; t * 13]);
+        linear_many(
+            &x,
+            t,
+            i,
+            &mut [
+                Linear { w: Weights::F32(&wa), out_dim: 100, y: &mut ya },
+                Linear { w: Weights::F16(&wb), out_dim: 13, y: &mut yb },
+            ],
+        );
+        for r in 0..t {
+            for c in 0..100 {
+                let want: f32 = (0..i).map(|k| x[r * i + k] * wa[c * i + k]).sum();
+                assert!((ya[r * 100 + c] - want).abs() < 1e-4, "a {r},{c}");
+            }
+            for c in 0..13 {
+                let want: f32 = (0..i).map(|k| x[r * i + k] * wb[c * i + k].to_f32()).sum();
+                assert!((yb[r * 13 + c] - want).abs() < 1e-4, "b {r},{c}");
+            }
+        }
+        // Degenerate shapes: nothing to do, or an empty inner dimension (all zeros).
+        linear_few_rows(&[], 0, &wa, i, 100, &mut []);
+        let mut y = vec![f32::NAN; 2 * 3];
+        linear_few_rows(&[], 2, &[], 0, 3, &mut y);
+        assert_eq!(y, vec![0.0; 6]);
+    }
+
+    #[test]
+    fn f16_rounding_is_nearest() {
+        let w = [1.0f32, 1.0 + 1.0 / 4096.0, 65504.0, -0.000_061_035_156, 3.0e-8];
+        let h = to_f16(&w);
+        assert_eq!(h[0].to_f32(), 1.0);
+        assert_eq!(h[1].to_f32(), 1.0); // halfway below the next f16: rounds to even
+        assert_eq!(h[2].to_f32(), 65504.0);
+        assert!((h[3].to_f32() + 0.000_061_035_156).abs() < 1e-9);
+        assert!(h[4].to_f32() >= 0.0 && h[4].to_f32() < 1e-7);
     }
 }

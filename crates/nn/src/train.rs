@@ -383,10 +383,12 @@ impl TrainableLlama {
                 .collect(),
             norm: p(&self.layout.norm),
             lm_head: self.layout.lm_head.as_ref().map(p),
+            half: None,
         }
     }
 
-    /// Copies the trained weights into an existing `Llama` of the same shape, without reallocating it.
+    /// Copies the trained weights into an existing `Llama` of the same shape, without reallocating its f32
+    /// weights (its half-precision copies, if any, are remade).
     pub fn write_into(&self, model: &mut Llama) -> Result<(), TrainError> {
         if model.config != self.config || model.lm_head.is_none() != self.layout.lm_head.is_none() {
             return Err(TrainError::ConfigMismatch(format!(
@@ -414,6 +416,8 @@ impl TrainableLlama {
             l.w_up.copy_from_slice(p(&s.w_up));
             l.w_down.copy_from_slice(p(&s.w_down));
         }
+        // Decoding in f16 must read the new weights too.
+        model.refresh_half();
         Ok(())
     }
 
@@ -799,7 +803,7 @@ pub fn random_llama(config: &LlamaConfig, seed: u64, tied: bool) -> Result<Llama
         })
         .collect();
     let norm = uniform(h, 0.1, 1.0);
-    Ok(Llama { config: config.clone(), embed, layers, norm, lm_head })
+    Ok(Llama { config: config.clone(), embed, layers, norm, lm_head, half: None })
 }
 
 #[cfg(test)]

@@ -230,6 +230,7 @@ fn tiny_llama(tied: bool) -> Llama {
         lm_head: if tied { None } else { Some(r(config.vocab * h, 0.5)) },
         layers,
         config,
+        half: None,
     }
 }
 

@@ -34,6 +34,7 @@ pub use userrl_types::{
     CheckpointRow, EvalRow, MetricBucket, MetricPoint, MetricSeries, RolloutHealth, RunKind, RunRow, RunStatus,
     Speaker, TranscriptMessage, TranscriptRecord, TranscriptSummary,
 };
+pub use write::RETRY_FOR;
 
 /// The database used when `DATABASE_URL` is not set, relative to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/userrl.db";
@@ -129,10 +130,34 @@ impl Default for TranscriptFilter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StoreEvent {
-    Metrics { run_id: i64, step: i64, wall_time: i64, values: Vec<(String, f64)> },
-    Status { run_id: i64, status: RunStatus, message: String },
-    Transcript { run_id: i64, id: i64, step: i64 },
-    Checkpoint { run_id: i64, step: i64, path: String },
+    Metrics {
+        run_id: i64,
+        step: i64,
+        wall_time: i64,
+        values: Vec<(String, f64)>,
+    },
+    Status {
+        run_id: i64,
+        status: RunStatus,
+        message: String,
+    },
+    Transcript {
+        run_id: i64,
+        id: i64,
+        step: i64,
+    },
+    Checkpoint {
+        run_id: i64,
+        step: i64,
+        path: String,
+    },
+    /// `step` of the `total` steps of the run's current `phase` are done.
+    Progress {
+        run_id: i64,
+        phase: String,
+        step: i64,
+        total: i64,
+    },
 }
 
 #[derive(Clone, Debug)]

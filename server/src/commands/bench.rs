@@ -304,6 +304,7 @@ struct NnOptions {
 fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
     use anyhow::Context;
     use userrl_nn::bench;
+    use userrl_nn::model::Precision;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let say = |what: &str| {
         if !json_out {
@@ -312,18 +313,34 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
     };
     say(&format!("matmul {0}x{0}x{0}, {1} runs", o.matmul_n, o.runs));
     let mm = bench::matmul(o.matmul_n, o.runs);
-    let loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {}", path.display()))?;
-    let model = &loaded.model;
+    let mut loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {}", path.display()))?;
+    let load_average = std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string());
+    let h = loaded.model.config.hidden;
+    let vocab = loaded.model.config.vocab;
+    say(&format!("few-row kernels, {h} -> {vocab} (the LM head's shape)"));
+    let skinny = bench::skinny(&[1, 2, 4, 8, 16], h, vocab, o.runs);
     say(&format!("prefill {} tokens", o.prefill_tokens));
-    let prefill = bench::prefill(model, o.prefill_tokens, o.runs)?;
-    say(&format!("decode batch 1, {} steps after {} tokens", o.decode_steps, o.decode_context));
-    let decode1 = bench::decode(model, o.decode_context, o.decode_steps, o.runs)?;
-    let decode_n = if o.batch > 0 {
-        say(&format!("decode batch {}, {} steps after {} tokens each", o.batch, o.decode_steps, o.decode_context));
-        Some(bench::decode_batch(model, o.batch, o.decode_context, o.decode_steps, o.runs)?)
-    } else {
-        None
-    };
+    let prefill = bench::prefill(&loaded.model, o.prefill_tokens, o.runs)?;
+    // Decoding at each weight precision; the f32 numbers keep the report's original keys.
+    let mut decode = Vec::new();
+    for precision in [Precision::F32, Precision::F16] {
+        loaded.model.set_precision(precision);
+        let model = &loaded.model;
+        say(&format!("decode batch 1 ({precision}), {} steps after {} tokens", o.decode_steps, o.decode_context));
+        let one = bench::decode(model, o.decode_context, o.decode_steps, o.runs)?;
+        let n = if o.batch > 0 {
+            say(&format!("decode batch {} ({precision}), {} steps after {} tokens each", o.batch, o.decode_steps, o.decode_context));
+            Some(bench::decode_batch(model, o.batch, o.decode_context, o.decode_steps, o.runs)?)
+        } else {
+            None
+        };
+        say(&format!("sampler-vs-trainer log-prob gap ({precision})"));
+        let prompt = bench::synthetic_prompt(&model.config, o.decode_context);
+        let gap = bench::logprob_gap(model, &prompt, 128, 7)?;
+        decode.push((precision, one, n, gap));
+    }
+    loaded.model.set_precision(Precision::F32);
+    let model = &loaded.model;
     let train = if o.train_seq > 0 {
         say(&format!("training step, seq {} x batch {}", o.train_seq, o.train_batch));
         let mut trainable = userrl_nn::train::TrainableLlama::from_llama(model)?;
@@ -331,6 +348,8 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
     } else {
         None
     };
+    let (decode1, decode_n) = (decode[0].1, decode[0].2);
+    let (decode1_f16, decode_n_f16) = (decode[1].1, decode[1].2);
     let report = json!({
         "device": "cpu",
         "threads": threads,
@@ -346,7 +365,17 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
             "batch": o.batch,
             "batch_tokens_per_s": decode_n,
         },
+        "decode_f16": {
+            "context": o.decode_context,
+            "steps": o.decode_steps,
+            "batch1_tokens_per_s": decode1_f16,
+            "batch": o.batch,
+            "batch_tokens_per_s": decode_n_f16,
+        },
+        "logprob_gap": decode.iter().map(|d| &d.3).collect::<Vec<_>>(),
+        "skinny": skinny,
         "train_step": {"seq": o.train_seq, "batch": o.train_batch, "tokens_per_s": train},
+        "load_average": load_average,
     });
     if json_out {
         println!("{report}");
@@ -357,12 +386,27 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
             mm.n, mm.linear_gflops, mm.sgemm_gflops, mm.ratio
         );
         println!("prefill {} tokens: {prefill:.1} tokens/s", o.prefill_tokens);
-        println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
-        if let Some(n) = decode_n {
-            println!("decode batch {}: {n:.1} tokens/s in total", o.batch);
+        for (precision, one, n, gap) in &decode {
+            println!("decode batch 1 ({precision} weights): {one:.1} tokens/s (after {} tokens)", o.decode_context);
+            if let Some(n) = n {
+                println!("decode batch {} ({precision} weights): {n:.1} tokens/s in total", o.batch);
+            }
+            println!(
+                "  sampler vs f32 trainer log-prob gap over {} sampled tokens: mean {:.2e}, max {:.2e}",
+                gap.tokens, gap.mean_abs, gap.max_abs
+            );
+        }
+        for k in &skinny {
+            println!(
+                "few-row kernel {} x {} -> {}: f32 {:.1} GFLOP/s, f16 {:.1} GFLOP/s",
+                k.rows, k.in_dim, k.out_dim, k.f32_gflops, k.f16_gflops
+            );
         }
         if let Some(t) = train {
             println!("training step seq {} x {}: {t:.1} tokens/s", o.train_seq, o.train_batch);
+        }
+        if let Some(l) = &load_average {
+            println!("load average: {l}");
         }
     }
     Ok(())
