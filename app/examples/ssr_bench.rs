@@ -75,7 +75,7 @@ async fn main() -> Result<()> {
         }
     }
     let auth = Auth::new(store.clone(), AuthConfig::default());
-    let router = site_router(AppContext { store, launcher: Arc::new(NoLauncher), auth }, site_options());
+    let router = site_router(AppContext { store, launcher: Arc::new(NoLauncher), auth, crowd: None }, site_options());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -126,7 +126,11 @@ pub async fn get_group(run_id: i64, step: i64, group: i64) -> Result<Vec<Transcr
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "list_evals")]
 pub async fn list_evals() -> Result<Vec<EvalRow>, ServerFnError> {
-    backend::ctx()?.store.evals().await.map_err(backend::store_err)
+    let store = backend::ctx()?.store;
+    let mut rows = store.evals().await.map_err(backend::store_err)?;
+    // The real-user column: crowd-study episodes, aggregated the same way (see `Store::human_evals`).
+    rows.extend(store.human_evals().await.map_err(backend::store_err)?);
+    Ok(rows)
 }
 
 /// The preset run configs: (name, TOML).

@@ -9,6 +9,8 @@ use crate::pages::admin::{AdminPage, LoginPage, SetupPage};
 use crate::pages::eval::EvalPage;
 use crate::pages::run::RunPage;
 use crate::pages::runs::RunsPage;
+use crate::pages::studies::{StudiesPage, StudyAdminPage, StudyEpisodePage};
+use crate::pages::study::StudyPage;
 use crate::pages::transcripts::{GroupPage, TranscriptPage, TranscriptsPage};
 
 /// The document the server renders; `App` inside it is what the browser hydrates.
@@ -47,6 +49,7 @@ pub fn App() -> impl IntoView {
                 <a class="brand" href="/">"userrl"</a>
                 <a href="/">"Runs"</a>
                 <a href="/eval">"Eval"</a>
+                <a href="/admin/studies">"Studies"</a>
                 <a class="admin-link" href="/admin">"Admin"</a>
             </nav>
             <main data-hydrated=move || hydrated.get().then_some("true")>
@@ -60,6 +63,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/admin") view=AdminPage />
                     <Route path=path!("/admin/login") view=LoginPage />
                     <Route path=path!("/admin/setup") view=SetupPage />
+                    <Route path=path!("/study/:slug") view=StudyPage />
+                    <Route path=path!("/admin/studies") view=StudiesPage />
+                    <Route path=path!("/admin/studies/:id") view=StudyAdminPage />
+                    <Route path=path!("/admin/studies/:id/episodes/:episode") view=StudyEpisodePage />
                 </Routes>
             </main>
         </Router>

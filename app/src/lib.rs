@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod chart;
 pub mod components;
+pub mod crowd;
 pub mod live;
 pub mod model;
 pub mod pages;

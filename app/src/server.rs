@@ -56,6 +56,8 @@ pub struct AppContext {
     /// Admin sessions, CSRF and rate limits: `site_router` puts its guard in front of every route (see
     /// `crate::auth`).
     pub auth: Auth,
+    /// The crowd-study portal (worker sessions and live episodes); `None` where studies are not served.
+    pub crowd: Option<Arc<crate::crowd::service::Crowd>>,
 }
 
 /// The router's state: the Leptos options plus the app context.
@@ -120,6 +122,7 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
     let state = SiteState { options: options.clone(), ctx: ctx.clone() };
     let page_ctx = ctx.clone();
     let auth = ctx.auth.clone();
+    let crowd = ctx.crowd.clone();
     let fallback_ctx = ctx;
     let router = Router::new()
         .route("/api/runs/{id}/live", get(live))
@@ -136,6 +139,10 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
         ))
         .layer(axum::middleware::from_fn(bad_arguments_are_client_errors))
         .with_state(state);
+    let router = match crowd {
+        Some(crowd) => router.merge(crate::crowd::admin::router(crowd)),
+        None => router,
+    };
     crate::auth::protect(router, &auth)
 }
 

@@ -1,5 +1,5 @@
-//! Evaluation results: one row per (model, split), per gym a scripted-user and an LLM-user score, and an
-//! overall score per user kind weighted by episodes.
+//! Evaluation results: one row per (model, split), per gym a scripted-user, an LLM-user and a real-user score
+//! (crowd-study episodes, excluded sessions left out), and an overall score per user kind weighted by episodes.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +10,13 @@ use crate::api::list_evals;
 use crate::components::{loading, show_errors};
 use crate::model::format_value;
 
-/// User kinds with a column, in order.
-pub const USER_KINDS: [&str; 2] = ["scripted", "llm"];
+/// User kinds with a column, in order (`human`: people in crowd studies).
+pub const USER_KINDS: [&str; 3] = ["scripted", "llm", "human"];
+
+/// A user kind's column heading.
+pub fn kind_label(kind: &str) -> &str {
+    if kind == "human" { "real user" } else { kind }
+}
 
 /// A row's cells: per (gym, user kind) the newest result.
 pub type EvalCells = BTreeMap<(String, String), EvalRow>;
@@ -68,10 +73,10 @@ pub fn EvalPage() -> impl IntoView {
                         let gyms = table.gyms.clone();
                         let head = gyms
                             .iter()
-                            .map(|g| view! { <th colspan="2">{g.clone()}</th> })
+                            .map(|g| view! { <th colspan=USER_KINDS.len().to_string()>{g.clone()}</th> })
                             .collect_view();
                         let sub = (0..=gyms.len())
-                            .map(|_| USER_KINDS.map(|k| view! { <th class="kind">{k}</th> }))
+                            .map(|_| USER_KINDS.map(|k| view! { <th class="kind">{kind_label(k)}</th> }))
                             .collect_view();
                         let body = table
                             .rows
@@ -124,7 +129,7 @@ pub fn EvalPage() -> impl IntoView {
                                     <tr>
                                         <th rowspan="2">"model"</th>
                                         <th rowspan="2">"split"</th>
-                                        <th colspan="2">"overall"</th>
+                                        <th colspan=USER_KINDS.len().to_string()>"overall"</th>
                                         {head}
                                     </tr>
                                     <tr>{sub}</tr>

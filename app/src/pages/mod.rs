@@ -4,4 +4,6 @@ pub mod admin;
 pub mod eval;
 pub mod run;
 pub mod runs;
+pub mod studies;
+pub mod study;
 pub mod transcripts;

@@ -1,7 +1,8 @@
-//! Persistence for userrl: runs, metrics, transcripts, checkpoints, eval scores and admin sessions, in SQLite
-//! (the default, one file in WAL mode) or Postgres (for teams), through sqlx with runtime-checked queries.
-//! Migrations for both dialects live in the workspace's `migrations/` and run at connect. The [`StoreSink`] turns
-//! a training run's events into batched writes; every write is announced on a broadcast channel for live views.
+//! Persistence for userrl: runs, metrics, transcripts, checkpoints, eval scores, admin sessions and crowd
+//! studies, in SQLite (the default, one file in WAL mode) or Postgres (for teams), through sqlx with
+//! runtime-checked queries. Migrations for both dialects live in the workspace's `migrations/` and run at
+//! connect. The [`StoreSink`] turns a training run's events into batched writes; every write is announced on a
+//! broadcast channel for live views.
 //!
 //! One SQL text serves both dialects: placeholders are `$N` (SQLite accepts them too) and only portable SQL is
 //! used; the few values SQLite cannot hold (NaN) are stored as NULL on both sides so both answer alike.
@@ -10,6 +11,7 @@ mod auth;
 mod metrics;
 mod runs;
 mod sink;
+mod studies;
 mod transcripts;
 mod write;
 
@@ -25,6 +27,9 @@ use tokio::sync::broadcast;
 
 pub use auth::AuthSession;
 pub use sink::{BATCH_WINDOW, MAX_BATCH, StoreSink, status_from_name};
+pub use studies::{
+    Assignment, DUPLICATE_MIN_CHARS, NewSessionError, TOO_FAST_MEDIAN_MS, normalize_text, validate_spec,
+};
 pub use userrl_types::{
     CheckpointRow, EvalRow, MetricBucket, MetricPoint, MetricSeries, RolloutHealth, RunKind, RunRow, RunStatus,
     Speaker, TranscriptMessage, TranscriptRecord, TranscriptSummary,

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod study;
+
 /// JSON has no NaN: serde_json writes NaN (and infinities) as `null`. Number fields that can be NaN (a diverged
 /// loss, an unknown reward) read `null` back as NaN, so one such value cannot make a whole response unreadable.
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {

@@ -55,11 +55,28 @@ pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result
 /// every route, /v1 included (its bearer key needs no CSRF token, but the per-IP limits apply).
 pub async fn app_with_auth(store: Store, manager: JobManager, models: &[String], auth: Auth) -> Result<Router> {
     let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
-    let ctx = AppContext { store: store.clone(), launcher, auth: auth.clone() };
+    let crowd = Some(Arc::new(crowd(store.clone())?));
+    let ctx = AppContext { store: store.clone(), launcher, auth: auth.clone(), crowd };
     let site = userrl_app::site_router(ctx, userrl_app::site_options());
     let router = api::router(api::ApiState { store, jobs: manager, auth: auth.clone() }).merge(site);
     let router = userrl_app::auth::protect(mount_v1(router, models).await?, &auth);
     Ok(router.layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+/// Tokens an agent model may write per turn in a crowd study, and its temperature (greedy, as in evaluation).
+const STUDY_AGENT_TOKENS: usize = 512;
+const STUDY_AGENT_TEMPERATURE: f32 = 0.0;
+
+/// The crowd-study portal: episodes of the embedded gyms, with `expert`, `random`, or a local model (a
+/// checkpoint folder or a GGUF file, loaded once on first use) as the agent.
+pub fn crowd(store: Store) -> Result<userrl_app::crowd::service::Crowd> {
+    use userrl_app::crowd::service::{AgentResolver, Crowd, GymPlayer};
+    let resolve: AgentResolver = Arc::new(|model: &str| {
+        crate::commands::eval::local_agent(model, STUDY_AGENT_TOKENS, STUDY_AGENT_TEMPERATURE)
+            .map_err(|e| format!("{e:#}"))
+    });
+    let player = GymPlayer::new(Some(resolve)).map_err(anyhow::Error::msg).context("loading the gyms for studies")?;
+    Ok(Crowd::new(store, Arc::new(player)))
 }
 
 /// The OpenAI-compatible /v1 endpoint, always mounted (with no models it lists none); `USERRL_API_KEY` guards it.

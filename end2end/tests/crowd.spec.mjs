@@ -1,0 +1,119 @@
+// A crowd study in a real Chromium: the admin creates a Telepathy and a Travel study on the page, a worker opens
+// each Prolific link, consents, plays the episode against the expert agent (typing an XSS payload), and gets one
+// completion code; reloading or reopening the link shows no code again. The admin then sees the episodes with
+// their rewards, the worker's text inert in the transcript, and exports CSV and JSONL.
+import { test, expect } from '@playwright/test';
+
+const PASSWORD = process.env.E2E_ADMIN_PASSWORD;
+const PAYLOAD = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>';
+
+async function hydrated(page) {
+  await expect(page.locator('main[data-hydrated="true"]')).toBeAttached({ timeout: 30_000 });
+}
+
+async function signIn(page) {
+  await page.goto('/admin/login');
+  await hydrated(page);
+  await page.fill('form.auth-form input[name="password"]', PASSWORD);
+  await page.click('form.auth-form button[type="submit"]');
+  await expect(page).toHaveURL(/\/admin$/);
+}
+
+async function createStudy(page, gym) {
+  await page.goto('/admin/studies');
+  await hydrated(page);
+  const form = page.locator('form.new-study');
+  await form.locator('input[name="name"]').fill(`E2E ${gym}`);
+  await form.locator('input[name="slug"]').fill(`e2e-${gym}`);
+  await form.locator('input[name="gyms"]').fill(gym);
+  await form.locator('input[name="episodes_per_worker"]').fill('1');
+  await form.locator('input[name="max_turns"]').fill('2');
+  await form.locator('textarea[name="consent_text"]').fill('I agree to take part in this test.');
+  await form.locator('input[name="open"]').check();
+  await form.locator('button[type="submit"]').click();
+  await expect(page).toHaveURL(/\/admin\/studies\/\d+$/);
+  return Number(page.url().split('/').pop());
+}
+
+async function playThrough(page, slug) {
+  await page.goto(`/study/${slug}?PROLIFIC_PID=e2eworker1&STUDY_ID=st&SESSION_ID=se`);
+  await hydrated(page);
+  await page.locator('.study-consent input[type="checkbox"]').check();
+  await page.locator('.study-consent button.primary').click();
+  await page.locator('.study-instructions button.primary').click();
+  for (let turn = 0; turn < 40; turn++) {
+    const finish = page.locator('button.finish');
+    const form = page.locator('form.prompt');
+    await expect(finish.or(form).first()).toBeVisible({ timeout: 30_000 });
+    if (await finish.isVisible()) {
+      await finish.click();
+      break;
+    }
+    const prompt = await form.getAttribute('data-prompt');
+    const rows = form.locator('fieldset.buttons');
+    for (let k = 0; k < (await rows.count()); k++) {
+      const row = rows.nth(k);
+      const chat = row.locator('button.choice', { hasText: 'ordinary conversation' });
+      await ((await chat.count()) ? chat : row.locator('button.choice').first()).click();
+    }
+    const areas = form.locator('textarea');
+    for (let k = 0; k < (await areas.count()); k++) await areas.nth(k).fill(PAYLOAD);
+    await form.locator('button[type="submit"]').click();
+    await expect(page.locator(`form.prompt[data-prompt="${prompt}"]`)).toHaveCount(0, { timeout: 30_000 });
+  }
+  const code = (await page.locator('.completion-code').textContent()).trim();
+  expect(code).toMatch(/^[A-Z2-9]{12}$/);
+  await expect(page.locator('a.return')).toHaveAttribute('href', `https://app.prolific.com/submissions/complete?cc=${code}`);
+  return code;
+}
+
+test('a worker completes Telepathy and Travel through Prolific links; the admin reviews and exports', async ({ browser }) => {
+  expect(PASSWORD, 'scripts/e2e sets E2E_ADMIN_PASSWORD').toBeTruthy();
+  const adminContext = await browser.newContext();
+  const admin = await adminContext.newPage();
+  await signIn(admin);
+  const ids = { telepathy: await createStudy(admin, 'telepathy'), travel: await createStudy(admin, 'travel') };
+
+  const workerContext = await browser.newContext();
+  const worker = await workerContext.newPage();
+  const errors = [];
+  worker.on('pageerror', (e) => errors.push(String(e)));
+  for (const gym of ['telepathy', 'travel']) {
+    const code = await playThrough(worker, `e2e-${gym}`);
+    // Reloading, or opening the link again, shows the study as done and never a code.
+    await worker.reload();
+    await hydrated(worker);
+    await expect(worker.locator('.study-done h2')).toHaveText('You have completed this study');
+    expect(await worker.content()).not.toContain(code);
+    await worker.goto(`/study/e2e-${gym}?PROLIFIC_PID=e2eworker1&STUDY_ID=st&SESSION_ID=se`);
+    await expect(worker.locator('.study-done h2')).toHaveText('You have completed this study');
+    expect(await worker.content()).not.toContain(code);
+  }
+  expect(errors).toEqual([]);
+
+  let dialogs = 0;
+  admin.on('dialog', (d) => { dialogs += 1; d.dismiss(); });
+  for (const gym of ['telepathy', 'travel']) {
+    const id = ids[gym];
+    await admin.goto(`/admin/studies/${id}`);
+    await hydrated(admin);
+    const row = admin.locator('table.study-episodes tbody tr');
+    await expect(row).toHaveCount(1);
+    await expect(row.locator('td.score')).toHaveText(/^-?\d/);
+    await row.locator('a').first().click();
+    await expect(admin).toHaveURL(/\/episodes\/\d+$/);
+    await expect(admin.locator('.messages')).toBeVisible();
+    const csv = await admin.request.get(`/api/admin/studies/${id}/export.csv`);
+    expect(csv.status()).toBe(200);
+    expect((await csv.text()).trim().split('\n')).toHaveLength(2);
+    const jsonl = await admin.request.get(`/api/admin/studies/${id}/export.jsonl`);
+    const line = JSON.parse((await jsonl.text()).trim());
+    expect(line.episode.gym).toBe(gym);
+    if (gym === 'travel') expect(JSON.stringify(line.answers)).toContain(PAYLOAD);
+  }
+  // The worker's markup is text on the admin's pages: nothing ran.
+  expect(await admin.evaluate(() => window.__xss)).toBeUndefined();
+  expect(dialogs).toBe(0);
+  await adminContext.close();
+  await workerContext.close();
+});

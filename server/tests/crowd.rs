@@ -1,0 +1,531 @@
+//! Crowd studies through the whole site (`serve::app_with_auth`) with axum's test client: an admin creates a
+//! study, a worker plays a Telepathy and a Travel episode through the Prolific link against the expert agent
+//! and gets one completion code; reloading and reusing the link give no second code; forged, foreign and
+//! missing session tokens are refused; one session per worker; MTurk preview makes no session; every admin
+//! route refuses non-admins; the admin sees, excludes and exports the episodes (CSV cells defused), text a
+//! worker typed renders inert in the admin's transcript view, and the Eval table gets the real-user scores.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use userrl_app::auth::{Auth, AuthConfig, Rate, hash_password};
+use userrl_server::serve::{JobManager, JobOptions};
+use userrl_store::Store;
+
+const PASSWORD: &str = "correct horse battery staple";
+const PAYLOAD: &str = "<script>alert('xss')</script><img src=x onerror=alert(2)>";
+
+struct Site {
+    dir: PathBuf,
+    store: Store,
+    router: Router,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn site(name: &str) -> Site {
+    let dir = std::env::temp_dir().join(format!("userrl-crowd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.join("crowd.db").display())).await.unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let manager =
+        JobManager::new(store.clone(), JobOptions { runs_dir: dir.join("runs"), root, configs_dir: None, max_jobs: 1 });
+    // The site's per-IP limits are tested with auth; here they must not cut a test worker's polling short.
+    let config = AuthConfig {
+        admin_password_hash: Some(hash_password(PASSWORD).unwrap()),
+        mutate_rate: Rate::per_second(1000.0, 10_000),
+        general_rate: Rate::per_second(1000.0, 10_000),
+        ..AuthConfig::default()
+    };
+    let auth = Auth::new(store.clone(), config);
+    let router = userrl_server::serve::app_with_auth(store.clone(), manager, &[], auth).await.unwrap();
+    Site { dir, store, router }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("{}: not JSON: {}", self.status, self.body))
+    }
+    fn sets_cookie(&self, prefix: &str) -> bool {
+        self.headers.get_all(header::SET_COOKIE).iter().any(|v| v.to_str().unwrap().starts_with(prefix))
+    }
+}
+
+/// A browser: a cookie jar, a peer address, and the page's CSRF token.
+struct Browser<'a> {
+    site: &'a Site,
+    peer: [u8; 4],
+    cookies: HashMap<String, String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(site: &'a Site, peer: [u8; 4]) -> Browser<'a> {
+        Browser { site, peer, cookies: HashMap::new() }
+    }
+
+    async fn send(&mut self, mut request: Request<Body>) -> Answer {
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request.headers_mut().insert(header::COOKIE, jar.join("; ").parse().unwrap());
+        }
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from((self.peer, 40000))));
+        let response = self.site.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        for set in headers.get_all(header::SET_COOKIE) {
+            let set = set.to_str().unwrap();
+            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+        }
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    }
+
+    async fn get(&mut self, uri: &str) -> Answer {
+        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn token(&mut self) -> String {
+        let answer = self.get("/api/auth").await;
+        answer.json()["csrf_token"].as_str().unwrap().to_string()
+    }
+
+    async fn post(&mut self, uri: &str, body: Value) -> Answer {
+        let token = self.token().await;
+        let request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-csrf-token", token)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn call(&mut self, function: &str, args: Value) -> Answer {
+        self.post(&format!("/api/fn/{function}"), args).await
+    }
+
+    async fn login(&mut self) {
+        let answer = self.post("/admin/login", json!({ "password": PASSWORD })).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+}
+
+fn study_form(slug: &str, platform: &str) -> Value {
+    json!({
+        "name": format!("Study {slug}"),
+        "slug": slug,
+        "gyms": "",
+        "tasks": "telepathy/telepathy-0001\ntravel/travel-0001",
+        "split": "test",
+        "models": "expert",
+        "episodes_per_worker": "2",
+        "time_limit_min": "30",
+        "max_turns": "3",
+        "pay_note": "£1 for ~5 minutes",
+        "instructions": "Answer the agent as the user would.",
+        "consent_text": "I agree to take part.",
+        "consent_version": "v1",
+        "platform": platform,
+        "completion_url": "",
+        "open": true,
+    })
+}
+
+/// Creates a study as the admin; returns its id. The task ids are each gym's first test task.
+async fn create_study(site: &Site, slug: &str, platform: &str) -> i64 {
+    let mut admin = Browser::new(site, [127, 0, 0, 1]);
+    admin.login().await;
+    let mut form = study_form(slug, platform);
+    form["tasks"] = json!(first_test_tasks(site).await);
+    let created = admin.post("/api/admin/studies", form).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    created.json()["Created"]["id"].as_i64().unwrap()
+}
+
+/// `telepathy/<id>\ntravel/<id>`: the first test task of each gym, as the creation form lists tasks.
+async fn first_test_tasks(_site: &Site) -> String {
+    use userrl_gym::{Catalog, GymKind, Split};
+    let catalog = Catalog::builtin(&[GymKind::Telepathy, GymKind::Travel]).unwrap();
+    catalog
+        .gyms()
+        .iter()
+        .map(|g| format!("{}/{}", g.kind().name(), g.task_ids(Some(Split::Test))[0]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An answer that fits any prompt: ordinary conversation where asked what a message does, the first option
+/// elsewhere, nothing ticked, the lowest scale value, and `text` in every text field.
+fn answer_for(prompt: &Value, text: &str) -> Value {
+    let mut values = serde_json::Map::new();
+    for c in prompt["controls"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap().to_string();
+        match c["type"].as_str().unwrap() {
+            "buttons" => {
+                let options = c["options"].as_array().unwrap();
+                let pick = options.iter().find(|o| o["id"] == "conversation").unwrap_or(&options[0]);
+                values.insert(name, pick["id"].clone());
+            }
+            "checkboxes" => {}
+            "scale" => {
+                values.insert(name, c["min"].clone());
+            }
+            _ => {
+                values.insert(name, json!(text));
+            }
+        }
+    }
+    json!({ "values": values })
+}
+
+/// Plays every assigned episode to its end, answering each prompt with `answer_for(prompt, text)`.
+async fn play_all(worker: &mut Browser<'_>, slug: &str, text: &str) -> Value {
+    let mut view = worker.call("study_view", json!({ "slug": slug })).await.json();
+    for _ in 0..2000 {
+        if view["can_complete"] == true {
+            return view;
+        }
+        let current = &view["current"];
+        if !current["prompt"].is_null() {
+            let prompt = current["prompt"].clone();
+            let answer = answer_for(&prompt, text);
+            let res =
+                worker.call("study_answer", json!({ "slug": slug, "prompt_id": prompt["id"], "answer": answer })).await;
+            assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+            view = res.json();
+            continue;
+        }
+        let running = view["episodes"].as_array().unwrap().iter().any(|e| e["state"] == "running");
+        if !running && current["ended"] == true {
+            let res = worker.call("study_next", json!({ "slug": slug })).await;
+            assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+            view = res.json();
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        view = worker.call("study_view", json!({ "slug": slug })).await.json();
+    }
+    panic!("the episodes did not end: {view}");
+}
+
+fn prolific(pid: &str) -> Value {
+    json!({ "PROLIFIC_PID": pid, "STUDY_ID": "st1", "SESSION_ID": format!("se-{pid}") })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_plays_telepathy_and_travel_and_gets_one_code() {
+    let site = site("complete").await;
+    let study = create_study(&site, "pilot", "prolific").await;
+    let mut worker = Browser::new(&site, [192, 0, 2, 10]);
+
+    let entered = worker.call("study_enter", json!({ "slug": "pilot", "params": prolific("W1") })).await;
+    assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
+    assert!(entered.sets_cookie("userrl_study_pilot="), "entering sets the session cookie");
+    let cookie = entered
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("userrl_study_pilot="))
+        .unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let entry = entered.json();
+    assert_eq!(entry["mode"], "session");
+    assert_eq!(entry["view"]["state"], "consent");
+    assert_eq!(entry["view"]["study"]["consent_text"], "I agree to take part.");
+    assert!(entry["view"]["study"].get("tasks").is_none(), "workers never see the task list");
+
+    // Nothing happens before consent; a consent to another text version is refused.
+    let early = worker.call("study_begin", json!({ "slug": "pilot" })).await;
+    assert_eq!(early.status, StatusCode::CONFLICT, "{}", early.body);
+    let stale = worker.call("study_consent", json!({ "slug": "pilot", "version": "v0" })).await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    let consented = worker.call("study_consent", json!({ "slug": "pilot", "version": "v1" })).await;
+    assert_eq!(consented.json()["state"], "instructions", "{}", consented.body);
+    let session = site.store.worker_sessions(study).await.unwrap().remove(0);
+    assert_eq!(session.consent_version.as_deref(), Some("v1"));
+    assert!(session.consent_at.is_some());
+    assert_eq!(session.ids.worker_id, "W1");
+
+    let begun = worker.call("study_begin", json!({ "slug": "pilot" })).await;
+    assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+    assert_eq!(begun.json()["state"], "episodes");
+    let early_code = worker.call("study_complete", json!({ "slug": "pilot" })).await;
+    assert_eq!(early_code.status, StatusCode::CONFLICT, "no code before the episodes end");
+
+    let done = play_all(&mut worker, "pilot", PAYLOAD).await;
+    let gyms: Vec<&str> = done["episodes"].as_array().unwrap().iter().map(|e| e["gym"].as_str().unwrap()).collect();
+    let mut sorted = gyms.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["telepathy", "travel"], "one episode of each task");
+
+    let completed = worker.call("study_complete", json!({ "slug": "pilot" })).await;
+    assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+    let completion = completed.json();
+    let code = completion["code"].as_str().unwrap().to_string();
+    assert_eq!(code.len(), 12);
+    assert_eq!(completion["redirect"], format!("https://app.prolific.com/submissions/complete?cc={code}"));
+
+    // The code is given once: asking again, reloading the page or opening the link again gives no code.
+    let again = worker.call("study_complete", json!({ "slug": "pilot" })).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert!(!again.body.contains(&code));
+    let reload = worker.call("study_view", json!({ "slug": "pilot" })).await;
+    assert_eq!(reload.json()["state"], "completed");
+    assert!(!reload.body.contains(&code));
+    let relink = worker.call("study_enter", json!({ "slug": "pilot", "params": prolific("W1") })).await;
+    assert_eq!(relink.status, StatusCode::OK);
+    assert_eq!(relink.json()["view"]["state"], "completed");
+    assert!(!relink.body.contains(&code));
+    // The same link in another browser (no cookie) does not start over either.
+    let mut other = Browser::new(&site, [192, 0, 2, 11]);
+    let elsewhere = other.call("study_enter", json!({ "slug": "pilot", "params": prolific("W1") })).await;
+    assert_eq!(elsewhere.status, StatusCode::CONFLICT, "{}", elsewhere.body);
+    assert!(!elsewhere.body.contains(&code));
+    let session = site.store.worker_sessions(study).await.unwrap().remove(0);
+    assert_eq!(session.completion_code.as_deref(), Some(code.as_str()));
+
+    // The admin sees both episodes with their rewards, the transcript with the worker's text inert, exports.
+    let mut admin = Browser::new(&site, [127, 0, 0, 1]);
+    admin.login().await;
+    let detail = admin.get(&format!("/api/admin/studies/{study}")).await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.body);
+    let detail = detail.json();
+    let episodes = detail["episodes"].as_array().unwrap();
+    assert_eq!(episodes.len(), 2);
+    assert!(
+        episodes.iter().all(|e| e["state"] == "ended" && e["score"].is_number() && e["turns"].as_i64().unwrap() >= 1)
+    );
+    assert!(episodes.iter().all(|e| !e["answer_ms"].as_array().unwrap().is_empty()), "per-answer times are kept");
+    assert_eq!(detail["progress"]["completed"], 1);
+    assert!(
+        detail["link"].as_str().unwrap().ends_with(
+            "/study/pilot?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
+        )
+    );
+
+    let travel = episodes.iter().find(|e| e["gym"] == "travel").unwrap();
+    let page = admin.get(&format!("/admin/studies/{study}/episodes/{}", travel["id"])).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("&lt;script&gt;alert("), "the worker's text is shown escaped");
+    assert!(!page.body.contains(PAYLOAD), "the worker's markup never reaches the page raw");
+    let study_page = admin.get(&format!("/admin/studies/{study}")).await;
+    assert_eq!(study_page.status, StatusCode::OK);
+    assert!(!study_page.body.contains("<script>alert('xss')"));
+
+    let csv = admin.get(&format!("/api/admin/studies/{study}/export.csv")).await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/csv"));
+    assert_eq!(csv.body.lines().count(), 3, "{}", csv.body);
+    assert!(csv.body.contains(&code));
+    let jsonl = admin.get(&format!("/api/admin/studies/{study}/export.jsonl")).await;
+    assert_eq!(jsonl.status, StatusCode::OK);
+    let lines: Vec<Value> = jsonl.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines.iter().any(|l| l["answers"].to_string().contains("<script>alert('xss')</script>")),
+        "JSONL keeps the text exactly"
+    );
+
+    // Excluding (not rejecting) the session takes it out of the real-user scores; the reason is CSV-safe.
+    let session_id = session.id;
+    let evals = admin.call("list_evals", json!({})).await.json();
+    assert!(evals.as_array().unwrap().iter().any(|e| e["user_kind"] == "human" && e["model"] == "expert"), "{evals}");
+    let excluded = admin
+        .post(
+            &format!("/api/admin/studies/{study}/sessions/{session_id}/exclude"),
+            json!({ "excluded": true, "reason": "=HYPERLINK(\"http://x\")" }),
+        )
+        .await;
+    assert_eq!(excluded.status, StatusCode::OK, "{}", excluded.body);
+    let csv = admin.get(&format!("/api/admin/studies/{study}/export.csv")).await;
+    assert!(csv.body.contains("\"'=HYPERLINK(\"\"http://x\"\")\""), "{}", csv.body);
+    let evals = admin.call("list_evals", json!({})).await.json();
+    assert!(!evals.as_array().unwrap().iter().any(|e| e["user_kind"] == "human"), "{evals}");
+    let eval_page = admin.get("/eval").await;
+    assert!(eval_page.body.contains("real user"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_foreign_and_missing_session_tokens_are_refused() {
+    let site = site("tokens").await;
+    create_study(&site, "alpha", "prolific").await;
+    create_study(&site, "beta", "prolific").await;
+    let mut worker = Browser::new(&site, [192, 0, 2, 20]);
+    let none = worker.call("study_view", json!({ "slug": "alpha" })).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{}", none.body);
+
+    worker.cookies.insert("userrl_study_alpha".into(), "ab".repeat(32));
+    let forged = worker.call("study_view", json!({ "slug": "alpha" })).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    let forged_answer =
+        worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": 1, "answer": { "values": {} } })).await;
+    assert_eq!(forged_answer.status, StatusCode::FORBIDDEN);
+    worker.cookies.clear();
+
+    let entered = worker.call("study_enter", json!({ "slug": "alpha", "params": prolific("W2") })).await;
+    assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
+    let token = worker.cookies["userrl_study_alpha"].clone();
+    assert!(site.store.worker_session_by_token(&token).await.unwrap().is_none(), "only the hash is stored");
+    // Alpha's token replayed as beta's cookie belongs to another study.
+    worker.cookies.insert("userrl_study_beta".into(), token.clone());
+    let foreign = worker.call("study_view", json!({ "slug": "beta" })).await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.body);
+    // The cookie of one worker with another worker's link is refused.
+    let swapped = worker.call("study_enter", json!({ "slug": "alpha", "params": prolific("W3") })).await;
+    assert_eq!(swapped.status, StatusCode::FORBIDDEN, "{}", swapped.body);
+    // A replayed prompt id is refused (the prompt is answered once).
+    worker.call("study_consent", json!({ "slug": "alpha", "version": "v1" })).await;
+    let view = worker.call("study_begin", json!({ "slug": "alpha" })).await.json();
+    let mut view = view;
+    for _ in 0..500 {
+        if !view["current"]["prompt"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        view = worker.call("study_view", json!({ "slug": "alpha" })).await.json();
+    }
+    let prompt = view["current"]["prompt"].clone();
+    let answer = answer_for(&prompt, "a fine answer");
+    let first =
+        worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": prompt["id"], "answer": answer })).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let replay =
+        worker.call("study_answer", json!({ "slug": "alpha", "prompt_id": prompt["id"], "answer": answer })).await;
+    assert_eq!(replay.status, StatusCode::CONFLICT, "{}", replay.body);
+    // Over-long text is refused with a message, not a panic.
+    let long = "x".repeat(20_000);
+    let huge = worker
+        .call(
+            "study_answer",
+            json!({ "slug": "alpha", "prompt_id": 999, "answer": { "values": { "response": long } } }),
+        )
+        .await;
+    assert_eq!(huge.status, StatusCode::BAD_REQUEST, "{}", huge.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_per_worker_and_mturk_preview_makes_none() {
+    let site = site("sessions").await;
+    let study = create_study(&site, "pilot", "prolific").await;
+    let mut first = Browser::new(&site, [192, 0, 2, 30]);
+    let entered = first.call("study_enter", json!({ "slug": "pilot", "params": prolific("W4") })).await;
+    assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
+    let reload = first.call("study_enter", json!({ "slug": "pilot", "params": prolific("W4") })).await;
+    assert_eq!(reload.status, StatusCode::OK);
+    assert!(!reload.sets_cookie("userrl_study_pilot="), "reloading resumes the same session");
+    let mut second = Browser::new(&site, [192, 0, 2, 31]);
+    let elsewhere = second.call("study_enter", json!({ "slug": "pilot", "params": prolific("W4") })).await;
+    assert_eq!(elsewhere.status, StatusCode::CONFLICT, "{}", elsewhere.body);
+    assert_eq!(site.store.worker_sessions(study).await.unwrap().len(), 1);
+    let bad = second.call("study_enter", json!({ "slug": "pilot", "params": { "STUDY_ID": "x" } })).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "a link without PROLIFIC_PID");
+    let missing = second.call("study_enter", json!({ "slug": "nope", "params": prolific("W5") })).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let turk = create_study(&site, "turk", "mturk").await;
+    let mut previewer = Browser::new(&site, [192, 0, 2, 32]);
+    let preview = previewer
+        .call(
+            "study_enter",
+            json!({ "slug": "turk", "params": { "assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "H1" } }),
+        )
+        .await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    assert_eq!(preview.json()["mode"], "preview");
+    assert!(!preview.sets_cookie("userrl_study_turk="));
+    assert!(site.store.worker_sessions(turk).await.unwrap().is_empty(), "a preview makes no session");
+    let evil = previewer
+        .call(
+            "study_enter",
+            json!({ "slug": "turk", "params": { "workerId": "A1", "assignmentId": "X1", "hitId": "H1", "turkSubmitTo": "https://evil.example" } }),
+        )
+        .await;
+    assert_eq!(evil.status, StatusCode::BAD_REQUEST, "only MTurk's own hosts take the form post");
+    let accepted = previewer
+        .call(
+            "study_enter",
+            json!({ "slug": "turk", "params": { "workerId": "A1", "assignmentId": "X1", "hitId": "H1", "turkSubmitTo": "https://workersandbox.mturk.com" } }),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    assert_eq!(accepted.json()["view"]["state"], "consent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_refuse_everyone_else() {
+    let site = site("admin").await;
+    let study = create_study(&site, "pilot", "prolific").await;
+    let mut visitor = Browser::new(&site, [192, 0, 2, 40]);
+    for uri in [
+        "/api/admin/studies".to_string(),
+        format!("/api/admin/studies/{study}"),
+        format!("/api/admin/studies/{study}/export.csv"),
+        format!("/api/admin/studies/{study}/export.jsonl"),
+        format!("/api/admin/studies/{study}/episodes/1"),
+    ] {
+        let answer = visitor.get(&uri).await;
+        assert!(matches!(answer.status.as_u16(), 401 | 403), "{uri}: {} {}", answer.status, answer.body);
+    }
+    let create = visitor.post("/api/admin/studies", study_form("sneaky", "prolific")).await;
+    assert!(matches!(create.status.as_u16(), 401 | 403), "{}", create.status);
+    let exclude =
+        visitor.post(&format!("/api/admin/studies/{study}/sessions/1/exclude"), json!({ "excluded": true })).await;
+    assert!(matches!(exclude.status.as_u16(), 401 | 403));
+    for (function, args) in [
+        ("admin_studies", json!({})),
+        ("admin_study", json!({ "id": study })),
+        ("admin_create_study", json!({ "form": study_form("sneaky2", "prolific") })),
+        ("admin_study_status", json!({ "id": study, "status": "closed" })),
+        ("admin_exclude", json!({ "study_id": study, "session_id": 1, "excluded": true, "reason": "" })),
+        ("admin_study_episode", json!({ "study_id": study, "episode_id": 1 })),
+    ] {
+        let answer = visitor.call(function, args).await;
+        assert!(matches!(answer.status.as_u16(), 401 | 403), "{function}: {} {}", answer.status, answer.body);
+    }
+    let page = visitor.get("/admin/studies").await;
+    assert!(page.status.is_redirection() || matches!(page.status.as_u16(), 401 | 403), "{}", page.status);
+    assert!(site.store.study_by_slug("sneaky").await.unwrap().is_none());
+    assert_eq!(site.store.study(study).await.unwrap().unwrap().status.as_str(), "open");
+
+    // The form's errors name their field.
+    let mut admin = Browser::new(&site, [127, 0, 0, 1]);
+    admin.login().await;
+    let mut bad = study_form("Bad Slug", "prolific");
+    bad["tasks"] = json!(first_test_tasks(&site).await);
+    let refused = admin.post("/api/admin/studies", bad).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.json()["field"], "slug");
+    let mut unknown = study_form("ok-slug", "prolific");
+    unknown["tasks"] = json!("telepathy/no-such-task");
+    assert_eq!(admin.post("/api/admin/studies", unknown).await.json()["field"], "tasks");
+    let mut model = study_form("ok-slug", "prolific");
+    model["tasks"] = json!(first_test_tasks(&site).await);
+    model["models"] = json!("/no/such/model.gguf");
+    assert_eq!(admin.post("/api/admin/studies", model).await.json()["field"], "models");
+}
