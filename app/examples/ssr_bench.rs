@@ -73,7 +73,15 @@ async fn main() -> Result<()> {
             store.append_metrics(id, step, step, &[("reward".into(), step as f64 / 100.0)]).await?;
         }
     }
-    let router = site_router(AppContext { store, launcher: Arc::new(NoLauncher) }, site_options());
+    let router = site_router(
+        AppContext {
+            store,
+            launcher: Arc::new(NoLauncher),
+            episodes: Arc::new(userrl_app::hosts::Disabled),
+            chat: Arc::new(userrl_app::hosts::Disabled),
+        },
+        site_options(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router).await });

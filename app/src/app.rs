@@ -5,6 +5,7 @@ use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::path;
 
+use crate::pages::chat::ChatPage;
 use crate::pages::eval::EvalPage;
 use crate::pages::run::RunPage;
 use crate::pages::runs::RunsPage;
@@ -43,6 +44,7 @@ pub fn App() -> impl IntoView {
                 <a class="brand" href="/">"userrl"</a>
                 <a href="/">"Runs"</a>
                 <a href="/eval">"Eval"</a>
+                <a href="/chat">"Chat"</a>
             </nav>
             <main data-hydrated=move || hydrated.get().then_some("true")>
                 <Routes fallback=|| view! { <p class="error">"Page not found."</p> }>
@@ -52,6 +54,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/runs/:id/groups/:step/:group") view=GroupPage />
                     <Route path=path!("/transcripts/:id") view=TranscriptPage />
                     <Route path=path!("/eval") view=EvalPage />
+                    <Route path=path!("/chat") view=ChatPage />
                 </Routes>
             </main>
         </Router>

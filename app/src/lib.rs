@@ -7,12 +7,17 @@ pub mod api;
 pub mod app;
 pub mod chart;
 pub mod components;
+#[cfg(feature = "ssr")]
+pub mod hosts;
 pub mod live;
 pub mod model;
 pub mod pages;
+pub mod people_api;
 #[cfg(feature = "ssr")]
 pub mod server;
 
+#[cfg(feature = "ssr")]
+pub use hosts::{ChatHost, EpisodeError, LiveEpisodes};
 #[cfg(feature = "ssr")]
 pub use server::{AppContext, LaunchError, RunLauncher, site_options, site_router};
 

@@ -26,6 +26,7 @@ use userrl_store::{Store, StoreEvent};
 use userrl_types::{CheckpointRow, RunStatus};
 
 use crate::app::{App, shell};
+use crate::hosts::{ChatHost, LiveEpisodes};
 use crate::model::{CheckpointFiles, LiveEvent};
 
 /// A rejected run config: `field` names the TOML key at fault (`grpo.lr`), when one is.
@@ -52,6 +53,10 @@ pub trait RunLauncher: Send + Sync {
 pub struct AppContext {
     pub store: Store,
     pub launcher: Arc<dyn RunLauncher>,
+    /// Live episodes with a person as the user (`crate::hosts`).
+    pub episodes: Arc<dyn LiveEpisodes>,
+    /// The chat page's models and replies (`crate::hosts`).
+    pub chat: Arc<dyn ChatHost>,
 }
 
 /// The router's state: the Leptos options plus the app context.
@@ -59,6 +64,12 @@ pub struct AppContext {
 struct SiteState {
     options: LeptosOptions,
     ctx: AppContext,
+}
+
+impl FromRef<SiteState> for AppContext {
+    fn from_ref(state: &SiteState) -> AppContext {
+        state.ctx.clone()
+    }
 }
 
 impl FromRef<SiteState> for LeptosOptions {
@@ -119,6 +130,8 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
         .route("/api/runs/{id}/live", get(live))
         .route("/api/runs/{id}/export", get(export))
         .route("/api/runs/{run}/checkpoints/{checkpoint}/{file}", get(checkpoint_file))
+        .route("/api/episodes/{id}/events", get(crate::hosts::episode_events))
+        .route("/api/chat/{id}/stream", get(crate::hosts::chat_stream))
         .leptos_routes_with_context(&state, routes, move || provide_context(page_ctx.clone()), {
             let options = options.clone();
             move || shell(options.clone())

@@ -99,7 +99,12 @@ async fn fixture(name: &str) -> Fixture {
     std::fs::write(ckpt.join("config.json"), "{\"layers\": 2}").unwrap();
     std::fs::write(dir.join("secret.txt"), "secret").unwrap();
     store.add_checkpoint(run, 2, &ckpt.to_string_lossy()).await.unwrap();
-    let ctx = AppContext { store: store.clone(), launcher: Arc::new(TestLauncher) };
+    let ctx = AppContext {
+        store: store.clone(),
+        launcher: Arc::new(TestLauncher),
+        episodes: Arc::new(userrl_app::hosts::Disabled),
+        chat: Arc::new(userrl_app::hosts::Disabled),
+    };
     let router = site_router(ctx, site_options());
     Fixture { store, router, run, transcript, _dir: TempDir(dir) }
 }

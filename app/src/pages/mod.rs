@@ -1,5 +1,7 @@
 //! The pages, one module each, with the server functions they call in `crate::api`.
 
+pub mod chat;
+pub mod episode;
 pub mod eval;
 pub mod run;
 pub mod runs;

@@ -18,6 +18,9 @@ use axum::Router;
 use userrl_app::{AppContext, RunLauncher};
 use userrl_store::Store;
 
+use crate::chat::Chat;
+use crate::episodes::{EpisodeOptions, EpisodeRegistry};
+
 pub use jobs::{JobManager, JobOptions};
 
 /// Everything `userrl serve` needs to start.
@@ -42,17 +45,38 @@ pub fn default_database_url() -> String {
 
 /// The whole site: the web app (pages, server functions, /pkg, SSE, exports), the JSON API and the
 /// OpenAI-compatible /v1 endpoint (serving `models`).
+/// The /v1 endpoint is always mounted (with no models it lists none); `USERRL_API_KEY` guards it. The chat page
+/// and live episodes use the same models in-process.
 pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result<Router> {
-    let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
-    let site = userrl_app::site_router(AppContext { store: store.clone(), launcher }, userrl_app::site_options());
-    let router = api::router(api::ApiState { store, jobs: manager }).merge(site);
-    Ok(mount_v1(router, models).await?.layer(tower_http::trace::TraceLayer::new_for_http()))
+    let models = models.to_vec();
+    let openai = tokio::task::spawn_blocking(move || crate::openai::OpenAiState::load(&models))
+        .await?
+        .context("loading the /v1 models")?;
+    let catalog = tokio::task::spawn_blocking(|| userrl_gym::Catalog::builtin(&userrl_gym::GymKind::ALL))
+        .await?
+        .context("loading the gyms for live episodes")?;
+    Ok(app_with(store, manager, openai, Arc::new(catalog), EpisodeOptions::default()))
 }
 
-/// The OpenAI-compatible /v1 endpoint, always mounted (with no models it lists none); `USERRL_API_KEY` guards it.
-async fn mount_v1(router: Router, models: &[String]) -> Result<Router> {
-    crate::openai::mount(router, models).await.context("loading the /v1 models")
+/// [`app`] over models and gyms already loaded (tests use a tiny model and one gym).
+pub fn app_with(
+    store: Store,
+    manager: JobManager,
+    openai: crate::openai::OpenAiState,
+    catalog: Arc<userrl_gym::Catalog>,
+    episodes: EpisodeOptions,
+) -> Router {
+    let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
+    let registry = EpisodeRegistry::new(openai.clone(), store.clone(), catalog, episodes);
+    let chat = Chat::new(openai.clone(), store.clone(), MAX_LOADED_CHECKPOINTS);
+    let ctx = AppContext { store: store.clone(), launcher, episodes: Arc::new(registry), chat: Arc::new(chat) };
+    let site = userrl_app::site_router(ctx, userrl_app::site_options());
+    let router = api::router(api::ApiState { store, jobs: manager }).merge(site);
+    router.merge(crate::openai::router(openai)).layer(tower_http::trace::TraceLayer::new_for_http())
 }
+
+/// Most run checkpoints the chat page may load at once (each is a whole model in memory).
+const MAX_LOADED_CHECKPOINTS: usize = 4;
 
 /// Connects the store, marks runs left over by a previous process as interrupted, builds the job manager.
 pub async fn open(options: &ServeOptions) -> Result<(Store, JobManager)> {
