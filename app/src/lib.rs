@@ -3,6 +3,9 @@
 //! with `hydrate` for the browser's WASM bundle, which takes over the server-rendered HTML.
 //! `scripts/build-site` builds the bundle; the server crate mounts `server::site_router`.
 
+// Leptos view types nest deeply (the live episode view); the default limit of 128 is too low for them.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod app;
 pub mod chart;
