@@ -1,7 +1,7 @@
 //! `/chat`: talk to a model (one served on /v1, or a run's checkpoint, loaded on demand) with its reply
 //! streaming in, its tool calls as cards, the gym tool on or off, sampling settings, stop, regenerate and
 //! reset; or play a gym as the user against the selected model (a live episode, `HumanEpisodeView`).
-//! `/chat?run=<id>&checkpoint=<checkpoint id>` preselects a run's checkpoint. Replies are started by the
+//! `/chat?run=<id>&checkpoint=<checkpoint id>` preselects a run's checkpoint (`?run=<id>` alone: its latest). Replies are started by the
 //! `chat_start` server function and read from `/api/chat/{id}/stream` (SSE): the browser never holds an API key.
 
 use leptos::prelude::*;
@@ -17,7 +17,8 @@ fn error_text(e: ServerFnError) -> String {
     e.to_string().trim_start_matches("error running server function: ").to_string()
 }
 
-/// The model the page starts with: the one `?run=&checkpoint=` names, else the first served one.
+/// The model the page starts with: the one `?run=&checkpoint=` names (a checkpoint id, its model name or
+/// `step<N>`; `?run=` alone: the run's latest checkpoint), else the first served one.
 fn preselect(models: &[ModelChoice], run: Option<i64>, checkpoint: Option<&str>) -> Option<String> {
     if let (Some(run), Some(checkpoint)) = (run, checkpoint) {
         let hit = models.iter().find(|m| {
@@ -27,6 +28,12 @@ fn preselect(models: &[ModelChoice], run: Option<i64>, checkpoint: Option<&str>)
                     || checkpoint.trim_start_matches("step").parse::<i64>().ok() == m.step)
         });
         if let Some(m) = hit {
+            return Some(m.name.clone());
+        }
+    }
+    if let (Some(run), None) = (run, checkpoint) {
+        // The run's latest checkpoint.
+        if let Some(m) = models.iter().filter(|m| m.run_id == Some(run)).max_by_key(|m| m.step) {
             return Some(m.name.clone());
         }
     }
@@ -512,6 +519,8 @@ struct Source {
     inner: web_sys::EventSource,
     #[cfg(feature = "hydrate")]
     _on_message: wasm_bindgen::closure::Closure<dyn FnMut(web_sys::MessageEvent)>,
+    #[cfg(feature = "hydrate")]
+    _on_error: wasm_bindgen::closure::Closure<dyn FnMut()>,
 }
 
 impl Source {
@@ -522,26 +531,39 @@ impl Source {
 }
 
 #[cfg(feature = "hydrate")]
-fn open_stream(id: &str, mut on_event: impl FnMut(ChatEvent) + 'static) -> Option<Source> {
+fn open_stream(id: &str, on_event: impl FnMut(ChatEvent) + 'static) -> Option<Source> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
     use wasm_bindgen::JsCast;
     use wasm_bindgen::closure::Closure;
     let source = web_sys::EventSource::new(&format!("/api/chat/{id}/stream")).ok()?;
+    let on_event = Rc::new(RefCell::new(on_event));
     let closer = source.clone();
+    let handler = on_event.clone();
     let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
         let Some(text) = e.data().as_string() else { return };
         match serde_json::from_str::<ChatEvent>(&text) {
             Ok(event) => {
                 let last = matches!(event, ChatEvent::Done { .. } | ChatEvent::Error { .. });
-                on_event(event);
                 if last {
                     closer.close();
                 }
+                (handler.borrow_mut())(event);
             }
             Err(err) => leptos::logging::warn!("unreadable chat event: {err}"),
         }
     });
+    // A stream the server refused or cut (it expired, the server stopped) ends the reply with an error; an open
+    // stream's hiccup is retried by the browser.
+    let watcher = source.clone();
+    let on_error = Closure::<dyn FnMut()>::new(move || {
+        if watcher.ready_state() == web_sys::EventSource::CLOSED {
+            (on_event.borrow_mut())(ChatEvent::Error { message: "the reply stream was closed by the server".into() });
+        }
+    });
     source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    Some(Source { inner: source, _on_message: on_message })
+    source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    Some(Source { inner: source, _on_message: on_message, _on_error: on_error })
 }
 
 #[cfg(not(feature = "hydrate"))]
