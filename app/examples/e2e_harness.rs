@@ -2,7 +2,8 @@
 //! - `fill --db URL --config FILE --out DIR`: a real short training run written through `StoreSink`, plus
 //!   one transcript whose text is an HTML/script injection attempt; prints the run id;
 //! - `append --db URL --run ID --step N --key K --value V`: one metric point from another process, as a
-//!   `userrl train` sharing the SQLite file would write it.
+//!   `userrl train` sharing the SQLite file would write it;
+//! - `create --db URL --name NAME`: an empty running run (to compare with); prints its id.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ fn need<'a>(f: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
-        return Err("usage: e2e_harness fill|append --db URL ...".into());
+        return Err("usage: e2e_harness fill|append|create --db URL ...".into());
     };
     let f = flags(rest)?;
     let store = Store::connect(need(&f, "db")?).await?;
@@ -46,6 +47,22 @@ async fn main() -> Result<()> {
             let value: f64 = need(&f, "value")?.parse()?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
             store.append_metrics(run, step, now, &[(need(&f, "key")?.to_string(), value)]).await?;
+            Ok(())
+        }
+        "create" => {
+            let id = store
+                .create_run(&NewRun {
+                    name: need(&f, "name")?.to_string(),
+                    kind: RunKind::Train,
+                    config: String::new(),
+                    gyms: vec!["intention".into()],
+                    model: "tiny".into(),
+                    device: "cpu".into(),
+                    total_steps: 0,
+                })
+                .await?;
+            store.set_run_status(id, RunStatus::Running, "").await?;
+            println!("{id}");
             Ok(())
         }
         other => Err(format!("unknown command {other:?}").into()),

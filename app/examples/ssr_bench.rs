@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use userrl_app::auth::{Auth, AuthConfig};
 use userrl_app::{AppContext, LaunchError, RunLauncher, site_options, site_router};
 use userrl_store::{NewRun, Store};
 use userrl_types::{RunKind, RunStatus};
@@ -73,18 +74,19 @@ async fn main() -> Result<()> {
             store.append_metrics(id, step, step, &[("reward".into(), step as f64 / 100.0)]).await?;
         }
     }
-    let router = site_router(
-        AppContext {
-            store,
-            launcher: Arc::new(NoLauncher),
-            episodes: Arc::new(userrl_app::hosts::Disabled),
-            chat: Arc::new(userrl_app::hosts::Disabled),
-        },
-        site_options(),
-    );
+    let auth = Auth::new(store.clone(), AuthConfig::default());
+    let ctx = AppContext {
+        store,
+        launcher: Arc::new(NoLauncher),
+        auth,
+        episodes: Arc::new(userrl_app::hosts::Disabled),
+        chat: Arc::new(userrl_app::hosts::Disabled),
+    };
+    let router = site_router(ctx, site_options());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
     for _ in 0..20 {
         get(addr).await?; // warm up
     }

@@ -1,7 +1,8 @@
 //! Server functions: what the pages load and do. Their bodies run on the server (feature `ssr`) against the
 //! store and the run launcher from `AppContext`; in the browser build they become HTTP calls to
 //! `POST /api/fn/<name>` (JSON). The names are fixed, not hashed from the source path, so a bundle and a
-//! server built from different checkouts of the same code still agree.
+//! server built from different checkouts of the same code still agree. Launching, cancelling and resuming
+//! runs need an operator (`crate::auth::require_operator`); reading is public.
 
 use leptos::prelude::*;
 use leptos::server_fn::codec::Json;
@@ -136,6 +137,7 @@ pub async fn presets() -> Result<Vec<(String, String)>, ServerFnError> {
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "launch_run")]
 pub async fn launch_run(config: String) -> Result<LaunchOutcome, ServerFnError> {
+    crate::auth::require_operator().await?;
     if config.trim().is_empty() {
         return Ok(LaunchOutcome::Invalid { field: None, message: "the config is empty".into() });
     }
@@ -147,10 +149,12 @@ pub async fn launch_run(config: String) -> Result<LaunchOutcome, ServerFnError> 
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "cancel_run")]
 pub async fn cancel_run(id: i64) -> Result<(), ServerFnError> {
+    crate::auth::require_operator().await?;
     backend::ctx()?.launcher.cancel(id).await.map_err(backend::bad_request)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "resume_run")]
 pub async fn resume_run(id: i64) -> Result<(), ServerFnError> {
+    crate::auth::require_operator().await?;
     backend::ctx()?.launcher.resume(id).await.map_err(backend::bad_request)
 }

@@ -6,6 +6,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::path;
 
 use crate::pages::chat::ChatPage;
+use crate::pages::admin::{AdminPage, LoginPage, SetupPage};
 use crate::pages::eval::EvalPage;
 use crate::pages::run::RunPage;
 use crate::pages::runs::RunsPage;
@@ -20,6 +21,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
+                // The CSRF token of this page; the script adds it to the bundle's same-origin fetches.
+                <meta name="csrf-token" content=crate::auth::csrf_token() />
+                <script inner_html=crate::auth::FETCH_CSRF_SCRIPT></script>
                 <HydrationScripts options />
                 <MetaTags />
             </head>
@@ -45,6 +49,7 @@ pub fn App() -> impl IntoView {
                 <a href="/">"Runs"</a>
                 <a href="/eval">"Eval"</a>
                 <a href="/chat">"Chat"</a>
+                <a class="admin-link" href="/admin">"Admin"</a>
             </nav>
             <main data-hydrated=move || hydrated.get().then_some("true")>
                 <Routes fallback=|| view! { <p class="error">"Page not found."</p> }>
@@ -55,6 +60,9 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/transcripts/:id") view=TranscriptPage />
                     <Route path=path!("/eval") view=EvalPage />
                     <Route path=path!("/chat") view=ChatPage />
+                    <Route path=path!("/admin") view=AdminPage />
+                    <Route path=path!("/admin/login") view=LoginPage />
+                    <Route path=path!("/admin/setup") view=SetupPage />
                 </Routes>
             </main>
         </Router>

@@ -1,4 +1,4 @@
-//! The userrl web app: runs table, run page with live charts, transcripts, eval tables. Built twice from the
+//! The userrl web app: runs table, run page with live charts, transcripts, eval tables, admin sign-in. Built twice from the
 //! same components: with `ssr` for the server (pages rendered in axum, server functions, SSE, exports) and
 //! with `hydrate` for the browser's WASM bundle, which takes over the server-rendered HTML.
 //! `scripts/build-site` builds the bundle; the server crate mounts `server::site_router`.
@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod chart;
 pub mod components;
 #[cfg(feature = "ssr")]

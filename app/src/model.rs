@@ -61,14 +61,72 @@ pub enum LaunchOutcome {
     Invalid { field: Option<String>, message: String },
 }
 
-/// One message of `/api/runs/{id}/live` (Server-Sent Events, JSON in `data`).
+/// One message of `/api/runs/{id}/live[?compare=2,3]` (Server-Sent Events, JSON in `data`). All but
+/// `Compared` are about the page's own run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
-    Metrics { step: i64, values: Vec<(String, f64)> },
-    Status { status: RunStatus, message: String },
-    Transcript { step: i64 },
-    Checkpoint { step: i64 },
+    Metrics {
+        step: i64,
+        values: Vec<(String, f64)>,
+    },
+    Status {
+        status: RunStatus,
+        message: String,
+    },
+    Transcript {
+        step: i64,
+    },
+    Checkpoint {
+        step: i64,
+    },
+    /// `step` of the `total` steps of the run's current `phase` are done.
+    Progress {
+        phase: String,
+        step: i64,
+        total: i64,
+    },
+    /// New points of a run the page compares with its own.
+    Compared {
+        run_id: i64,
+        step: i64,
+        values: Vec<(String, f64)>,
+    },
+}
+
+/// Progress within a phase, as the run header and the runs table show it: `SFT 140 / 150`, `GRPO 3 / 24`,
+/// `eval 2 / 8` (`eval` when the total is unknown).
+pub fn phase_progress(phase: &str, step: i64, total: i64) -> String {
+    let name = match phase {
+        "sft" => "SFT",
+        "grpo" => "GRPO",
+        other => other,
+    };
+    if total > 0 {
+        format!("{name} {step} / {total}")
+    } else if step > 0 {
+        format!("{name} {step}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A run's progress: its phase's own count when the run reports phases, else its last logged step against
+/// the planned total (older runs, and runs written by other tools).
+pub fn run_progress(run: &RunRow) -> String {
+    if !run.phase.is_empty() {
+        phase_progress(&run.phase, run.phase_step, run.phase_total)
+    } else if run.total_steps > 0 {
+        format!("{} / {}", run.step, run.total_steps)
+    } else {
+        run.step.to_string()
+    }
+}
+
+/// The name a checkpoint goes by (its folder or file name: `step-00012`, `final`), as `/chat?checkpoint=`
+/// takes it.
+pub fn checkpoint_name(path: &str) -> &str {
+    path.trim_end_matches(['/', '\\']).rsplit(['/', '\\']).next().unwrap_or(path)
 }
 
 /// `2026-11-25 22:03` (UTC) from Unix milliseconds.
@@ -163,6 +221,47 @@ mod tests {
         assert_eq!(format_value(0.0), "0.0000");
         assert_eq!(format_bytes(512), "512 B");
         assert_eq!(format_bytes(1536), "1.5 KiB");
+    }
+
+    fn run(phase: &str, phase_step: i64, phase_total: i64, step: i64, total_steps: i64) -> RunRow {
+        RunRow {
+            id: 1,
+            name: "r".into(),
+            kind: userrl_types::RunKind::Train,
+            status: RunStatus::Running,
+            config: String::new(),
+            gyms: vec![],
+            model: String::new(),
+            device: String::new(),
+            step,
+            total_steps,
+            latest_reward: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            message: String::new(),
+            phase: phase.into(),
+            phase_step,
+            phase_total,
+        }
+    }
+
+    #[test]
+    fn progress_counts_each_phase_against_its_own_total() {
+        // During SFT the largest logged step is an SFT step: never shown against the GRPO total.
+        assert_eq!(run_progress(&run("sft", 140, 150, 139, 24)), "SFT 140 / 150");
+        assert_eq!(run_progress(&run("grpo", 3, 24, 149, 24)), "GRPO 3 / 24");
+        assert_eq!(run_progress(&run("eval", 2, 8, 149, 24)), "eval 2 / 8");
+        assert_eq!(run_progress(&run("eval", 0, 0, 149, 24)), "eval");
+        assert_eq!(run_progress(&run("", 0, 0, 7, 10)), "7 / 10");
+        assert_eq!(run_progress(&run("", 0, 0, 7, 0)), "7");
+    }
+
+    #[test]
+    fn checkpoint_names_are_their_last_path_part() {
+        assert_eq!(checkpoint_name("runs/3/step-00012"), "step-00012");
+        assert_eq!(checkpoint_name("runs/3/final/"), "final");
+        assert_eq!(checkpoint_name("model.gguf"), "model.gguf");
     }
 
     #[test]

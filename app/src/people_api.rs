@@ -42,9 +42,11 @@ pub async fn chat_models() -> Result<Vec<ModelChoice>, ServerFnError> {
     Ok(backend::ctx()?.chat.models().await)
 }
 
-/// Loads a run's checkpoint into /v1; returns the model name it is served under.
+/// Loads a run's checkpoint into /v1; returns the model name it is served under. Needs an operator.
 #[server(input = Json, prefix = "/api/fn", endpoint = "load_checkpoint")]
 pub async fn load_checkpoint(run_id: i64, checkpoint_id: i64) -> Result<String, ServerFnError> {
+    // Loading a model takes memory and time: an operator's action (an admin, or this machine while none exists).
+    crate::auth::require_operator().await?;
     let ctx = backend::ctx()?;
     ctx.chat
         .load_checkpoint(run_id, checkpoint_id)

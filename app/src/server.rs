@@ -1,7 +1,7 @@
 //! What the `userrl serve` command mounts: the app context (store and run launcher), the site options, and
 //! one axum router with the pages (SSR), the server functions, the static site files (`/pkg/...`), the live
 //! stream of a run (`/api/runs/{id}/live`, Server-Sent Events), per-chart CSV/JSON export and checkpoint
-//! downloads.
+//! downloads, and the admin sign-in endpoints, all behind the auth guard (`crate::auth`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,6 +27,7 @@ use userrl_types::{CheckpointRow, RunStatus};
 
 use crate::app::{App, shell};
 use crate::hosts::{ChatHost, LiveEpisodes};
+use crate::auth::Auth;
 use crate::model::{CheckpointFiles, LiveEvent};
 
 /// A rejected run config: `field` names the TOML key at fault (`grpo.lr`), when one is.
@@ -57,6 +58,9 @@ pub struct AppContext {
     pub episodes: Arc<dyn LiveEpisodes>,
     /// The chat page's models and replies (`crate::hosts`).
     pub chat: Arc<dyn ChatHost>,
+    /// Admin sessions, CSRF and rate limits: `site_router` puts its guard in front of every route (see
+    /// `crate::auth`).
+    pub auth: Auth,
 }
 
 /// The router's state: the Leptos options plus the app context.
@@ -120,18 +124,21 @@ fn default_site_root() -> PathBuf {
     from_exe.unwrap_or_else(|| PathBuf::from("target/site"))
 }
 
-/// The whole web app as one router (pages, server functions, static files, live stream, exports).
+/// The whole web app as one router (pages, server functions, static files, live stream, exports, sign-in),
+/// behind the auth guard.
 pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
     let routes = generate_route_list(App);
     let state = SiteState { options: options.clone(), ctx: ctx.clone() };
     let page_ctx = ctx.clone();
+    let auth = ctx.auth.clone();
     let fallback_ctx = ctx;
-    Router::new()
+    let router = Router::new()
         .route("/api/runs/{id}/live", get(live))
         .route("/api/runs/{id}/export", get(export))
         .route("/api/runs/{run}/checkpoints/{checkpoint}/{file}", get(checkpoint_file))
         .route("/api/episodes/{id}/events", get(crate::hosts::episode_events))
         .route("/api/chat/{id}/stream", get(crate::hosts::chat_stream))
+        .merge(crate::auth::routes())
         .leptos_routes_with_context(&state, routes, move || provide_context(page_ctx.clone()), {
             let options = options.clone();
             move || shell(options.clone())
@@ -141,7 +148,8 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
             shell,
         ))
         .layer(axum::middleware::from_fn(bad_arguments_are_client_errors))
-        .with_state(state)
+        .with_state(state);
+    crate::auth::protect(router, &auth)
 }
 
 /// Leptos answers a server-function call whose arguments do not parse with a 500; it is the caller's
@@ -183,9 +191,17 @@ fn store_error(e: userrl_store::StoreError) -> Response {
 /// train` sharing the SQLite file): the in-process broadcast covers this server's own runs at once.
 const POLL: Duration = Duration::from_secs(1);
 
-/// `GET /api/runs/{id}/live`: the run's new metrics, status changes, transcripts and checkpoints as they
-/// happen, one JSON `LiveEvent` per SSE message.
-async fn live(State(state): State<SiteState>, UrlPath(id): UrlPath<i64>) -> Response {
+#[derive(Deserialize)]
+struct LiveQuery {
+    /// Runs compared with this one (`2,3`): their new points come as `compared` events on the same stream,
+    /// so a page with several runs holds one connection (browsers allow about six per host).
+    #[serde(default)]
+    compare: Option<String>,
+}
+
+/// `GET /api/runs/{id}/live[?compare=2,3]`: the run's new metrics, status and progress changes, transcripts
+/// and checkpoints as they happen, and the compared runs' new metrics, one JSON `LiveEvent` per SSE message.
+async fn live(State(state): State<SiteState>, UrlPath(id): UrlPath<i64>, Query(q): Query<LiveQuery>) -> Response {
     let store = state.ctx.store.clone();
     let run = match store.run(id).await {
         Ok(Some(run)) => run,
@@ -194,37 +210,57 @@ async fn live(State(state): State<SiteState>, UrlPath(id): UrlPath<i64>) -> Resp
     };
     // Subscribe before reading the high-water marks, so nothing committed in between is missed.
     let events = store.subscribe();
+    let mut runs = vec![(id, run.step)];
+    for other in crate::pages::run::parse_compare(q.compare.as_deref().unwrap_or(""), id) {
+        // Unknown runs are left out, as the charts leave them out.
+        if let Ok(Some(row)) = store.run(other).await {
+            runs.push((other, row.step));
+        }
+    }
     let mut seen = HashMap::new();
-    if let Ok(keys) = store.metric_keys(id).await {
-        for key in keys {
-            if let Ok(Some((_, hi))) = store.step_range(id, &key).await {
-                seen.insert(key, hi);
+    for &(run_id, _) in &runs {
+        if let Ok(keys) = store.metric_keys(run_id).await {
+            for key in keys {
+                if let Ok(Some((_, hi))) = store.step_range(run_id, &key).await {
+                    seen.insert((run_id, key), hi);
+                }
             }
         }
     }
-    let watch = Watch { store, run_id: id, events, seen, step: run.step, status: run.status, recheck: 0 };
+    let watch = Watch {
+        store,
+        run_id: id,
+        steps: runs.into_iter().collect(),
+        events,
+        seen,
+        status: run.status,
+        progress: (run.phase, run.phase_step, run.phase_total),
+        recheck: 0,
+    };
     Sse::new(live_stream(watch)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
-/// The state of one live stream: per metric key, the last step already sent.
+/// The state of one live stream: per run and metric key, the last step already sent.
 struct Watch {
     store: Store,
+    /// The page's run; `steps` has it and the compared runs, each with its last known step.
     run_id: i64,
+    steps: HashMap<i64, i64>,
     events: broadcast::Receiver<StoreEvent>,
-    seen: HashMap<String, i64>,
-    step: i64,
+    seen: HashMap<(i64, String), i64>,
     status: RunStatus,
+    progress: (String, i64, i64),
     /// Polls left that re-read every key (points of one step may land in more than one write).
     recheck: u8,
 }
 
 impl Watch {
     /// Marks metric values as sent, dropping those at or below what the stream already sent.
-    fn fresh(&mut self, step: i64, values: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    fn fresh(&mut self, run_id: i64, step: i64, values: Vec<(String, f64)>) -> Vec<(String, f64)> {
         values
             .into_iter()
             .filter(|(key, _)| {
-                let last = self.seen.entry(key.clone()).or_insert(i64::MIN);
+                let last = self.seen.entry((run_id, key.clone())).or_insert(i64::MIN);
                 if step >= *last {
                     *last = step;
                     true
@@ -235,6 +271,14 @@ impl Watch {
             .collect()
     }
 
+    fn metrics_event(&self, run_id: i64, step: i64, values: Vec<(String, f64)>) -> LiveEvent {
+        if run_id == self.run_id {
+            LiveEvent::Metrics { step, values }
+        } else {
+            LiveEvent::Compared { run_id, step, values }
+        }
+    }
+
     async fn next_events(&mut self) -> Vec<LiveEvent> {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,16 +286,22 @@ impl Watch {
         loop {
             tokio::select! {
                 received = self.events.recv() => match received {
-                    Ok(StoreEvent::Metrics { run_id, step, values, .. }) if run_id == self.run_id => {
-                        let values = self.fresh(step, values);
-                        self.step = self.step.max(step);
+                    Ok(StoreEvent::Metrics { run_id, step, values, .. }) if self.steps.contains_key(&run_id) => {
+                        let values = self.fresh(run_id, step, values);
+                        if let Some(last) = self.steps.get_mut(&run_id) {
+                            *last = (*last).max(step);
+                        }
                         if !values.is_empty() {
-                            return vec![LiveEvent::Metrics { step, values }];
+                            return vec![self.metrics_event(run_id, step, values)];
                         }
                     }
                     Ok(StoreEvent::Status { run_id, status, message }) if run_id == self.run_id => {
                         self.status = status;
                         return vec![LiveEvent::Status { status, message }];
+                    }
+                    Ok(StoreEvent::Progress { run_id, phase, step, total }) if run_id == self.run_id => {
+                        self.progress = (phase.clone(), step, total);
+                        return vec![LiveEvent::Progress { phase, step, total }];
                     }
                     Ok(StoreEvent::Transcript { run_id, step, .. }) if run_id == self.run_id => {
                         return vec![LiveEvent::Transcript { step }];
@@ -283,32 +333,46 @@ impl Watch {
     /// Reads what other processes wrote since the last look.
     async fn poll(&mut self) -> Vec<LiveEvent> {
         let mut out = Vec::new();
-        let Ok(Some(run)) = self.store.run(self.run_id).await else { return out };
-        if run.status != self.status {
-            self.status = run.status;
-            out.push(LiveEvent::Status { status: run.status, message: run.message.clone() });
-        }
-        if run.step != self.step {
-            self.step = run.step;
-            self.recheck = 2;
+        let mut ids: Vec<i64> = self.steps.keys().copied().collect();
+        ids.sort_unstable();
+        for &run_id in &ids {
+            let Ok(Some(run)) = self.store.run(run_id).await else { continue };
+            if run_id == self.run_id {
+                if run.status != self.status {
+                    self.status = run.status;
+                    out.push(LiveEvent::Status { status: run.status, message: run.message.clone() });
+                }
+                let progress = (run.phase.clone(), run.phase_step, run.phase_total);
+                if progress != self.progress {
+                    self.progress = progress;
+                    out.push(LiveEvent::Progress { phase: run.phase, step: run.phase_step, total: run.phase_total });
+                    self.recheck = 2;
+                }
+            }
+            if self.steps.get(&run_id) != Some(&run.step) {
+                self.steps.insert(run_id, run.step);
+                self.recheck = 2;
+            }
         }
         if self.recheck == 0 {
             return out;
         }
         self.recheck -= 1;
-        let Ok(keys) = self.store.metric_keys(self.run_id).await else { return out };
-        let mut by_step: std::collections::BTreeMap<i64, Vec<(String, f64)>> = Default::default();
-        for key in keys {
-            let after = self.seen.get(&key).copied();
-            let Ok(points) = self.store.metric_points(self.run_id, &key, after).await else { continue };
-            if let Some(last) = points.last() {
-                self.seen.insert(key.clone(), last.step);
+        for run_id in ids {
+            let Ok(keys) = self.store.metric_keys(run_id).await else { continue };
+            let mut by_step: std::collections::BTreeMap<i64, Vec<(String, f64)>> = Default::default();
+            for key in keys {
+                let after = self.seen.get(&(run_id, key.clone())).copied();
+                let Ok(points) = self.store.metric_points(run_id, &key, after).await else { continue };
+                if let Some(last) = points.last() {
+                    self.seen.insert((run_id, key.clone()), last.step);
+                }
+                for p in points {
+                    by_step.entry(p.step).or_default().push((key.clone(), p.value));
+                }
             }
-            for p in points {
-                by_step.entry(p.step).or_default().push((key.clone(), p.value));
-            }
+            out.extend(by_step.into_iter().map(|(step, values)| self.metrics_event(run_id, step, values)));
         }
-        out.extend(by_step.into_iter().map(|(step, values)| LiveEvent::Metrics { step, values }));
         out
     }
 }

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use userrl_app::auth::{Auth, AuthConfig, VISITOR_COOKIE, csrf_for};
 use userrl_app::model::LaunchOutcome;
 use userrl_app::{AppContext, LaunchError, RunLauncher, site_options, site_router};
 use userrl_store::{NewRun, Store};
@@ -99,9 +100,11 @@ async fn fixture(name: &str) -> Fixture {
     std::fs::write(ckpt.join("config.json"), "{\"layers\": 2}").unwrap();
     std::fs::write(dir.join("secret.txt"), "secret").unwrap();
     store.add_checkpoint(run, 2, &ckpt.to_string_lossy()).await.unwrap();
+    let auth = Auth::new(store.clone(), AuthConfig::default());
     let ctx = AppContext {
         store: store.clone(),
         launcher: Arc::new(TestLauncher),
+        auth,
         episodes: Arc::new(userrl_app::hosts::Disabled),
         chat: Arc::new(userrl_app::hosts::Disabled),
     };
@@ -137,6 +140,32 @@ async fn run_page_draws_charts_server_side() {
     assert!(body.contains("<polyline"), "no line drawn");
     assert!(body.contains("config.json"), "checkpoint file not listed");
     assert!(body.contains("Rollout health"));
+}
+
+#[tokio::test]
+async fn run_header_and_runs_table_show_the_phase_against_its_own_total() {
+    let f = fixture("progress").await;
+    // SFT logs its own steps (here 139) while the run's planned total counts GRPO steps (3).
+    f.store.append_metrics(f.run, 139, 5_000, &[("sft/loss".into(), 1.5)]).await.unwrap();
+    f.store.set_progress(f.run, "sft", 140, 150).await.unwrap();
+    let (status, _, body) = get(&f.router, &format!("/runs/{}", f.run)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("SFT 140 / 150"), "{body}");
+    assert!(!body.contains("139 / 3"), "SFT steps shown against the GRPO total");
+    let (_, _, runs) = get(&f.router, "/").await;
+    assert!(runs.contains("SFT 140 / 150"), "{runs}");
+
+    f.store.set_progress(f.run, "grpo", 3, 24).await.unwrap();
+    let (_, _, body) = get(&f.router, &format!("/runs/{}", f.run)).await;
+    assert!(body.contains("GRPO 3 / 24"), "{body}");
+}
+
+#[tokio::test]
+async fn checkpoints_link_to_the_chat_page() {
+    let f = fixture("chat-link").await;
+    let (_, _, body) = get(&f.router, &format!("/runs/{}", f.run)).await;
+    let link = format!("href=\"/chat?run={}&amp;checkpoint=step-2\"", f.run);
+    assert!(body.contains(&link), "no {link} in {body}");
 }
 
 #[tokio::test]
@@ -230,9 +259,62 @@ async fn live_stream_sends_new_metrics() {
     assert_eq!(event, serde_json::json!({"type": "metrics", "step": 7, "values": [["reward", 0.75]]}));
 }
 
+/// The first SSE message of a live stream response, as JSON.
+async fn first_event(body: &mut Body) -> serde_json::Value {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("\n\n") {
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await.expect("no live event").unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    let message = text.split("\n\n").next().unwrap_or_default();
+    assert!(message.starts_with("data: "), "{text}");
+    serde_json::from_str(message.trim_start_matches("data: ")).unwrap()
+}
+
+#[tokio::test]
+async fn live_stream_sends_the_compared_runs_points_and_progress() {
+    let f = fixture("live-compare").await;
+    let other = f
+        .store
+        .create_run(&NewRun {
+            name: "other".into(),
+            kind: RunKind::Train,
+            config: String::new(),
+            gyms: vec![],
+            model: "tiny".into(),
+            device: "cpu".into(),
+            total_steps: 3,
+        })
+        .await
+        .unwrap();
+    let uri = format!("/api/runs/{}/live?compare={other},999999,x", f.run);
+    let res = f.router.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    f.store.append_metrics(other, 5, 2_000, &[("reward".into(), 0.5)]).await.unwrap();
+    let event = first_event(&mut body).await;
+    assert_eq!(event, serde_json::json!({"type": "compared", "run_id": other, "step": 5, "values": [["reward", 0.5]]}));
+    f.store.set_progress(f.run, "grpo", 2, 3).await.unwrap();
+    let event = first_event(&mut body).await;
+    assert_eq!(event, serde_json::json!({"type": "progress", "phase": "grpo", "step": 2, "total": 3}));
+}
+
+/// A browser's visitor secret (any 64 hex digits) and the CSRF token a page would carry for it.
+const VISITOR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A server-function call as the browser bundle makes it: from this machine, with the visitor cookie and the
+/// page's CSRF token.
 async fn call(router: &axum::Router, path: &str, json: serde_json::Value) -> (StatusCode, String) {
-    let req =
-        Request::post(path).header("content-type", "application/json").body(Body::from(json.to_string())).unwrap();
+    let mut req = Request::post(path)
+        .header("content-type", "application/json")
+        .header("cookie", format!("{VISITOR_COOKIE}={VISITOR}"))
+        .header("x-csrf-token", csrf_for(VISITOR))
+        .body(Body::from(json.to_string()))
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 50000))));
     let res = router.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -273,4 +355,57 @@ async fn server_functions_answer_and_reject_bad_input() {
     let (status, body) = call(&f.router, ResumeRun::PATH, serde_json::json!({"id": f.run})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("cannot be resumed"), "{body}");
+}
+
+#[tokio::test]
+async fn server_functions_need_the_csrf_token_and_run_controls_a_local_caller() {
+    use leptos::server_fn::ServerFn;
+    use userrl_app::api::{LaunchRun, ListRuns};
+    let f = fixture("csrf").await;
+    let send = |token: Option<String>, peer: [u8; 4]| {
+        let mut req = Request::post(LaunchRun::PATH)
+            .header("content-type", "application/json")
+            .header("cookie", format!("{VISITOR_COOKIE}={VISITOR}"));
+        if let Some(token) = token {
+            req = req.header("x-csrf-token", token);
+        }
+        let mut req = req.body(Body::from(serde_json::json!({"config": "name = \"x\""}).to_string())).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((peer, 40000))));
+        f.router.clone().oneshot(req)
+    };
+    let missing = send(None, [127, 0, 0, 1]).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::FORBIDDEN);
+    let body = missing.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");
+    let wrong = send(Some(csrf_for(&"f".repeat(64))), [127, 0, 0, 1]).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    // With no admin set up, run controls accept only this machine.
+    let remote = send(Some(csrf_for(VISITOR)), [192, 0, 2, 7]).await.unwrap();
+    assert_eq!(remote.status(), StatusCode::FORBIDDEN);
+    let local = send(Some(csrf_for(VISITOR)), [127, 0, 0, 1]).await.unwrap();
+    assert_eq!(local.status(), StatusCode::OK);
+    // Reading stays public (with the token, as every POST).
+    let (status, body) = call(&f.router, ListRuns::PATH, serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn pages_carry_the_csrf_token_and_give_new_visitors_a_cookie() {
+    let f = fixture("meta").await;
+    let res = f.router.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with(&format!("{VISITOR_COOKIE}=")), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let secret = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let html = String::from_utf8_lossy(&body);
+    assert!(html.contains(&format!("<meta name=\"csrf-token\" content=\"{}\"", csrf_for(&secret))), "{html}");
+    // A returning visitor keeps the cookie (no new one).
+    let again = Request::get("/").header("cookie", format!("{VISITOR_COOKIE}={VISITOR}")).body(Body::empty()).unwrap();
+    let res = f.router.clone().oneshot(again).await.unwrap();
+    assert!(res.headers().get("set-cookie").is_none());
+    let (status, _, body) = get(&f.router, "/admin/login").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("No admin is set up yet"), "{body}");
 }

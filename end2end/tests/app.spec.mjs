@@ -52,6 +52,27 @@ test('the run page draws a chart with points and shows new metrics live', async 
   expect(errors).toEqual([]);
 });
 
+test('runs added to the comparison are live too', async ({ page }) => {
+  const other = execFileSync(HARNESS, ['create', '--db', DB, '--name', 'e2e-other']).toString().trim();
+  execFileSync(HARNESS, ['append', '--db', DB, '--run', other, '--step', '1', '--key', 'reward', '--value', '0.1']);
+  const errors = await open(page, `/runs/${RUN}?compare=${other}`);
+  const line = page.locator(`figure.chart[data-key="reward"] .legend .swatch[data-run="${other}"]`);
+  await expect(line).toHaveAttribute('data-last-step', '1');
+  await expect(page.locator('section.run-page[data-live="open"]')).toBeAttached();
+  execFileSync(HARNESS, ['append', '--db', DB, '--run', other, '--step', '50', '--key', 'reward', '--value', '0.2']);
+  await expect(line).toHaveAttribute('data-last-step', '50', { timeout: 20_000 });
+  expect(errors).toEqual([]);
+});
+
+test('the run page shows progress in its phase and links checkpoints to the chat', async ({ page }) => {
+  const errors = await open(page, `/runs/${RUN}`);
+  // The tiny run ends with its evaluation (2 episodes); SFT and GRPO steps never mix in the count.
+  await expect(page.locator('.run-header .progress')).toHaveText(/^(SFT|GRPO|eval) \d+ \/ \d+$/);
+  const chat = page.locator('tr.checkpoint a.chat').first();
+  await expect(chat).toHaveAttribute('href', new RegExp(`^/chat\\?run=${RUN}&checkpoint=[\\w.-]+$`));
+  expect(errors).toEqual([]);
+});
+
 test('a transcript opens and shows turns with rewards', async ({ page }) => {
   const errors = await open(page, `/runs/${RUN}/transcripts?kind=train`);
   const first = page.locator('tr.transcript a.open').first();

@@ -13,7 +13,18 @@ async function open(page, path) {
   return errors;
 }
 
-/// Selects the run's latest checkpoint (`?run=`), loading it when it is not served yet.
+// Loading a checkpoint is an operator's action: sign in as the admin scripts/e2e set up.
+async function signIn(page) {
+  const password = process.env.E2E_ADMIN_PASSWORD;
+  if (!password) return; // no admin: this machine may load models
+  await page.goto('/admin/login');
+  await expect(page.locator('main[data-hydrated="true"]')).toBeAttached({ timeout: 30_000 });
+  await page.fill('form.auth-form input[name="password"]', password);
+  await page.click('form.auth-form button[type="submit"]');
+  await expect(page).toHaveURL(/\/admin$/);
+}
+
+// Selects the run's latest checkpoint (`?run=`), loading it when it is not served yet.
 async function loadCheckpoint(page) {
   const chosen = page.locator('select[name="model"] option:checked');
   await expect(chosen).toContainText(`run${RUN}-step`);
@@ -30,6 +41,7 @@ async function setNumber(page, name, value) {
 }
 
 test('the chat page streams a reply from a loaded checkpoint and shows a script payload as text', async ({ page }) => {
+  await signIn(page);
   const errors = await open(page, `/chat?run=${RUN}`);
   await loadCheckpoint(page);
   await setNumber(page, 'max_tokens', 48);
@@ -60,6 +72,7 @@ test('the chat page streams a reply from a loaded checkpoint and shows a script 
 });
 
 test('playing a gym as the user shows the hidden goal and ends with the reward', async ({ page }) => {
+  await signIn(page);
   const errors = await open(page, `/chat?run=${RUN}`);
   await loadCheckpoint(page);
   await setNumber(page, 'max_tokens', 24);

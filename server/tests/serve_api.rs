@@ -12,6 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
+use userrl_app::auth::{Auth, AuthConfig, VISITOR_COOKIE, csrf_for};
 use userrl_server::serve::api::{self, ApiState};
 use userrl_server::serve::{JobManager, JobOptions, paths};
 use userrl_store::Store;
@@ -83,13 +84,27 @@ async fn harness(name: &str, max_jobs: usize) -> Harness {
             max_jobs,
         },
     );
-    let router = api::router(ApiState { store: store.clone(), jobs: manager.clone() });
+    let auth = Auth::new(store.clone(), AuthConfig::default());
+    let router = api::router(ApiState { store: store.clone(), jobs: manager.clone(), auth });
     Harness { dir, store, manager, router }
+}
+
+/// The visitor secret the test client's requests carry (with its CSRF token), as a browser's would.
+const VISITOR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A request as a local browser page sends it: from this machine (no admin is set up in these tests, so run
+/// controls accept it), with the visitor cookie and the page's CSRF token.
+fn local_browser(mut request: Request<Body>) -> Request<Body> {
+    let headers = request.headers_mut();
+    headers.insert(header::COOKIE, format!("{VISITOR_COOKIE}={VISITOR}").parse().unwrap());
+    headers.insert("x-csrf-token", csrf_for(VISITOR).parse().unwrap());
+    request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 50000))));
+    request
 }
 
 impl Harness {
     async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
-        let response = self.router.clone().oneshot(request).await.unwrap();
+        let response = self.router.clone().oneshot(local_browser(request)).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&bytes)
@@ -303,9 +318,79 @@ async fn an_eval_run_writes_one_eval_row_per_gym_and_its_episodes() {
     }
     let (_, transcripts) = h.get(&format!("/api/runs/{id}/transcripts")).await;
     assert_eq!(transcripts.as_array().map(Vec::len), Some(4));
-    // Eval runs are not resumable, finished runs cannot be cancelled.
+    // A finished run does not resume.
     let (s, b) = h.post(&format!("/api/runs/{id}/resume")).await;
     assert_error(s, &b, StatusCode::CONFLICT);
+}
+
+/// An eval job the server stopped half-way (its run interrupted, two of four episodes stored, as the first
+/// attempt left them) resumes after a restart: it plays only the two missing episodes, each (gym, task) ends
+/// up stored once, and the eval rows cover all four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_eval_run_resumes_with_the_missing_episodes() {
+    use userrl_gym::{Catalog, GymKind, Split};
+
+    let h = harness("eval-resume", 1).await;
+    let doc =
+        "name = \"experts\"\n[evaluate]\nagent = \"expert\"\ngyms = [\"turtle\", \"telepathy\"]\nlimit_per_gym = 2\n";
+    let id = h
+        .store
+        .create_run(&userrl_store::NewRun {
+            name: "experts".into(),
+            kind: userrl_types::RunKind::Eval,
+            config: doc.into(),
+            gyms: vec!["turtle".into(), "telepathy".into()],
+            model: "expert".into(),
+            device: "cpu".into(),
+            total_steps: 4,
+        })
+        .await
+        .unwrap();
+    h.store.set_run_status(id, RunStatus::Running, "").await.unwrap();
+    // The plan's order: turtle's first two test tasks (steps 1, 2), then telepathy's (steps 3, 4). The first
+    // attempt stored steps 1 and 3, as failures the expert would not make.
+    let catalog = Catalog::builtin(&[GymKind::Turtle, GymKind::Telepathy]).unwrap();
+    let mut plan = Vec::new();
+    for gym in catalog.gyms() {
+        for task in gym.task_ids(Some(Split::Test)).into_iter().take(2) {
+            plan.push((gym.kind().name().to_string(), task));
+        }
+    }
+    let mut first_ids = Vec::new();
+    for step in [1, 3] {
+        let (gym, task) = &plan[step - 1];
+        let record = serde_json::json!({"gym": gym, "task_id": task, "reward": 0.0, "score": 0.0,
+            "normalized": 0.0, "success": false, "termination": "first-attempt", "advantage": 0.0,
+            "turn_rewards": [0.0], "messages": []});
+        first_ids.push(h.store.add_transcript(id, step as i64, 0, 0, true, &record).await.unwrap());
+    }
+    assert_eq!(h.store.mark_interrupted().await.unwrap(), 1);
+    assert_eq!(h.run(id).await.status, RunStatus::Interrupted);
+
+    let (s, body) = h.post(&format!("/api/runs/{id}/resume")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let run = h.wait(id, |s| !s.is_live()).await;
+    assert_eq!(run.status, RunStatus::Finished, "{}", run.message);
+    assert_eq!((run.phase.as_str(), run.phase_step, run.phase_total), ("eval", 4, 4));
+
+    let (_, list) = h.get(&format!("/api/runs/{id}/transcripts")).await;
+    let list: Vec<userrl_types::TranscriptSummary> = serde_json::from_value(list).unwrap();
+    let mut played: Vec<(i64, String, String, bool)> =
+        list.iter().map(|t| (t.step, t.gym.clone(), t.task_id.clone(), t.success)).collect();
+    played.sort();
+    let want: Vec<(i64, String, String, bool)> =
+        plan.iter().enumerate().map(|(i, (g, t))| (i as i64 + 1, g.clone(), t.clone(), i % 2 == 1)).collect();
+    assert_eq!(played, want, "each episode once, the stored ones kept");
+    for first in first_ids {
+        let (_, one) = h.get(&format!("/api/transcripts/{first}")).await;
+        assert_eq!(one["summary"]["termination"], "first-attempt", "a stored episode was played again: {one}");
+    }
+    let (_, evals) = h.get("/api/evals").await;
+    let evals: Vec<userrl_types::EvalRow> = serde_json::from_value(evals).unwrap();
+    assert_eq!(evals.len(), 2);
+    for e in &evals {
+        assert_eq!((e.run_id, e.episodes, e.success_rate), (Some(id), 2, 0.5), "{e:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +454,8 @@ async fn shutdown_interrupts_running_jobs_and_they_resume() {
     );
     restarted.resume(id).await.unwrap();
     assert!(restarted.resume(id).await.is_err(), "a live run resumed twice");
-    let router = api::router(ApiState { store: h.store.clone(), jobs: restarted.clone() });
+    let auth = Auth::new(h.store.clone(), AuthConfig::default());
+    let router = api::router(ApiState { store: h.store.clone(), jobs: restarted.clone(), auth });
     let h2 = Harness { dir: h.dir.join("second"), store: h.store.clone(), manager: restarted, router };
     h2.wait(id, |s| s == RunStatus::Running).await;
     let (s, body) = h2.post(&format!("/api/runs/{id}/cancel")).await;
@@ -402,7 +488,8 @@ async fn the_whole_site_serves_pages_the_api_and_v1_together() {
         .as_i64()
         .unwrap();
     h.wait(id, |s| !s.is_live()).await;
-    let site = userrl_server::serve::app(h.store.clone(), h.manager.clone(), &[]).await.unwrap();
+    let auth = Auth::new(h.store.clone(), AuthConfig::default());
+    let site = userrl_server::serve::app_with_auth(h.store.clone(), h.manager.clone(), &[], auth).await.unwrap();
     let get = |uri: &str| site.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap());
     let page = get("/").await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);

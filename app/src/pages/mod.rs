@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod episode;
+pub mod admin;
 pub mod eval;
 pub mod run;
 pub mod runs;

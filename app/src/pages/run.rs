@@ -1,6 +1,6 @@
-//! A run: header with status and cancel/resume, pinned charts of the DESIGN.md metrics (live, smoothed,
-//! comparable with other runs, exportable), the config, checkpoints with downloads and the rollout-health
-//! panel.
+//! A run: header with status, progress and cancel/resume, pinned charts of the DESIGN.md metrics (live,
+//! smoothed, comparable with other runs — the compared runs live too — exportable), the config, checkpoints
+//! with downloads and a chat link, and the rollout-health panel.
 
 use leptos::prelude::*;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -11,7 +11,8 @@ use crate::chart::{self, Line};
 use crate::components::{StatusBadge, loading, show_errors};
 use crate::live::{LiveLog, use_live};
 use crate::model::{
-    CheckpointFiles, LiveEvent, RunInfo, format_bytes, format_duration, format_time, format_value, run_duration,
+    CheckpointFiles, LiveEvent, RunInfo, checkpoint_name, format_bytes, format_duration, format_time, format_value,
+    phase_progress, run_duration, run_progress,
 };
 
 /// Parses `?compare=2,3` (bad entries are skipped; at most `MAX_COMPARE - 1` others, none equal to `id`).
@@ -46,7 +47,7 @@ pub fn RunPage() -> impl IntoView {
 #[component]
 fn RunView(id: i64, compare: Signal<Vec<i64>>) -> impl IntoView {
     let overview = Resource::new(|| (), move |_| run_overview(id));
-    let live = use_live(id);
+    let live = use_live(id, compare);
     let smoothing = RwSignal::new(0.6);
     // Status, checkpoints and new metric names change what the page shows around the charts: reload that.
     let handled = StoredValue::new(0usize);
@@ -58,7 +59,7 @@ fn RunView(id: i64, compare: Signal<Vec<i64>>) -> impl IntoView {
         let reload = events[start.min(events.len())..].iter().any(|e| match e {
             LiveEvent::Status { .. } | LiveEvent::Checkpoint { .. } => true,
             LiveEvent::Metrics { values, .. } => values.iter().any(|(k, _)| !known.contains(k)),
-            LiveEvent::Transcript { .. } => false,
+            LiveEvent::Transcript { .. } | LiveEvent::Progress { .. } | LiveEvent::Compared { .. } => false,
         });
         if reload {
             overview.refetch();
@@ -70,7 +71,7 @@ fn RunView(id: i64, compare: Signal<Vec<i64>>) -> impl IntoView {
                 <ErrorBoundary fallback=show_errors>
                     {move || Suspend::new(async move {
                         let o = overview.await?;
-                        Ok::<_, ServerFnError>(view! { <RunHeader o=o.clone() overview /> })
+                        Ok::<_, ServerFnError>(view! { <RunHeader o=o.clone() overview live /> })
                     })}
                 </ErrorBoundary>
             </Transition>
@@ -131,8 +132,24 @@ fn RunView(id: i64, compare: Signal<Vec<i64>>) -> impl IntoView {
 }
 
 #[component]
-fn RunHeader(o: RunInfo, overview: Resource<Result<RunInfo, ServerFnError>>) -> impl IntoView {
+fn RunHeader(o: RunInfo, overview: Resource<Result<RunInfo, ServerFnError>>, live: LiveLog) -> impl IntoView {
     let run = o.run;
+    // Progress moves every step: follow it from the live stream rather than reloading the page's data.
+    let progress = RwSignal::new(run_progress(&run));
+    let handled = StoredValue::new(0usize);
+    Effect::new(move |_| {
+        live.events.with(|events| {
+            let start = handled.get_value().min(events.len());
+            handled.set_value(events.len());
+            let latest = events[start..].iter().rev().find_map(|e| match e {
+                LiveEvent::Progress { phase, step, total } => Some(phase_progress(phase, *step, *total)),
+                _ => None,
+            });
+            if let Some(latest) = latest {
+                progress.set(latest);
+            }
+        })
+    });
     let id = run.id;
     let cancel = Action::new(move |_: &()| cancel_run(id));
     let resume = Action::new(move |_: &()| resume_run(id));
@@ -148,9 +165,9 @@ fn RunHeader(o: RunInfo, overview: Resource<Result<RunInfo, ServerFnError>>) -> 
             .find_map(Result::err)
             .map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })
     };
-    let step = if run.total_steps > 0 { format!("{} / {}", run.step, run.total_steps) } else { run.step.to_string() };
     let can_cancel = run.status.is_live();
-    let can_resume = matches!(run.status, RunStatus::Interrupted | RunStatus::Failed | RunStatus::Cancelled);
+    // What the job manager resumes (a failed run's error would only happen again).
+    let can_resume = matches!(run.status, RunStatus::Interrupted | RunStatus::Cancelled);
     view! {
         <header class="run-header">
             <h1>
@@ -159,8 +176,8 @@ fn RunHeader(o: RunInfo, overview: Resource<Result<RunInfo, ServerFnError>>) -> 
                 <StatusBadge status=run.status />
             </h1>
             <dl class="facts">
-                <dt>"step"</dt>
-                <dd class="num">{step}</dd>
+                <dt>"progress"</dt>
+                <dd class="num progress">{progress}</dd>
                 <dt>"reward"</dt>
                 <dd class="num">{run.latest_reward.map(format_value).unwrap_or_else(|| "–".into())}</dd>
                 <dt>"gyms"</dt>
@@ -213,7 +230,7 @@ fn CompareForm(id: i64, compare: Signal<Vec<i64>>) -> impl IntoView {
     }
 }
 
-/// One metric of this run (and the compared ones): server buckets, then live points for this run.
+/// One metric of this run (and the compared ones): server buckets, then live points for each of them.
 #[component]
 fn Chart(id: i64, key: String, compare: Signal<Vec<i64>>, smoothing: RwSignal<f64>, live: LiveLog) -> impl IntoView {
     let ids = move || {
@@ -254,6 +271,21 @@ fn Chart(id: i64, key: String, compare: Signal<Vec<i64>>, smoothing: RwSignal<f6
     }
 }
 
+/// The points of `key` among live events: (`None` for the page's run or `Some(run)` for a compared one, step,
+/// value), in arrival order.
+pub fn live_points(events: &[LiveEvent], key: &str) -> Vec<(Option<i64>, i64, f64)> {
+    let mut out = Vec::new();
+    for e in events {
+        let (run, step, values) = match e {
+            LiveEvent::Metrics { step, values } => (None, step, values),
+            LiveEvent::Compared { run_id, step, values } => (Some(*run_id), step, values),
+            _ => continue,
+        };
+        out.extend(values.iter().filter(|(k, _)| k == key).map(|(_, v)| (run, *step, *v)));
+    }
+    out
+}
+
 /// Percent-encodes a metric key for a query string (`reward/x` → `reward%2Fx`).
 pub fn encode(s: &str) -> String {
     let mut out = String::new();
@@ -272,22 +304,22 @@ fn Plot(key: String, lines: Vec<Line>, smoothing: RwSignal<f64>, live: LiveLog) 
     let multi = lines.len() > 1;
     let legend: Vec<(usize, i64)> = lines.iter().enumerate().map(|(i, l)| (i, l.run_id)).collect();
     let lines = RwSignal::new(lines);
-    // Live points extend this run's line (the first); compared runs stay as loaded.
+    // Live points extend their run's line: this run's (the first) and the compared runs'.
     let handled = StoredValue::new(0usize);
     Effect::new(move |_| {
-        let events = live.events.get();
-        let start = handled.get_value().min(events.len());
-        handled.set_value(events.len());
-        let mut fresh: Vec<(i64, f64)> = Vec::new();
-        for e in &events[start..] {
-            if let LiveEvent::Metrics { step, values } = e {
-                fresh.extend(values.iter().filter(|(k, _)| *k == key).map(|(_, v)| (*step, *v)));
-            }
-        }
+        let fresh = live.events.with(|events| {
+            let start = handled.get_value().min(events.len());
+            handled.set_value(events.len());
+            live_points(&events[start..], &key)
+        });
         if !fresh.is_empty() {
             lines.update(|ls| {
-                if let Some(line) = ls.first_mut() {
-                    for (step, v) in fresh {
+                for (run, step, v) in fresh {
+                    let line = match run {
+                        None => ls.first_mut(),
+                        Some(run) => ls.iter_mut().skip(1).find(|l| l.run_id == run),
+                    };
+                    if let Some(line) = line {
                         chart::push_point(&mut line.buckets, step, v, 2 * chart::WIDTH as usize);
                     }
                 }
@@ -324,8 +356,19 @@ fn Plot(key: String, lines: Vec<Line>, smoothing: RwSignal<f64>, live: LiveLog) 
                             {legend
                                 .into_iter()
                                 .map(|(i, run)| {
+                                    let last = move || {
+                                        lines
+                                            .with(|ls| ls.get(i).and_then(|l| l.buckets.last()).map(|b| b.last_step))
+                                            .map(|s| s.to_string())
+                                            .unwrap_or_default()
+                                    };
                                     view! {
-                                        <span class="swatch" style=format!("color: {}", chart::css_color(i))>
+                                        <span
+                                            class="swatch"
+                                            data-run=run
+                                            data-last-step=last
+                                            style=format!("color: {}", chart::css_color(i))
+                                        >
                                             {format!("■ #{run}")}
                                         </span>
                                     }
@@ -354,8 +397,10 @@ fn RunDetails(o: RunInfo) -> impl IntoView {
                             <thead>
                                 <tr>
                                     <th>"step"</th>
+                                    <th>"name"</th>
                                     <th>"saved"</th>
                                     <th>"files"</th>
+                                    <th></th>
                                 </tr>
                             </thead>
                             <tbody>
@@ -397,11 +442,17 @@ fn CheckpointLine(run_id: i64, c: CheckpointFiles) -> impl IntoView {
             .collect_view()
             .into_any()
     };
+    let name = checkpoint_name(&c.checkpoint.path).to_string();
+    let chat = format!("/chat?run={run_id}&checkpoint={}", encode(&name));
     view! {
-        <tr>
+        <tr class="checkpoint">
             <td class="num">{c.checkpoint.step}</td>
+            <td class="name" title=c.checkpoint.path.clone()>{name}</td>
             <td>{format_time(c.checkpoint.created_at)}</td>
             <td class="files">{files}</td>
+            <td>
+                <a class="chat" href=chat title="talk to this checkpoint">"Chat"</a>
+            </td>
         </tr>
     }
 }
@@ -438,6 +489,18 @@ mod tests {
         assert_eq!(parse_compare("", 1), Vec::<i64>::new());
         let many: Vec<String> = (2..30).map(|i| i.to_string()).collect();
         assert_eq!(parse_compare(&many.join(","), 1).len(), MAX_COMPARE - 1);
+    }
+
+    #[test]
+    fn live_points_of_the_run_and_of_compared_runs() {
+        let events = [
+            LiveEvent::Metrics { step: 4, values: vec![("reward".into(), 0.5), ("loss".into(), 1.0)] },
+            LiveEvent::Progress { phase: "grpo".into(), step: 5, total: 9 },
+            LiveEvent::Compared { run_id: 7, step: 2, values: vec![("reward".into(), 0.25)] },
+            LiveEvent::Compared { run_id: 8, step: 3, values: vec![("loss".into(), 2.0)] },
+        ];
+        assert_eq!(live_points(&events, "reward"), [(None, 4, 0.5), (Some(7), 2, 0.25)]);
+        assert_eq!(live_points(&events, "loss"), [(None, 4, 1.0), (Some(8), 3, 2.0)]);
     }
 
     #[test]

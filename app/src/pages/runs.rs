@@ -1,4 +1,4 @@
-//! The runs table (status, gyms, model, step, latest reward, started, duration) with sorting, filtering and
+//! The runs table (status, gyms, model, progress in the current phase, latest reward, started, duration) with sorting, filtering and
 //! select-to-compare, and the "New run" form (a preset, an uploaded file or pasted TOML; the launcher's
 //! error is shown under the config with the key and line it is about).
 
@@ -8,7 +8,7 @@ use userrl_types::RunRow;
 
 use crate::api::{MAX_COMPARE, launch_run, list_runs, presets};
 use crate::components::{StatusBadge, loading, show_errors};
-use crate::model::{LaunchOutcome, format_duration, format_time, format_value, run_duration};
+use crate::model::{LaunchOutcome, format_duration, format_time, format_value, run_duration, run_progress};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum SortBy {
@@ -28,13 +28,24 @@ fn sort_runs(runs: &mut [RunRow], by: SortBy, descending: bool, now: i64) {
             SortBy::Id => a.id.cmp(&b.id),
             SortBy::Name => a.name.cmp(&b.name),
             SortBy::Status => a.status.as_str().cmp(b.status.as_str()),
-            SortBy::Step => a.step.cmp(&b.step),
+            SortBy::Step => progress_key(a).cmp(&progress_key(b)),
             SortBy::Reward => f(a.latest_reward).total_cmp(&f(b.latest_reward)),
             SortBy::Started => a.started_at.cmp(&b.started_at),
             SortBy::Duration => run_duration(a, now).cmp(&run_duration(b, now)),
         };
         if descending { o.reverse() } else { o }
     });
+}
+
+/// Runs further along sort later: by phase (SFT, GRPO, eval), then the phase's step, then the logged step.
+fn progress_key(run: &RunRow) -> (u8, i64, i64) {
+    let phase = match run.phase.as_str() {
+        "sft" => 1,
+        "grpo" => 2,
+        "eval" => 3,
+        _ => 0,
+    };
+    (phase, run.phase_step, run.step)
 }
 
 /// Whether a run matches the filter text (every word must appear in its name, status, model or gyms).
@@ -47,6 +58,20 @@ fn matches(run: &RunRow, filter: &str) -> bool {
 #[component]
 pub fn RunsPage() -> impl IntoView {
     let runs = Resource::new(|| (), |_| list_runs());
+    // The table follows its runs: while one is queued or running, reload it every few seconds.
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let reload = move || {
+            let live =
+                runs.get_untracked().and_then(Result::ok).is_some_and(|l| l.runs.iter().any(|r| r.status.is_live()));
+            if live {
+                runs.refetch();
+            }
+        };
+        if let Ok(handle) = set_interval_with_handle(reload, std::time::Duration::from_secs(5)) {
+            on_cleanup(move || handle.clear());
+        }
+    });
     let sort = RwSignal::new((SortBy::Id, true));
     let filter = RwSignal::new(String::new());
     let selected = RwSignal::new(Vec::<i64>::new());
@@ -124,7 +149,7 @@ pub fn RunsPage() -> impl IntoView {
                                         {header("Status", SortBy::Status)}
                                         <th>"Gyms"</th>
                                         <th>"Model"</th>
-                                        {header("Step", SortBy::Step)}
+                                        {header("Progress", SortBy::Step)}
                                         {header("Reward", SortBy::Reward)}
                                         {header("Started", SortBy::Started)}
                                         {header("Duration", SortBy::Duration)}
@@ -159,7 +184,7 @@ fn RunLine(run: RunRow, now: i64, selected: RwSignal<Vec<i64>>) -> impl IntoView
             }
         })
     };
-    let step = if run.total_steps > 0 { format!("{} / {}", run.step, run.total_steps) } else { run.step.to_string() };
+    let step = run_progress(&run);
     view! {
         <tr class="run" data-run-id=id>
             <td>

@@ -92,7 +92,7 @@ pub fn TranscriptsPage() -> impl IntoView {
                                         <th>"gym"</th>
                                         <th>"task"</th>
                                         <th>"reward"</th>
-                                        <th>"score"</th>
+                                        <th title="the paper's score, normalised to [0, 1]">"normalized"</th>
                                         <th>"turns"</th>
                                         <th>"termination"</th>
                                     </tr>

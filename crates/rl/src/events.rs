@@ -13,10 +13,33 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Metrics { step: u64, values: Vec<(String, f64)> },
-    Transcript { step: u64, group: u32, sample: u32, validate: bool, record: serde_json::Value },
-    Checkpoint { step: u64, path: String },
-    Status { status: String, message: String },
+    Metrics {
+        step: u64,
+        values: Vec<(String, f64)>,
+    },
+    Transcript {
+        step: u64,
+        group: u32,
+        sample: u32,
+        validate: bool,
+        record: serde_json::Value,
+    },
+    Checkpoint {
+        step: u64,
+        path: String,
+    },
+    Status {
+        status: String,
+        message: String,
+    },
+    /// Where the run stands within its current phase (`sft`, `grpo` or `eval`): `step` of that phase's own
+    /// `total` steps done (0 when unknown). Phases count their steps separately, so a metric's step alone
+    /// cannot say this.
+    Progress {
+        phase: String,
+        step: u64,
+        total: u64,
+    },
 }
 
 pub trait EventSink: Send + Sync {

@@ -101,6 +101,11 @@ fn metrics(sink: &dyn EventSink, step: u64, values: Vec<(String, f64)>) -> Resul
     Ok(sink.emit(&Event::Metrics { step, values })?)
 }
 
+/// `done` of the phase's `total` steps (the run header shows "SFT 140 / 150", not SFT steps against GRPO's).
+fn progress(sink: &dyn EventSink, phase: &str, done: usize, total: usize) -> Result<(), TrainError> {
+    Ok(sink.emit(&Event::Progress { phase: phase.into(), step: done as u64, total: total as u64 })?)
+}
+
 /// Learning rate at `step` of `total` with linear warmup, then constant or cosine to 10%.
 pub fn learning_rate(base: f64, schedule: LrSchedule, warmup: usize, step: usize, total: usize) -> f64 {
     if warmup > 0 && step < warmup {
@@ -409,6 +414,7 @@ async fn run_sft(
     let batches_per_epoch = examples.len().div_ceil(sft.batch_size);
     let total = batches_per_epoch * sft.epochs;
     let warmup = (total as f64 * sft.warmup_fraction).round() as usize;
+    progress(sink, "sft", first_step.min(total), total)?;
     let mut step = 0usize;
     for _epoch in 0..sft.epochs {
         examples.shuffle(&mut rng);
@@ -447,6 +453,7 @@ async fn run_sft(
             )?;
             step += 1;
             summary.sft_steps = step;
+            progress(sink, "sft", step, total)?;
             let every = config.checkpoint.sft_every;
             if every > 0 && step.is_multiple_of(every) && step < total {
                 run.save_resumable(trainable, Progress { phase: Phase::Sft, step }, None, summary)?;
@@ -530,6 +537,7 @@ async fn run_grpo(
     let reference = if grpo.kl_coef > 0.0 { Some(reference_policy(run, trainable, first_step)?) } else { None };
     let task_lists: BTreeMap<GymKind, Vec<String>> =
         catalog.gyms().iter().map(|g| (g.kind(), g.task_ids(Some(config.data.split)))).collect();
+    progress(sink, "grpo", first_step, grpo.steps)?;
     for step in first_step..grpo.steps {
         // A cancel before the update discards the step: the checkpoint holds the sampler as the step found it.
         let rng_at_start = rng.clone();
@@ -784,6 +792,7 @@ async fn run_grpo(
             values.push((format!("termination/{reason}"), *count as f64 / n_traj.max(1) as f64));
         }
         metrics(sink, step as u64, values)?;
+        progress(sink, "grpo", step + 1, grpo.steps)?;
         tracing::info!(step, reward = mean, "GRPO step");
         let done = Progress { phase: Phase::Grpo, step: step + 1 };
         let every = config.eval.every;
@@ -796,6 +805,8 @@ async fn run_grpo(
                 }
                 other => other?,
             };
+            // Back from the evaluation to GRPO.
+            progress(sink, "grpo", step + 1, grpo.steps)?;
         }
         let ck = config.checkpoint.every;
         if ck > 0 && (step + 1) % ck == 0 {
@@ -831,9 +842,18 @@ async fn evaluate_with(
         .unwrap_or((256, config.sft.as_ref().map_or(2048, |s| s.max_seq_len), 16));
     let mut out = BTreeMap::new();
     let mut values = Vec::new();
-    for (g, gym) in catalog.gyms().iter().enumerate() {
-        let ids = gym.task_ids(Some(config.eval.split));
-        let ids: Vec<String> = ids.into_iter().take(config.eval.limit_per_gym.unwrap_or(usize::MAX)).collect();
+    let task_lists: Vec<Vec<String>> = catalog
+        .gyms()
+        .iter()
+        .map(|gym| {
+            let ids = gym.task_ids(Some(config.eval.split));
+            ids.into_iter().take(config.eval.limit_per_gym.unwrap_or(usize::MAX)).collect()
+        })
+        .collect();
+    let episodes = task_lists.iter().map(Vec::len).sum();
+    let mut played = 0;
+    progress(sink, "eval", played, episodes)?;
+    for ((g, gym), ids) in catalog.gyms().iter().enumerate().zip(&task_lists) {
         let (mut sum, mut normalized, mut success) = (0.0, 0.0, 0.0);
         for (i, id) in ids.iter().enumerate() {
             run.control.check()?;
@@ -858,6 +878,8 @@ async fn evaluate_with(
             sum += t.transcript.score;
             normalized += t.transcript.normalized;
             success += t.transcript.success as u8 as f64;
+            played += 1;
+            progress(sink, "eval", played, episodes)?;
         }
         let n = ids.len().max(1) as f64;
         out.insert(gym.kind().name().to_string(), sum / n);
@@ -975,6 +997,31 @@ mod tests {
         }
         assert!(names.iter().any(|n| n.starts_with("termination/")));
         assert!(events.iter().any(|e| matches!(e, Event::Checkpoint { .. })));
+        // Progress counts each phase against its own total: SFT 2 steps, GRPO 1, an evaluation of one
+        // episode after GRPO step 0 (then back to GRPO) and at the end.
+        let progress: Vec<(String, u64, u64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Progress { phase, step, total } => Some((phase.clone(), *step, *total)),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<(String, u64, u64)> = [
+            ("sft", 0, 2),
+            ("sft", 1, 2),
+            ("sft", 2, 2),
+            ("grpo", 0, 1),
+            ("grpo", 1, 1),
+            ("eval", 0, 1),
+            ("eval", 1, 1),
+            ("grpo", 1, 1),
+            ("eval", 0, 1),
+            ("eval", 1, 1),
+        ]
+        .into_iter()
+        .map(|(p, s, t)| (p.to_string(), s, t))
+        .collect();
+        assert_eq!(progress, want);
         // One transcript per rollout (1 prompt x 2) and per evaluation episode (after step 0 and at the end).
         let transcripts: Vec<(u64, u32, u32, bool, userrl_types::TranscriptRecord)> = events
             .iter()

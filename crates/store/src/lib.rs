@@ -1,12 +1,13 @@
-//! Persistence for userrl: runs, metrics, transcripts, checkpoints and eval scores, in SQLite (the default, one
-//! file in WAL mode) or Postgres (for teams), through sqlx with runtime-checked queries. Migrations for both
-//! dialects live in the workspace's `migrations/` and run at connect. The [`StoreSink`] turns a training run's
-//! events into batched writes; every write is announced on a broadcast channel for live views (SSE).
+//! Persistence for userrl: runs, metrics, transcripts, checkpoints, eval scores and admin sessions, in SQLite
+//! (the default, one file in WAL mode) or Postgres (for teams), through sqlx with runtime-checked queries.
+//! Migrations for both dialects live in the workspace's `migrations/` and run at connect. The [`StoreSink`] turns
+//! a training run's events into batched writes; every write is announced on a broadcast channel for live views.
 //!
 //! One SQL text serves both dialects: placeholders are `$N` (SQLite accepts them too) and only portable SQL is
 //! used; the few values SQLite cannot hold (NaN) are stored as NULL on both sides so both answer alike.
 
 mod episodes;
+mod auth;
 mod metrics;
 mod runs;
 mod sink;
@@ -24,11 +25,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::broadcast;
 
 pub use episodes::NewEpisode;
+pub use auth::AuthSession;
 pub use sink::{BATCH_WINDOW, MAX_BATCH, StoreSink, status_from_name};
 pub use userrl_types::{
     CheckpointRow, EvalRow, MetricBucket, MetricPoint, MetricSeries, RolloutHealth, RunKind, RunRow, RunStatus,
     Speaker, TranscriptMessage, TranscriptRecord, TranscriptSummary,
 };
+pub use write::RETRY_FOR;
 
 /// The database used when `DATABASE_URL` is not set, relative to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/userrl.db";
@@ -124,10 +127,34 @@ impl Default for TranscriptFilter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StoreEvent {
-    Metrics { run_id: i64, step: i64, wall_time: i64, values: Vec<(String, f64)> },
-    Status { run_id: i64, status: RunStatus, message: String },
-    Transcript { run_id: i64, id: i64, step: i64 },
-    Checkpoint { run_id: i64, step: i64, path: String },
+    Metrics {
+        run_id: i64,
+        step: i64,
+        wall_time: i64,
+        values: Vec<(String, f64)>,
+    },
+    Status {
+        run_id: i64,
+        status: RunStatus,
+        message: String,
+    },
+    Transcript {
+        run_id: i64,
+        id: i64,
+        step: i64,
+    },
+    Checkpoint {
+        run_id: i64,
+        step: i64,
+        path: String,
+    },
+    /// `step` of the `total` steps of the run's current `phase` are done.
+    Progress {
+        run_id: i64,
+        phase: String,
+        step: i64,
+        total: i64,
+    },
 }
 
 #[derive(Clone, Debug)]

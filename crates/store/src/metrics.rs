@@ -12,16 +12,17 @@
 //!
 //! Either way there are at most `n` buckets, empty ones left out, in step order, and each is exact: first and
 //! last step, min and max (NaN ignored; NaN when all are NaN), the value at its last step (the latest logged
-//! if a step was logged twice) and the point count.
+//! if a step was logged twice: a step holds one point) and the point count.
 
 use sqlx::Row;
 
 use crate::write::Entry;
 use crate::{BLOCK_STEPS, MAX_BUCKETS, MetricBucket, MetricPoint, Store, StoreError, clean, from_db, on_pool};
 
-/// The value at each bucket's last step, looked up per bucket (the latest logged wins a tie).
-const LAST_VALUE: &str = "(SELECT m.value FROM metrics m WHERE m.run_id = $1 AND m.key = $2 AND m.step = g.last_step \
-                          ORDER BY m.id DESC LIMIT 1) AS last";
+/// The value at each bucket's last step, looked up per bucket (a step holds one point: a step logged again
+/// replaces its value).
+const LAST_VALUE: &str = "(SELECT m.value FROM metrics m WHERE m.run_id = $1 AND m.key = $2 AND m.step = g.last_step) \
+                          AS last";
 
 const RAW_BUCKETS_SQL: &str = "\
 WITH p AS (
@@ -110,7 +111,7 @@ impl Store {
         if values.is_empty() {
             return Ok(());
         }
-        self.write_batch(&[Entry::Metrics { run_id, step, wall_time, values: values.to_vec() }]).await?;
+        self.write(&[Entry::Metrics { run_id, step, wall_time, values: values.to_vec() }]).await?;
         Ok(())
     }
 
@@ -207,7 +208,7 @@ impl Store {
         })
     }
 
-    /// Raw points of a series in step order (ties in logging order), all of them or those after
+    /// Raw points of a series in step order (one per step), all of them or those after
     /// `after_step` (for live updates).
     pub async fn metric_points(
         &self,
@@ -220,13 +221,13 @@ impl Store {
             let query = match after_step {
                 Some(after) => sqlx::query(
                     "SELECT step, wall_time, value FROM metrics WHERE run_id = $1 AND key = $2 AND step > $3 \
-                     ORDER BY step, id",
+                     ORDER BY step",
                 )
                 .bind(run_id)
                 .bind(key.as_ref())
                 .bind(after),
                 None => sqlx::query(
-                    "SELECT step, wall_time, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step, id",
+                    "SELECT step, wall_time, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step",
                 )
                 .bind(run_id)
                 .bind(key.as_ref()),

@@ -3,14 +3,14 @@
 
 use sqlx::Row;
 
-use crate::write::Entry;
+use crate::write::{Entry, retry};
 use crate::{
     CheckpointRow, EvalRow, NewEval, NewRun, RunRow, RunStatus, Store, StoreError, StoreEvent, clean, from_db,
     kind_name, not_found_on_fk, now_ms, on_pool, parse_kind, to_db,
 };
 
 const RUN_COLUMNS: &str = "id, name, kind, status, config, gyms, model, device, step, total_steps, latest_reward, \
-                           created_at, started_at, finished_at, message";
+                           created_at, started_at, finished_at, message, phase, phase_step, phase_total";
 
 macro_rules! run_row {
     ($row:expr) => {{
@@ -36,6 +36,9 @@ macro_rules! run_row {
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
             message: row.try_get("message")?,
+            phase: row.try_get("phase")?,
+            phase_step: row.try_get("phase_step")?,
+            phase_total: row.try_get("phase_total")?,
         }
     }};
 }
@@ -80,23 +83,27 @@ impl Store {
             return Err(StoreError::Invalid("total_steps must not be negative".into()));
         }
         let gyms = serde_json::to_string(&new.gyms).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let id: i64 = on_pool!(self, pool => {
-            sqlx::query_scalar(
-                "INSERT INTO runs (name, kind, status, config, gyms, model, device, total_steps, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            )
-            .bind(clean(&new.name).as_ref())
-            .bind(kind_name(new.kind))
-            .bind(RunStatus::Queued.as_str())
-            .bind(clean(&new.config).as_ref())
-            .bind(gyms.as_str())
-            .bind(clean(&new.model).as_ref())
-            .bind(clean(&new.device).as_ref())
-            .bind(new.total_steps)
-            .bind(now_ms())
-            .fetch_one(pool)
-            .await?
-        });
+        let id: i64 = retry("create run", || async {
+            on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "INSERT INTO runs (name, kind, status, config, gyms, model, device, total_steps, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                )
+                .bind(clean(&new.name).as_ref())
+                .bind(kind_name(new.kind))
+                .bind(RunStatus::Queued.as_str())
+                .bind(clean(&new.config).as_ref())
+                .bind(gyms.as_str())
+                .bind(clean(&new.model).as_ref())
+                .bind(clean(&new.device).as_ref())
+                .bind(new.total_steps)
+                .bind(now_ms())
+                .fetch_one(pool)
+                .await
+                .map_err(StoreError::from)
+            })
+        })
+        .await?;
         self.publish(StoreEvent::Status { run_id: id, status: RunStatus::Queued, message: String::new() });
         Ok(id)
     }
@@ -104,7 +111,14 @@ impl Store {
     /// Sets a run's status and message. `running` stamps `started_at` (the first time only) and clears
     /// `finished_at`; `finished`, `failed`, `cancelled` and `interrupted` stamp `finished_at`.
     pub async fn set_run_status(&self, id: i64, status: RunStatus, message: &str) -> Result<(), StoreError> {
-        self.write_batch(&[Entry::Status { run_id: id, status, message: message.to_string() }]).await?;
+        self.write(&[Entry::Status { run_id: id, status, message: message.to_string() }]).await?;
+        Ok(())
+    }
+
+    /// Records where a run stands: `step` of the `total` steps of its current `phase` (`sft`, `grpo`, `eval`)
+    /// done. `NotFound` when the run does not exist.
+    pub async fn set_progress(&self, run_id: i64, phase: &str, step: i64, total: i64) -> Result<(), StoreError> {
+        self.write(&[Entry::Progress { run_id, phase: phase.to_string(), step, total }]).await?;
         Ok(())
     }
 
@@ -136,17 +150,21 @@ impl Store {
     /// Returns how many.
     pub async fn mark_interrupted(&self) -> Result<u64, StoreError> {
         const MESSAGE: &str = "the server stopped while this run was going";
-        let ids: Vec<i64> = on_pool!(self, pool => {
-            sqlx::query_scalar(
-                "UPDATE runs SET status = $1, message = $2, finished_at = $3 \
-                 WHERE status IN ('queued', 'running') RETURNING id",
-            )
-            .bind(RunStatus::Interrupted.as_str())
-            .bind(MESSAGE)
-            .bind(now_ms())
-            .fetch_all(pool)
-            .await?
-        });
+        let ids: Vec<i64> = retry("mark interrupted", || async {
+            on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "UPDATE runs SET status = $1, message = $2, finished_at = $3 \
+                     WHERE status IN ('queued', 'running') RETURNING id",
+                )
+                .bind(RunStatus::Interrupted.as_str())
+                .bind(MESSAGE)
+                .bind(now_ms())
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::from)
+            })
+        })
+        .await?;
         for &run_id in &ids {
             self.publish(StoreEvent::Status { run_id, status: RunStatus::Interrupted, message: MESSAGE.into() });
         }
@@ -155,7 +173,7 @@ impl Store {
 
     /// Records a checkpoint; returns its id. `NotFound` when the run does not exist.
     pub async fn add_checkpoint(&self, run_id: i64, step: i64, path: &str) -> Result<i64, StoreError> {
-        let written = self.write_batch(&[Entry::Checkpoint { run_id, step, path: path.to_string() }]).await?;
+        let written = self.write(&[Entry::Checkpoint { run_id, step, path: path.to_string() }]).await?;
         written.checkpoint_ids.first().copied().ok_or(StoreError::NotFound)
     }
 
@@ -181,28 +199,31 @@ impl Store {
         if row.episodes < 0 {
             return Err(StoreError::Invalid("episodes must not be negative".into()));
         }
-        on_pool!(self, pool => {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO evals (run_id, model, gym, user_kind, split, episodes, mean_score, normalized, \
-                 success_rate, mean_turns, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 RETURNING id",
-            )
-            .bind(row.run_id)
-            .bind(clean(&row.model).as_ref())
-            .bind(clean(&row.gym).as_ref())
-            .bind(clean(&row.user_kind).as_ref())
-            .bind(clean(&row.split).as_ref())
-            .bind(row.episodes)
-            .bind(to_db(row.mean_score))
-            .bind(to_db(row.normalized))
-            .bind(to_db(row.success_rate))
-            .bind(to_db(row.mean_turns))
-            .bind(now_ms())
-            .fetch_one(pool)
-            .await
-            .map_err(not_found_on_fk)?;
-            Ok(id)
+        retry("add eval", || async {
+            on_pool!(self, pool => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO evals (run_id, model, gym, user_kind, split, episodes, mean_score, normalized, \
+                     success_rate, mean_turns, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     RETURNING id",
+                )
+                .bind(row.run_id)
+                .bind(clean(&row.model).as_ref())
+                .bind(clean(&row.gym).as_ref())
+                .bind(clean(&row.user_kind).as_ref())
+                .bind(clean(&row.split).as_ref())
+                .bind(row.episodes)
+                .bind(to_db(row.mean_score))
+                .bind(to_db(row.normalized))
+                .bind(to_db(row.success_rate))
+                .bind(to_db(row.mean_turns))
+                .bind(now_ms())
+                .fetch_one(pool)
+                .await
+                .map_err(not_found_on_fk)?;
+                Ok(id)
+            })
         })
+        .await
     }
 
     /// All eval scores, newest first.

@@ -4,9 +4,9 @@
 //! the store events after the commit. `flush` (async) or `flush_blocking` (from a plain thread) returns once
 //! everything emitted before it is committed, and reports events that could not be stored.
 //!
-//! A batch that fails is retried with backoff; if it still fails, its entries are written one at a time so a
-//! single bad entry cannot take its neighbours with it. Dropping the sink lets the writer drain what is
-//! queued (as long as the runtime lives).
+//! A batch that fails because the database is busy is retried with backoff for up to [`crate::RETRY_FOR`];
+//! a batch the database refuses is written again one entry at a time, so a single bad entry cannot take its
+//! neighbours with it. Dropping the sink lets the writer drain what is queued (as long as the runtime lives).
 
 use std::time::Duration;
 
@@ -15,15 +15,13 @@ use tokio::time::Instant;
 use userrl_rl::events::{Event, EventSink};
 
 use crate::transcripts::Summary;
-use crate::write::Entry;
+use crate::write::{Entry, transient_db};
 use crate::{RunStatus, Store, StoreError, now_ms};
 
 /// How long the writer waits for more events before writing a batch.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
 /// Most events in one transaction.
 pub const MAX_BATCH: usize = 500;
-/// Retries of a failed batch (backoff doubling from 50 ms: about 1.5 s in all).
-const RETRIES: u32 = 5;
 
 enum Msg {
     Event(Event, i64),
@@ -115,6 +113,9 @@ fn entry_of(run_id: i64, event: Event, wall_time: i64) -> Option<Entry> {
             }
         }
         Event::Checkpoint { step, path } => Entry::Checkpoint { run_id, step: step_of(step), path },
+        Event::Progress { phase, step, total } => {
+            Entry::Progress { run_id, phase, step: step_of(step), total: step_of(total) }
+        }
         Event::Status { status, message } => match status_from_name(&status) {
             Some(status) => Entry::Status { run_id, status, message },
             None => {
@@ -189,8 +190,8 @@ async fn write(store: &Store, entries: &[Entry], failures: &mut Failures) {
     if entries.is_empty() {
         return;
     }
-    let err = match write_retrying(store, entries).await {
-        Ok(()) => return,
+    let err = match store.write(entries).await {
+        Ok(_) => return,
         Err(err) => err,
     };
     // Only a statement the database refused can be one entry's fault; anything else (unreachable server, pool
@@ -202,48 +203,8 @@ async fn write(store: &Store, entries: &[Entry], failures: &mut Failures) {
     }
     tracing::warn!(error = %err, entries = entries.len(), "store sink: batch failed, writing its entries one by one");
     for entry in entries {
-        if let Err(err) = store.write_batch(std::slice::from_ref(entry)).await {
+        if let Err(err) = store.write(std::slice::from_ref(entry)).await {
             failures.record(&err, 1);
-        }
-    }
-}
-
-async fn write_retrying(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
-    let mut delay = Duration::from_millis(50);
-    let mut attempt = 0;
-    loop {
-        match store.write_batch(entries).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Db(err)) if attempt < RETRIES && transient(&err) => {
-                tracing::warn!(error = %err, attempt, "store sink: write failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-/// Whether the same write may succeed a moment later: lock contention, serialization conflicts, a dropped
-/// connection. A pool timeout is not retried: it already waited.
-fn transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => transient_db(db.as_ref()),
-        sqlx::Error::Io(_) => true,
-        _ => false,
-    }
-}
-
-fn transient_db(db: &dyn sqlx::error::DatabaseError) -> bool {
-    let Some(code) = db.code() else { return false };
-    match code.parse::<i32>() {
-        // SQLite: BUSY and LOCKED, with their extended codes.
-        Ok(n) => matches!(n & 0xff, 5 | 6),
-        // Postgres: serialization failure and deadlock (40xxx), lost connection (08xxx), admin shutdown, lock
-        // not available, too many connections.
-        Err(_) => {
-            code.starts_with("40") || code.starts_with("08") || matches!(code.as_ref(), "57P01" | "55P03" | "53300")
         }
     }
 }

@@ -138,7 +138,7 @@ impl Store {
             record: record.to_string(),
             summary: Summary::of(record),
         };
-        let written = self.write_batch(&[entry]).await?;
+        let written = self.write(&[entry]).await?;
         written.transcript_ids.first().copied().ok_or(StoreError::NotFound)
     }
 

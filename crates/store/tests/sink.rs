@@ -90,6 +90,7 @@ async fn mixed_events_land_in_order(store: Store) {
             StoreEvent::Status { .. } => "status",
             StoreEvent::Transcript { .. } => "transcript",
             StoreEvent::Checkpoint { .. } => "checkpoint",
+            StoreEvent::Progress { .. } => "progress",
         })
         .collect();
     assert_eq!(kinds, ["status", "metrics", "transcript", "transcript", "checkpoint", "status"]);
@@ -185,4 +186,106 @@ async fn closed_database_fails_flush_instead_of_hanging(store: Store) {
     }
     let err = sink.flush().await.unwrap_err();
     assert!(matches!(&err, StoreError::Sink(m) if m.starts_with("1000 event(s)")), "{err}");
+}
+
+/// Several processes on one SQLite file (a server, `userrl train` runs, a second server): each its own pool.
+/// Four runs log through their sinks, a fifth writer logs directly, two readers read charts and the runs table,
+/// and meanwhile another connection holds the write lock for longer than the busy timeout. Every write waits
+/// for it (retrying while the database is busy) and no event is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_processes_share_one_sqlite_file_without_losing_events() {
+    use sqlx::{Connection, Executor};
+
+    const RUNS: usize = 4;
+    const STEPS: u64 = 2_000;
+    const DIRECT: i64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/shared.db", dir.path().display());
+    let mut stores = Vec::new();
+    for _ in 0..RUNS + 3 {
+        stores.push(Store::connect(&url).await.unwrap());
+    }
+    let mut runs = Vec::new();
+    for (r, store) in stores.iter().take(RUNS + 1).enumerate() {
+        runs.push(store.create_run(&new_run(&format!("p{r}"))).await.unwrap());
+    }
+
+    // Longer than the 5 s busy timeout: a write that gave up after one timeout would fail here.
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    blocker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        blocker.execute("COMMIT").await.unwrap();
+        blocker.close().await.unwrap();
+    });
+
+    let mut trainers = Vec::new();
+    for r in 0..RUNS {
+        let sink = StoreSink::new(stores[r].clone(), runs[r], tokio::runtime::Handle::current());
+        trainers.push(std::thread::spawn(move || {
+            for step in 0..STEPS {
+                let values = vec![("reward".into(), step as f64), ("loss".into(), -(step as f64))];
+                sink.emit(&Event::Metrics { step, values }).unwrap();
+                sink.emit(&Event::Progress { phase: "grpo".into(), step: step + 1, total: STEPS }).unwrap();
+                if step % 100 == 0 {
+                    let record = json!({"gym": "turtle", "reward": step as f64});
+                    sink.emit(&Event::Transcript { step, group: 0, sample: 0, validate: false, record }).unwrap();
+                }
+            }
+            sink.flush_blocking()
+        }));
+    }
+    let direct = {
+        let (store, run) = (stores[RUNS].clone(), runs[RUNS]);
+        tokio::spawn(async move {
+            for step in 0..DIRECT {
+                store.append_metrics(run, step, 0, &[("reward".into(), step as f64)]).await.unwrap();
+                store.set_progress(run, "sft", step + 1, DIRECT).await.unwrap();
+            }
+            store.set_run_status(run, RunStatus::Finished, "").await.unwrap();
+        })
+    };
+    let writers_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for store in stores.iter().skip(RUNS + 1).cloned() {
+        let (runs, done) = (runs.clone(), writers_done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+                for &run in &runs {
+                    store.metric_buckets(run, "reward", 100, None).await.unwrap();
+                    store.transcripts(run, &TranscriptFilter::default()).await.unwrap();
+                }
+                store.runs().await.unwrap();
+                reads += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            reads
+        }));
+    }
+    for trainer in trainers {
+        tokio::task::spawn_blocking(move || trainer.join().unwrap()).await.unwrap().unwrap();
+    }
+    direct.await.unwrap();
+    release.await.unwrap();
+    writers_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for reader in readers {
+        assert!(reader.await.unwrap() > 0);
+    }
+
+    let store = &stores[0];
+    for &run in &runs[..RUNS] {
+        for key in ["reward", "loss"] {
+            let b = store.metric_buckets(run, key, 1, None).await.unwrap();
+            assert_eq!((b.len(), b[0].count), (1, STEPS as i64), "run {run} {key}");
+        }
+        let filter = TranscriptFilter { limit: 1000, ..Default::default() };
+        assert_eq!(store.transcripts(run, &filter).await.unwrap().len(), (STEPS / 100) as usize);
+        let row = store.run(run).await.unwrap().unwrap();
+        assert_eq!((row.phase_step, row.phase_total, row.step), (STEPS as i64, STEPS as i64, STEPS as i64 - 1));
+    }
+    let direct_run = store.run(runs[RUNS]).await.unwrap().unwrap();
+    assert_eq!(direct_run.status, RunStatus::Finished);
+    assert_eq!((direct_run.phase.as_str(), direct_run.phase_step), ("sft", DIRECT));
+    assert_eq!(store.metric_points(runs[RUNS], "reward", None).await.unwrap().len(), DIRECT as usize);
 }

@@ -118,7 +118,7 @@ async fn metrics_round_trip(store: Store) {
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
 
-/// One logged point: step, value, and its logging order (the later of two at one step is the "last").
+/// One logged point: step, value, and its logging order (the later of two at one step replaces the first).
 #[derive(Clone, Copy)]
 struct Point {
     step: i64,
@@ -141,8 +141,13 @@ fn bucket_of(step: i64, lo: i64, hi: i64, n: usize) -> i128 {
 }
 
 fn brute_force(points: &[Point], lo: i64, hi: i64, n: usize) -> Vec<MetricBucket> {
+    // A step logged again replaces its point.
+    let mut latest: BTreeMap<i64, Point> = BTreeMap::new();
+    for p in points {
+        latest.insert(p.step, *p);
+    }
     let mut groups: BTreeMap<i128, Vec<Point>> = BTreeMap::new();
-    for p in points.iter().filter(|p| p.step >= lo && p.step <= hi) {
+    for p in latest.values().filter(|p| p.step >= lo && p.step <= hi) {
         groups.entry(bucket_of(p.step, lo, hi, n)).or_default().push(*p);
     }
     groups

@@ -87,6 +87,15 @@ pub struct RunRow {
     pub finished_at: Option<i64>,
     /// Error or status detail (empty when none).
     pub message: String,
+    /// The phase the run is in (or ended in): `sft`, `grpo`, `eval`, or empty when the run never said; with
+    /// the steps of that phase done and its own total (0 when unknown). `step`/`total_steps` above mix the
+    /// phases (SFT steps against the GRPO total), so progress is shown from these.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub phase_step: i64,
+    #[serde(default)]
+    pub phase_total: i64,
 }
 
 /// One logged value.

@@ -181,17 +181,34 @@ async fn site(name: &str, idle: Duration) -> Site {
         },
     );
     let options = EpisodeOptions { idle_timeout: idle, ..EpisodeOptions::default() };
-    let router = crate::serve::app_with(store.clone(), manager, openai(), catalog(), options);
+    let auth = userrl_app::auth::Auth::new(store.clone(), userrl_app::auth::AuthConfig::default());
+    let router = crate::serve::app_with(store.clone(), manager, openai(), catalog(), options, auth);
     Site { router, store, _dir: tempdir::Dir(dir) }
 }
 
-/// Calls a server function; returns the status and the JSON (or text) answer.
+/// A browser's visitor secret (cookie) and a loopback peer: what the auth guard needs to accept a request.
+const VISITOR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn browser(mut req: Request<Body>) -> Request<Body> {
+    let cookie = format!("{}={VISITOR}", userrl_app::auth::VISITOR_COOKIE);
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 40000))));
+    req
+}
+
+fn get(uri: String) -> Request<Body> {
+    browser(Request::get(uri).body(Body::empty()).unwrap())
+}
+
+/// Calls a server function as the page does (visitor cookie and CSRF header); returns the status and the JSON
+/// (or text) answer.
 async fn call(router: &axum::Router, name: &str, args: Json) -> (StatusCode, Json) {
     let req = Request::post(format!("/api/fn/{name}"))
         .header("content-type", "application/json")
+        .header(userrl_app::auth::CSRF_HEADER, userrl_app::auth::csrf_for(VISITOR))
         .body(Body::from(args.to_string()))
         .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
+    let res = router.clone().oneshot(browser(req)).await.unwrap();
     let status = res.status();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -241,7 +258,7 @@ async fn a_person_answering_through_the_api_drives_an_episode_to_the_gyms_reward
     let res = site
         .router
         .clone()
-        .oneshot(Request::get(format!("/api/episodes/{id}/events")).body(Body::empty()).unwrap())
+        .oneshot(get(format!("/api/episodes/{id}/events")))
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -391,7 +408,7 @@ async fn the_chat_stream_answers_through_the_v1_generation_path() {
     let res = site
         .router
         .clone()
-        .oneshot(Request::get(format!("/api/chat/{id}/stream")).body(Body::empty()).unwrap())
+        .oneshot(get(format!("/api/chat/{id}/stream")))
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -418,7 +435,7 @@ async fn the_chat_stream_answers_through_the_v1_generation_path() {
     let again = site
         .router
         .clone()
-        .oneshot(Request::get(format!("/api/chat/{id}/stream")).body(Body::empty()).unwrap())
+        .oneshot(get(format!("/api/chat/{id}/stream")))
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_FOUND);

@@ -3,7 +3,8 @@
 //! over the limit, bad query parameters, a wrong content type) is a 4xx with `{"error": "..."}` — a 5xx
 //! means the server itself failed (the database), never the caller's input.
 //!
-//! The mutating routes have no auth yet: the server binds 127.0.0.1 by default (issue 6 brings admin auth).
+//! Launching, cancelling and resuming need an operator (`userrl_app::auth::Operator`: the signed-in admin, or
+//! anyone on this machine while no admin exists) and, like every mutation, a CSRF token; reading is public.
 
 use axum::Json;
 use axum::Router;
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use userrl_app::auth::{Auth, Operator};
 use userrl_store::{Store, StoreError, TranscriptFilter};
 use userrl_types::{MetricSeries, RunRow};
 
@@ -29,6 +31,8 @@ pub const MAX_TRANSCRIPTS: i64 = 1_000;
 pub struct ApiState {
     pub store: Store,
     pub jobs: super::JobManager,
+    /// The router installs this guard itself, so it is protected even when mounted alone.
+    pub auth: Auth,
 }
 
 /// A failed request: the status and a message for people.
@@ -102,7 +106,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// The `/api` routes, with JSON 404/405 answers for paths and methods it does not know. Full paths and no
 /// router fallback, so it merges with the web app's router (which owns the fallback and `/api/runs/{id}/live`).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let auth = state.auth.clone();
+    let router = Router::new()
         .route("/api/runs", get(list_runs).post(launch_run))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
@@ -120,7 +125,8 @@ pub fn router(state: ApiState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
-        .with_state(state)
+        .with_state(state);
+    userrl_app::auth::protect(router, &auth)
 }
 
 async fn existing_run(store: &Store, id: i64) -> Result<RunRow, ApiError> {
@@ -150,6 +156,7 @@ struct Launched {
 
 async fn launch_run(
     State(s): State<ApiState>,
+    _operator: Operator,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Launched>), ApiError> {
@@ -167,14 +174,22 @@ async fn launch_run(
     }
 }
 
-async fn cancel_run(State(s): State<ApiState>, id: Result<Path<i64>, PathRejection>) -> ApiResult<serde_json::Value> {
+async fn cancel_run(
+    State(s): State<ApiState>,
+    _operator: Operator,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<serde_json::Value> {
     let Path(id) = id?;
     existing_run(&s.store, id).await?;
     s.jobs.cancel(id).await.map_err(|m| ApiError::new(StatusCode::CONFLICT, m))?;
     Ok(Json(json!({ "ok": true })))
 }
 
-async fn resume_run(State(s): State<ApiState>, id: Result<Path<i64>, PathRejection>) -> ApiResult<serde_json::Value> {
+async fn resume_run(
+    State(s): State<ApiState>,
+    _operator: Operator,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<serde_json::Value> {
     let Path(id) = id?;
     existing_run(&s.store, id).await?;
     s.jobs.resume(id).await.map_err(|m| ApiError::new(StatusCode::CONFLICT, m))?;

@@ -178,7 +178,9 @@ async fn measure(options: &ServeBenchOptions, dir: &std::path::Path) -> Result<S
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let listener = super::no_delay(listener);
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    // With the peer address, as `userrl serve` runs it (loopback clients are outside the general per-IP cap).
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, service).await });
     let client = reqwest::Client::builder().pool_max_idle_per_host(options.connections.max(1)).build()?;
 
     let page = format!("http://{addr}/");

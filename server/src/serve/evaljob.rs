@@ -1,6 +1,9 @@
 //! Evaluation jobs: a TOML document with an `[evaluate]` table asks the server to score an agent (a gym's
 //! expert, the random agent, a GGUF or checkpoint, or an OpenAI-compatible endpoint) over gyms, one split and
-//! one kind of user. Each gym's line of the report becomes an eval row; each episode a transcript.
+//! one kind of user. Each gym's line of the report becomes an eval row; each episode a transcript, stored
+//! under the step of its place in the plan (1, 2, ...). An interrupted job resumes: the episodes (gym, task)
+//! already stored are skipped, the others played as a straight run would have played them (same seeds, same
+//! steps), and the eval rows cover every stored episode.
 //!
 //! ```toml
 //! name = "expert-baseline"
@@ -12,17 +15,19 @@
 //! user = { kind = "scripted" }
 //! ```
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use serde::Deserialize;
 use userrl_gym::env::{EnvConfig, Mode, Transcript};
-use userrl_gym::eval::{AgentSpec, EvalPlan, EvalReport, evaluate};
+use userrl_gym::eval::{AgentSpec, EvalReport, episode_seed, make_agent, run_episode};
 use userrl_gym::llm::{LlmClient, LlmConfig, LlmUser};
 use userrl_gym::user::ScriptedUser;
-use userrl_gym::{Catalog, GymKind, Split, User, UserKind};
+use userrl_gym::{Catalog, Gym, GymError, GymKind, Split, User, UserKind};
 use userrl_rl::config::UserConfig;
-use userrl_types::{Speaker, TranscriptMessage, TranscriptRecord};
+use userrl_types::{Speaker, TranscriptMessage, TranscriptRecord, TranscriptSummary};
 
 /// A whole eval job document.
 #[derive(Clone, Debug, Deserialize)]
@@ -155,15 +160,33 @@ impl EvalJobConfig {
 
 /// What an eval job produced.
 pub struct EvalOutcome {
+    /// The report over the episodes played now (a resumed job's earlier episodes are in the store).
     pub report: EvalReport,
     /// False when it stopped because it was cancelled (the report then covers the episodes played).
     pub completed: bool,
+    /// Episodes of the plan skipped because they were already stored.
+    pub skipped: usize,
 }
 
-/// Plays the evaluation on the current runtime. `on_episode` sees each finished episode; `cancelled` is polled
-/// so that a cancel stops the job between episodes (episodes in flight are dropped).
+/// The plan's episodes in order: gym, task id and seed (the seeds `userrl_gym::eval::evaluate` gives them).
+fn plan(catalog: &Catalog, spec: &EvalSpec) -> Vec<(Arc<dyn Gym>, String, u64)> {
+    let mut out = Vec::new();
+    for gym in catalog.gyms() {
+        let ids = gym.task_ids(Some(spec.split));
+        let take = spec.limit_per_gym.unwrap_or(ids.len());
+        for (index, id) in ids.into_iter().take(take).enumerate() {
+            out.push((gym.clone(), id, episode_seed(spec.seed, gym.kind(), index)));
+        }
+    }
+    out
+}
+
+/// Plays the evaluation on the current runtime, skipping the episodes in `done` ((gym name, task id) pairs
+/// already stored). `on_episode` sees each finished episode with its place in the plan (0-based);
+/// `cancelled` is polled so that a cancel stops the job between episodes (episodes in flight are dropped).
 pub async fn run(
     config: &EvalJobConfig,
+    done: &HashSet<(String, String)>,
     mut on_episode: impl FnMut(usize, &Transcript),
     cancelled: impl Fn() -> bool,
 ) -> anyhow::Result<EvalOutcome> {
@@ -176,38 +199,78 @@ pub async fn run(
         s if s.starts_with("openai:") => crate::commands::eval::endpoint_agent(s, spec.temperature)?,
         path => crate::commands::eval::local_agent(path, spec.max_new_tokens, spec.temperature)?,
     };
-    let plan = EvalPlan {
-        split: spec.split,
-        agent,
-        config: EnvConfig { mode: Mode::Eval, seed: spec.seed, max_steps: spec.max_steps, ..EnvConfig::default() },
-        concurrency: spec.concurrency,
-        limit_per_gym: spec.limit_per_gym,
-    };
+    let env = EnvConfig { mode: Mode::Eval, seed: spec.seed, max_steps: spec.max_steps, ..EnvConfig::default() };
+    let mut skipped = 0;
+    let mut todo = Vec::new();
+    for (index, (gym, id, seed)) in plan(&catalog, spec).into_iter().enumerate() {
+        if done.contains(&(gym.kind().name().to_string(), id.clone())) {
+            skipped += 1;
+        } else {
+            todo.push((index, gym, id, seed));
+        }
+    }
+    let (agent, user, env) = (&agent, &user, &env);
+    let mut episodes = futures::stream::iter(todo.into_iter().map(|(index, gym, id, seed)| async move {
+        let mut agent = make_agent(agent, gym.as_ref(), &id, seed)?;
+        let config = EnvConfig { seed, ..env.clone() };
+        let t = run_episode(gym.as_ref(), &id, agent.as_mut(), user.clone(), &config).await?;
+        Ok::<_, GymError>((index, t))
+    }))
+    .buffered(spec.concurrency.max(1));
     let mut played = Vec::new();
-    let mut index = 0;
-    let result = {
-        let job = evaluate(&catalog, &plan, user, |t| {
-            on_episode(index, t);
-            index += 1;
-            played.push(t.clone());
-        });
-        tokio::pin!(job);
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-        loop {
-            // Checked before each poll, so a job cancelled while queued plays no episode at all.
-            if cancelled() {
-                break None;
-            }
-            tokio::select! {
-                done = &mut job => break Some(done),
-                _ = tick.tick() => {}
-            }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let completed = loop {
+        // Checked before each poll, so a job cancelled while queued plays no episode at all.
+        if cancelled() {
+            break false;
+        }
+        tokio::select! {
+            next = episodes.next() => match next {
+                Some(result) => {
+                    let (index, t) = result?;
+                    on_episode(index, &t);
+                    played.push(t);
+                }
+                None => break true,
+            },
+            _ = tick.tick() => {}
         }
     };
-    match result {
-        Some(done) => Ok(EvalOutcome { report: done?.0, completed: true }),
-        None => Ok(EvalOutcome { report: EvalReport::from_transcripts(spec.split, &played), completed: false }),
+    Ok(EvalOutcome { report: EvalReport::from_transcripts(spec.split, &played), completed, skipped })
+}
+
+/// One gym's eval row over stored episodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GymScore {
+    pub gym: String,
+    pub episodes: usize,
+    pub mean_score: f64,
+    pub mean_normalized: f64,
+    pub success_rate: f64,
+    pub mean_turns: f64,
+}
+
+/// Per-gym means over the job's stored episodes (as `EvalReport` computes them from transcripts; an eval
+/// record's reward is the episode's score), by gym name.
+pub fn gym_scores(episodes: &[TranscriptSummary]) -> Vec<GymScore> {
+    let mut by_gym: BTreeMap<&str, Vec<&TranscriptSummary>> = BTreeMap::new();
+    for e in episodes {
+        by_gym.entry(e.gym.as_str()).or_default().push(e);
     }
+    by_gym
+        .into_iter()
+        .map(|(gym, es)| {
+            let n = es.len() as f64;
+            GymScore {
+                gym: gym.to_string(),
+                episodes: es.len(),
+                mean_score: es.iter().map(|e| e.reward).sum::<f64>() / n,
+                mean_normalized: es.iter().map(|e| e.normalized).sum::<f64>() / n,
+                success_rate: es.iter().filter(|e| e.success).count() as f64 / n,
+                mean_turns: es.iter().map(|e| e.turns as f64).sum::<f64>() / n,
+            }
+        })
+        .collect()
 }
 
 fn build_user(config: &UserConfig) -> anyhow::Result<Arc<dyn User>> {
@@ -300,7 +363,7 @@ mod tests {
     async fn the_expert_evaluation_scores_every_gym_and_records_its_episodes() {
         let c = EvalJobConfig::from_toml(DOC).unwrap();
         let mut records = Vec::new();
-        let outcome = run(&c, |_, t| records.push(record(t)), || false).await.unwrap();
+        let outcome = run(&c, &HashSet::new(), |_, t| records.push(record(t)), || false).await.unwrap();
         assert!(outcome.completed);
         assert_eq!(outcome.report.rows.len(), 2);
         assert_eq!(records.len(), 4);
@@ -313,7 +376,56 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_evaluation_stops_and_reports_what_it_played() {
         let c = EvalJobConfig::from_toml(&DOC.replace("limit_per_gym = 2", "")).unwrap();
-        let outcome = run(&c, |_, _| {}, || true).await.unwrap();
+        let outcome = run(&c, &HashSet::new(), |_, _| {}, || true).await.unwrap();
         assert!(!outcome.completed);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_evaluation_plays_only_the_missing_episodes_as_a_straight_one_would() {
+        let c = EvalJobConfig::from_toml(&DOC.replace("\"expert\"", "\"random\"")).unwrap();
+        let mut straight = Vec::new();
+        run(&c, &HashSet::new(), |i, t| straight.push((i, record(t))), || false).await.unwrap();
+        assert_eq!(straight.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // The first attempt stored episodes 0 and 2.
+        let done: HashSet<(String, String)> =
+            [0, 2].iter().map(|&i| (straight[i].1.gym.clone(), straight[i].1.task_id.clone())).collect();
+        let mut resumed = Vec::new();
+        let outcome = run(&c, &done, |i, t| resumed.push((i, record(t))), || false).await.unwrap();
+        assert!(outcome.completed);
+        assert_eq!(outcome.skipped, 2);
+        // Same places, same seeds: the same episodes as the straight run's (the random agent shows it).
+        assert_eq!(resumed, [straight[1].clone(), straight[3].clone()]);
+    }
+
+    #[test]
+    fn gym_scores_average_every_stored_episode() {
+        let episode = |gym: &str, reward: f64, success: bool, turns: i64| TranscriptSummary {
+            id: 0,
+            run_id: 1,
+            step: 1,
+            group: 0,
+            sample: 0,
+            validate: true,
+            gym: gym.into(),
+            task_id: "t".into(),
+            reward,
+            normalized: reward / 2.0,
+            success,
+            termination: "answered".into(),
+            turns,
+        };
+        let scores = gym_scores(&[
+            episode("turtle", 1.0, true, 2),
+            episode("intention", 0.5, false, 4),
+            episode("turtle", 0.0, false, 4),
+        ]);
+        assert_eq!(
+            scores.iter().map(|s| (s.gym.as_str(), s.episodes)).collect::<Vec<_>>(),
+            [("intention", 1), ("turtle", 2)]
+        );
+        assert_eq!(
+            (scores[1].mean_score, scores[1].mean_normalized, scores[1].success_rate, scores[1].mean_turns),
+            (0.5, 0.25, 0.5, 3.0)
+        );
     }
 }

@@ -8,8 +8,10 @@
 //! through a `StoreSink` whose writer runs on the server's runtime. When the thread ends the supervisor flushes
 //! and sets the final status: finished, failed (with the error), cancelled — or interrupted when the server is
 //! shutting down, so the run can be resumed after a restart. A panicking job thread becomes a failed run.
+//! Both kinds resume: training from its latest resumable checkpoint, evaluation by playing the episodes it
+//! has not stored yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,8 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use userrl_rl::config::{ConfigError, RunConfig};
 use userrl_rl::events::{Event, EventSink};
 use userrl_rl::train::{self, RunControl, TrainError};
-use userrl_store::{NewEval, NewRun, Store, StoreSink};
+use userrl_store::{MAX_TRANSCRIPT_PAGE, NewEval, NewRun, Store, StoreError, StoreSink, TranscriptFilter};
+use userrl_types::TranscriptSummary;
 use userrl_types::{RunKind, RunStatus};
 
 use super::evaljob::{self, EvalJobConfig};
@@ -243,6 +246,25 @@ fn execute(job: Job, out: &Path, sink: &StoreSink, control: &RunControl, server:
     }
 }
 
+/// Every episode an eval run has stored (its validation transcripts).
+async fn stored_episodes(store: &Store, run_id: i64) -> Result<Vec<TranscriptSummary>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let filter = TranscriptFilter {
+            validate: Some(true),
+            limit: MAX_TRANSCRIPT_PAGE,
+            offset: out.len() as i64,
+            ..TranscriptFilter::default()
+        };
+        let page = store.transcripts(run_id, &filter).await?;
+        let last = (page.len() as i64) < MAX_TRANSCRIPT_PAGE;
+        out.extend(page);
+        if last {
+            return Ok(out);
+        }
+    }
+}
+
 fn run_eval(
     runtime: &tokio::runtime::Runtime,
     config: &EvalJobConfig,
@@ -250,9 +272,28 @@ fn run_eval(
     control: &RunControl,
     (store, handle): (&Store, &Handle),
 ) -> Outcome {
+    let run_id = sink.run_id();
+    // A resumed job skips what its first attempt stored. Outside the job's runtime, so blocking on the
+    // server's is allowed.
+    let stored = match handle.block_on(stored_episodes(store, run_id)) {
+        Ok(stored) => stored,
+        Err(e) => return Outcome::Failed(format!("reading the episodes already played: {e}")),
+    };
+    let done: HashSet<(String, String)> = stored.iter().map(|t| (t.gym.clone(), t.task_id.clone())).collect();
+    let total = config.episodes().unwrap_or(0);
+    let mut finished = done.len();
     let mut emit_error = None;
+    let emit = |event: &Event, emit_error: &mut Option<String>| {
+        if let Err(e) = sink.emit(event) {
+            emit_error.get_or_insert_with(|| format!("writing events: {e}"));
+        }
+    };
+    let progress =
+        |finished: usize| Event::Progress { phase: "eval".into(), step: finished as u64, total: total as u64 };
+    emit(&progress(finished), &mut emit_error);
     let result = runtime.block_on(evaljob::run(
         config,
+        &done,
         |index, t| {
             let record = match serde_json::to_value(evaljob::record(t)) {
                 Ok(record) => record,
@@ -262,6 +303,7 @@ fn run_eval(
                 }
             };
             let step = index as u64 + 1;
+            finished += 1;
             let events = [
                 Event::Transcript { step, group: 0, sample: 0, validate: true, record },
                 Event::Metrics {
@@ -272,11 +314,10 @@ fn run_eval(
                         (format!("eval/normalized/{}", t.gym.name()), t.normalized),
                     ],
                 },
+                progress(finished),
             ];
             for event in &events {
-                if let Err(e) = sink.emit(event) {
-                    emit_error.get_or_insert_with(|| format!("writing events: {e}"));
-                }
+                emit(event, &mut emit_error);
             }
         },
         || control.is_cancelled(),
@@ -291,14 +332,22 @@ fn run_eval(
     if !outcome.completed {
         return Outcome::Cancelled;
     }
+    // The rows cover every episode of the job, those of an earlier attempt included: read them back.
+    if let Err(e) = sink.flush_blocking() {
+        return Outcome::Failed(format!("storing the episodes: {e}"));
+    }
+    let stored = match handle.block_on(stored_episodes(store, run_id)) {
+        Ok(stored) => stored,
+        Err(e) => return Outcome::Failed(format!("reading the episodes back: {e}")),
+    };
     let spec = &config.evaluate;
     let user_kind = serde_json::to_value(spec.user.kind).ok().and_then(|v| v.as_str().map(String::from));
     let split = serde_json::to_value(spec.split).ok().and_then(|v| v.as_str().map(String::from));
-    for row in &outcome.report.rows {
+    for row in evaljob::gym_scores(&stored) {
         let new = NewEval {
-            run_id: Some(sink.run_id()),
+            run_id: Some(run_id),
             model: spec.agent.clone(),
-            gym: row.gym.name().to_string(),
+            gym: row.gym,
             user_kind: user_kind.clone().unwrap_or_default(),
             split: split.clone().unwrap_or_default(),
             episodes: row.episodes as i64,
@@ -307,7 +356,6 @@ fn run_eval(
             success_rate: row.success_rate,
             mean_turns: row.mean_turns,
         };
-        // Outside the job's runtime now, so blocking on the server's runtime is allowed.
         if let Err(e) = handle.block_on(store.add_eval(&new)) {
             return Outcome::Failed(format!("recording the eval row: {e}"));
         }
@@ -436,7 +484,8 @@ impl JobManager {
         }
     }
 
-    /// Continues an interrupted or cancelled training run from its latest resumable checkpoint.
+    /// Continues an interrupted or cancelled run: training from its latest resumable checkpoint, evaluation
+    /// with the episodes it has not stored yet.
     pub async fn resume(&self, run_id: i64) -> Result<(), String> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err("the server is shutting down".into());
@@ -448,13 +497,15 @@ impl JobManager {
         if !matches!(run.status, RunStatus::Interrupted | RunStatus::Cancelled) {
             return Err(format!("run {run_id} is {}; only interrupted or cancelled runs resume", run.status.as_str()));
         }
-        if run.kind == RunKind::Eval {
-            return Err("evaluation runs do not resume: launch the config again".into());
-        }
-        let config = self.parse_train(&run.config).map_err(|e| e.message)?;
+        let job = match run.kind {
+            RunKind::Eval => Job::Eval(Box::new(EvalJobConfig::from_toml(&run.config).map_err(|e| e.to_string())?)),
+            RunKind::Train => {
+                Job::Train { config: Box::new(self.parse_train(&run.config).map_err(|e| e.message)?), resume: true }
+            }
+        };
         self.inner.store.set_run_status(run_id, RunStatus::Queued, "resuming").await.map_err(|e| e.to_string())?;
         tracing::info!(run = run_id, "resuming");
-        self.start(run_id, Job::Train { config: Box::new(config), resume: true });
+        self.start(run_id, job);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `userrl serve`: one process that serves the web app (Leptos SSR + hydration), the JSON API and the /v1
 //! endpoint, and runs training and evaluation jobs on their own threads. Local-first: it binds 127.0.0.1 by
-//! default and its mutating routes have no auth yet (the admin auth of issue 6 comes later).
+//! default; every route sits behind the auth guard (`userrl_app::auth`: admin sessions, CSRF, rate limits).
+//! Run controls need the admin once one exists (`USERRL_ADMIN_PASSWORD` or the first-run `/admin/setup`).
 
 pub mod api;
 pub mod bench;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use userrl_app::auth::{Auth, AuthConfig};
 use userrl_app::{AppContext, RunLauncher};
 use userrl_store::Store;
 
@@ -43,11 +45,19 @@ pub fn default_database_url() -> String {
     format!("sqlite://{}", paths::project_root().join("data").join("userrl.db").display())
 }
 
-/// The whole site: the web app (pages, server functions, /pkg, SSE, exports), the JSON API and the
-/// OpenAI-compatible /v1 endpoint (serving `models`).
-/// The /v1 endpoint is always mounted (with no models it lists none); `USERRL_API_KEY` guards it. The chat page
-/// and live episodes use the same models in-process.
+/// The whole site: the web app (pages, server functions, /pkg, SSE, exports, sign-in, chat and live
+/// episodes), the JSON API and the OpenAI-compatible /v1 endpoint (serving `models`; always mounted, with no
+/// models it lists none; `USERRL_API_KEY` guards it), with the admin settings from the environment
+/// ([`AuthConfig::from_env`]). The chat page and live episodes use the /v1 models in-process.
 pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result<Router> {
+    let config = AuthConfig::from_env().context("reading the admin settings")?;
+    let auth = Auth::new(store.clone(), config);
+    app_with_auth(store, manager, models, auth).await
+}
+
+/// [`app`] with the given auth state (tests set their own password and limits). The guard runs in front of
+/// every route, /v1 included (its bearer key needs no CSRF token, but the per-IP limits apply).
+pub async fn app_with_auth(store: Store, manager: JobManager, models: &[String], auth: Auth) -> Result<Router> {
     let models = models.to_vec();
     let openai = tokio::task::spawn_blocking(move || crate::openai::OpenAiState::load(&models))
         .await?
@@ -55,24 +65,32 @@ pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result
     let catalog = tokio::task::spawn_blocking(|| userrl_gym::Catalog::builtin(&userrl_gym::GymKind::ALL))
         .await?
         .context("loading the gyms for live episodes")?;
-    Ok(app_with(store, manager, openai, Arc::new(catalog), EpisodeOptions::default()))
+    Ok(app_with(store, manager, openai, Arc::new(catalog), EpisodeOptions::default(), auth))
 }
 
-/// [`app`] over models and gyms already loaded (tests use a tiny model and one gym).
+/// [`app_with_auth`] over models and gyms already loaded (tests use a tiny model and one gym).
 pub fn app_with(
     store: Store,
     manager: JobManager,
     openai: crate::openai::OpenAiState,
     catalog: Arc<userrl_gym::Catalog>,
     episodes: EpisodeOptions,
+    auth: Auth,
 ) -> Router {
     let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
     let registry = EpisodeRegistry::new(openai.clone(), store.clone(), catalog, episodes);
     let chat = Chat::new(openai.clone(), store.clone(), MAX_LOADED_CHECKPOINTS);
-    let ctx = AppContext { store: store.clone(), launcher, episodes: Arc::new(registry), chat: Arc::new(chat) };
+    let ctx = AppContext {
+        store: store.clone(),
+        launcher,
+        auth: auth.clone(),
+        episodes: Arc::new(registry),
+        chat: Arc::new(chat),
+    };
     let site = userrl_app::site_router(ctx, userrl_app::site_options());
-    let router = api::router(api::ApiState { store, jobs: manager }).merge(site);
-    router.merge(crate::openai::router(openai)).layer(tower_http::trace::TraceLayer::new_for_http())
+    let router = api::router(api::ApiState { store, jobs: manager, auth: auth.clone() }).merge(site);
+    let router = userrl_app::auth::protect(router.merge(crate::openai::router(openai)), &auth);
+    router.layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// Most run checkpoints the chat page may load at once (each is a whole model in memory).
@@ -102,13 +120,27 @@ pub async fn open(options: &ServeOptions) -> Result<(Store, JobManager)> {
 /// Runs the server until Ctrl-C or SIGTERM, then stops the jobs (marked interrupted, resumable) and closes.
 pub async fn run(options: ServeOptions) -> Result<()> {
     let (store, manager) = open(&options).await?;
-    let router = app(store.clone(), manager.clone(), &options.models).await?;
+    let config = AuthConfig::from_env().context("reading the admin settings")?;
+    let auth = Auth::new(store.clone(), config);
+    let router = app_with_auth(store.clone(), manager.clone(), &options.models, auth.clone()).await?;
     let listener =
         tokio::net::TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
     let listener = no_delay(listener);
     tracing::info!(%addr, database = store.dialect(), "serving http://{addr}");
     eprintln!("userrl: serving http://{addr}");
+    match auth.admin_exists().await {
+        Ok(true) => {}
+        Ok(false) if addr.ip().is_loopback() => eprintln!(
+            "userrl: no admin yet: run controls work from this machine only; set USERRL_ADMIN_PASSWORD or open \
+             http://{addr}/admin/setup"
+        ),
+        Ok(false) => tracing::warn!(
+            "no admin is set up and the server listens beyond this machine: run controls only accept local \
+             requests until USERRL_ADMIN_PASSWORD is set or /admin/setup is done from this machine"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot check for an admin"),
+    }
     if options.demo {
         match manager.launch_demo_if_empty().await {
             Ok(Some(id)) => tracing::info!(run = id, "the database had no runs: started the quickstart demo"),
@@ -118,7 +150,8 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        // The peer address feeds the per-IP limits and the loopback-only setup page.
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
             })

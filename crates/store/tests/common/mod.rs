@@ -44,6 +44,13 @@ pub fn with_database(url: &str, database: &str) -> String {
 
 /// A fresh database on the test server, or `None` (with a notice) when no server is configured.
 pub async fn postgres(test: &str) -> Option<TestDb> {
+    let url = postgres_database(test).await?;
+    let store = Store::connect(&url).await.unwrap();
+    Some(TestDb { store, url, _dir: None })
+}
+
+/// The URL of a fresh, empty database (no migrations run) on the test server, or `None` (with a notice).
+pub async fn postgres_database(test: &str) -> Option<String> {
     let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
         eprintln!("skipping the Postgres variant of {test}: {POSTGRES_ENV} is not set (see scripts/test-postgres)");
         return None;
@@ -54,9 +61,7 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await.unwrap();
     admin.close().await.unwrap();
-    let url = with_database(&admin_url, &name);
-    let store = Store::connect(&url).await.unwrap();
-    Some(TestDb { store, url, _dir: None })
+    Some(with_database(&admin_url, &name))
 }
 
 pub fn new_run(name: &str) -> NewRun {
