@@ -5,8 +5,8 @@ use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::path;
 
-use crate::pages::chat::ChatPage;
 use crate::pages::admin::{AdminPage, LoginPage, SetupPage};
+use crate::pages::chat::ChatPage;
 use crate::pages::eval::EvalPage;
 use crate::pages::run::RunPage;
 use crate::pages::runs::RunsPage;

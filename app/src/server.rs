@@ -26,8 +26,8 @@ use userrl_store::{Store, StoreEvent};
 use userrl_types::{CheckpointRow, RunStatus};
 
 use crate::app::{App, shell};
-use crate::hosts::{ChatHost, LiveEpisodes};
 use crate::auth::Auth;
+use crate::hosts::{ChatHost, LiveEpisodes};
 use crate::model::{CheckpointFiles, LiveEvent};
 
 /// A rejected run config: `field` names the TOML key at fault (`grpo.lr`), when one is.

@@ -315,7 +315,6 @@ impl Run {
                 result = &mut played => break result,
             }
         };
-        drop(played);
         while let Ok(event) = events.try_recv() {
             self.state.send_modify(|s| {
                 apply(s, event, &self.model, &mut stream_ids, &mut raw_turns);

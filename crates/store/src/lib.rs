@@ -6,8 +6,8 @@
 //! One SQL text serves both dialects: placeholders are `$N` (SQLite accepts them too) and only portable SQL is
 //! used; the few values SQLite cannot hold (NaN) are stored as NULL on both sides so both answer alike.
 
-mod episodes;
 mod auth;
+mod episodes;
 mod metrics;
 mod runs;
 mod sink;
@@ -24,8 +24,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::broadcast;
 
-pub use episodes::NewEpisode;
 pub use auth::AuthSession;
+pub use episodes::NewEpisode;
 pub use sink::{BATCH_WINDOW, MAX_BATCH, StoreSink, status_from_name};
 pub use userrl_types::{
     CheckpointRow, EvalRow, MetricBucket, MetricPoint, MetricSeries, RolloutHealth, RunKind, RunRow, RunStatus,

@@ -63,7 +63,7 @@ fn tokenizer() -> Tokenizer {
 /// logits are the LM head applied to the (normalised) one-hot embedding of the current token.
 fn bigram_model(tok: &Tokenizer) -> Llama {
     let vocab = tok.vocab_size();
-    let hidden = (vocab + 3) / 4 * 4;
+    let hidden = vocab.div_ceil(4) * 4;
     let config = LlamaConfig {
         vocab,
         hidden,
@@ -255,12 +255,7 @@ async fn a_person_answering_through_the_api_drives_an_episode_to_the_gyms_reward
     let id = started.id.clone();
     assert_eq!(id.len(), 32);
 
-    let res = site
-        .router
-        .clone()
-        .oneshot(get(format!("/api/episodes/{id}/events")))
-        .await
-        .unwrap();
+    let res = site.router.clone().oneshot(get(format!("/api/episodes/{id}/events"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let mut events = res.into_body().into_data_stream();
     let mut buffer = String::new();
@@ -405,12 +400,7 @@ async fn the_chat_stream_answers_through_the_v1_generation_path() {
     let (status, id) = call(&site.router, "chat_start", request).await;
     assert_eq!(status, StatusCode::OK, "{id}");
     let id = id.as_str().unwrap().to_string();
-    let res = site
-        .router
-        .clone()
-        .oneshot(get(format!("/api/chat/{id}/stream")))
-        .await
-        .unwrap();
+    let res = site.router.clone().oneshot(get(format!("/api/chat/{id}/stream"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -432,12 +422,7 @@ async fn the_chat_stream_answers_through_the_v1_generation_path() {
         "{events:?}"
     );
     // A stream is handed out once.
-    let again = site
-        .router
-        .clone()
-        .oneshot(get(format!("/api/chat/{id}/stream")))
-        .await
-        .unwrap();
+    let again = site.router.clone().oneshot(get(format!("/api/chat/{id}/stream"))).await.unwrap();
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     // Bad requests are refused before anything is generated.
     let unknown = json!({"request": {"model": "absent", "tools": false, "temperature": 0.0, "top_p": 1.0,
