@@ -75,7 +75,15 @@ async fn main() -> Result<()> {
         }
     }
     let auth = Auth::new(store.clone(), AuthConfig::default());
-    let router = site_router(AppContext { store, launcher: Arc::new(NoLauncher), auth, crowd: None }, site_options());
+    let ctx = AppContext {
+        store,
+        launcher: Arc::new(NoLauncher),
+        auth,
+        crowd: None,
+        episodes: Arc::new(userrl_app::hosts::Disabled),
+        chat: Arc::new(userrl_app::hosts::Disabled),
+    };
+    let router = site_router(ctx, site_options());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -6,6 +6,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::path;
 
 use crate::pages::admin::{AdminPage, LoginPage, SetupPage};
+use crate::pages::chat::ChatPage;
 use crate::pages::eval::EvalPage;
 use crate::pages::run::RunPage;
 use crate::pages::runs::RunsPage;
@@ -50,6 +51,7 @@ pub fn App() -> impl IntoView {
                 <a href="/">"Runs"</a>
                 <a href="/eval">"Eval"</a>
                 <a href="/admin/studies">"Studies"</a>
+                <a href="/chat">"Chat"</a>
                 <a class="admin-link" href="/admin">"Admin"</a>
             </nav>
             <main data-hydrated=move || hydrated.get().then_some("true")>
@@ -60,6 +62,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/runs/:id/groups/:step/:group") view=GroupPage />
                     <Route path=path!("/transcripts/:id") view=TranscriptPage />
                     <Route path=path!("/eval") view=EvalPage />
+                    <Route path=path!("/chat") view=ChatPage />
                     <Route path=path!("/admin") view=AdminPage />
                     <Route path=path!("/admin/login") view=LoginPage />
                     <Route path=path!("/admin/setup") view=SetupPage />

@@ -3,18 +3,26 @@
 //! with `hydrate` for the browser's WASM bundle, which takes over the server-rendered HTML.
 //! `scripts/build-site` builds the bundle; the server crate mounts `server::site_router`.
 
+// Leptos view types nest deeply (the live episode view); the default limit of 128 is too low for them.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod chart;
 pub mod components;
 pub mod crowd;
+#[cfg(feature = "ssr")]
+pub mod hosts;
 pub mod live;
 pub mod model;
 pub mod pages;
+pub mod people_api;
 #[cfg(feature = "ssr")]
 pub mod server;
 
+#[cfg(feature = "ssr")]
+pub use hosts::{ChatHost, EpisodeError, LiveEpisodes};
 #[cfg(feature = "ssr")]
 pub use server::{AppContext, LaunchError, RunLauncher, site_options, site_router};
 

@@ -27,6 +27,7 @@ use userrl_types::{CheckpointRow, RunStatus};
 
 use crate::app::{App, shell};
 use crate::auth::Auth;
+use crate::hosts::{ChatHost, LiveEpisodes};
 use crate::model::{CheckpointFiles, LiveEvent};
 
 /// A rejected run config: `field` names the TOML key at fault (`grpo.lr`), when one is.
@@ -53,6 +54,10 @@ pub trait RunLauncher: Send + Sync {
 pub struct AppContext {
     pub store: Store,
     pub launcher: Arc<dyn RunLauncher>,
+    /// Live episodes with a person as the user (`crate::hosts`).
+    pub episodes: Arc<dyn LiveEpisodes>,
+    /// The chat page's models and replies (`crate::hosts`).
+    pub chat: Arc<dyn ChatHost>,
     /// Admin sessions, CSRF and rate limits: `site_router` puts its guard in front of every route (see
     /// `crate::auth`).
     pub auth: Auth,
@@ -65,6 +70,12 @@ pub struct AppContext {
 struct SiteState {
     options: LeptosOptions,
     ctx: AppContext,
+}
+
+impl FromRef<SiteState> for AppContext {
+    fn from_ref(state: &SiteState) -> AppContext {
+        state.ctx.clone()
+    }
 }
 
 impl FromRef<SiteState> for LeptosOptions {
@@ -128,6 +139,8 @@ pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
         .route("/api/runs/{id}/live", get(live))
         .route("/api/runs/{id}/export", get(export))
         .route("/api/runs/{run}/checkpoints/{checkpoint}/{file}", get(checkpoint_file))
+        .route("/api/episodes/{id}/events", get(crate::hosts::episode_events))
+        .route("/api/chat/{id}/stream", get(crate::hosts::chat_stream))
         .merge(crate::auth::routes())
         .leptos_routes_with_context(&state, routes, move || provide_context(page_ctx.clone()), {
             let options = options.clone();

@@ -101,7 +101,14 @@ async fn fixture(name: &str) -> Fixture {
     std::fs::write(dir.join("secret.txt"), "secret").unwrap();
     store.add_checkpoint(run, 2, &ckpt.to_string_lossy()).await.unwrap();
     let auth = Auth::new(store.clone(), AuthConfig::default());
-    let ctx = AppContext { store: store.clone(), launcher: Arc::new(TestLauncher), auth, crowd: None };
+    let ctx = AppContext {
+        store: store.clone(),
+        launcher: Arc::new(TestLauncher),
+        auth,
+        crowd: None,
+        episodes: Arc::new(userrl_app::hosts::Disabled),
+        chat: Arc::new(userrl_app::hosts::Disabled),
+    };
     let router = site_router(ctx, site_options());
     Fixture { store, router, run, transcript, _dir: TempDir(dir) }
 }

@@ -9,7 +9,6 @@
 //! be replayed. A timeout or `quit()` abandons the episode: every later question fails at once and
 //! `User::abandoned` tells the episode runner to stop with `Termination::Abandoned`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,63 +19,13 @@ use crate::gyms::GymKind;
 use crate::gyms::{intention, persuade, search, tau, telepathy, travel, turtle};
 use crate::user::{Protocol, User, UserError, UserKind, UserQuery, UserReply};
 
+// One definition of the controls and answers for the rules here and the browser (userrl-types builds for wasm).
+pub use userrl_types::human::{Control, HumanAnswer, Line, OpenPrompt, Pick, Shown, Value};
+
 /// The longest text a person may type into one field.
 pub const MAX_TEXT_CHARS: usize = 2000;
 /// How long an episode waits for the person's answer by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// One option of a button row or checkbox group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pick {
-    pub id: String,
-    pub label: String,
-}
-
-impl Pick {
-    fn new(id: impl Into<String>, label: impl Into<String>) -> Pick {
-        Pick { id: id.into(), label: label.into() }
-    }
-}
-
-/// One input the person answers with; `name` is the key of its value in the answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
-    /// Exactly one of the options (Yes/No/Maybe, right/wrong).
-    Buttons { name: String, label: String, options: Vec<Pick> },
-    /// Any subset of the options (none is allowed), at most `max` of them when set.
-    Checkboxes { name: String, label: String, options: Vec<Pick>, max: Option<usize> },
-    /// A whole number in `min..=max`; `labels[i]` names the value `min + i`.
-    Scale { name: String, label: String, min: i64, max: i64, labels: Vec<String> },
-    /// Free text of at most `max_chars` characters; a required field must not be blank.
-    Text { name: String, label: String, max_chars: usize, required: bool },
-}
-
-impl Control {
-    pub fn name(&self) -> &str {
-        match self {
-            Control::Buttons { name, .. }
-            | Control::Checkboxes { name, .. }
-            | Control::Scale { name, .. }
-            | Control::Text { name, .. } => name,
-        }
-    }
-}
-
-/// A piece of hidden task information the person may see (the entity, the hidden story, a preference…).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Shown {
-    pub label: String,
-    pub text: String,
-}
-
-/// One earlier line of the conversation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Line {
-    /// `agent` or `you`.
-    pub speaker: String,
-    pub text: String,
-}
 
 /// What the browser shows for one question of the gym to its user.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,38 +43,73 @@ pub struct HumanPrompt {
     pub controls: Vec<Control>,
 }
 
-/// One control's value: a button id or text (`"yes"`), checkbox ids (`["P1"]`), or a scale number (`5`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Value {
-    Number(i64),
-    Text(String),
-    List(Vec<String>),
+impl HumanPrompt {
+    /// The prompt as the browser shows it inside its episode (the episode already names gym and task).
+    pub fn open(&self) -> OpenPrompt {
+        OpenPrompt {
+            id: self.id,
+            instruction: self.instruction.clone(),
+            message: self.message.clone(),
+            context: self.context.clone(),
+            history: self.history.clone(),
+            controls: self.controls.clone(),
+        }
+    }
 }
 
-/// The person's answer to one prompt: a value per control name.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct HumanAnswer {
-    pub values: BTreeMap<String, Value>,
-}
-
-impl HumanAnswer {
-    pub fn new() -> HumanAnswer {
-        HumanAnswer::default()
+/// The hidden task a person plays before the agent asks anything (the same details the prompts show): the
+/// story, the entity, the claim, the request and its details, the trip and preferences, the customer's goal,
+/// the question and its answer. FunctionGym has no user: the person only watches.
+pub fn briefing(gym: &dyn crate::Gym, task_id: &str) -> Result<Vec<Shown>, crate::GymError> {
+    let kind = gym.kind();
+    let raw = gym
+        .export_tasks()
+        .into_iter()
+        .find(|t| t.get("id").and_then(serde_json::Value::as_str) == Some(task_id))
+        .ok_or_else(|| crate::GymError::UnknownTask { gym: kind, task: task_id.to_string() })?;
+    fn typed<T: serde::de::DeserializeOwned>(kind: GymKind, raw: serde_json::Value) -> Result<T, crate::GymError> {
+        serde_json::from_value(raw).map_err(|e| crate::GymError::Data {
+            gym: kind,
+            location: "exported task".into(),
+            message: e.to_string(),
+        })
     }
-    pub fn with(mut self, name: &str, value: Value) -> HumanAnswer {
-        self.values.insert(name.to_string(), value);
-        self
-    }
-    pub fn text(self, name: &str, text: impl Into<String>) -> HumanAnswer {
-        self.with(name, Value::Text(text.into()))
-    }
-    pub fn list<S: Into<String>>(self, name: &str, ids: impl IntoIterator<Item = S>) -> HumanAnswer {
-        self.with(name, Value::List(ids.into_iter().map(Into::into).collect()))
-    }
-    pub fn number(self, name: &str, n: i64) -> HumanAnswer {
-        self.with(name, Value::Number(n))
-    }
+    Ok(match kind {
+        GymKind::Turtle => {
+            let task: turtle::TurtleTask = typed(kind, raw)?;
+            vec![shown("Puzzle", &task.surface), shown("Hidden story", &task.bottom)]
+        }
+        GymKind::Telepathy => {
+            let task: telepathy::TelepathyTask = typed(kind, raw)?;
+            let mut context = vec![shown("The entity you have in mind", &task.title)];
+            if !task.summary.trim().is_empty() {
+                context.push(shown("About it", &task.summary));
+            }
+            context
+        }
+        GymKind::Persuade => {
+            let task: persuade::PersuadeTask = typed(kind, raw)?;
+            vec![shown("Your claim", &task.claim), shown("Your own argument for it", &task.argument)]
+        }
+        GymKind::Intention => intention_details(&typed(kind, raw)?),
+        GymKind::Travel => travel_context(&typed(kind, raw)?),
+        GymKind::Tau => {
+            let task: tau::TauTask = typed(kind, raw)?;
+            vec![shown("Your situation and goal", &task.instruction)]
+        }
+        GymKind::Search => {
+            let task: search::SearchTask = typed(kind, raw)?;
+            let mut reference = task.answer.clone();
+            if !task.aliases.is_empty() {
+                reference.push_str(&format!(" (also accepted: {})", task.aliases.join(", ")));
+            }
+            vec![shown("Question", &task.question), shown("Reference answer", reference)]
+        }
+        GymKind::Function => vec![shown(
+            "No user in this gym",
+            "FunctionGym has no user: the agent probes a hidden rule on its own. Watch it play.",
+        )],
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -798,6 +782,11 @@ impl HumanChannel {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Changes whenever a prompt opens or closes or the channel is abandoned (read `pending()` then).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// The prompt waiting for the person, if any.

@@ -11,7 +11,11 @@
 //! Training rollouts run on the continuous-batching engine ([`rollout_batch`]): every episode of a step is a
 //! tokio task with its own engine session, so all live episodes decode in one batched forward while their gym
 //! steps (user replies) run concurrently, each under a timeout. Evaluation and tests may still drive one
-//! episode at a time through a [`Policy`].
+//! episode at a time through a [`Policy`]. [`rollout_live`] plays one engine episode the same way and reports
+//! each sampled token and gym step as it happens (the web app's live episodes with a person as the user).
+//!
+//! A user that is gone for good (`User::abandoned`: a person who quit or timed out) ends the episode as
+//! `abandoned` before the next turn is sampled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +25,7 @@ use userrl_gym::agent::{Message, Role};
 use userrl_gym::env::{EnvConfig, Episode, Termination, Transcript};
 use userrl_gym::tool;
 use userrl_gym::{Gym, GymError, GymKind, User};
-use userrl_nn::engine::{Engine, EngineError, Request, Session};
+use userrl_nn::engine::{Engine, EngineError, Event, FinishReason, Request, Session};
 use userrl_nn::generate::{Generation, Sampling};
 use userrl_nn::model::{Llama, ModelError};
 use userrl_nn::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
@@ -94,6 +98,15 @@ struct EngineSampler {
     session: Session,
     /// Tokens of the episode the engine has seen or sampled so far.
     known: usize,
+    /// Where each sampled token is reported as it arrives (live episodes), and the turn being sampled.
+    events: Option<RolloutEvents>,
+    turn: usize,
+}
+
+impl EngineSampler {
+    fn new(session: Session, events: Option<RolloutEvents>) -> EngineSampler {
+        EngineSampler { session, known: 0, events, turn: 0 }
+    }
 }
 
 #[async_trait::async_trait]
@@ -102,11 +115,52 @@ impl TurnSampler for EngineSampler {
         let fresh = context.get(self.known..).unwrap_or_default();
         let request =
             Request { tokens: fresh.to_vec(), stop: stop.to_vec(), sampling: sampling.clone(), constraint: None };
-        let (generation, _) = self.session.generate(request)?.collect().await?;
+        let stream = self.session.generate(request)?;
+        let generation = match &self.events {
+            None => stream.collect().await?.0,
+            Some(events) => {
+                let mut stream = stream;
+                let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
+                loop {
+                    match stream.next().await {
+                        Some(Event::Token { id, logprob }) => {
+                            out.tokens.push(id);
+                            out.logprobs.push(logprob);
+                            // A listener that left does not stop the episode (it is still stored).
+                            let _ = events.send(RolloutEvent::Token { turn: self.turn, id });
+                        }
+                        Some(Event::Finished(reason)) => {
+                            out.stopped = reason == FinishReason::Stop;
+                            break;
+                        }
+                        Some(Event::Failed(e)) => return Err(e.into()),
+                        None => return Err(EngineError::Stopped.into()),
+                    }
+                }
+                out
+            }
+        };
+        self.turn += 1;
         self.known = context.len() + generation.tokens.len();
         Ok(generation)
     }
 }
+
+/// What [`rollout_live`] reports while it plays.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RolloutEvent {
+    /// The prompt is built: the gym's opening user message (the task as the agent reads it).
+    Started { opening: String },
+    /// One token sampled for assistant turn `turn` (0-based).
+    Token { turn: usize, id: u32 },
+    /// Turn `turn` is sampled in full (its stop token included, when it stopped).
+    Sampled { turn: usize, tokens: Vec<u32> },
+    /// The gym stepped turn `turn`: the reward, the environment's feedback and whether the episode is over.
+    Stepped { turn: usize, reward: f64, feedback: String, done: bool },
+}
+
+/// The sending side of a live rollout's reports.
+pub type RolloutEvents = tokio::sync::mpsc::UnboundedSender<RolloutEvent>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -340,7 +394,21 @@ pub async fn rollout(
     user: Arc<dyn User>,
     config: &RolloutConfig,
 ) -> Result<Trajectory, RolloutError> {
-    play(gym, task_id, &mut OneAtATime(policy), tokenizer, user, config).await
+    play(gym, task_id, &mut OneAtATime(policy), tokenizer, user, config, None).await
+}
+
+/// Plays one episode on `engine` exactly as [`rollout_batch`] plays each of its jobs, reporting every sampled
+/// token and gym step to `events` as it happens. Dropping the returned future drops the engine session, which
+/// cancels the turn being sampled.
+pub async fn rollout_live(
+    engine: &Engine<Llama>,
+    job: RolloutJob,
+    tokenizer: &Tokenizer,
+    user: Arc<dyn User>,
+    events: RolloutEvents,
+) -> Result<Trajectory, RolloutError> {
+    let mut sampler = EngineSampler::new(engine.session(), Some(events.clone()));
+    play(job.gym.as_ref(), &job.task_id, &mut sampler, tokenizer, user, &job.config, Some(&events)).await
 }
 
 /// One episode to play in a [`rollout_batch`].
@@ -363,10 +431,10 @@ pub async fn rollout_batch(
     let mut tasks = tokio::task::JoinSet::new();
     let n = jobs.len();
     for (i, job) in jobs.into_iter().enumerate() {
-        let mut sampler = EngineSampler { session: engine.session(), known: 0 };
+        let mut sampler = EngineSampler::new(engine.session(), None);
         let (tokenizer, user) = (tokenizer.clone(), user.clone());
         tasks.spawn(async move {
-            let t = play(job.gym.as_ref(), &job.task_id, &mut sampler, &tokenizer, user, &job.config).await;
+            let t = play(job.gym.as_ref(), &job.task_id, &mut sampler, &tokenizer, user, &job.config, None).await;
             (i, t)
         });
     }
@@ -388,14 +456,21 @@ async fn play(
     tokenizer: &Tokenizer,
     user: Arc<dyn User>,
     config: &RolloutConfig,
+    events: Option<&RolloutEvents>,
 ) -> Result<Trajectory, RolloutError> {
+    let report = |event: RolloutEvent| {
+        if let Some(events) = events {
+            let _ = events.send(event);
+        }
+    };
     let im_end = tokenizer.token_id("<|im_end|>").ok_or(RolloutError::MissingToken("<|im_end|>"))?;
-    let env = gym.new_env(task_id, &config.env, user)?;
+    let env = gym.new_env(task_id, &config.env, user.clone())?;
     let mut episode = Episode::new(env, config.env.clone());
     let system = system_with_tools(&gym.system_prompt());
     let prompt = tokenizer
         .render_chat(&[ChatMessage::new("system", &system), ChatMessage::new("user", &episode.opening())], true)?;
     let mut tokens = tokenizer.encode(&prompt)?;
+    report(RolloutEvent::Started { opening: episode.opening() });
     let prompt_len = tokens.len();
     let mut response_mask = vec![0u8; prompt_len];
     let mut sampled_logprobs = vec![0.0f32; prompt_len];
@@ -404,6 +479,10 @@ async fn play(
     let mut step_seconds = Vec::new();
     let mut ended: Option<Termination> = None;
     while !episode.is_done() && ended.is_none() {
+        if user.abandoned() {
+            ended = Some(Termination::Abandoned);
+            break;
+        }
         let room = config.max_total_tokens.saturating_sub(tokens.len() + 1);
         if room == 0 {
             ended = Some(Termination::Length);
@@ -415,6 +494,7 @@ async fn play(
             ..config.sampling.clone()
         };
         let generation = policy.sample(&tokens, &[im_end], &sampling).await?;
+        report(RolloutEvent::Sampled { turn: turn_starts.len(), tokens: generation.tokens.clone() });
         turn_starts.push(tokens.len());
         turn_rewards.push(0.0);
         tool_responses.push(None);
@@ -451,6 +531,12 @@ async fn play(
         if let Some(last) = turn_rewards.last_mut() {
             *last = outcome.reward;
         }
+        report(RolloutEvent::Stepped {
+            turn: turn_starts.len() - 1,
+            reward: outcome.reward,
+            feedback: outcome.feedback.clone(),
+            done: outcome.done(),
+        });
         let appended = (!outcome.done()).then(|| tokenizer.encode(&tool_turn_text(&outcome.tool_response)));
         if let Some(last) = tool_responses.last_mut() {
             *last = Some(outcome.tool_response);
@@ -740,7 +826,7 @@ pub(crate) mod tests {
     fn engine_session_turns_equal_the_sequential_policy() {
         let model = tiny_llama(97, 256);
         let engine = Engine::new(Arc::new(tiny_llama(97, 256)), userrl_nn::engine::EngineConfig::default()).unwrap();
-        let mut sampler = EngineSampler { session: engine.session(), known: 0 };
+        let mut sampler = EngineSampler::new(engine.session(), None);
         let mut policy = CpuPolicy::new(model);
         let sampling = Sampling { max_new_tokens: 9, ..Sampling::default() };
         let mut context: Vec<u32> = (0..30).map(|i| (i * 11 % 97) as u32).collect();

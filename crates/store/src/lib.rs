@@ -8,6 +8,7 @@
 //! used; the few values SQLite cannot hold (NaN) are stored as NULL on both sides so both answer alike.
 
 mod auth;
+mod episodes;
 mod metrics;
 mod runs;
 mod sink;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::broadcast;
 
 pub use auth::AuthSession;
+pub use episodes::NewEpisode;
 pub use sink::{BATCH_WINDOW, MAX_BATCH, StoreSink, status_from_name};
 pub use studies::{
     Assignment, DUPLICATE_MIN_CHARS, NewSessionError, TOO_FAST_MEDIAN_MS, normalize_text, validate_spec,

@@ -94,7 +94,7 @@ macro_rules! summary_row {
 
 /// The record as the UI wants it. A stored record that does not have the expected shape comes back with the
 /// list columns and one system message saying so (its raw JSON stays available from `transcript_raw`).
-fn parse_record(summary: &TranscriptSummary, raw: &str) -> TranscriptRecord {
+pub(crate) fn parse_record(summary: &TranscriptSummary, raw: &str) -> TranscriptRecord {
     match serde_json::from_str::<TranscriptRecord>(raw) {
         Ok(record) => record,
         Err(err) => TranscriptRecord {

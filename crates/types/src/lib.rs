@@ -5,10 +5,12 @@
 use serde::{Deserialize, Serialize};
 
 pub mod study;
+pub mod chat;
+pub mod human;
 
 /// JSON has no NaN: serde_json writes NaN (and infinities) as `null`. Number fields that can be NaN (a diverged
 /// loss, an unknown reward) read `null` back as NaN, so one such value cannot make a whole response unreadable.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 

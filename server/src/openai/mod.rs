@@ -8,6 +8,8 @@ mod json;
 mod prompt;
 mod wire;
 
+pub use wire::ApiError;
+
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +38,7 @@ use userrl_nn::model::Llama;
 use userrl_nn::tokenizer::Tokenizer;
 
 use prompt::{Deltas, Plan};
-use wire::{ApiError, ChatRequest};
+use wire::ChatRequest;
 
 /// One model the API serves.
 pub struct ServedModel {
@@ -425,10 +427,20 @@ async fn complete(mut job: Job) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-impl Job {
+/// What a streamed chunk names besides its delta.
+#[derive(Clone)]
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    prompt_tokens: usize,
+}
+
+impl Meta {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
         let body = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.name,
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "system_fingerprint": null,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
@@ -436,27 +448,57 @@ impl Job {
     }
 }
 
-/// The streamed reply: a role delta, content deltas as tokens arrive, tool-call deltas and the finish reason
-/// at the end, a usage chunk when asked for, then `[DONE]`. Dropping the response (a client that left) drops the
-/// engine stream, which cancels the sequence.
-fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+/// One piece of a reply as it is generated: what the /v1 stream and the chat page both send.
+#[derive(Debug)]
+pub enum Piece {
+    /// More text of the reply (never text after a stop string or inside a tool call).
+    Content(String),
+    /// The reply's tool calls as (name, arguments JSON), at the end.
+    Calls(Vec<(String, String)>),
+    /// The reply is over: OpenAI's finish reason and how many tokens were generated.
+    Finish { reason: &'static str, completion_tokens: usize },
+    /// The engine failed; nothing follows.
+    Failed(ApiError),
+}
+
+/// A validated request whose generation has started (see [`start_reply`]).
+pub struct Reply {
+    job: Job,
+}
+
+impl Reply {
+    pub fn model(&self) -> &str {
+        &self.job.model.name
+    }
+    pub fn id(&self) -> &str {
+        &self.job.id
+    }
+}
+
+/// Validates an OpenAI chat request (the JSON body) and starts its generation on the model's engine: the
+/// path /v1 uses, for other callers (the chat page). Dropping the reply or its piece stream stops it.
+pub fn start_reply(state: &OpenAiState, body: &[u8]) -> Result<Reply, ApiError> {
+    start(state, body).map(|job| Reply { job })
+}
+
+/// The reply's pieces as tokens arrive: content deltas, then tool calls, then the finish (or a failure).
+pub fn pieces(reply: Reply) -> impl futures::Stream<Item = Piece> + Send + 'static {
     struct St {
         job: Job,
         progress: Progress,
-        queue: std::collections::VecDeque<SseEvent>,
+        queue: std::collections::VecDeque<Piece>,
         over: bool,
     }
-    let first = job.chunk(json!({"role": "assistant", "content": ""}), None);
     let st = St {
-        job,
+        job: reply.job,
         progress: Progress { ids: Vec::new(), generated: 0 },
-        queue: std::collections::VecDeque::from([first]),
+        queue: std::collections::VecDeque::new(),
         over: false,
     };
-    let events = futures::stream::unfold(st, |mut st| async move {
+    futures::stream::unfold(st, |mut st| async move {
         loop {
-            if let Some(event) = st.queue.pop_front() {
-                return Some((Ok(event), st));
+            if let Some(piece) = st.queue.pop_front() {
+                return Some((piece, st));
             }
             if st.over {
                 return None;
@@ -474,8 +516,7 @@ fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>
                     }
                     let step = st.job.deltas.step(&text, false);
                     if !step.delta.is_empty() {
-                        let chunk = st.job.chunk(json!({"content": step.delta}), None);
-                        st.queue.push_back(chunk);
+                        st.queue.push_back(Piece::Content(step.delta));
                     }
                     match step.stopped_at {
                         Some(_) => FinishReason::Stop,
@@ -485,8 +526,7 @@ fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>
                 Some(Event::Finished(reason)) => reason,
                 Some(Event::Failed(e)) => {
                     st.over = true;
-                    st.queue.push_back(SseEvent::default().data(engine_error(e).body().to_string()));
-                    st.queue.push_back(SseEvent::default().data("[DONE]"));
+                    st.queue.push_back(Piece::Failed(engine_error(e)));
                     continue;
                 }
                 None => {
@@ -501,10 +541,37 @@ fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>
             if reply.calls.is_empty() {
                 let rest = st.job.deltas.rest(&text, end);
                 if !rest.is_empty() {
-                    st.queue.push_back(st.job.chunk(json!({"content": rest}), None));
+                    st.queue.push_back(Piece::Content(rest));
                 }
             } else {
-                let calls: Vec<Value> = tool_calls_json(&reply.calls, &st.job.id)
+                st.queue.push_back(Piece::Calls(reply.calls.clone()));
+            }
+            st.queue.push_back(Piece::Finish {
+                reason: finish_name(finish, !reply.calls.is_empty()),
+                completion_tokens: st.progress.generated,
+            });
+        }
+    })
+}
+
+/// The streamed reply: a role delta, content deltas as tokens arrive, tool-call deltas and the finish reason
+/// at the end, a usage chunk when asked for, then `[DONE]`. Dropping the response (a client that left) drops the
+/// engine stream, which cancels the sequence.
+fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    use futures::StreamExt;
+    let meta = Meta {
+        id: job.id.clone(),
+        created: job.created,
+        model: job.model.name.clone(),
+        include_usage: job.include_usage,
+        prompt_tokens: job.plan.tokens.len(),
+    };
+    let first = meta.chunk(json!({"role": "assistant", "content": ""}), None);
+    let rest = pieces(Reply { job }).flat_map(move |piece| {
+        let events: Vec<SseEvent> = match piece {
+            Piece::Content(text) => vec![meta.chunk(json!({"content": text}), None)],
+            Piece::Calls(calls) => {
+                let calls: Vec<Value> = tool_calls_json(&calls, &meta.id)
                     .into_iter()
                     .enumerate()
                     .map(|(i, mut c)| {
@@ -512,19 +579,29 @@ fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>
                         c
                     })
                     .collect();
-                st.queue.push_back(st.job.chunk(json!({"tool_calls": calls}), None));
+                vec![meta.chunk(json!({"tool_calls": calls}), None)]
             }
-            let finish = finish_name(finish, !reply.calls.is_empty());
-            st.queue.push_back(st.job.chunk(json!({}), Some(finish)));
-            if st.job.include_usage {
-                let body = json!({
-                    "id": st.job.id, "object": "chat.completion.chunk", "created": st.job.created,
-                    "model": st.job.model.name, "choices": [], "usage": usage(&st.job, st.progress.generated),
-                });
-                st.queue.push_back(SseEvent::default().data(body.to_string()));
+            Piece::Finish { reason, completion_tokens } => {
+                let mut out = vec![meta.chunk(json!({}), Some(reason))];
+                if meta.include_usage {
+                    let prompt = meta.prompt_tokens;
+                    let body = json!({
+                        "id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
+                        "model": meta.model, "choices": [],
+                        "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt + completion_tokens},
+                    });
+                    out.push(SseEvent::default().data(body.to_string()));
+                }
+                out.push(SseEvent::default().data("[DONE]"));
+                out
             }
-            st.queue.push_back(SseEvent::default().data("[DONE]"));
-        }
+            Piece::Failed(e) => {
+                vec![SseEvent::default().data(e.body().to_string()), SseEvent::default().data("[DONE]")]
+            }
+        };
+        futures::stream::iter(events.into_iter().map(Ok))
     });
+    let events = futures::stream::once(async move { Ok(first) }).chain(rest);
     Sse::new(events).keep_alive(KeepAlive::default())
 }

@@ -20,6 +20,9 @@ use userrl_app::auth::{Auth, AuthConfig};
 use userrl_app::{AppContext, RunLauncher};
 use userrl_store::Store;
 
+use crate::chat::Chat;
+use crate::episodes::{EpisodeOptions, EpisodeRegistry};
+
 pub use jobs::{JobManager, JobOptions};
 
 /// Everything `userrl serve` needs to start.
@@ -42,9 +45,10 @@ pub fn default_database_url() -> String {
     format!("sqlite://{}", paths::project_root().join("data").join("userrl.db").display())
 }
 
-/// The whole site: the web app (pages, server functions, /pkg, SSE, exports, sign-in), the JSON API and the
-/// OpenAI-compatible /v1 endpoint (serving `models`), with the admin settings from the environment
-/// ([`AuthConfig::from_env`]).
+/// The whole site: the web app (pages, server functions, /pkg, SSE, exports, sign-in, chat and live
+/// episodes), the JSON API and the OpenAI-compatible /v1 endpoint (serving `models`; always mounted, with no
+/// models it lists none; `USERRL_API_KEY` guards it), with the admin settings from the environment
+/// ([`AuthConfig::from_env`]). The chat page and live episodes use the /v1 models in-process.
 pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result<Router> {
     let config = AuthConfig::from_env().context("reading the admin settings")?;
     let auth = Auth::new(store.clone(), config);
@@ -54,13 +58,42 @@ pub async fn app(store: Store, manager: JobManager, models: &[String]) -> Result
 /// [`app`] with the given auth state (tests set their own password and limits). The guard runs in front of
 /// every route, /v1 included (its bearer key needs no CSRF token, but the per-IP limits apply).
 pub async fn app_with_auth(store: Store, manager: JobManager, models: &[String], auth: Auth) -> Result<Router> {
-    let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
+    let models = models.to_vec();
+    let openai = tokio::task::spawn_blocking(move || crate::openai::OpenAiState::load(&models))
+        .await?
+        .context("loading the /v1 models")?;
+    let catalog = tokio::task::spawn_blocking(|| userrl_gym::Catalog::builtin(&userrl_gym::GymKind::ALL))
+        .await?
+        .context("loading the gyms for live episodes")?;
     let crowd = Some(Arc::new(crowd(store.clone())?));
-    let ctx = AppContext { store: store.clone(), launcher, auth: auth.clone(), crowd };
+    Ok(app_with(store, manager, openai, Arc::new(catalog), EpisodeOptions::default(), auth, crowd))
+}
+
+/// [`app_with_auth`] over models and gyms already loaded (tests use a tiny model and one gym).
+pub fn app_with(
+    store: Store,
+    manager: JobManager,
+    openai: crate::openai::OpenAiState,
+    catalog: Arc<userrl_gym::Catalog>,
+    episodes: EpisodeOptions,
+    auth: Auth,
+    crowd: Option<Arc<userrl_app::crowd::service::Crowd>>,
+) -> Router {
+    let launcher: Arc<dyn RunLauncher> = Arc::new(manager.clone());
+    let registry = EpisodeRegistry::new(openai.clone(), store.clone(), catalog, episodes);
+    let chat = Chat::new(openai.clone(), store.clone(), MAX_LOADED_CHECKPOINTS);
+    let ctx = AppContext {
+        store: store.clone(),
+        launcher,
+        auth: auth.clone(),
+        crowd,
+        episodes: Arc::new(registry),
+        chat: Arc::new(chat),
+    };
     let site = userrl_app::site_router(ctx, userrl_app::site_options());
     let router = api::router(api::ApiState { store, jobs: manager, auth: auth.clone() }).merge(site);
-    let router = userrl_app::auth::protect(mount_v1(router, models).await?, &auth);
-    Ok(router.layer(tower_http::trace::TraceLayer::new_for_http()))
+    let router = userrl_app::auth::protect(router.merge(crate::openai::router(openai)), &auth);
+    router.layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// Tokens an agent model may write per turn in a crowd study, and its temperature (greedy, as in evaluation).
@@ -79,10 +112,8 @@ pub fn crowd(store: Store) -> Result<userrl_app::crowd::service::Crowd> {
     Ok(Crowd::new(store, Arc::new(player)))
 }
 
-/// The OpenAI-compatible /v1 endpoint, always mounted (with no models it lists none); `USERRL_API_KEY` guards it.
-async fn mount_v1(router: Router, models: &[String]) -> Result<Router> {
-    crate::openai::mount(router, models).await.context("loading the /v1 models")
-}
+/// Most run checkpoints the chat page may load at once (each is a whole model in memory).
+const MAX_LOADED_CHECKPOINTS: usize = 4;
 
 /// Connects the store, marks runs left over by a previous process as interrupted, builds the job manager.
 pub async fn open(options: &ServeOptions) -> Result<(Store, JobManager)> {
