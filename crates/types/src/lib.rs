@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-pub mod study;
 pub mod chat;
 pub mod human;
+pub mod study;
 
 /// JSON has no NaN: serde_json writes NaN (and infinities) as `null`. Number fields that can be NaN (a diverged
 /// loss, an unknown reward) read `null` back as NaN, so one such value cannot make a whole response unreadable.
