@@ -443,7 +443,7 @@ fn CheckpointLine(run_id: i64, c: CheckpointFiles) -> impl IntoView {
             .into_any()
     };
     let name = checkpoint_name(&c.checkpoint.path).to_string();
-    let chat = format!("/chat?run={run_id}&checkpoint={}", encode(&name));
+    let chat = format!("/chat?run={run_id}&checkpoint={}", c.checkpoint.id);
     view! {
         <tr class="checkpoint">
             <td class="num">{c.checkpoint.step}</td>
