@@ -85,9 +85,47 @@ enum Kernel {
     GrpoLoss,
     MatmulNn,
     MatmulTn,
+    MatmulTiledShared,
+    MatmulNnShared,
+    MatmulTnShared,
 }
 
-const KERNELS: [(Kernel, &str, &str); 29] = [
+impl Kernel {
+    /// The workgroup-memory twin of a register-blocked matmul kernel (same parameters, bindings and grid).
+    fn shared_twin(self) -> Kernel {
+        match self {
+            Kernel::MatmulTiled => Kernel::MatmulTiledShared,
+            Kernel::MatmulNn => Kernel::MatmulNnShared,
+            Kernel::MatmulTn => Kernel::MatmulTnShared,
+            other => other,
+        }
+    }
+}
+
+/// How the many-row matmuls (prefill, training) tile their work. Both compute the same 64×64 tile of the output
+/// per workgroup, 4×4 per invocation, and agree to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulTiles {
+    /// Operands straight from storage into registers: best on CPU drivers (lavapipe), where a workgroup barrier
+    /// switches coroutines and the caches serve the reuse.
+    Registers,
+    /// Operands staged through workgroup memory 16 k at a time: 16× fewer global loads; best on GPUs.
+    Shared,
+}
+
+impl MatmulTiles {
+    /// `USERRL_WGPU_MATMUL=registers|shared` when set (for benchmarks that compare them), else by adapter kind.
+    fn choose(info: &::wgpu::AdapterInfo) -> MatmulTiles {
+        match std::env::var("USERRL_WGPU_MATMUL").as_deref() {
+            Ok("registers") => MatmulTiles::Registers,
+            Ok("shared") => MatmulTiles::Shared,
+            _ if info.device_type == ::wgpu::DeviceType::Cpu => MatmulTiles::Registers,
+            _ => MatmulTiles::Shared,
+        }
+    }
+}
+
+const KERNELS: [(Kernel, &str, &str); 32] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -117,6 +155,9 @@ const KERNELS: [(Kernel, &str, &str); 29] = [
     (Kernel::GrpoLoss, "grpo", "grpo_loss"),
     (Kernel::MatmulNn, "matmul_vec4", "matmul_nn"),
     (Kernel::MatmulTn, "matmul_vec4", "matmul_tn"),
+    (Kernel::MatmulTiledShared, "matmul", "matmul_tiled_shared"),
+    (Kernel::MatmulNnShared, "matmul_vec4", "matmul_nn_shared"),
+    (Kernel::MatmulTnShared, "matmul_vec4", "matmul_tn_shared"),
 ];
 
 const SHADERS: [(&str, &str); 13] = [
@@ -148,6 +189,7 @@ pub struct Device {
     inner: Arc<Inner>,
     /// Largest storage buffer this handle creates (lowered by [`Device::with_binding_limit`]).
     max_binding: u64,
+    matmul_tiles: MatmulTiles,
 }
 
 impl std::fmt::Debug for Device {
@@ -256,7 +298,8 @@ impl Device {
             return Err(WgpuError::Validation(e.to_string()));
         }
         let max_binding = MAX_BINDING_BYTES.min(limits.max_storage_buffer_binding_size);
-        Ok(Device { inner: Arc::new(Inner { device, queue, info, pipelines }), max_binding })
+        let matmul_tiles = MatmulTiles::choose(&info);
+        Ok(Device { inner: Arc::new(Inner { device, queue, info, pipelines }), max_binding, matmul_tiles })
     }
 
     pub fn info(&self) -> &::wgpu::AdapterInfo {
@@ -271,7 +314,16 @@ impl Device {
     /// The same device with a lower cap on one storage buffer, so that tests exercise the row-chunked matrices
     /// (embedding, LM head) on small models.
     pub fn with_binding_limit(&self, bytes: u64) -> Device {
-        Device { inner: self.inner.clone(), max_binding: self.max_binding.min(bytes) }
+        Device { max_binding: self.max_binding.min(bytes), ..self.clone() }
+    }
+
+    /// The same device with the many-row matmuls tiled as `tiles` says (tests run both on any adapter).
+    pub fn with_matmul_tiles(&self, tiles: MatmulTiles) -> Device {
+        Device { matmul_tiles: tiles, ..self.clone() }
+    }
+
+    pub fn matmul_tiles(&self) -> MatmulTiles {
+        self.matmul_tiles
     }
 
     fn check_size(&self, bytes: u64) -> Result<(), WgpuError> {
@@ -501,6 +553,7 @@ impl Batch<'_> {
         groups: usize,
     ) -> Result<(), WgpuError> {
         let groups = grid(groups)?;
+        let kernel = if self.dev.matmul_tiles == MatmulTiles::Shared { kernel.shared_twin() } else { kernel };
         self.ops.push(Op::Dispatch {
             kernel,
             buffers: buffers.iter().map(|t| t.buf.clone()).collect(),
