@@ -311,3 +311,30 @@ fn wgpu_llama_rejects_bad_input_like_the_cpu() {
     ));
     assert_eq!(cache.len, 0);
 }
+
+#[test]
+fn a_profiled_device_times_each_kernel() {
+    // lavapipe, like NVIDIA's and AMD's Vulkan drivers, has timestamp queries.
+    let dev = Device::wgpu_profiled().unwrap();
+    let (t, k, n) = (16, 64, 40);
+    let (gx, gw, gy) = (
+        dev.upload(&random(t * k, 1, 1.0)).unwrap(),
+        dev.upload_matrix(&random(n * k, 2, 1.0), n, k).unwrap(),
+        dev.zeros(t * n).unwrap(),
+    );
+    let (norm_weight, normed) = (dev.upload(&vec![1.0; n]).unwrap(), dev.zeros(t * n).unwrap());
+    for _ in 0..3 {
+        let mut b = dev.batch();
+        b.linear(&gx, t, &gw, &gy).unwrap();
+        b.rms_norm(&gy, &norm_weight, 1e-5, n, t, &normed).unwrap();
+        b.submit().unwrap();
+    }
+    let profile = dev.take_profile().expect("timestamps on this adapter");
+    let kernels: Vec<_> = profile.iter().map(|p| (p.kernel, p.dispatches)).collect();
+    assert!(kernels.contains(&("rms_norm", 3)), "{kernels:?}");
+    assert!(kernels.iter().any(|(name, n)| name.starts_with("matmul_tiled") && *n == 3), "{kernels:?}");
+    assert!(profile.iter().all(|p| p.ms > 0.0 && p.ms.is_finite()), "{profile:?}");
+    // Taking the profile resets it; a device opened without profiling has none.
+    assert!(dev.take_profile().unwrap().is_empty());
+    assert!(device().take_profile().is_none());
+}
