@@ -6,6 +6,7 @@
 pub mod config;
 pub mod events;
 pub mod kl;
+pub mod learner;
 pub mod resume;
 pub mod rollout;
 pub mod sft_data;

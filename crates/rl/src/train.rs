@@ -28,6 +28,7 @@ use userrl_nn::train::{Objective, TrainSequence, TrainStep, TrainableLlama, rand
 
 use crate::config::{GrpoConfig, LrSchedule, RunConfig, SftConfig, ZeroVariance};
 use crate::events::{Event, EventSink};
+use crate::learner::Learner;
 use crate::resume::{Phase, Progress, ResumeState, RngState};
 use crate::rollout::{CpuPolicy, RolloutConfig, RolloutJob, Trajectory, render_sft_record, rollout, rollout_batch};
 use crate::sft_data::{SftOptions, generate as generate_sft};
@@ -54,6 +55,8 @@ pub enum TrainError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Resume(#[from] crate::resume::ResumeError),
+    #[error(transparent)]
+    Wgpu(#[from] userrl_nn::wgpu::WgpuError),
     #[error("the run was cancelled")]
     Cancelled,
 }
@@ -261,7 +264,7 @@ async fn run_inner(
     resumed: Option<crate::resume::Resumed>,
 ) -> Result<RunSummary, TrainError> {
     let mut running = config.name.clone();
-    let (mut trainable, tokenizer, start) = match resumed {
+    let (trainable, tokenizer, start) = match resumed {
         Some(r) => {
             tracing::info!(from = %r.dir.display(), progress = ?r.state.progress, "resuming");
             // Steps from here on are done (and their events emitted) again.
@@ -282,6 +285,8 @@ async fn run_inner(
             (TrainableLlama::from_llama(&model)?, tokenizer, None)
         }
     };
+    let mut trainable = Learner::new(trainable, config.model.device)?;
+    tracing::info!(device = %trainable.device_name(), "optimiser steps");
     let catalog = catalog(config, &config.data.gyms)?;
     let user = user(config)?;
     let progress = start.as_ref().map_or(Progress { phase: Phase::Sft, step: 0 }, |s| s.progress);
@@ -364,7 +369,7 @@ impl Ctx<'_> {
 async fn run_sft(
     run: &Ctx<'_>,
     sft: &SftConfig,
-    trainable: &mut TrainableLlama,
+    trainable: &mut Learner,
     catalog: &Catalog,
     first_step: usize,
     summary: &mut RunSummary,
@@ -509,20 +514,10 @@ fn reference_policy(
     Ok(reference)
 }
 
-/// Clears the AdamW moments and step. GRPO starts with a fresh optimizer, as the paper's RL job does when it loads
-/// the SFT checkpoint: SFT's second moments (from gradients at a learning rate orders of magnitude higher) would
-/// otherwise shrink GRPO's first updates, and its step count would skip the bias correction. It also makes
-/// `SFT then GRPO` in one run equal to an SFT run followed by a GRPO run from its checkpoint.
-fn fresh_optimizer(trainable: &mut TrainableLlama) {
-    trainable.adam_m.iter_mut().for_each(|m| *m = 0.0);
-    trainable.adam_v.iter_mut().for_each(|v| *v = 0.0);
-    trainable.step = 0;
-}
-
 async fn run_grpo(
     run: &Ctx<'_>,
     grpo: &GrpoConfig,
-    trainable: &mut TrainableLlama,
+    trainable: &mut Learner,
     catalog: &Catalog,
     first_step: usize,
     rng: Option<ChaCha8Rng>,
@@ -530,7 +525,11 @@ async fn run_grpo(
 ) -> Result<(), TrainError> {
     let (config, tokenizer, sink, user) = (run.config, run.tokenizer, run.sink, &run.user);
     if first_step == 0 {
-        fresh_optimizer(trainable);
+        // A fresh AdamW state, as the paper's RL job starts when it loads the SFT checkpoint: SFT's second moments
+        // (from gradients at a learning rate orders of magnitude higher) would otherwise shrink GRPO's first
+        // updates, and its step count would skip the bias correction. It also makes `SFT then GRPO` in one run
+        // equal to an SFT run followed by a GRPO run from its checkpoint.
+        trainable.reset_optimizer()?;
     }
     let mut rng = rng.unwrap_or_else(|| ChaCha8Rng::seed_from_u64(config.seed ^ 0x6790));
     let shaping = Shaping { score: grpo.trajectory_score, credit: grpo.turn_credit, gamma: grpo.gamma };
@@ -1204,6 +1203,31 @@ mod tests {
 
     fn transcripts_of(events: &[Event]) -> Vec<Event> {
         events.iter().filter(|e| matches!(e, Event::Transcript { .. })).cloned().collect()
+    }
+
+    /// `model.device = "wgpu"` runs the optimiser steps through the WGSL trainer (lavapipe here): SFT follows the
+    /// CPU run's loss curve, GRPO (KL included) completes on the device, and the checkpoint holds the device's
+    /// weights.
+    #[test]
+    fn a_wgpu_learner_trains_like_the_cpu_one() {
+        let base = std::env::temp_dir().join(format!("userrl-wgpu-learner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut summaries = Vec::new();
+        for device in [crate::config::DeviceChoice::Cpu, crate::config::DeviceChoice::Wgpu] {
+            let mut config = resume_config(&base);
+            config.model.device = device;
+            let out = base.join(format!("{device:?}"));
+            summaries.push(runtime.block_on(run(&config, &out, &MemorySink::default())).unwrap());
+        }
+        let (cpu, gpu) = (&summaries[0], &summaries[1]);
+        assert_eq!(cpu.sft_steps, gpu.sft_steps);
+        let (a, b) = (cpu.sft_last_loss.unwrap(), gpu.sft_last_loss.unwrap());
+        assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "last SFT loss: cpu {a}, wgpu {b}");
+        assert_eq!(gpu.grpo_rewards.len(), 3);
+        let dir = gpu.checkpoint.as_ref().unwrap();
+        assert!(load_model(Path::new(dir)).is_ok(), "{dir}");
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// SFT then GRPO in one run ends bit-exactly where an SFT run followed by a GRPO run from its SFT checkpoint
