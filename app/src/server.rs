@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,7 +19,7 @@ use axum::routing::get;
 use futures::Stream;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
-use leptos_axum::{LeptosRoutes, file_and_error_handler_with_context, generate_route_list};
+use leptos_axum::{AxumRouteListing, LeptosRoutes, file_and_error_handler_with_context, generate_route_list};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use userrl_store::{Store, StoreEvent};
@@ -126,10 +126,23 @@ fn default_site_root() -> PathBuf {
     from_exe.unwrap_or_else(|| PathBuf::from("target/site"))
 }
 
+/// The app's page routes, listed once per process.
+///
+/// Listing them renders the app with leptos_server's `SuppressResourceLoad` held, and that is one process-wide
+/// flag: every `Resource` whose future is first polled while it is set, on any thread, parks on a future that
+/// never wakes (leptos checks the flag once, at the first poll). A page rendering meanwhile never finishes its
+/// stream and its connection hangs, idle, for good. Listing the routes once, before the first router exists,
+/// keeps that window away from every render, however many routers the process builds later (tests, benches,
+/// several sites in one process).
+fn app_routes() -> Vec<AxumRouteListing> {
+    static ROUTES: OnceLock<Vec<AxumRouteListing>> = OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(App)).clone()
+}
+
 /// The whole web app as one router (pages, server functions, static files, live stream, exports, sign-in),
-/// behind the auth guard.
+/// behind the auth guard. Safe to call while other routers of this process serve pages (see [`app_routes`]).
 pub fn site_router(ctx: AppContext, options: LeptosOptions) -> Router {
-    let routes = generate_route_list(App);
+    let routes = app_routes();
     let state = SiteState { options: options.clone(), ctx: ctx.clone() };
     let page_ctx = ctx.clone();
     let auth = ctx.auth.clone();

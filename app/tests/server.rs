@@ -3,6 +3,7 @@
 //! is escaped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -39,6 +40,7 @@ impl RunLauncher for TestLauncher {
 
 struct Fixture {
     store: Store,
+    ctx: AppContext,
     router: axum::Router,
     run: i64,
     transcript: i64,
@@ -109,8 +111,8 @@ async fn fixture(name: &str) -> Fixture {
         episodes: Arc::new(userrl_app::hosts::Disabled),
         chat: Arc::new(userrl_app::hosts::Disabled),
     };
-    let router = site_router(ctx, site_options());
-    Fixture { store, router, run, transcript, _dir: TempDir(dir) }
+    let router = site_router(ctx.clone(), site_options());
+    Fixture { store, ctx, router, run, transcript, _dir: TempDir(dir) }
 }
 
 async fn get(router: &axum::Router, uri: &str) -> (StatusCode, String, String) {
@@ -410,4 +412,44 @@ async fn pages_carry_the_csrf_token_and_give_new_visitors_a_cookie() {
     let (status, _, body) = get(&f.router, "/admin/login").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("No admin is set up yet"), "{body}");
+}
+
+/// Sets the flag when dropped, so a failing test still stops its helper thread (the runtime waits for it).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Building a router lists the app's routes, which holds a process-wide leptos flag that parks every resource
+/// first polled meanwhile, forever. Pages rendered while other routers are built (as parallel tests do) must
+/// still finish: before `site_router` listed the routes once per process, a render here stalled for good.
+#[tokio::test]
+async fn pages_render_while_other_routers_are_built() {
+    let f = fixture("rebuild").await;
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let builder = {
+        let (ctx, stop) = (f.ctx.clone(), stop.0.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut built = 0u32;
+            while !stop.load(Ordering::Relaxed) || built == 0 {
+                drop(site_router(ctx.clone(), site_options()));
+                built += 1;
+            }
+            built
+        })
+    };
+    let pages = ["/".to_string(), format!("/runs/{}", f.run), format!("/transcripts/{}", f.transcript)];
+    for round in 0..10 {
+        for page in &pages {
+            let rendered = tokio::time::timeout(Duration::from_secs(60), get(&f.router, page)).await;
+            let (status, _, body) = rendered.unwrap_or_else(|_| panic!("{page} (round {round}) never finished"));
+            assert_eq!(status, StatusCode::OK, "{page}: {body}");
+            assert!(body.contains("fixture-run") || body.contains("msg-agent"), "{page}: {body}");
+        }
+    }
+    drop(stop);
+    assert!(builder.await.unwrap() > 0);
 }

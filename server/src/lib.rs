@@ -6,3 +6,5 @@ pub mod commands;
 pub mod episodes;
 pub mod openai;
 pub mod serve;
+#[cfg(test)]
+mod test_support;

@@ -19,7 +19,7 @@ use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 use userrl_nn::checkpoint::random_model;
 use userrl_nn::model::{Llama, LlamaConfig};
-use userrl_nn::tokenizer::{Tokenizer, TokenizerData};
+use userrl_nn::tokenizer::Tokenizer;
 
 use super::*;
 
@@ -34,29 +34,7 @@ fn call_text() -> String {
 
 /// ChatML specials, the 256 byte symbols, and the whole tool call as one user-defined token.
 fn tokenizer() -> Tokenizer {
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
-    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
-    alphabet.sort();
-    tokens.extend(alphabet.iter().map(|c| c.to_string()));
-    tokens.push(call_text());
-    let mut token_types = vec![1; tokens.len()];
-    token_types[..3].fill(3);
-    *token_types.last_mut().unwrap() = 4;
-    Tokenizer::from_data(TokenizerData {
-        model: "gpt2".into(),
-        pre: Some("smollm".into()),
-        tokens,
-        token_types,
-        merges: Vec::new(),
-        bos: Some(1),
-        eos: 2,
-        unknown: Some(0),
-        padding: Some(2),
-        add_bos_token: Some(false),
-        add_space_prefix: Some(false),
-        chat_template: None,
-    })
-    .unwrap()
+    crate::test_support::byte_tokenizer(&[call_text()])
 }
 
 /// Greedy next token = `next[current]`: one layer whose attention and MLP add nothing, so the last position's

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use userrl_nn::checkpoint::random_model;
 use userrl_nn::generate::{Sampling, generate};
 use userrl_nn::model::LlamaConfig;
-use userrl_nn::tokenizer::{ChatMessage, Tokenizer, TokenizerData};
+use userrl_nn::tokenizer::{ChatMessage, Tokenizer};
 
 use super::prompt::{self, Deltas, ToolMode};
 use super::wire::WireMessage;
@@ -17,27 +17,7 @@ use super::*;
 
 /// Three ChatML specials and the 256 byte-level symbols.
 fn tiny_tokenizer() -> Tokenizer {
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
-    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
-    alphabet.sort();
-    tokens.extend(alphabet.iter().map(|c| c.to_string()));
-    let mut token_types = vec![1; tokens.len()];
-    token_types[..3].fill(3);
-    Tokenizer::from_data(TokenizerData {
-        model: "gpt2".into(),
-        pre: Some("smollm".into()),
-        tokens,
-        token_types,
-        merges: Vec::new(),
-        bos: Some(1),
-        eos: 2,
-        unknown: Some(0),
-        padding: Some(2),
-        add_bos_token: Some(false),
-        add_space_prefix: Some(false),
-        chat_template: None,
-    })
-    .unwrap()
+    crate::test_support::byte_tokenizer(&[])
 }
 
 fn tiny_model() -> Llama {
