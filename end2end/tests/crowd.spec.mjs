@@ -109,6 +109,13 @@ test('a worker completes Telepathy and Travel through Prolific links; the admin 
     const jsonl = await admin.request.get(`/api/admin/studies/${id}/export.jsonl`);
     const line = JSON.parse((await jsonl.text()).trim());
     expect(line.episode.gym).toBe(gym);
+    // Every answer is exported with what the person chose and typed: the button picked ("ordinary
+    // conversation") and the text, exactly (compare values, not a JSON string, whose quotes are escaped).
+    if (gym === 'travel') {
+      const values = line.answers.flatMap((a) => Object.values(a.answer.values));
+      expect(values).toContain('conversation');
+      expect(values).toContain(PAYLOAD);
+    }
   }
   // The worker's markup is text on the admin's pages: nothing ran.
   expect(await admin.evaluate(() => window.__xss)).toBeUndefined();
