@@ -106,6 +106,7 @@ pub fn spec_from_form(form: &StudyForm, crowd: &Crowd) -> Result<StudySpec, (Str
         consent_version: form.consent_version.trim().to_string(),
         platform,
         completion_url,
+        completion_code: form.completion_code.trim().to_string(),
     };
     validate_spec(&spec).map_err(|(field, message)| {
         // The form asks for minutes.
@@ -219,6 +220,16 @@ const CSV_HEADER: [&str; 26] = [
     "finished_at",
 ];
 
+/// The code the worker was given: the study's fixed code, else the session's own (empty until handed out).
+/// The session's random code is kept in either case (the JSONL's `session.completion_code`).
+fn shown_code(spec: &StudySpec, s: &userrl_types::study::SessionRow) -> String {
+    match &s.completion_code {
+        Some(_) if !spec.completion_code.is_empty() => spec.completion_code.clone(),
+        Some(code) => code.clone(),
+        None => String::new(),
+    }
+}
+
 fn number_text(v: f64) -> String {
     if v.is_nan() { String::new() } else { v.to_string() }
 }
@@ -248,7 +259,7 @@ pub async fn export_csv(crowd: &Crowd, id: i64) -> Result<String, CrowdError> {
             s.state.as_str().to_string(),
             opt(s.consent_at),
             s.consent_version.clone().unwrap_or_default(),
-            s.completion_code.clone().unwrap_or_default(),
+            shown_code(&d.study.spec, s),
             s.excluded.to_string(),
             s.exclusion_reason.clone(),
             flags.get(&s.id).map(|f| f.join(" ")).unwrap_or_default(),

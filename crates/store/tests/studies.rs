@@ -43,6 +43,7 @@ fn spec(slug: &str) -> StudySpec {
         consent_version: "v1".into(),
         platform: Platform::Prolific,
         completion_url: "https://app.prolific.com/submissions/complete".into(),
+        completion_code: String::new(),
     }
 }
 
