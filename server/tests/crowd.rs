@@ -4,37 +4,22 @@
 //! missing session tokens are refused; one session per worker; MTurk preview makes no session; every admin
 //! route refuses non-admins; the admin sees, excludes and exports the episodes (CSV cells defused), text a
 //! worker typed renders inert in the admin's transcript view, and the Eval table gets the real-user scores.
+//! Inside MTurk's cross-site iframe the flow works without cookies (the token in headers) and forged tokens or
+//! CSRF proofs are refused; only study pages may be framed; a lab of workers behind one address is not stopped
+//! by the per-IP limits while one worker is stopped by its own; a study's fixed Prolific code is shown once per
+//! session, after the rules are met.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Request, StatusCode, header};
+use common::{Answer, Browser, PASSWORD, Site};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use userrl_app::auth::{Auth, AuthConfig, Rate, hash_password};
-use userrl_server::serve::{JobManager, JobOptions};
-use userrl_store::Store;
+use userrl_app::auth::{AuthConfig, Rate, hash_password};
 
-const PASSWORD: &str = "correct horse battery staple";
 const PAYLOAD: &str = "<script>alert('xss')</script><img src=x onerror=alert(2)>";
-
-struct Site {
-    dir: PathBuf,
-    store: Store,
-    router: Router,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn site(name: &str) -> Site {
     // The site's per-IP limits are tested with auth; here they must not cut a test worker's polling short.
@@ -48,104 +33,29 @@ async fn site(name: &str) -> Site {
 }
 
 async fn site_with(name: &str, config: AuthConfig) -> Site {
-    let dir = std::env::temp_dir().join(format!("userrl-crowd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.join("crowd.db").display())).await.unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let manager =
-        JobManager::new(store.clone(), JobOptions { runs_dir: dir.join("runs"), root, configs_dir: None, max_jobs: 1 });
-    let auth = Auth::new(store.clone(), config);
-    let router = userrl_server::serve::app_with_auth(store.clone(), manager, &[], auth).await.unwrap();
-    Site { dir, store, router }
+    common::site(&format!("crowd-{name}"), config).await
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("{}: not JSON: {}", self.status, self.body))
-    }
-    fn sets_cookie(&self, prefix: &str) -> bool {
-        self.headers.get_all(header::SET_COOKIE).iter().any(|v| v.to_str().unwrap().starts_with(prefix))
-    }
-}
-
-/// A browser: a cookie jar, a peer address, and the page's CSRF token. A cookie-less one (the study page
-/// in MTurk's cross-site iframe, where `SameSite=Strict` cookies are never sent) keeps no cookies and sends
-/// the study session token the page was handed (`access`: token, CSRF token) in headers instead.
-struct Browser<'a> {
-    site: &'a Site,
-    peer: [u8; 4],
-    cookies: HashMap<String, String>,
-    cookieless: bool,
-    access: Option<(String, String)>,
-}
-
-impl<'a> Browser<'a> {
-    fn new(site: &'a Site, peer: [u8; 4]) -> Browser<'a> {
-        Browser { site, peer, cookies: HashMap::new(), cookieless: false, access: None }
-    }
-
-    fn framed(site: &'a Site, peer: [u8; 4]) -> Browser<'a> {
-        Browser { cookieless: true, ..Browser::new(site, peer) }
-    }
-
+/// The crowd portal's calls. A framed (cookie-less) browser is the study page in MTurk's cross-site iframe: it
+/// sends the study session token `study_enter` handed out (`keep_access`) in headers instead of cookies.
+impl Browser<'_> {
     /// Keeps the study session token a new session's `study_enter` handed out (what the page stores).
     fn keep_access(&mut self, entered: &Answer) {
         let access = &entered.json()["access"];
         let token = access["token"].as_str().expect("a new session hands out its token").to_string();
         let csrf = access["csrf"].as_str().unwrap().to_string();
-        self.access = Some((token, csrf));
+        self.headers = vec![("x-study-token", token), ("x-csrf-token", csrf), ("sec-fetch-site", "same-origin".into())];
     }
 
-    async fn send(&mut self, mut request: Request<Body>) -> Answer {
-        if !self.cookies.is_empty() && !self.cookieless {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            request.headers_mut().insert(header::COOKIE, jar.join("; ").parse().unwrap());
-        }
-        request.extensions_mut().insert(ConnectInfo(SocketAddr::from((self.peer, 40000))));
-        let response = self.site.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        for set in headers.get_all(header::SET_COOKIE).iter().filter(|_| !self.cookieless) {
-            let set = set.to_str().unwrap();
-            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() || attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), value.to_string());
-            }
-        }
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
-    }
-
-    async fn get(&mut self, uri: &str) -> Answer {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
-    }
-
-    async fn token(&mut self) -> String {
-        let answer = self.get("/api/auth").await;
-        answer.json()["csrf_token"].as_str().unwrap().to_string()
+    /// The study token and its CSRF token, once kept.
+    fn access(&self) -> (String, String) {
+        (self.headers[0].1.clone(), self.headers[1].1.clone())
     }
 
     async fn post(&mut self, uri: &str, body: Value) -> Answer {
         let request = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
-        let request = match (&self.access, self.cookieless) {
-            (Some((token, csrf)), _) => request
-                .header("x-study-token", token.as_str())
-                .header("x-csrf-token", csrf.as_str())
-                .header("sec-fetch-site", "same-origin"),
-            // Entering from the iframe: no cookie, so no cookie-bound CSRF token either.
-            (None, true) => request.header("sec-fetch-site", "same-origin"),
-            (None, false) => request.header("x-csrf-token", self.token().await),
-        };
+        // A framed page carries its token in its headers, or (entering) has no cookie to bind a CSRF token to.
+        let request = if self.cookieless { request } else { request.header("x-csrf-token", self.token().await) };
         self.send(request.body(Body::from(body.to_string())).unwrap()).await
     }
 
@@ -598,7 +508,7 @@ async fn inside_mturks_iframe_a_worker_needs_no_cookies_and_forged_tokens_are_re
     assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
     assert_eq!(entered.json()["view"]["state"], "consent");
     worker.keep_access(&entered);
-    let (token, csrf) = worker.access.clone().unwrap();
+    let (token, csrf) = worker.access();
     assert_eq!(token.len(), 64);
     assert!(site.store.worker_session_by_token(&token).await.unwrap().is_none(), "only the hash is stored");
     // Reopening the link in the frame (the page sends its token) resumes without handing the token out again.
