@@ -44,6 +44,10 @@ pub enum AgentTurn {
     Invalid { thought: String, error: crate::tool::ToolError },
     /// Text without a tool call: the episode ends (reference §6.1).
     Text(String),
+    /// A reply cut at the token limit before it held a tool call: the episode ends as `length` (reference §6.1,
+    /// finish reason LENGTH). A cut reply that already holds a complete call is a [`AgentTurn::Call`], as the
+    /// reference's evaluation reads the first call of whatever text came back.
+    Cut(String),
     /// The agent could not produce a turn (its endpoint is down, its output overflowed…).
     Failed(String),
 }

@@ -68,6 +68,10 @@ pub async fn play_episode(
                 conversation.push(Message::new(Role::Assistant, text));
                 episode.abort(Termination::NoToolCall);
             }
+            AgentTurn::Cut(text) => {
+                conversation.push(Message::new(Role::Assistant, text));
+                episode.abort(Termination::Length);
+            }
             AgentTurn::Failed(why) => {
                 tracing::warn!(gym = %gym.kind(), task = task_id, %why, "agent failed");
                 episode.abort(Termination::AgentError);

@@ -115,3 +115,72 @@ fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
     }
 }
+
+// `matmul_tiled_shared`: `matmul_tiled`'s product and grid (a 64×64 tile of y per workgroup, 4×4 per invocation)
+// for GPUs, where memory bandwidth rather than arithmetic limits the register-only kernel. Each step of 16 k the
+// workgroup stages the tile's 64 x rows and 64 w rows in workgroup memory, transposed so that every invocation
+// reads its four rows and four columns as one vec4 each: one global vec4 load per operand per invocation feeds
+// 256 FMAs instead of 16. Rows and columns past the edge load clamped values whose results are never stored; k
+// past the end loads zeros. No invocation returns early: all of them reach every barrier.
+var<workgroup> xs: array<vec4<f32>, 256>; // [k 0..16][row quad 0..16]
+var<workgroup> ws: array<vec4<f32>, 256>; // [k 0..16][column quad 0..16]
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled_shared(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let col_blocks = (p.n + 63u) / 64u;
+    let row_base = (gid / col_blocks) * 64u;
+    let col_base = (gid % col_blocks) * 64u;
+    // This invocation's share of the staging: one vec4 (4 k) of one x row and of one w row.
+    let load_row = li / 4u;
+    let load_k4 = li % 4u;
+    let x_row = p.x_off4 + min(row_base + load_row, p.m - 1u) * p.k4;
+    let w_row = p.w_off4 + min(col_base + load_row, p.n - 1u) * p.k4;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k4; k0 += 4u) {
+        let kk = k0 + load_k4;
+        var xv = vec4<f32>(0.0);
+        var wv = vec4<f32>(0.0);
+        if (kk < p.k4) {
+            xv = x[x_row + kk];
+            wv = w[w_row + kk];
+        }
+        let quad = load_row / 4u;
+        let lane = load_row % 4u;
+        let k = load_k4 * 4u;
+        xs[k * 16u + quad][lane] = xv.x;
+        xs[(k + 1u) * 16u + quad][lane] = xv.y;
+        xs[(k + 2u) * 16u + quad][lane] = xv.z;
+        xs[(k + 3u) * 16u + quad][lane] = xv.w;
+        ws[k * 16u + quad][lane] = wv.x;
+        ws[(k + 1u) * 16u + quad][lane] = wv.y;
+        ws[(k + 2u) * 16u + quad][lane] = wv.z;
+        ws[(k + 3u) * 16u + quad][lane] = wv.w;
+        workgroupBarrier();
+        for (var s = 0u; s < 16u; s++) {
+            let a = xs[s * 16u + lid.y];
+            let b = ws[s * 16u + lid.x];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let r0 = row_base + lid.y * 4u;
+    let c0 = col_base + lid.x * 4u;
+    if (r0 >= p.m || c0 >= p.n) {
+        return;
+    }
+    store_row(r0, c0, acc0);
+    if (r0 + 1u < p.m) { store_row(r0 + 1u, c0, acc1); }
+    if (r0 + 2u < p.m) { store_row(r0 + 2u, c0, acc2); }
+    if (r0 + 3u < p.m) { store_row(r0 + 3u, c0, acc3); }
+}

@@ -118,3 +118,107 @@ fn matmul_tn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     store(r0 + 2u, c0, acc2);
     store(r0 + 3u, c0, acc3);
 }
+
+// The same two products for GPUs, staged through workgroup memory 16 k at a time (as `matmul_tiled_shared` in
+// matmul.wgsl): a's 64 rows and b's 64 columns of the tile are loaded once per workgroup instead of once per
+// invocation; each invocation then reads one vec4 of each per k. k past the end stages zeros; rows and columns
+// past the edge stage clamped values that are never stored; every invocation reaches every barrier.
+var<workgroup> as4: array<vec4<f32>, 256>; // [k 0..16][row quad 0..16]
+var<workgroup> bs4: array<vec4<f32>, 256>; // [k 0..16][column quad 0..16]
+
+fn tile_origin(wg: vec3<u32>) -> vec2<u32> {
+    let gid = wg.x + wg.y * p.groups_x;
+    let col_blocks = (p.n + 63u) / 64u;
+    return vec2<u32>((gid / col_blocks) * 64u, (gid % col_blocks) * 64u);
+}
+
+// b's 16×64 slab at k0: row li / 16 of the slab, column quad li % 16 (b's rows are contiguous in n).
+fn stage_b(k0: u32, li: u32, col_base: u32) {
+    let kr = k0 + li / 16u;
+    let cq = min(col_base / 4u + li % 16u, p.n / 4u - 1u);
+    var v = vec4<f32>(0.0);
+    if (kr < p.k) {
+        v = b[p.b_off4 + kr * p.ldb4 + cq];
+    }
+    bs4[li] = v;
+}
+
+fn multiply_tile(lid: vec3<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
+    for (var s = 0u; s < 16u; s++) {
+        let av = as4[s * 16u + lid.y];
+        let bv = bs4[s * 16u + lid.x];
+        (*acc)[0] += av.x * bv;
+        (*acc)[1] += av.y * bv;
+        (*acc)[2] += av.z * bv;
+        (*acc)[3] += av.w * bv;
+    }
+}
+
+fn store_tile(origin: vec2<u32>, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
+    let r0 = origin.x + lid.y * 4u;
+    let c0 = origin.y + lid.x * 4u;
+    if (c0 >= p.n) {
+        return;
+    }
+    for (var i = 0u; i < 4u; i++) {
+        store(r0 + i, c0, acc[i]);
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_nn_shared(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let origin = tile_origin(wg);
+    // a's 64×16 slab: row li / 4, k quad li % 4, transposed into as4 on the way in.
+    let load_row = li / 4u;
+    let a_row = p.a_off4 + min(origin.x + load_row, p.m - 1u) * p.lda4;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+        let k = k0 + (li % 4u) * 4u;
+        var v = vec4<f32>(0.0);
+        if (k < p.k) {
+            // k is a multiple of 4 here (the host checks), so a 4-float step never straddles the end.
+            v = a[a_row + k / 4u];
+        }
+        let quad = load_row / 4u;
+        let lane = load_row % 4u;
+        let kl = (li % 4u) * 4u;
+        as4[kl * 16u + quad][lane] = v.x;
+        as4[(kl + 1u) * 16u + quad][lane] = v.y;
+        as4[(kl + 2u) * 16u + quad][lane] = v.z;
+        as4[(kl + 3u) * 16u + quad][lane] = v.w;
+        stage_b(k0, li, origin.y);
+        workgroupBarrier();
+        multiply_tile(lid, &acc);
+        workgroupBarrier();
+    }
+    store_tile(origin, lid, acc);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tn_shared(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let origin = tile_origin(wg);
+    // a is stored [k, m]: its 16×64 slab is already k-major, a row quad per vec4 (m is a multiple of 4).
+    let rq = min(origin.x / 4u + li % 16u, p.m / 4u - 1u);
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+        let kr = k0 + li / 16u;
+        var v = vec4<f32>(0.0);
+        if (kr < p.k) {
+            v = a[p.a_off4 + kr * p.lda4 + rq];
+        }
+        as4[li] = v;
+        stage_b(k0, li, origin.y);
+        workgroupBarrier();
+        multiply_tile(lid, &acc);
+        workgroupBarrier();
+    }
+    store_tile(origin, lid, acc);
+}

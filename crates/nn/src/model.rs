@@ -27,6 +27,21 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// The shapes of SmolLM2-135M(-Instruct), as its GGUF states them (embeddings tied to the LM head).
+    pub fn smollm2_135m() -> LlamaConfig {
+        LlamaConfig {
+            vocab: 49_152,
+            hidden: 576,
+            layers: 30,
+            heads: 9,
+            kv_heads: 3,
+            ffn: 1536,
+            rope_theta: 100_000.0,
+            eps: 1e-5,
+            context: 8192,
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
     }

@@ -28,6 +28,8 @@ fn smollm2_answers_the_capital_of_france() {
 
     let model = Llama::from_gguf(&gguf).unwrap();
     assert_eq!((model.config.layers, model.config.hidden, model.config.heads, model.config.kv_heads), (30, 576, 9, 3));
+    // The named shape that `bench nn --model random:smollm2-135m` builds is the file's.
+    assert_eq!(model.config, userrl_nn::model::LlamaConfig::smollm2_135m());
     let prompt = tokenizer.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
     let ids = tokenizer.encode(&prompt).unwrap();
     let out =

@@ -4,7 +4,7 @@
 //! the whole output: ≤ 1e-4 for forward values, ≤ 1e-3 for gradients and anything downstream of them.
 
 use userrl_nn::cpu_ops::{self, AdamW, AttnShape, GrpoClip, RopeTable};
-use userrl_nn::wgpu::{Device, MatView, Tensor, WgpuError};
+use userrl_nn::wgpu::{Device, MatView, MatmulTiles, Tensor, WgpuError};
 
 mod common;
 use common::{device, random, rel_err};
@@ -44,7 +44,12 @@ fn gpu() -> Gpu {
 
 #[test]
 fn matmul_in_every_transpose_matches_cpu() {
-    let g = gpu();
+    for tiles in [MatmulTiles::Registers, MatmulTiles::Shared] {
+        matmul_in_every_transpose_matches_cpu_on(&Gpu { dev: device().with_matmul_tiles(tiles) });
+    }
+}
+
+fn matmul_in_every_transpose_matches_cpu_on(g: &Gpu) {
     // Odd sizes take the general strided kernel; multiples of 4 the vec4 ones (A·B, Aᵀ·B, and A·Bᵀ through the
     // inference forward's tiled and few-row kernels), whose edges the 5-, 36- and 130-row cases hit.
     let shapes = [(5, 7, 9), (70, 33, 65), (1, 16, 130), (64, 64, 64), (5, 12, 20), (36, 8, 132), (130, 68, 96)];
@@ -62,7 +67,7 @@ fn matmul_in_every_transpose_matches_cpu() {
                     let mut batch = g.dev.batch();
                     batch.matmul(m, k, n, &g.up(&a), a_t, &g.up(&b), b_t, beta, &c).unwrap();
                     batch.submit().unwrap();
-                    let what = format!("matmul {m}x{k}x{n} a_t={a_t} b_t={b_t} beta={beta}");
+                    let what = format!("matmul {m}x{k}x{n} a_t={a_t} b_t={b_t} beta={beta} {:?}", g.dev.matmul_tiles());
                     assert_close(&what, &g.get(&c), &want, FWD_TOL);
                 }
             }

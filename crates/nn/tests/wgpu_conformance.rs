@@ -5,7 +5,7 @@
 use userrl_nn::backend::LogitsModel;
 use userrl_nn::generate::{Sampling, generate, generate_with};
 use userrl_nn::model::{Layer, Llama, LlamaConfig, ModelError, linear, rms_norm, rope};
-use userrl_nn::wgpu::{WgpuError, WgpuLlama};
+use userrl_nn::wgpu::{Device, MatmulTiles, WgpuError, WgpuLlama};
 
 mod common;
 use common::{device, random, rel_err};
@@ -18,10 +18,17 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn linear_matches_cpu() {
-    let dev = device();
-    // Few rows take the reduction kernel, more the 4×4-blocked one; odd sizes hit the edges.
+    // Few rows take the reduction kernel, more the 4×4-blocked one (both tilings); odd sizes hit the edges.
+    for dev in [device().with_matmul_tiles(MatmulTiles::Registers), device().with_matmul_tiles(MatmulTiles::Shared)] {
+        linear_matches_cpu_on(&dev);
+    }
+}
+
+fn linear_matches_cpu_on(dev: &Device) {
     for (i, &(t, k, n)) in
-        [(1, 64, 64), (3, 128, 201), (8, 64, 64), (65, 256, 130), (200, 128, 256), (7, 4, 3)].iter().enumerate()
+        [(1, 64, 64), (3, 128, 201), (8, 64, 64), (65, 256, 130), (200, 128, 256), (7, 4, 3), (70, 40, 68)]
+            .iter()
+            .enumerate()
     {
         let x = random(t * k, i as u64 + 1, 1.0);
         let w = random(n * k, i as u64 + 100, 0.5);
@@ -31,7 +38,8 @@ fn linear_matches_cpu() {
         let mut b = dev.batch();
         b.linear(&gx, t, &gw, &gy).unwrap();
         b.submit().unwrap();
-        assert_close(&format!("linear {t}x{k}x{n}"), &dev.download(&gy).unwrap(), &want);
+        let what = format!("linear {t}x{k}x{n} {:?}", dev.matmul_tiles());
+        assert_close(&what, &dev.download(&gy).unwrap(), &want);
     }
 }
 
@@ -238,14 +246,16 @@ fn tiny_llama(tied: bool) -> Llama {
 fn tiny_llama_gives_the_cpu_logits() {
     // The 32 KiB cap splits the [300, 64] embedding / LM head into 3 chunks (the path of large vocabularies).
     let dev = device().with_binding_limit(32 << 10);
-    for tied in [true, false] {
+    let cases = [(true, MatmulTiles::Registers), (false, MatmulTiles::Registers), (true, MatmulTiles::Shared)];
+    for (tied, tiles) in cases {
+        let dev = dev.with_matmul_tiles(tiles);
         let cpu = tiny_llama(tied);
         let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
         let prompt: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % 300).collect();
         let (mut cc, mut gc) = (cpu.new_cache(), gpu.new_cache());
         let want = cpu.forward_last(&prompt, &mut cc).unwrap();
         let got = gpu.forward_last(&prompt, &mut gc).unwrap();
-        assert_close(&format!("prefill logits (tied {tied})"), &got, &want);
+        assert_close(&format!("prefill logits (tied {tied}, {tiles:?})"), &got, &want);
         for step in 0..4u32 {
             let tok = [(step * 91 + 7) % 300];
             let want = cpu.forward_last(&tok, &mut cc).unwrap();
@@ -300,4 +310,31 @@ fn wgpu_llama_rejects_bad_input_like_the_cpu() {
         Err(WgpuError::Model(ModelError::ContextOverflow { .. }))
     ));
     assert_eq!(cache.len, 0);
+}
+
+#[test]
+fn a_profiled_device_times_each_kernel() {
+    // lavapipe, like NVIDIA's and AMD's Vulkan drivers, has timestamp queries.
+    let dev = Device::wgpu_profiled().unwrap();
+    let (t, k, n) = (16, 64, 40);
+    let (gx, gw, gy) = (
+        dev.upload(&random(t * k, 1, 1.0)).unwrap(),
+        dev.upload_matrix(&random(n * k, 2, 1.0), n, k).unwrap(),
+        dev.zeros(t * n).unwrap(),
+    );
+    let (norm_weight, normed) = (dev.upload(&vec![1.0; n]).unwrap(), dev.zeros(t * n).unwrap());
+    for _ in 0..3 {
+        let mut b = dev.batch();
+        b.linear(&gx, t, &gw, &gy).unwrap();
+        b.rms_norm(&gy, &norm_weight, 1e-5, n, t, &normed).unwrap();
+        b.submit().unwrap();
+    }
+    let profile = dev.take_profile().expect("timestamps on this adapter");
+    let kernels: Vec<_> = profile.iter().map(|p| (p.kernel, p.dispatches)).collect();
+    assert!(kernels.contains(&("rms_norm", 3)), "{kernels:?}");
+    assert!(kernels.iter().any(|(name, n)| name.starts_with("matmul_tiled") && *n == 3), "{kernels:?}");
+    assert!(profile.iter().all(|p| p.ms > 0.0 && p.ms.is_finite()), "{profile:?}");
+    // Taking the profile resets it; a device opened without profiling has none.
+    assert!(dev.take_profile().unwrap().is_empty());
+    assert!(device().take_profile().is_none());
 }

@@ -4,7 +4,7 @@
 
 use userrl_nn::cpu_ops::{AdamW, GrpoClip};
 use userrl_nn::train::{Objective, TrainError, TrainSequence, TrainStep, TrainableLlama, tiny_config};
-use userrl_nn::wgpu::{WgpuError, WgpuLlama, WgpuTrainer};
+use userrl_nn::wgpu::{MatmulTiles, WgpuError, WgpuLlama, WgpuTrainer};
 
 mod common;
 use common::{device, rel_err};
@@ -23,8 +23,10 @@ fn step<'a>(mbs: Vec<&'a [TrainSequence]>, objective: Objective) -> TrainStep<'a
 
 #[test]
 fn sft_loss_curve_matches_the_cpu_trainer_over_20_steps() {
-    let dev = device();
-    for tied in [true, false] {
+    // Both matmul tilings (each adapter kind defaults to one of them).
+    let cases = [(true, MatmulTiles::Registers), (false, MatmulTiles::Registers), (true, MatmulTiles::Shared)];
+    for (tied, tiles) in cases {
+        let dev = device().with_matmul_tiles(tiles);
         let mut cpu = TrainableLlama::random(&tiny_config(), 3, tied).unwrap();
         // 64 classes in chunks of 24: the LM head runs as three chunks on both backends.
         cpu.head_chunk = 24;

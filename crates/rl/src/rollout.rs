@@ -178,8 +178,6 @@ pub enum RolloutError {
     MissingToken(&'static str),
     #[error("bad SFT record: {0}")]
     BadRecord(String),
-    #[error("the reply did not end within {0} new tokens")]
-    ReplyTooLong(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -359,29 +357,35 @@ fn tokenizer_token(tokenizer: &Tokenizer, token: &'static str) -> Result<u32, Ro
 impl userrl_gym::Agent for ModelAgent {
     async fn act(&mut self, conversation: &[Message]) -> userrl_gym::AgentTurn {
         use userrl_gym::AgentTurn;
-        let result = (|| -> Result<String, RolloutError> {
+        let result = (|| -> Result<(String, bool), RolloutError> {
             let context = self.context(conversation)?;
             let im_end = tokenizer_token(&self.tokenizer, "<|im_end|>")?;
             let room = self.model.config.context.saturating_sub(context.len() + 1);
             let sampling = Sampling { max_new_tokens: self.sampling.max_new_tokens.min(room), ..self.sampling.clone() };
             let generation = userrl_nn::generate::generate(&self.model, &context, &[im_end], &sampling)?;
-            if !generation.stopped {
-                return Err(RolloutError::ReplyTooLong(sampling.max_new_tokens));
-            }
-            let tokens = &generation.tokens[..generation.tokens.len().saturating_sub(1)];
-            Ok(self.tokenizer.decode(tokens)?)
+            // A stopped reply ends with <|im_end|>, which is not text.
+            let text_len = generation.tokens.len().saturating_sub(usize::from(generation.stopped));
+            Ok((self.tokenizer.decode(&generation.tokens[..text_len])?, generation.stopped))
         })();
         match result {
             Err(e) => AgentTurn::Failed(e.to_string()),
-            Ok(text) => match tool::parse_hermes(&text).calls.into_iter().next() {
-                None => AgentTurn::Text(text),
-                Some(call) if call.name != tool::TOOL_NAME => AgentTurn::Invalid {
-                    thought: text,
-                    error: tool::ToolError::UnknownTool(call.name.chars().take(60).collect()),
-                },
-                Some(call) => AgentTurn::Call { thought: text, arguments: call.arguments },
-            },
+            Ok((text, stopped)) => turn_from_reply(text, stopped),
         }
+    }
+}
+
+/// An evaluated reply as a turn: its first Hermes call (the reference's evaluation reads the first call of any
+/// reply, cut or not); without one, a cut reply ends the episode as `length` and a finished one as `no_tool_call`.
+fn turn_from_reply(text: String, stopped: bool) -> userrl_gym::AgentTurn {
+    use userrl_gym::AgentTurn;
+    match tool::parse_hermes(&text).calls.into_iter().next() {
+        None if !stopped => AgentTurn::Cut(text),
+        None => AgentTurn::Text(text),
+        Some(call) if call.name != tool::TOOL_NAME => AgentTurn::Invalid {
+            thought: text,
+            error: tool::ToolError::UnknownTool(call.name.chars().take(60).collect()),
+        },
+        Some(call) => AgentTurn::Call { thought: text, arguments: call.arguments },
     }
 }
 
@@ -704,20 +708,30 @@ pub(crate) mod tests {
         let catalog = Catalog::builtin(&[GymKind::Function]).unwrap();
         let gym = catalog.get(GymKind::Function).unwrap();
         let task = gym.task_ids(None)[0].clone();
-        // A random model rarely stops within 4 tokens: the reply overflows its budget and the episode ends as an
-        // agent failure, not a panic.
+        // A random model rarely stops within 4 tokens: the reply is cut at its budget and the episode ends as
+        // `length` (reference §6.1), not a panic.
         let mut agent =
             ModelAgent { model, tokenizer: tok, sampling: Sampling { max_new_tokens: 4, ..Sampling::default() } };
         let t = block_on(run_episode(gym.as_ref(), &task, &mut agent, Arc::new(ScriptedUser), &EnvConfig::default()))
             .unwrap();
-        assert!(matches!(t.termination, Termination::AgentError | Termination::NoToolCall), "{:?}", t.termination);
+        assert!(matches!(t.termination, Termination::Length | Termination::NoToolCall), "{:?}", t.termination);
         assert!(t.turns.is_empty());
-        // The failure says what happened (it used to be reported as a "bad SFT record").
         let conversation = [Message::new(Role::System, "You are an agent."), Message::new(Role::User, "Hello")];
         match block_on(userrl_gym::Agent::act(&mut agent, &conversation)) {
-            userrl_gym::AgentTurn::Failed(why) => assert_eq!(why, "the reply did not end within 4 new tokens"),
+            userrl_gym::AgentTurn::Cut(text) => assert!(!text.is_empty()),
             other => panic!("a random model should overflow 4 tokens here: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_cut_reply_keeps_a_complete_call_and_otherwise_ends_as_length() {
+        use userrl_gym::AgentTurn;
+        let call = r#"Let me ask.<tool_call>{"name": "interact_with_env", "arguments": {"choice": "action", "content": "Which city?"}}</tool_call> and then"#;
+        assert!(matches!(turn_from_reply(call.into(), false), AgentTurn::Call { .. }));
+        assert!(matches!(turn_from_reply(call.into(), true), AgentTurn::Call { .. }));
+        let half = r#"Let me ask.<tool_call>{"name": "interact_with_env", "argum"#;
+        assert_eq!(turn_from_reply(half.into(), false), AgentTurn::Cut(half.into()));
+        assert_eq!(turn_from_reply("All done.".into(), true), AgentTurn::Text("All done.".into()));
     }
 
     #[test]

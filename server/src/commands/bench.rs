@@ -50,7 +50,8 @@ pub enum Command {
         /// decode and the training step (matmul and batched decode are CPU-only numbers).
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// A `.gguf` file or a checkpoint directory.
+        /// A `.gguf` file, a checkpoint directory, or `random:smollm2-135m` (SmolLM2-135M's shapes with random
+        /// weights, as the PyTorch peer uses: same arithmetic, no model file to ship to a GPU box).
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
         model: std::path::PathBuf,
         /// Timed runs per number (after one warm-up); the median is reported.
@@ -301,8 +302,30 @@ struct NnOptions {
     train_batch: usize,
 }
 
+/// The model `bench nn` times: a file, or random weights in a named published shape.
+struct BenchModel {
+    model: userrl_nn::model::Llama,
+}
+
+impl BenchModel {
+    const RANDOM_PREFIX: &str = "random:";
+
+    fn load(path: &std::path::Path) -> Result<BenchModel> {
+        use anyhow::Context;
+        let shown = path.display().to_string();
+        if let Some(name) = shown.strip_prefix(Self::RANDOM_PREFIX) {
+            let config = match name {
+                "smollm2-135m" => userrl_nn::model::LlamaConfig::smollm2_135m(),
+                other => anyhow::bail!("--model random:{other}: the known shapes are smollm2-135m"),
+            };
+            return Ok(BenchModel { model: userrl_nn::checkpoint::random_model(config, true, 0) });
+        }
+        let loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {shown}"))?;
+        Ok(BenchModel { model: loaded.model })
+    }
+}
+
 fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
-    use anyhow::Context;
     use userrl_nn::bench;
     use userrl_nn::model::Precision;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -311,9 +334,9 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
             eprintln!("[bench nn] {what}");
         }
     };
+    let mut loaded = BenchModel::load(path)?;
     say(&format!("matmul {0}x{0}x{0}, {1} runs", o.matmul_n, o.runs));
     let mm = bench::matmul(o.matmul_n, o.runs);
-    let mut loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {}", path.display()))?;
     let load_average = std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string());
     let h = loaded.model.config.hidden;
     let vocab = loaded.model.config.vocab;
@@ -417,7 +440,6 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
 
 /// `bench nn --device wgpu`: the same prefill, batch-1 decode and training step through the WGSL kernels.
 fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
-    use anyhow::Context;
     use userrl_nn::{bench, wgpu};
     let say = |what: &str| {
         if !json_out {
@@ -428,7 +450,9 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
     let info = device.info();
     let adapter = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
     say(&format!("adapter {adapter}"));
-    let loaded = userrl_nn::checkpoint::load_model(path).with_context(|| format!("loading {}", path.display()))?;
+    let loaded = BenchModel::load(path)?;
+    say(&format!("matmul {0}x{0}x{0}, both tilings", o.matmul_n));
+    let matmul = wgpu::bench::matmul(&device, o.matmul_n, o.runs)?;
     let model = wgpu::WgpuLlama::new(&device, &loaded.model)?;
     say(&format!("prefill {} tokens", o.prefill_tokens));
     let prefill = bench::prefill(&model, o.prefill_tokens, o.runs)?;
@@ -444,6 +468,8 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
     let report = json!({
         "device": "wgpu",
         "adapter": adapter,
+        "matmul_tiles": format!("{:?}", device.matmul_tiles()),
+        "matmul": matmul,
         "runs": o.runs,
         "statistic": "median",
         "model": path.display().to_string(),
@@ -455,6 +481,10 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         println!("{report}");
     } else {
         println!("wgpu backend on {adapter}, median of {} runs, model {}", o.runs, path.display());
+        for m in &matmul {
+            println!("matmul {0}x{0}x{0} ({1} tiles): {2:.1} GFLOP/s", m.n, m.tiles, m.gflops);
+        }
+        println!("many-row matmuls use {:?} tiles (USERRL_WGPU_MATMUL overrides)", device.matmul_tiles());
         println!("prefill {} tokens: {prefill:.1} tokens/s", o.prefill_tokens);
         println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
         if let Some(t) = train {

@@ -2,7 +2,7 @@
 //! [`WgpuTrainer`]) on the same synthetic SFT batch the CPU training bench uses, median of timed steps after one
 //! warm-up. Each timed step waits for the device to finish its AdamW update, so it measures finished work.
 
-use super::{Device, WgpuError, WgpuTrainer};
+use super::{Device, MatmulTiles, WgpuError, WgpuTrainer};
 use crate::bench::{median_seconds, synthetic_batch};
 use crate::cpu_ops::AdamW;
 use crate::train::{Objective, TrainStep, TrainableLlama};
@@ -49,4 +49,34 @@ pub fn train_step(
         seconds_per_step: seconds,
         tokens_per_s: (seq * batch) as f64 / seconds,
     })
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MatmulResult {
+    pub n: usize,
+    /// "Registers" or "Shared" ([`super::MatmulTiles`]).
+    pub tiles: String,
+    pub gflops: f64,
+}
+
+/// GFLOP/s of the many-row matmul (`y = x · wᵀ`, the layout of prefill and the training forward) on an
+/// `n × n × n` problem, each timed run waiting for the device, with each tiling the adapter can run.
+pub fn matmul(device: &Device, n: usize, runs: usize) -> Result<Vec<MatmulResult>, WgpuError> {
+    let x: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let w: Vec<f32> = (0..n * n).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    let (gx, gw, gy) = (device.upload(&x)?, device.upload_matrix(&w, n, n)?, device.zeros(n * n)?);
+    let flops = 2.0 * (n as f64).powi(3);
+    [MatmulTiles::Registers, MatmulTiles::Shared]
+        .into_iter()
+        .map(|tiles| {
+            let dev = device.with_matmul_tiles(tiles);
+            let seconds = median_seconds(runs, || {
+                let mut batch = dev.batch();
+                batch.linear(&gx, n, &gw, &gy)?;
+                batch.submit()?;
+                dev.wait()
+            })?;
+            Ok(MatmulResult { n, tiles: format!("{tiles:?}"), gflops: flops / seconds / 1e9 })
+        })
+        .collect()
 }

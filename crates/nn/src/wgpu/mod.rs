@@ -85,9 +85,47 @@ enum Kernel {
     GrpoLoss,
     MatmulNn,
     MatmulTn,
+    MatmulTiledShared,
+    MatmulNnShared,
+    MatmulTnShared,
 }
 
-const KERNELS: [(Kernel, &str, &str); 29] = [
+impl Kernel {
+    /// The workgroup-memory twin of a register-blocked matmul kernel (same parameters, bindings and grid).
+    fn shared_twin(self) -> Kernel {
+        match self {
+            Kernel::MatmulTiled => Kernel::MatmulTiledShared,
+            Kernel::MatmulNn => Kernel::MatmulNnShared,
+            Kernel::MatmulTn => Kernel::MatmulTnShared,
+            other => other,
+        }
+    }
+}
+
+/// How the many-row matmuls (prefill, training) tile their work. Both compute the same 64×64 tile of the output
+/// per workgroup, 4×4 per invocation, and agree to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulTiles {
+    /// Operands straight from storage into registers: best on CPU drivers (lavapipe), where a workgroup barrier
+    /// switches coroutines and the caches serve the reuse.
+    Registers,
+    /// Operands staged through workgroup memory 16 k at a time: 16× fewer global loads; best on GPUs.
+    Shared,
+}
+
+impl MatmulTiles {
+    /// `USERRL_WGPU_MATMUL=registers|shared` when set (for benchmarks that compare them), else by adapter kind.
+    fn choose(info: &::wgpu::AdapterInfo) -> MatmulTiles {
+        match std::env::var("USERRL_WGPU_MATMUL").as_deref() {
+            Ok("registers") => MatmulTiles::Registers,
+            Ok("shared") => MatmulTiles::Shared,
+            _ if info.device_type == ::wgpu::DeviceType::Cpu => MatmulTiles::Registers,
+            _ => MatmulTiles::Shared,
+        }
+    }
+}
+
+const KERNELS: [(Kernel, &str, &str); 32] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -117,6 +155,9 @@ const KERNELS: [(Kernel, &str, &str); 29] = [
     (Kernel::GrpoLoss, "grpo", "grpo_loss"),
     (Kernel::MatmulNn, "matmul_vec4", "matmul_nn"),
     (Kernel::MatmulTn, "matmul_vec4", "matmul_tn"),
+    (Kernel::MatmulTiledShared, "matmul", "matmul_tiled_shared"),
+    (Kernel::MatmulNnShared, "matmul_vec4", "matmul_nn_shared"),
+    (Kernel::MatmulTnShared, "matmul_vec4", "matmul_tn_shared"),
 ];
 
 const SHADERS: [(&str, &str); 13] = [
@@ -140,7 +181,20 @@ struct Inner {
     queue: ::wgpu::Queue,
     info: ::wgpu::AdapterInfo,
     pipelines: Vec<::wgpu::ComputePipeline>,
+    /// Per kernel: dispatches and GPU nanoseconds, when `USERRL_WGPU_PROFILE=1` and the adapter has timestamps.
+    profile: Option<std::sync::Mutex<Vec<(u64, f64)>>>,
 }
+
+/// GPU time of one kernel over the dispatches since the last [`Device::take_profile`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub dispatches: u64,
+    pub ms: f64,
+}
+
+/// Timestamps per submission: two per dispatch (wgpu's QUERY_SET_MAX_QUERIES is 4096).
+const PROFILED_DISPATCHES: usize = 2048;
 
 /// An opened wgpu device with the kernels compiled. Cheap to clone (shared).
 #[derive(Clone)]
@@ -148,6 +202,7 @@ pub struct Device {
     inner: Arc<Inner>,
     /// Largest storage buffer this handle creates (lowered by [`Device::with_binding_limit`]).
     max_binding: u64,
+    matmul_tiles: MatmulTiles,
 }
 
 impl std::fmt::Debug for Device {
@@ -179,6 +234,11 @@ fn rank(info: &::wgpu::AdapterInfo) -> (u8, u8) {
     (kind, u8::from(info.backend == ::wgpu::Backend::Gl))
 }
 
+/// `USERRL_WGPU_PROFILE=1`: time every kernel (see [`Device::take_profile`]).
+fn profiling_asked() -> bool {
+    std::env::var("USERRL_WGPU_PROFILE").is_ok_and(|v| v == "1")
+}
+
 fn is_hardware(info: &::wgpu::AdapterInfo) -> bool {
     matches!(info.device_type, ::wgpu::DeviceType::DiscreteGpu | ::wgpu::DeviceType::IntegratedGpu)
 }
@@ -192,17 +252,27 @@ impl Device {
             .filter(|a| is_hardware(&a.get_info()))
             .collect();
         adapters.sort_by_key(|a| rank(&a.get_info()));
-        adapters.into_iter().find_map(|a| Device::open(a).ok())
+        adapters.into_iter().find_map(|a| Device::open(a, profiling_asked()).ok())
     }
 
     /// The best wgpu adapter of any kind, software ones (lavapipe) included.
     pub fn wgpu() -> Result<Device, WgpuError> {
+        Device::best_wgpu(profiling_asked())
+    }
+
+    /// [`Device::wgpu`] with per-kernel GPU timings ([`Device::take_profile`]) where the adapter has timestamp
+    /// queries: each dispatch then runs in a compute pass of its own, a little slower.
+    pub fn wgpu_profiled() -> Result<Device, WgpuError> {
+        Device::best_wgpu(true)
+    }
+
+    fn best_wgpu(profile: bool) -> Result<Device, WgpuError> {
         let (instance, backends) = instance();
         let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
         adapters.sort_by_key(|a| rank(&a.get_info()));
         let mut last = None;
         for adapter in adapters {
-            match Device::open(adapter) {
+            match Device::open(adapter, profile) {
                 Ok(device) => return Ok(device),
                 Err(e) => last = Some(e),
             }
@@ -210,12 +280,14 @@ impl Device {
         Err(last.unwrap_or(WgpuError::NoAdapter { backends: format!("{backends:?}") }))
     }
 
-    fn open(adapter: ::wgpu::Adapter) -> Result<Device, WgpuError> {
+    fn open(adapter: ::wgpu::Adapter, profile: bool) -> Result<Device, WgpuError> {
         let info = adapter.get_info();
         let limits = ::wgpu::Limits::default();
+        // Profiling times each dispatch in its own pass: a diagnostic mode, slower than the normal one.
+        let profiling = profile && adapter.features().contains(::wgpu::Features::TIMESTAMP_QUERY);
         let desc = ::wgpu::DeviceDescriptor {
             label: Some("userrl-nn"),
-            required_features: ::wgpu::Features::empty(),
+            required_features: if profiling { ::wgpu::Features::TIMESTAMP_QUERY } else { ::wgpu::Features::empty() },
             required_limits: limits.clone(),
             experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
             memory_hints: ::wgpu::MemoryHints::Performance,
@@ -256,7 +328,9 @@ impl Device {
             return Err(WgpuError::Validation(e.to_string()));
         }
         let max_binding = MAX_BINDING_BYTES.min(limits.max_storage_buffer_binding_size);
-        Ok(Device { inner: Arc::new(Inner { device, queue, info, pipelines }), max_binding })
+        let matmul_tiles = MatmulTiles::choose(&info);
+        let profile = profiling.then(|| std::sync::Mutex::new(vec![(0, 0.0); KERNELS.len()]));
+        Ok(Device { inner: Arc::new(Inner { device, queue, info, pipelines, profile }), max_binding, matmul_tiles })
     }
 
     pub fn info(&self) -> &::wgpu::AdapterInfo {
@@ -271,7 +345,35 @@ impl Device {
     /// The same device with a lower cap on one storage buffer, so that tests exercise the row-chunked matrices
     /// (embedding, LM head) on small models.
     pub fn with_binding_limit(&self, bytes: u64) -> Device {
-        Device { inner: self.inner.clone(), max_binding: self.max_binding.min(bytes) }
+        Device { max_binding: self.max_binding.min(bytes), ..self.clone() }
+    }
+
+    /// The same device with the many-row matmuls tiled as `tiles` says (tests run both on any adapter).
+    pub fn with_matmul_tiles(&self, tiles: MatmulTiles) -> Device {
+        Device { matmul_tiles: tiles, ..self.clone() }
+    }
+
+    pub fn matmul_tiles(&self) -> MatmulTiles {
+        self.matmul_tiles
+    }
+
+    /// GPU time per kernel since the last call, slowest first; `None` unless the device was opened with
+    /// `USERRL_WGPU_PROFILE=1` on an adapter with timestamp queries.
+    pub fn take_profile(&self) -> Option<Vec<KernelTime>> {
+        let profile = self.inner.profile.as_ref()?;
+        let mut totals = match profile.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out: Vec<KernelTime> = KERNELS
+            .iter()
+            .zip(totals.iter())
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|((_, _, entry), (n, ns))| KernelTime { kernel: entry, dispatches: *n, ms: ns / 1e6 })
+            .collect();
+        out.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        totals.iter_mut().for_each(|t| *t = (0, 0.0));
+        Some(out)
     }
 
     fn check_size(&self, bytes: u64) -> Result<(), WgpuError> {
@@ -501,6 +603,7 @@ impl Batch<'_> {
         groups: usize,
     ) -> Result<(), WgpuError> {
         let groups = grid(groups)?;
+        let kernel = if self.dev.matmul_tiles == MatmulTiles::Shared { kernel.shared_twin() } else { kernel };
         self.ops.push(Op::Dispatch {
             kernel,
             buffers: buffers.iter().map(|t| t.buf.clone()).collect(),
@@ -713,6 +816,15 @@ impl Batch<'_> {
             usage: ::wgpu::BufferUsages::UNIFORM,
         });
         let mut enc = dev.create_command_encoder(&Default::default());
+        let queries = inner.profile.as_ref().map(|_| {
+            let count = (2 * dispatches.min(PROFILED_DISPATCHES)) as u32;
+            dev.create_query_set(&::wgpu::QuerySetDescriptor {
+                label: Some("kernel timestamps"),
+                ty: ::wgpu::QueryType::Timestamp,
+                count,
+            })
+        });
+        let mut timed: Vec<Kernel> = Vec::new();
         let mut slot = 0u64;
         let mut i = 0;
         while i < self.ops.len() {
@@ -726,8 +838,25 @@ impl Batch<'_> {
                     i += 1;
                 }
                 Op::Dispatch { .. } => {
-                    // A run of dispatches shares one compute pass (wgpu orders them by their buffer usage).
-                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    // A run of dispatches shares one compute pass (wgpu orders them by their buffer usage); when
+                    // profiling, each dispatch is a pass of its own between two timestamps.
+                    let timestamp_writes = match &queries {
+                        Some(set) if timed.len() < PROFILED_DISPATCHES => {
+                            let at = 2 * timed.len() as u32;
+                            if let Op::Dispatch { kernel, .. } = &self.ops[i] {
+                                timed.push(*kernel);
+                            }
+                            Some(::wgpu::ComputePassTimestampWrites {
+                                query_set: set,
+                                beginning_of_pass_write_index: Some(at),
+                                end_of_pass_write_index: Some(at + 1),
+                            })
+                        }
+                        _ => None,
+                    };
+                    let one_per_pass = queries.is_some();
+                    let mut pass =
+                        enc.begin_compute_pass(&::wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     while let Some(Op::Dispatch { kernel, buffers, groups, .. }) = self.ops.get(i) {
                         let pipeline = &inner.pipelines[*kernel as usize];
                         let mut entries = vec![::wgpu::BindGroupEntry {
@@ -754,13 +883,73 @@ impl Batch<'_> {
                         pass.dispatch_workgroups(groups.0, groups.1, 1);
                         slot += 1;
                         i += 1;
+                        if one_per_pass {
+                            break;
+                        }
                     }
                 }
             }
         }
+        let readback = match (&queries, timed.is_empty()) {
+            (Some(set), false) => Some(self.resolve_timestamps(&mut enc, set, timed.len())),
+            _ => None,
+        };
         inner.queue.submit([enc.finish()]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(WgpuError::Validation(e.to_string()));
+        }
+        if let Some(buffer) = readback {
+            self.add_timings(&buffer, &timed)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the first `2 · n` timestamps into a buffer the host can map.
+    fn resolve_timestamps(&self, enc: &mut ::wgpu::CommandEncoder, set: &::wgpu::QuerySet, n: usize) -> ::wgpu::Buffer {
+        let dev = &self.dev.inner.device;
+        let bytes = (2 * n * 8) as u64;
+        let resolved = dev.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage: ::wgpu::BufferUsages::QUERY_RESOLVE | ::wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = dev.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: bytes,
+            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        enc.resolve_query_set(set, 0..(2 * n) as u32, &resolved, 0);
+        enc.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
+        readback
+    }
+
+    /// Waits for the submission and adds each timed dispatch's GPU time to its kernel's total.
+    fn add_timings(&self, readback: &::wgpu::Buffer, timed: &[Kernel]) -> Result<(), WgpuError> {
+        let inner = &self.dev.inner;
+        let (tx, rx) = std::sync::mpsc::channel();
+        readback.slice(..).map_async(::wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        inner.device.poll(::wgpu::PollType::wait_indefinitely()).map_err(|e| WgpuError::Readback(e.to_string()))?;
+        rx.recv().map_err(|e| WgpuError::Readback(e.to_string()))?.map_err(|e| WgpuError::Readback(e.to_string()))?;
+        let ticks: Vec<u64> = {
+            let view = readback.slice(..).get_mapped_range().map_err(|e| WgpuError::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        readback.unmap();
+        let period_ns = f64::from(inner.queue.get_timestamp_period());
+        if let Some(profile) = &inner.profile {
+            let mut totals = match profile.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (kernel, pair) in timed.iter().zip(ticks.chunks_exact(2)) {
+                let entry = &mut totals[*kernel as usize];
+                entry.0 += 1;
+                entry.1 += pair[1].saturating_sub(pair[0]) as f64 * period_ns;
+            }
         }
         Ok(())
     }
