@@ -26,6 +26,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 // The CSRF token of this page; the script adds it to the bundle's same-origin fetches.
                 <meta name="csrf-token" content=crate::auth::csrf_token() />
                 <script inner_html=crate::auth::FETCH_CSRF_SCRIPT></script>
+                // On study pages: the worker's session token for the cookie-less path (MTurk's iframe).
+                <script inner_html=crate::crowd::STUDY_FETCH_SCRIPT></script>
                 <HydrationScripts options />
                 <MetaTags />
             </head>

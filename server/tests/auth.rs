@@ -3,131 +3,24 @@
 //! forged and expired session cookies, the rate limits (429 with `Retry-After`), the first-run setup page (this
 //! machine only, once) and the body cap. A small cookie jar plays the browser.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod common;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Request, StatusCode, header};
+use common::{Answer, Browser, PASSWORD, with_admin};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use userrl_app::auth::{Auth, AuthConfig, Rate, SESSION_COOKIE, VISITOR_COOKIE, csrf_for, hash_password, hash_token};
-use userrl_server::serve::{JobManager, JobOptions};
-use userrl_store::Store;
+use userrl_app::auth::{AuthConfig, Rate, SESSION_COOKIE, VISITOR_COOKIE, csrf_for, hash_token};
 
-const PASSWORD: &str = "correct horse battery staple";
 const LOCAL: [u8; 4] = [127, 0, 0, 1];
 const REMOTE: [u8; 4] = [192, 0, 2, 7];
 
-struct Site {
-    dir: PathBuf,
-    store: Store,
-    router: Router,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 /// The whole site on a temporary database, with `config` (an admin password from "the environment" unless the
 /// test clears it).
-async fn site(name: &str, config: AuthConfig) -> Site {
-    let dir = std::env::temp_dir().join(format!("userrl-auth-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.join("auth.db").display())).await.unwrap();
-    let manager = JobManager::new(
-        store.clone(),
-        JobOptions { runs_dir: dir.join("runs"), root: workspace_root(), configs_dir: None, max_jobs: 1 },
-    );
-    let auth = Auth::new(store.clone(), config);
-    let router = userrl_server::serve::app_with_auth(store.clone(), manager, &[], auth).await.unwrap();
-    Site { dir, store, router }
+async fn site(name: &str, config: AuthConfig) -> common::Site {
+    common::site(&format!("auth-{name}"), config).await
 }
 
-fn with_admin() -> AuthConfig {
-    AuthConfig { admin_password_hash: Some(hash_password(PASSWORD).unwrap()), ..AuthConfig::default() }
-}
-
-/// A browser: a cookie jar and a peer address.
-struct Browser<'a> {
-    site: &'a Site,
-    peer: [u8; 4],
-    cookies: HashMap<String, String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("{}: not JSON: {}", self.status, self.body))
-    }
-
-    fn location(&self) -> &str {
-        self.headers.get(header::LOCATION).map(|v| v.to_str().unwrap()).unwrap_or("")
-    }
-
-    fn set_cookies(&self) -> Vec<String> {
-        self.headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).collect()
-    }
-}
-
-impl<'a> Browser<'a> {
-    fn new(site: &'a Site, peer: [u8; 4]) -> Browser<'a> {
-        Browser { site, peer, cookies: HashMap::new() }
-    }
-
-    async fn send(&mut self, mut request: Request<Body>) -> Answer {
-        if !self.cookies.is_empty() && !request.headers().contains_key(header::COOKIE) {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            request.headers_mut().insert(header::COOKIE, jar.join("; ").parse().unwrap());
-        }
-        request.extensions_mut().insert(ConnectInfo(SocketAddr::from((self.peer, 40000))));
-        let response = self.site.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        for set in headers.get_all(header::SET_COOKIE) {
-            let set = set.to_str().unwrap();
-            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() || attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), value.to_string());
-            }
-        }
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
-    }
-
-    async fn get(&mut self, uri: &str) -> Answer {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
-    }
-
-    /// The visitor's state and CSRF token, as a script reads them.
-    async fn status(&mut self) -> Value {
-        let answer = self.get("/api/auth").await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-        answer.json()
-    }
-
-    async fn token(&mut self) -> String {
-        self.status().await["csrf_token"].as_str().unwrap().to_string()
-    }
-
+impl Browser<'_> {
     async fn post_json(&mut self, uri: &str, token: Option<&str>, body: Value) -> Answer {
         let mut request = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
         if let Some(token) = token {

@@ -4,46 +4,24 @@
 //! missing session tokens are refused; one session per worker; MTurk preview makes no session; every admin
 //! route refuses non-admins; the admin sees, excludes and exports the episodes (CSV cells defused), text a
 //! worker typed renders inert in the admin's transcript view, and the Eval table gets the real-user scores.
+//! Inside MTurk's cross-site iframe the flow works without cookies (the token in headers) and forged tokens or
+//! CSRF proofs are refused; only study pages may be framed; a lab of workers behind one address is not stopped
+//! by the per-IP limits while one worker is stopped by its own; a study's fixed Prolific code is shown once per
+//! session, after the rules are met.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Request, StatusCode, header};
+use common::{Answer, Browser, PASSWORD, Site};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use userrl_app::auth::{Auth, AuthConfig, Rate, hash_password};
-use userrl_server::serve::{JobManager, JobOptions};
-use userrl_store::Store;
+use userrl_app::auth::{AuthConfig, Rate, hash_password};
 
-const PASSWORD: &str = "correct horse battery staple";
 const PAYLOAD: &str = "<script>alert('xss')</script><img src=x onerror=alert(2)>";
 
-struct Site {
-    dir: PathBuf,
-    store: Store,
-    router: Router,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn site(name: &str) -> Site {
-    let dir = std::env::temp_dir().join(format!("userrl-crowd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.join("crowd.db").display())).await.unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let manager =
-        JobManager::new(store.clone(), JobOptions { runs_dir: dir.join("runs"), root, configs_dir: None, max_jobs: 1 });
     // The site's per-IP limits are tested with auth; here they must not cut a test worker's polling short.
     let config = AuthConfig {
         admin_password_hash: Some(hash_password(PASSWORD).unwrap()),
@@ -51,78 +29,34 @@ async fn site(name: &str) -> Site {
         general_rate: Rate::per_second(1000.0, 10_000),
         ..AuthConfig::default()
     };
-    let auth = Auth::new(store.clone(), config);
-    let router = userrl_server::serve::app_with_auth(store.clone(), manager, &[], auth).await.unwrap();
-    Site { dir, store, router }
+    site_with(name, config).await
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+async fn site_with(name: &str, config: AuthConfig) -> Site {
+    common::site(&format!("crowd-{name}"), config).await
 }
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("{}: not JSON: {}", self.status, self.body))
-    }
-    fn sets_cookie(&self, prefix: &str) -> bool {
-        self.headers.get_all(header::SET_COOKIE).iter().any(|v| v.to_str().unwrap().starts_with(prefix))
-    }
-}
-
-/// A browser: a cookie jar, a peer address, and the page's CSRF token.
-struct Browser<'a> {
-    site: &'a Site,
-    peer: [u8; 4],
-    cookies: HashMap<String, String>,
-}
-
-impl<'a> Browser<'a> {
-    fn new(site: &'a Site, peer: [u8; 4]) -> Browser<'a> {
-        Browser { site, peer, cookies: HashMap::new() }
+/// The crowd portal's calls. A framed (cookie-less) browser is the study page in MTurk's cross-site iframe: it
+/// sends the study session token `study_enter` handed out (`keep_access`) in headers instead of cookies.
+impl Browser<'_> {
+    /// Keeps the study session token a new session's `study_enter` handed out (what the page stores).
+    fn keep_access(&mut self, entered: &Answer) {
+        let access = &entered.json()["access"];
+        let token = access["token"].as_str().expect("a new session hands out its token").to_string();
+        let csrf = access["csrf"].as_str().unwrap().to_string();
+        self.headers = vec![("x-study-token", token), ("x-csrf-token", csrf), ("sec-fetch-site", "same-origin".into())];
     }
 
-    async fn send(&mut self, mut request: Request<Body>) -> Answer {
-        if !self.cookies.is_empty() {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            request.headers_mut().insert(header::COOKIE, jar.join("; ").parse().unwrap());
-        }
-        request.extensions_mut().insert(ConnectInfo(SocketAddr::from((self.peer, 40000))));
-        let response = self.site.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        for set in headers.get_all(header::SET_COOKIE) {
-            let set = set.to_str().unwrap();
-            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() || attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), value.to_string());
-            }
-        }
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
-    }
-
-    async fn get(&mut self, uri: &str) -> Answer {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
-    }
-
-    async fn token(&mut self) -> String {
-        let answer = self.get("/api/auth").await;
-        answer.json()["csrf_token"].as_str().unwrap().to_string()
+    /// The study token and its CSRF token, once kept.
+    fn access(&self) -> (String, String) {
+        (self.headers[0].1.clone(), self.headers[1].1.clone())
     }
 
     async fn post(&mut self, uri: &str, body: Value) -> Answer {
-        let token = self.token().await;
-        let request = Request::post(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("x-csrf-token", token)
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        self.send(request).await
+        let request = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        // A framed page carries its token in its headers, or (entering) has no cookie to bind a CSRF token to.
+        let request = if self.cookieless { request } else { request.header("x-csrf-token", self.token().await) };
+        self.send(request.body(Body::from(body.to_string())).unwrap()).await
     }
 
     async fn call(&mut self, function: &str, args: Value) -> Answer {
@@ -528,4 +462,258 @@ async fn admin_routes_refuse_everyone_else() {
     model["tasks"] = json!(first_test_tasks(&site).await);
     model["models"] = json!("/no/such/model.gguf");
     assert_eq!(admin.post("/api/admin/studies", model).await.json()["field"], "models");
+}
+
+fn mturk(worker: &str) -> Value {
+    json!({
+        "workerId": worker,
+        "assignmentId": format!("AS-{worker}"),
+        "hitId": "H1",
+        "turkSubmitTo": "https://workersandbox.mturk.com",
+    })
+}
+
+/// A worker call with the given headers only (no cookies), for the refusals of the token path.
+async fn raw_call(site: &Site, function: &str, args: Value, headers: &[(&str, &str)]) -> Answer {
+    let mut worker = Browser::framed(site, [192, 0, 2, 99]);
+    let mut request = Request::post(format!("/api/fn/{function}")).header(header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    worker.send(request.body(Body::from(args.to_string())).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_mturks_iframe_a_worker_needs_no_cookies_and_forged_tokens_are_refused() {
+    let site = site("iframe").await;
+    create_study(&site, "turk", "mturk").await;
+    create_study(&site, "other", "mturk").await;
+
+    // Only the study pages may be framed, and only by MTurk's hosts; every other page by nobody.
+    let mut page = Browser::new(&site, [192, 0, 2, 50]);
+    let study_page = page.get("/study/turk?assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE").await;
+    assert_eq!(study_page.status, StatusCode::OK);
+    let csp = study_page.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors") && csp.contains("https://workersandbox.mturk.com"), "{csp}");
+    assert!(!study_page.headers.contains_key(header::X_FRAME_OPTIONS));
+    for uri in ["/", "/admin/login", "/eval", "/api/auth"] {
+        let other = page.get(uri).await;
+        assert_eq!(other.headers[header::X_FRAME_OPTIONS], "DENY", "{uri}");
+        assert_eq!(other.headers[header::CONTENT_SECURITY_POLICY], "frame-ancestors 'none'", "{uri}");
+    }
+
+    // The whole flow without a single cookie: the token from `study_enter` travels in headers.
+    let mut worker = Browser::framed(&site, [192, 0, 2, 51]);
+    let entered = worker.call("study_enter", json!({ "slug": "turk", "params": mturk("A1") })).await;
+    assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
+    assert_eq!(entered.json()["view"]["state"], "consent");
+    worker.keep_access(&entered);
+    let (token, csrf) = worker.access();
+    assert_eq!(token.len(), 64);
+    assert!(site.store.worker_session_by_token(&token).await.unwrap().is_none(), "only the hash is stored");
+    // Reopening the link in the frame (the page sends its token) resumes without handing the token out again.
+    let again = worker.call("study_enter", json!({ "slug": "turk", "params": mturk("A1") })).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert!(again.json().get("access").is_none(), "{}", again.body);
+    let consented = worker.call("study_consent", json!({ "slug": "turk", "version": "v1" })).await;
+    assert_eq!(consented.status, StatusCode::OK, "{}", consented.body);
+    let begun = worker.call("study_begin", json!({ "slug": "turk" })).await;
+    assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+    play_all(&mut worker, "turk", "a plain answer").await;
+    let completed = worker.call("study_complete", json!({ "slug": "turk" })).await;
+    assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+    let completion = completed.json();
+    assert_eq!(completion["mturk_submit"]["action"], "https://workersandbox.mturk.com/mturk/externalSubmit");
+    assert_eq!(completion["mturk_submit"]["assignment_id"], "AS-A1");
+    let code = completion["code"].as_str().unwrap().to_string();
+    assert!(worker.cookies.is_empty());
+    let replay = worker.call("study_complete", json!({ "slug": "turk" })).await;
+    assert_eq!(replay.status, StatusCode::CONFLICT, "the code is handed out once: {}", replay.body);
+    assert!(!replay.body.contains(&code));
+
+    // Refusals: a forged token (with its matching CSRF token), the real token with a wrong, missing or
+    // cross-site CSRF proof, a malformed token, the token on another study or another worker's link.
+    let slug = json!({ "slug": "turk" });
+    let forged = "ab".repeat(32);
+    let forged_csrf = userrl_app::auth::csrf_for(&forged);
+    let refused = [
+        (
+            "forged",
+            raw_call(&site, "study_view", slug.clone(), &[("x-study-token", &forged), ("x-csrf-token", &forged_csrf)])
+                .await,
+        ),
+        (
+            "wrong csrf",
+            raw_call(&site, "study_view", slug.clone(), &[("x-study-token", &token), ("x-csrf-token", &forged_csrf)])
+                .await,
+        ),
+        ("no csrf", raw_call(&site, "study_view", slug.clone(), &[("x-study-token", &token)]).await),
+        (
+            "malformed",
+            raw_call(&site, "study_view", slug.clone(), &[("x-study-token", "abc"), ("x-csrf-token", "abc")]).await,
+        ),
+        (
+            "cross-site",
+            raw_call(
+                &site,
+                "study_view",
+                slug.clone(),
+                &[("x-study-token", &token), ("x-csrf-token", &csrf), ("sec-fetch-site", "cross-site")],
+            )
+            .await,
+        ),
+        (
+            "other study",
+            raw_call(
+                &site,
+                "study_view",
+                json!({ "slug": "other" }),
+                &[("x-study-token", &token), ("x-csrf-token", &csrf)],
+            )
+            .await,
+        ),
+        (
+            "other worker",
+            raw_call(
+                &site,
+                "study_enter",
+                json!({ "slug": "turk", "params": mturk("A2") }),
+                &[("x-study-token", &token), ("x-csrf-token", &csrf)],
+            )
+            .await,
+        ),
+    ];
+    for (what, answer) in &refused {
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{what}: {}", answer.body);
+        assert!(!answer.body.contains(&code), "{what}");
+    }
+    let ok = raw_call(&site, "study_view", slug.clone(), &[("x-study-token", &token), ("x-csrf-token", &csrf)]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.json()["state"], "completed");
+    // Without the token, the same worker cannot start over in a fresh frame.
+    let mut fresh = Browser::framed(&site, [192, 0, 2, 52]);
+    let restart = fresh.call("study_enter", json!({ "slug": "turk", "params": mturk("A1") })).await;
+    assert_eq!(restart.status, StatusCode::CONFLICT, "{}", restart.body);
+
+    // A study token opens no admin route: those keep cookies and CSRF.
+    let admin_api =
+        raw_call(&site, "admin_studies", json!({}), &[("x-study-token", &token), ("x-csrf-token", &csrf)]).await;
+    assert!(matches!(admin_api.status.as_u16(), 401 | 403), "{} {}", admin_api.status, admin_api.body);
+    let mut request = Request::get("/api/admin/studies").body(Body::empty()).unwrap();
+    request.headers_mut().insert("x-study-token", token.parse().unwrap());
+    assert_eq!(Browser::framed(&site, [192, 0, 2, 53]).send(request).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_behind_one_nat_takes_a_study_together_within_per_worker_limits() {
+    // The site's default limits: 5 mutations a second per IP (burst 60) would stop a lab after a few polls.
+    let config = AuthConfig { admin_password_hash: Some(hash_password(PASSWORD).unwrap()), ..AuthConfig::default() };
+    let site = site_with("nat", config).await;
+    create_study(&site, "lab", "prolific").await;
+    const NAT: [u8; 4] = [198, 51, 100, 7];
+    const WORKERS: usize = 40;
+
+    let mut workers: Vec<Browser<'_>> = (0..WORKERS).map(|_| Browser::framed(&site, NAT)).collect();
+    for (i, worker) in workers.iter_mut().enumerate() {
+        let entered = worker.call("study_enter", json!({ "slug": "lab", "params": prolific(&format!("L{i}")) })).await;
+        assert_eq!(entered.status, StatusCode::OK, "worker {i} entering: {}", entered.body);
+        worker.keep_access(&entered);
+        let consented = worker.call("study_consent", json!({ "slug": "lab", "version": "v1" })).await;
+        assert_eq!(consented.status, StatusCode::OK, "worker {i}: {}", consented.body);
+        let begun = worker.call("study_begin", json!({ "slug": "lab" })).await;
+        assert_eq!(begun.status, StatusCode::OK, "worker {i}: {}", begun.body);
+    }
+    // Everyone polls their episode's state, round after round: 400 more calls from one address.
+    for round in 0..10 {
+        for (i, worker) in workers.iter_mut().enumerate() {
+            let view = worker.call("study_view", json!({ "slug": "lab" })).await;
+            assert_eq!(view.status, StatusCode::OK, "round {round}, worker {i}: {}", view.body);
+        }
+    }
+
+    // One worker hammering is stopped by its own budget, with a Retry-After, and nobody else is.
+    let mut limited = None;
+    for _ in 0..200 {
+        let view = workers[0].call("study_view", json!({ "slug": "lab" })).await;
+        if view.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(view);
+            break;
+        }
+        assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    }
+    let limited = limited.expect("a single worker's calls are limited");
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+    let neighbour = workers[1].call("study_view", json!({ "slug": "lab" })).await;
+    assert_eq!(neighbour.status, StatusCode::OK, "{}", neighbour.body);
+    for worker in &mut workers {
+        worker.call("study_leave", json!({ "slug": "lab" })).await;
+    }
+
+    // Everything else from that address still has the site's per-IP mutation budget.
+    let mut visitor = Browser::new(&site, NAT);
+    let csrf = visitor.token().await;
+    let mut statuses = Vec::new();
+    for _ in 0..80 {
+        let request = Request::post("/api/fn/auth_status")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-csrf-token", csrf.as_str())
+            .body(Body::from("{}"))
+            .unwrap();
+        statuses.push(visitor.send(request).await.status);
+    }
+    assert_eq!(statuses[0], StatusCode::OK);
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "the per-IP mutation budget still applies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_prolific_code_is_shown_once_per_session_after_the_rules_are_met() {
+    let site = site("fixed").await;
+    let mut admin = Browser::new(&site, [127, 0, 0, 1]);
+    admin.login().await;
+    let mut form = study_form("fixed", "prolific");
+    form["tasks"] = json!(first_test_tasks(&site).await.lines().next().unwrap());
+    form["episodes_per_worker"] = json!("1");
+    for (platform, code) in [("mturk", "STUDYCODE1"), ("prolific", "has spaces"), ("prolific", "<b>")] {
+        let mut bad = form.clone();
+        bad["platform"] = json!(platform);
+        bad["completion_code"] = json!(code);
+        let refused = admin.post("/api/admin/studies", bad).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{platform} {code}: {}", refused.body);
+        assert_eq!(refused.json()["field"], "completion_code");
+    }
+    form["completion_code"] = json!(" C1X2Y3Z4 ");
+    let created = admin.post("/api/admin/studies", form).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let study = created.json()["Created"]["id"].as_i64().unwrap();
+    assert_eq!(site.store.study(study).await.unwrap().unwrap().spec.completion_code, "C1X2Y3Z4");
+
+    for (n, pid) in ["F1", "F2"].into_iter().enumerate() {
+        let mut worker = Browser::new(&site, [192, 0, 2, 60 + n as u8]);
+        let entered = worker.call("study_enter", json!({ "slug": "fixed", "params": prolific(pid) })).await;
+        assert_eq!(entered.status, StatusCode::OK, "{}", entered.body);
+        assert!(!entered.body.contains("C1X2Y3Z4"), "the code is never shown before the end");
+        worker.call("study_consent", json!({ "slug": "fixed", "version": "v1" })).await;
+        let begun = worker.call("study_begin", json!({ "slug": "fixed" })).await;
+        assert!(!begun.body.contains("C1X2Y3Z4"));
+        let early = worker.call("study_complete", json!({ "slug": "fixed" })).await;
+        assert_eq!(early.status, StatusCode::CONFLICT, "no code before the rules are met");
+        assert!(!early.body.contains("C1X2Y3Z4"));
+        play_all(&mut worker, "fixed", "an answer").await;
+        let completed = worker.call("study_complete", json!({ "slug": "fixed" })).await;
+        assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+        assert_eq!(completed.json()["code"], "C1X2Y3Z4");
+        assert_eq!(completed.json()["redirect"], "https://app.prolific.com/submissions/complete?cc=C1X2Y3Z4");
+        let again = worker.call("study_complete", json!({ "slug": "fixed" })).await;
+        assert_eq!(again.status, StatusCode::CONFLICT);
+        assert!(!again.body.contains("C1X2Y3Z4"), "once per session");
+        let reload = worker.call("study_view", json!({ "slug": "fixed" })).await;
+        assert_eq!(reload.json()["state"], "completed");
+        assert!(!reload.body.contains("C1X2Y3Z4"));
+    }
+    // Each session keeps a receipt code of its own; the CSV shows the code the workers were given.
+    let sessions = site.store.worker_sessions(study).await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions.iter().all(|s| s.completion_code.as_ref().is_some_and(|c| c.len() == 12)));
+    let csv = admin.get(&format!("/api/admin/studies/{study}/export.csv")).await;
+    assert_eq!(csv.body.matches("C1X2Y3Z4").count(), 2, "{}", csv.body);
 }

@@ -37,6 +37,17 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 const MAX_FORM_SCAN: usize = 64 * 1024;
 /// Paths that authenticate without cookies (bearer keys): no CSRF check.
 const CSRF_EXEMPT: [&str; 1] = ["/v1/"];
+/// The crowd worker's server functions (`study_enter`, `study_view`, ...): per-worker limits and a per-IP
+/// ceiling instead of the site's per-IP budgets, and a cookie-less session path (see [`STUDY_TOKEN_HEADER`]).
+pub const WORKER_ROUTES: &str = "/api/fn/study_";
+/// The header that carries a worker's study session token where cookies are not sent (the study page framed
+/// by MTurk in a cross-site iframe, where `SameSite=Strict` cookies stay home). A worker call with this header
+/// must carry `csrf_for(token)` as its CSRF token; the site's cookies play no part in it.
+pub const STUDY_TOKEN_HEADER: &str = "x-study-token";
+/// Who may frame the study pages: MTurk shows an ExternalQuestion in an iframe on these hosts (production,
+/// its worker site, the sandbox). Every other page may not be framed at all.
+pub const STUDY_FRAME_ANCESTORS: &str =
+    "frame-ancestors 'self' https://www.mturk.com https://worker.mturk.com https://workersandbox.mturk.com";
 
 /// A misconfigured secret, or a store failure while checking one.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +77,10 @@ pub struct AuthConfig {
     pub mutate_rate: Rate,
     /// Every request per IP, except from this machine (loopback).
     pub general_rate: Rate,
+    /// The crowd worker's calls per IP, except from this machine: a ceiling high enough for a lab of workers
+    /// behind one NAT (each worker has a budget of its own in the crowd portal). Worker calls count against
+    /// neither `general_rate` nor `mutate_rate`, so polling an episode never eats the site's budgets.
+    pub worker_rate: Rate,
 }
 
 impl Default for AuthConfig {
@@ -78,6 +93,7 @@ impl Default for AuthConfig {
             login_rate: Rate::per_minute(5, 5),
             mutate_rate: Rate::per_second(5.0, 60),
             general_rate: Rate::per_second(30.0, 300),
+            worker_rate: Rate::per_second(100.0, 1000),
         }
     }
 }
@@ -159,6 +175,7 @@ struct Inner {
     login_limit: RateLimiter<IpAddr>,
     mutate_limit: RateLimiter<IpAddr>,
     general_limit: RateLimiter<IpAddr>,
+    worker_limit: RateLimiter<IpAddr>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -184,6 +201,7 @@ impl Auth {
             login_limit: RateLimiter::new(config.login_rate),
             mutate_limit: RateLimiter::new(config.mutate_rate),
             general_limit: RateLimiter::new(config.general_rate),
+            worker_limit: RateLimiter::new(config.worker_rate),
             store,
             config,
         };
@@ -290,8 +308,10 @@ impl Auth {
         };
         // Requests without a peer address (in-process tests) share one bucket.
         let ip_key = client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        if !loopback && let Err(limited) = self.inner.general_limit.check(&ip_key) {
-            return limited.into_response();
+        let worker_route = path.starts_with(WORKER_ROUTES);
+        let limit = if worker_route { &self.inner.worker_limit } else { &self.inner.general_limit };
+        if !loopback && let Err(limited) = limit.check(&ip_key) {
+            return frame_policy(limited.into_response(), false);
         }
 
         if !cookie_free {
@@ -309,6 +329,10 @@ impl Auth {
         }
 
         let headers = req.headers();
+        let study_token = worker_route
+            .then(|| headers.get(STUDY_TOKEN_HEADER).map(|v| v.to_str().unwrap_or("").trim().to_string()))
+            .flatten();
+        let has_cookies = headers.contains_key(header::COOKIE);
         let secure = self.inner.config.secure_cookies || came_over_https(headers);
         let session_cookie = cookie_value(headers, SESSION_COOKIE).filter(|t| is_token(t));
         let had_session_cookie = cookie_value(headers, SESSION_COOKIE).is_some();
@@ -336,7 +360,9 @@ impl Auth {
         // Every answer from here on (refusals included) carries the cookie changes this request needs.
         let visitor_cookie = new_visitor.then(|| cookie(VISITOR_COOKIE, &visitor, None, secure));
         let clear_session = (had_session_cookie && !had_valid_session).then(|| self.clear_session_cookie(secure));
+        let study_page = matches!(req.method(), &Method::GET | &Method::HEAD) && path.starts_with("/study/");
         let finish = move |mut res: Response| -> Response {
+            res = frame_policy(res, study_page);
             if let Some(set) = visitor_cookie.clone() {
                 res.headers_mut().append(header::SET_COOKIE, set);
             }
@@ -360,7 +386,11 @@ impl Auth {
                 return finish(json_error(StatusCode::FORBIDDEN, refusal));
             }
             // Server functions are POSTs even when they only read: a busy page on this machine must not trip this.
-            if !loopback && let Err(limited) = self.inner.mutate_limit.check(&ip_key) {
+            // Worker calls have their own ceiling (above) and per-worker budgets in the crowd portal.
+            if !worker_route
+                && !loopback
+                && let Err(limited) = self.inner.mutate_limit.check(&ip_key)
+            {
                 return finish(limited.into_response());
             }
             let (given, rebuilt) = match presented_csrf(req).await {
@@ -368,7 +398,18 @@ impl Auth {
                 Err(res) => return finish(*res),
             };
             req = rebuilt;
+            // The worker's cookie-less path: the token the page holds is the secret its CSRF token is bound to.
+            // A worker call with no cookies and no token (entering the study inside MTurk's iframe) carries no
+            // credential a forged request could ride on, so there is nothing for a CSRF token to protect; the
+            // cross-site check above still applies, and such a call can only open a new session.
+            let expected = match &study_token {
+                Some(token) if is_token(token) => csrf_for(token),
+                Some(_) => return finish(json_error(StatusCode::FORBIDDEN, "malformed study session token")),
+                None if worker_route && !has_cookies => String::new(),
+                None => csrf_token.clone(),
+            };
             match given {
+                _ if expected.is_empty() => {}
                 None => {
                     let message = format!(
                         "missing CSRF token: send the page's token in the {CSRF_HEADER} header or the {CSRF_FIELD} \
@@ -376,8 +417,10 @@ impl Auth {
                     );
                     return finish(json_error(StatusCode::FORBIDDEN, message));
                 }
-                Some(given) if !same_secret(given.as_bytes(), csrf_token.as_bytes()) => {
-                    let why = if new_visitor && session_token.is_none() {
+                Some(given) if !same_secret(given.as_bytes(), expected.as_bytes()) => {
+                    let why = if study_token.is_some() {
+                        "the CSRF token does not match the study session token: reload the study page"
+                    } else if new_visitor && session_token.is_none() {
                         "the CSRF token belongs to no cookie of this browser: load a page of this site first"
                     } else {
                         "the CSRF token does not match this session: reload the page"
@@ -417,8 +460,7 @@ impl Auth {
             *res.status_mut() = StatusCode::FORBIDDEN;
         }
         if admin_page {
-            // Admin pages show people's data and hold admin controls: no framing, no caching.
-            res.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            // Admin pages show people's data: no caching (and, like every page but the study's, no framing).
             res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         finish(res)
@@ -428,6 +470,25 @@ impl Auth {
     async fn setup_allowed(&self, loopback: bool) -> bool {
         loopback && matches!(self.admin_exists().await, Ok(false))
     }
+}
+
+/// Who may frame a response: study pages only MTurk's hosts (and this site), everything else nobody. A
+/// policy a handler set itself is kept.
+fn frame_policy(mut res: Response, study_page: bool) -> Response {
+    let headers = res.headers_mut();
+    if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        return res;
+    }
+    if study_page {
+        // `frame-ancestors` overrides X-Frame-Options where both are set; old browsers without CSP would then
+        // refuse the frame MTurk needs, so study pages carry the CSP alone.
+        headers.remove(header::X_FRAME_OPTIONS);
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(STUDY_FRAME_ANCESTORS));
+    } else {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    }
+    res
 }
 
 /// Installs the guard in front of every route of `router` (idempotent: a request guarded once passes the

@@ -25,7 +25,16 @@
 //!   `<input type="hidden" name=CSRF_FIELD value=csrf_token() />` inside. Cross-site `Origin` or
 //!   `Sec-Fetch-Site` headers are refused too. Scripts: `GET /api/auth` (keep the cookies) returns the token.
 //! - **Rate limits.** [`RateLimiter`] is a per-key token bucket: `limiter.check(&key)` gives `Err(Limited)`,
-//!   which is a 429 response with `Retry-After`; the crowd portal keys one by worker id.
+//!   which is a 429 response with `Retry-After`; the crowd portal keys one by worker session. The crowd
+//!   worker's server functions (`/api/fn/study_*`) count against a higher per-IP ceiling (`worker_rate`, for a
+//!   lab of workers behind one NAT) instead of the general and mutation budgets.
+//! - **Crowd workers without cookies.** MTurk frames the study page in a cross-site iframe, where our
+//!   `SameSite=Strict` cookies are not sent. The worker's page therefore also holds its study session token
+//!   and sends it in the `x-study-token` header ([`STUDY_TOKEN_HEADER`]) with `x-csrf-token` = `csrf_for(token)`;
+//!   the guard checks that pair instead of the cookies. Entering a study with no cookies and no token needs no
+//!   CSRF token (there is no credential to forge with). Admin routes keep cookies and CSRF.
+//! - **Framing.** Study pages (`/study/*`) may be framed by MTurk's hosts only ([`STUDY_FRAME_ANCESTORS`]);
+//!   every other response carries `X-Frame-Options: DENY` and `frame-ancestors 'none'`.
 
 use leptos::prelude::*;
 use leptos::server_fn::codec::Json;
@@ -43,7 +52,8 @@ mod routes;
 #[cfg(feature = "ssr")]
 pub use guard::{
     AdminSession, Auth, AuthConfig, AuthError, AuthRejection, MAX_BODY_BYTES, Operator, RequestAuth, SESSION_COOKIE,
-    VISITOR_COOKIE, csrf_for, hash_token, protect, require_admin, require_operator,
+    STUDY_FRAME_ANCESTORS, STUDY_TOKEN_HEADER, VISITOR_COOKIE, WORKER_ROUTES, csrf_for, hash_token, protect,
+    require_admin, require_operator,
 };
 #[cfg(feature = "ssr")]
 pub use limit::{Limited, Rate, RateLimiter};

@@ -106,6 +106,7 @@ pub fn spec_from_form(form: &StudyForm, crowd: &Crowd) -> Result<StudySpec, (Str
         consent_version: form.consent_version.trim().to_string(),
         platform,
         completion_url,
+        completion_code: form.completion_code.trim().to_string(),
     };
     validate_spec(&spec).map_err(|(field, message)| {
         // The form asks for minutes.
@@ -219,6 +220,16 @@ const CSV_HEADER: [&str; 26] = [
     "finished_at",
 ];
 
+/// The code the worker was given: the study's fixed code, else the session's own (empty until handed out).
+/// The session's random code is kept in either case (the JSONL's `session.completion_code`).
+fn shown_code(spec: &StudySpec, s: &userrl_types::study::SessionRow) -> String {
+    match &s.completion_code {
+        Some(_) if !spec.completion_code.is_empty() => spec.completion_code.clone(),
+        Some(code) => code.clone(),
+        None => String::new(),
+    }
+}
+
 fn number_text(v: f64) -> String {
     if v.is_nan() { String::new() } else { v.to_string() }
 }
@@ -248,7 +259,7 @@ pub async fn export_csv(crowd: &Crowd, id: i64) -> Result<String, CrowdError> {
             s.state.as_str().to_string(),
             opt(s.consent_at),
             s.consent_version.clone().unwrap_or_default(),
-            s.completion_code.clone().unwrap_or_default(),
+            shown_code(&d.study.spec, s),
             s.excluded.to_string(),
             s.exclusion_reason.clone(),
             flags.get(&s.id).map(|f| f.join(" ")).unwrap_or_default(),
@@ -306,7 +317,25 @@ fn error_response(e: CrowdError) -> Response {
     (status, Json(json!({ "error": e.to_string() }))).into_response()
 }
 
-fn download(body: String, mime: &'static str, filename: String) -> Response {
+/// The value as JSON, or the error's status with its message.
+fn respond<T: serde::Serialize>(result: Result<T, CrowdError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// `{"ok": true}`, or the error's status with its message.
+fn done(result: Result<(), CrowdError>) -> Response {
+    respond(result.map(|()| json!({ "ok": true })))
+}
+
+/// An export as a file download, or the error's status with its message.
+fn download(result: Result<String, CrowdError>, mime: &'static str, filename: String) -> Response {
+    let body = match result {
+        Ok(body) => body,
+        Err(e) => return error_response(e),
+    };
     let mut res = (StatusCode::OK, [(header::CONTENT_TYPE, mime)], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
@@ -330,10 +359,7 @@ pub fn router(crowd: Shared) -> Router {
 }
 
 async fn list_route(_: AdminSession, State(crowd): State<Shared>) -> Response {
-    match list(&crowd).await {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => error_response(e),
-    }
+    respond(list(&crowd).await)
 }
 
 async fn create_route(_: AdminSession, State(crowd): State<Shared>, Json(form): Json<StudyForm>) -> Response {
@@ -347,10 +373,7 @@ async fn create_route(_: AdminSession, State(crowd): State<Shared>, Json(form): 
 }
 
 async fn detail_route(_: AdminSession, State(crowd): State<Shared>, Path(id): Path<i64>) -> Response {
-    match detail(&crowd, id, "").await {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => error_response(e),
-    }
+    respond(detail(&crowd, id, "").await)
 }
 
 #[derive(Deserialize)]
@@ -364,10 +387,7 @@ async fn status_route(
     Path(id): Path<i64>,
     Json(body): Json<StatusBody>,
 ) -> Response {
-    match set_status(&crowd, id, &body.status).await {
-        Ok(()) => Json(json!({ "ok": true })).into_response(),
-        Err(e) => error_response(e),
-    }
+    done(set_status(&crowd, id, &body.status).await)
 }
 
 async fn episode_route(
@@ -375,10 +395,7 @@ async fn episode_route(
     State(crowd): State<Shared>,
     Path((id, episode_id)): Path<(i64, i64)>,
 ) -> Response {
-    match episode(&crowd, id, episode_id).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error_response(e),
-    }
+    respond(episode(&crowd, id, episode_id).await)
 }
 
 #[derive(Deserialize)]
@@ -394,22 +411,13 @@ async fn exclude_route(
     Path((id, session_id)): Path<(i64, i64)>,
     Json(body): Json<ExcludeBody>,
 ) -> Response {
-    match exclude(&crowd, id, session_id, body.excluded, &body.reason).await {
-        Ok(()) => Json(json!({ "ok": true })).into_response(),
-        Err(e) => error_response(e),
-    }
+    done(exclude(&crowd, id, session_id, body.excluded, &body.reason).await)
 }
 
 async fn csv_route(_: AdminSession, State(crowd): State<Shared>, Path(id): Path<i64>) -> Response {
-    match export_csv(&crowd, id).await {
-        Ok(body) => download(body, "text/csv; charset=utf-8", format!("study{id}.csv")),
-        Err(e) => error_response(e),
-    }
+    download(export_csv(&crowd, id).await, "text/csv; charset=utf-8", format!("study{id}.csv"))
 }
 
 async fn jsonl_route(_: AdminSession, State(crowd): State<Shared>, Path(id): Path<i64>) -> Response {
-    match export_jsonl(&crowd, id).await {
-        Ok(body) => download(body, "application/jsonl; charset=utf-8", format!("study{id}.jsonl")),
-        Err(e) => error_response(e),
-    }
+    download(export_jsonl(&crowd, id).await, "application/jsonl; charset=utf-8", format!("study{id}.jsonl"))
 }

@@ -1,5 +1,7 @@
 //! Server functions of the study pages (`POST /api/fn/<name>`, JSON). The worker's calls carry no worker id:
-//! the session comes from the study's `HttpOnly` cookie, which only `study_enter` sets. The admin's calls
+//! the session comes from the `x-study-token` header (the page's copy of the token, for MTurk's cross-site
+//! iframe where cookies are not sent), else from the study's `HttpOnly` cookie; only `study_enter` makes
+//! one (it sets the cookie and hands the new token to the page once). The admin's calls
 //! start with `require_admin()` (401 without an admin session). Errors set the HTTP status of their kind
 //! (400 bad input, 401 no session, 403 refused, 404, 409 wrong state, 429 too many) with a message.
 
@@ -20,6 +22,7 @@ mod backend {
     use axum::http::{HeaderValue, StatusCode, header};
     use leptos::prelude::*;
 
+    use crate::auth::STUDY_TOKEN_HEADER;
     use crate::crowd::service::{Crowd, CrowdError, session_cookie, token_from_cookies};
 
     pub fn crowd() -> Result<Arc<Crowd>, ServerFnError> {
@@ -32,9 +35,13 @@ mod backend {
         use_context::<Parts>()
     }
 
-    /// The study's session token from the request's cookies.
+    /// The study's session token: the header the page sends (the auth guard checked its CSRF token), else
+    /// the study's cookie.
     pub fn token(slug: &str) -> Option<String> {
         let parts = parts()?;
+        if let Some(header) = parts.headers.get(STUDY_TOKEN_HEADER) {
+            return header.to_str().ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        }
         let cookies = parts.headers.get_all(header::COOKIE);
         cookies.iter().filter_map(|v| v.to_str().ok()).find_map(|h| token_from_cookies(h, slug))
     }
@@ -91,11 +98,12 @@ mod backend {
 pub async fn study_enter(slug: String, params: BTreeMap<String, String>) -> Result<Entry, ServerFnError> {
     let crowd = backend::crowd()?;
     let token = backend::token(&slug);
-    let (entry, new_token) =
+    let (mut entry, new_token) =
         crowd.enter(&slug, &params, token.as_deref(), &backend::ip()).await.map_err(backend::fail)?;
-    if let (Some(token), Entry::Session { view }) = (new_token, &entry) {
+    if let (Some(token), Entry::Session { view, access }) = (new_token, &mut entry) {
         // The cookie outlives the time limit a little, so a late reload still shows how the session ended.
         backend::set_cookie(&slug, &token, view.study.time_limit_s + 3600);
+        *access = Some(super::WorkerAccess { csrf: crate::auth::csrf_for(&token), token });
     }
     Ok(entry)
 }
@@ -103,7 +111,7 @@ pub async fn study_enter(slug: String, params: BTreeMap<String, String>) -> Resu
 #[server(input = Json, prefix = "/api/fn", endpoint = "study_view")]
 pub async fn study_view(slug: String) -> Result<WorkerView, ServerFnError> {
     let crowd = backend::crowd()?;
-    crowd.view(&slug, backend::token(&slug).as_deref(), &backend::ip()).await.map_err(backend::fail)
+    crowd.view(&slug, backend::token(&slug).as_deref()).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "study_consent")]
@@ -121,10 +129,7 @@ pub async fn study_begin(slug: String) -> Result<WorkerView, ServerFnError> {
 #[server(input = Json, prefix = "/api/fn", endpoint = "study_answer")]
 pub async fn study_answer(slug: String, prompt_id: u64, answer: AnswerView) -> Result<WorkerView, ServerFnError> {
     let crowd = backend::crowd()?;
-    crowd
-        .answer(&slug, backend::token(&slug).as_deref(), prompt_id, &answer, &backend::ip())
-        .await
-        .map_err(backend::fail)
+    crowd.answer(&slug, backend::token(&slug).as_deref(), prompt_id, &answer).await.map_err(backend::fail)
 }
 
 #[server(input = Json, prefix = "/api/fn", endpoint = "study_next")]

@@ -153,9 +153,57 @@ pub struct WorkerView {
 pub enum Entry {
     /// MTurk preview (the HIT is not accepted yet): the study's description, no session.
     Preview { study: StudyPublic },
-    /// The worker's session (new or resumed).
-    Session { view: Box<WorkerView> },
+    /// The worker's session (new or resumed). `access` only when the session was just made.
+    Session {
+        view: Box<WorkerView>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access: Option<WorkerAccess>,
+    },
 }
+
+/// A new session's credentials for the cookie-less path (the study page inside MTurk's cross-site iframe,
+/// where the session cookie is not sent): the page keeps them (`sessionStorage`) and the fetch wrapper
+/// [`STUDY_FETCH_SCRIPT`] sends them as `x-study-token` and `x-csrf-token` with every worker call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAccess {
+    /// The session token (the same secret as the session cookie; the server keeps only its SHA-256).
+    pub token: String,
+    /// The CSRF token bound to it.
+    pub csrf: String,
+}
+
+/// Where the study page keeps its [`WorkerAccess`], as JSON: `sessionStorage["userrl_study_access:<slug>"]`
+/// (a reload in the same tab resumes), else (storage blocked) the `data-study-access` attribute of `<html>`
+/// (for as long as the page is open).
+pub const ACCESS_KEY_PREFIX: &str = "userrl_study_access:";
+
+/// On a study page (`/study/<slug>`), adds the page's [`WorkerAccess`] to every same-origin worker call
+/// (`/api/fn/study_*`) as `x-study-token` and `x-csrf-token`. Installed after `FETCH_CSRF_SCRIPT`, so it runs
+/// first and its CSRF token wins. Written without `<` and `&` so it can sit in the HTML as it is.
+pub const STUDY_FETCH_SCRIPT: &str = r#"(function () {
+  if (!window.fetch) { return; }
+  var original = window.fetch;
+  window.fetch = function (input, init) {
+    try {
+      var m = /^[/]study[/]([a-z0-9-]+)[/]?$/.exec(window.location.pathname);
+      var req = input instanceof Request ? input : null;
+      var url = new URL(req ? req.url : String(input), window.location.href);
+      var ours = m ? (url.origin === window.location.origin ? url.pathname.indexOf('/api/fn/study_') === 0 : false) : false;
+      if (ours) {
+        var text = null;
+        try { text = window.sessionStorage.getItem('userrl_study_access:' + m[1]); } catch (e) {}
+        var access = JSON.parse(text || document.documentElement.getAttribute('data-study-access') || 'null');
+        if (access ? access.token : false) {
+          var headers = new Headers((init ? init.headers : null) || (req ? req.headers : undefined));
+          headers.set('x-study-token', access.token);
+          headers.set('x-csrf-token', access.csrf);
+          init = Object.assign({}, init || {}, { headers: headers });
+        }
+      }
+    } catch (e) {}
+    return original.call(window, input, init);
+  };
+})();"#;
 
 /// The completion code and how it goes back to the platform. Given once per session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -227,6 +275,9 @@ pub struct StudyForm {
     pub consent_version: String,
     pub platform: String,
     pub completion_url: String,
+    /// Prolific: one completion code for the whole study; empty = a random code per session.
+    #[serde(default)]
+    pub completion_code: String,
     /// Open the study at once (else it starts as a draft).
     pub open: bool,
 }
@@ -291,6 +342,13 @@ mod tests {
     }
 
     #[test]
+    fn the_study_fetch_script_needs_no_escaping_in_html() {
+        assert!(!STUDY_FETCH_SCRIPT.contains('<'));
+        assert!(!STUDY_FETCH_SCRIPT.contains('&'));
+        assert!(STUDY_FETCH_SCRIPT.contains(ACCESS_KEY_PREFIX));
+    }
+
+    #[test]
     fn worker_links_carry_each_platforms_placeholders() {
         let mut spec = StudySpec {
             name: "n".into(),
@@ -307,6 +365,7 @@ mod tests {
             consent_version: String::new(),
             platform: Platform::Prolific,
             completion_url: PROLIFIC_COMPLETE.into(),
+            completion_code: String::new(),
         };
         assert_eq!(
             worker_link("https://x.org/", &spec),

@@ -3,12 +3,14 @@
 //! worker plays the user through the gym's `HumanChannel`.
 //!
 //! Security rules it keeps: a session is bound to the worker's platform id and to a random 256-bit token
-//! held in an `HttpOnly`, `SameSite=Strict` cookie (stored only as its SHA-256); one session per worker and
+//! held in an `HttpOnly`, `SameSite=Strict` cookie, or, where cookies are not sent (MTurk's cross-site iframe),
+//! by the page and sent in the `x-study-token` header (stored only as its SHA-256); one session per worker and
 //! study (entering again resumes it from the same browser, and is refused from another); a token from
 //! another study or that the store does not know is refused; the completion code is made on the server,
 //! only once every episode ended within the time limit, and is handed out once; every answer is checked
 //! against the open prompt (so a stale or replayed answer is refused) and against length limits; entering
-//! and answering are rate limited per IP and per worker.
+//! is rate limited per IP, every call per worker session (the auth guard adds a per-IP ceiling for all
+//! worker calls, high enough for a lab behind one NAT).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,18 +72,17 @@ pub trait EpisodePlayer: Send + Sync {
 /// Turns a model name from a study into an agent: checkpoint folders and GGUF files (the server loads them).
 pub type AgentResolver = Arc<dyn Fn(&str) -> Result<AgentSpec, String> + Send + Sync>;
 
-/// The player over the embedded gyms: `expert` and `random` agents built in, other models through the
-/// resolver (loaded once, then shared by every episode).
+/// The player over a gym catalog (the server's, shared with live episodes): `expert` and `random` agents
+/// built in, other models through the resolver (loaded once, then shared by every episode).
 pub struct GymPlayer {
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     resolve: Option<AgentResolver>,
     agents: Mutex<HashMap<String, AgentSpec>>,
 }
 
 impl GymPlayer {
-    pub fn new(resolve: Option<AgentResolver>) -> Result<GymPlayer, String> {
-        let catalog = Catalog::builtin(&GymKind::ALL).map_err(|e| e.to_string())?;
-        Ok(GymPlayer { catalog, resolve, agents: Mutex::new(HashMap::new()) })
+    pub fn new(catalog: Arc<Catalog>, resolve: Option<AgentResolver>) -> GymPlayer {
+        GymPlayer { catalog, resolve, agents: Mutex::new(HashMap::new()) }
     }
 
     fn agent(&self, model: &str) -> Result<AgentSpec, String> {
@@ -222,21 +223,20 @@ impl CrowdError {
     }
 }
 
-/// Request limits of the worker portal (the auth module's token buckets).
+/// Request limits of the worker portal (the auth module's token buckets). The per-IP ceiling of all worker
+/// calls is the auth guard's (`AuthConfig::worker_rate`).
 pub struct Limits {
-    /// Entering a study (creating sessions), per IP.
+    /// Creating sessions, per IP: a lab of workers behind one NAT enters together, a script making sessions
+    /// for made-up worker ids does not get far.
     pub enter_per_ip: RateLimiter<String>,
-    /// Every worker call, per IP.
-    pub calls_per_ip: RateLimiter<String>,
-    /// Answers and other calls, per worker session.
+    /// Every call of one worker session (polling included: about 1.5 a second while the agent thinks).
     pub calls_per_session: RateLimiter<i64>,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            enter_per_ip: RateLimiter::new(Rate::per_minute(20, 20)),
-            calls_per_ip: RateLimiter::new(Rate::per_minute(1200, 600)),
+            enter_per_ip: RateLimiter::new(Rate::per_minute(120, 60)),
             calls_per_session: RateLimiter::new(Rate::per_minute(600, 120)),
         }
     }
@@ -406,9 +406,9 @@ impl Crowd {
         self.store.study_by_slug(slug).await?.ok_or_else(|| CrowdError::NotFound(format!("study {slug:?}")))
     }
 
-    /// Opening the study link. A known cookie of this worker resumes their session; a worker without a
-    /// session gets a new one (and `Some(token)` to set as the cookie); a worker whose session lives in
-    /// another browser is refused.
+    /// Opening the study link. A known token (cookie or header) of this worker resumes their session; a
+    /// worker without a session gets a new one (and `Some(token)` to set as the cookie and hand to the page);
+    /// a worker whose session lives in another browser is refused.
     pub async fn enter(
         &self,
         slug: &str,
@@ -416,7 +416,6 @@ impl Crowd {
         cookie_token: Option<&str>,
         ip: &str,
     ) -> Result<(Entry, Option<String>), CrowdError> {
-        self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
         let study = self.open_study(slug).await?;
         let Some(ids) = parse_link(study.spec.platform, params)? else {
             return Ok((Entry::Preview { study: StudyPublic::of(&study) }, None));
@@ -428,8 +427,9 @@ impl Crowd {
             if session.ids.worker_id != ids.worker_id {
                 return Err(CrowdError::Refused("this browser holds another worker's session for this study".into()));
             }
+            self.limits.calls_per_session.check(&session.id).map_err(limited)?;
             let view = self.view_of(&study, session).await?;
-            return Ok((Entry::Session { view: Box::new(view) }, None));
+            return Ok((Entry::Session { view: Box::new(view), access: None }, None));
         }
         if let Some(existing) = self.store.worker_session_for(study.id, study.spec.platform, &ids.worker_id).await? {
             return Err(if existing.state.is_final() {
@@ -460,7 +460,7 @@ impl Crowd {
         };
         let session = self.store.worker_session(id).await?.ok_or_else(|| CrowdError::NotFound("session".into()))?;
         let view = self.view_of(&study, session).await?;
-        Ok((Entry::Session { view: Box::new(view) }, Some(token)))
+        Ok((Entry::Session { view: Box::new(view), access: None }, Some(token)))
     }
 
     /// `episodes_per_worker` (task, model) pairs, least assigned first (ties broken at random), never the
@@ -485,7 +485,7 @@ impl Crowd {
         Ok(pool.iter().cycle().take(want).map(|(_, _, a)| a.clone()).collect())
     }
 
-    /// The session behind a cookie token, checked against the study; applies the time limit.
+    /// The session behind a token (cookie or header), checked against the study; applies the time limit.
     async fn session(&self, slug: &str, token: Option<&str>) -> Result<(StudyRow, SessionRow), CrowdError> {
         let token = token.ok_or(CrowdError::NoSession)?;
         let study = self.open_study(slug).await?;
@@ -521,8 +521,7 @@ impl Crowd {
     }
 
     /// The worker's page, read fresh.
-    pub async fn view(&self, slug: &str, token: Option<&str>, ip: &str) -> Result<WorkerView, CrowdError> {
-        self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
+    pub async fn view(&self, slug: &str, token: Option<&str>) -> Result<WorkerView, CrowdError> {
         let (study, session) = self.session(slug, token).await?;
         self.view_of(&study, session).await
     }
@@ -705,9 +704,7 @@ impl Crowd {
         token: Option<&str>,
         prompt_id: u64,
         answer: &AnswerView,
-        ip: &str,
     ) -> Result<WorkerView, CrowdError> {
-        self.limits.calls_per_ip.check(&ip.to_string()).map_err(limited)?;
         let (study, session) = self.session(slug, token).await?;
         if session.state != SessionState::Episodes {
             return Err(CrowdError::Conflict(format!(
@@ -794,10 +791,14 @@ impl Crowd {
                 None => "finish every episode first".into(),
             }));
         }
-        let code = new_code();
-        if !self.store.issue_completion_code(session.id, &code).await? {
+        // The session's own random code is stored either way: it marks the code as handed out (once, atomically).
+        let session_code = new_code();
+        if !self.store.issue_completion_code(session.id, &session_code).await? {
             return Err(CrowdError::Conflict("the completion code of this session was already given".into()));
         }
+        let fixed = &study.spec.completion_code;
+        let code =
+            if study.spec.platform == Platform::Prolific && !fixed.is_empty() { fixed.clone() } else { session_code };
         Ok(Completion {
             redirect: (study.spec.platform == Platform::Prolific)
                 .then(|| format!("{}?cc={code}", study.spec.completion_url)),

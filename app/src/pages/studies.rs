@@ -175,6 +175,7 @@ fn NewStudy() -> impl IntoView {
                 {error_for("platform")}
             </label>
             {input!(completion_url, "Prolific completion URL (empty: the standard one)", "text")}
+            {input!(completion_code, "Prolific: one completion code for the whole study (empty: a code per worker)", "text")}
             <label class="check">
                 <input
                     type="checkbox"
@@ -305,6 +306,12 @@ pub fn StudyAdminPage() -> impl IntoView {
                                 {(status != StudyStatus::Open).then(|| view! { <button on:click=move |_| set_status(StudyStatus::Open)>"Open"</button> })}
                                 {(status == StudyStatus::Open).then(|| view! { <button on:click=move |_| set_status(StudyStatus::Closed)>"Close"</button> })}
                             </p>
+                            {(!d.study.spec.completion_code.is_empty()).then(|| view! {
+                                <p class="fixed-code">
+                                    "Completion code (the same for every worker, shown once each): "
+                                    <code>{d.study.spec.completion_code.clone()}</code>
+                                </p>
+                            })}
                             <label class="field worker-link">
                                 <span>"Worker link (paste into the platform)"</span>
                                 <input type="text" readonly value=d.link.clone() />

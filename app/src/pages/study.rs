@@ -1,7 +1,9 @@
 //! The worker's page of a crowd study, `/study/<slug>?<platform parameters>`: consent, instructions, the
 //! assigned episodes (the agent's message, the hidden goal, and the prompt's controls), then the completion
 //! code with the way back to the platform. The session lives in an `HttpOnly` cookie set by `study_enter`,
-//! which runs in the browser after hydration (a page render never creates a session). Everything the agent,
+//! which runs in the browser after hydration (a page render never creates a session), and, for MTurk's
+//! cross-site iframe where that cookie is not sent, in the page (`remember_access`; the shell's
+//! `STUDY_FETCH_SCRIPT` sends it with every worker call). Everything the agent,
 //! the task or the admin wrote is shown through text nodes, never as markup.
 
 use std::collections::BTreeMap;
@@ -15,7 +17,8 @@ use crate::crowd::api::{
     study_answer, study_begin, study_complete, study_consent, study_enter, study_next, study_view,
 };
 use crate::crowd::{
-    AnswerValue, AnswerView, Completion, ControlView, CurrentEpisode, Entry, PromptView, StudyPublic, WorkerView,
+    AnswerValue, AnswerView, Completion, ControlView, CurrentEpisode, Entry, PromptView, StudyPublic, WorkerAccess,
+    WorkerView,
 };
 
 /// How often the page asks for news while the agent is thinking.
@@ -41,7 +44,13 @@ pub fn StudyPage() -> impl IntoView {
         let link: BTreeMap<String, String> =
             query.get_untracked().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         leptos::task::spawn_local(async move {
-            match study_enter(slug, link).await {
+            match study_enter(slug.clone(), link).await {
+                Ok(Entry::Session { view, access }) => {
+                    if let Some(access) = access {
+                        remember_access(&slug, &access);
+                    }
+                    entry.set(Some(Entry::Session { view, access: None }));
+                }
                 Ok(e) => entry.set(Some(e)),
                 Err(e) => error.set(Some(clean_error(&e))),
             }
@@ -53,7 +62,7 @@ pub fn StudyPage() -> impl IntoView {
         match result {
             Ok(view) => {
                 error.set(None);
-                entry.set(Some(Entry::Session { view: Box::new(view) }));
+                entry.set(Some(Entry::Session { view: Box::new(view), access: None }));
             }
             Err(e) => error.set(Some(clean_error(&e))),
         }
@@ -62,7 +71,7 @@ pub fn StudyPage() -> impl IntoView {
     // While the agent is thinking (or an episode is being stored), ask again shortly.
     Effect::new(move |_| {
         let waiting = entry.with(|e| match e {
-            Some(Entry::Session { view }) => view
+            Some(Entry::Session { view, .. }) => view
                 .current
                 .as_ref()
                 .is_some_and(|c| c.prompt.is_none() && view.episodes.iter().any(|e| e.state == EpisodeState::Running)),
@@ -75,7 +84,7 @@ pub fn StudyPage() -> impl IntoView {
                     leptos::task::spawn_local(async move {
                         // A failed poll is retried by the next one; a lasting error shows through the actions.
                         if let Ok(view) = study_view(slug).await {
-                            entry.set(Some(Entry::Session { view: Box::new(view) }));
+                            entry.set(Some(Entry::Session { view: Box::new(view), access: None }));
                         }
                     })
                 },
@@ -119,7 +128,7 @@ pub fn StudyPage() -> impl IntoView {
         match entry.get() {
             None => view! { <p class="loading">"Opening the study…"</p> }.into_any(),
             Some(Entry::Preview { study }) => view! { <Preview study /> }.into_any(),
-            Some(Entry::Session { view }) => {
+            Some(Entry::Session { view, .. }) => {
                 let study = view.study.clone();
                 match view.state {
                     SessionState::Consent => view! { <Consent study slug=slug() apply busy /> }.into_any(),
@@ -194,13 +203,30 @@ pub fn StudyPage() -> impl IntoView {
         <section class="page study-page">
             <h1>{move || match entry.get() {
                 Some(Entry::Preview { study }) => study.name,
-                Some(Entry::Session { view }) => view.study.name,
+                Some(Entry::Session { view, .. }) => view.study.name,
                 None => "Study".to_string(),
             }}</h1>
             {move || error.get().map(|e| view! { <div class="error" role="alert"><p>{e}</p></div> })}
             {body}
         </section>
     }
+}
+
+/// Keeps a new session's credentials where the fetch wrapper finds them (see `crowd::ACCESS_KEY_PREFIX`).
+fn remember_access(slug: &str, access: &WorkerAccess) {
+    #[cfg(feature = "hydrate")]
+    {
+        let Ok(json) = serde_json::to_string(access) else { return };
+        let Some(window) = web_sys::window() else { return };
+        let key = format!("{}{slug}", crate::crowd::ACCESS_KEY_PREFIX);
+        let stored =
+            window.session_storage().ok().flatten().is_some_and(|storage| storage.set_item(&key, &json).is_ok());
+        if !stored && let Some(root) = window.document().and_then(|d| d.document_element()) {
+            let _ = root.set_attribute("data-study-access", &json);
+        }
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (slug, access);
 }
 
 fn deadline_text(deadline_ms: i64, now_ms: i64) -> String {

@@ -23,7 +23,7 @@ pub const TOO_FAST_MEDIAN_MS: i64 = 1_500;
 
 const STUDY_COLUMNS: &str = "id, name, slug, tasks, split, models, episodes_per_worker, time_limit_s, max_turns, \
                              pay_note, instructions, consent_text, consent_version, platform, completion_url, \
-                             status, created_at";
+                             completion_code, status, created_at";
 
 const SESSION_COLUMNS: &str = "id, study_id, platform, worker_id, study_ref, session_ref, submit_to, state, \
                                consent_at, consent_version, started_at, last_seen_at, finished_at, \
@@ -62,6 +62,7 @@ macro_rules! study_row {
                 consent_version: row.try_get("consent_version")?,
                 platform: Platform::parse(&platform).ok_or_else(|| invalid_in_db("platform", &platform))?,
                 completion_url: row.try_get("completion_url")?,
+                completion_code: row.try_get("completion_code")?,
             },
             status: StudyStatus::parse(&status).ok_or_else(|| invalid_in_db("study status", &status))?,
             created_at: row.try_get("created_at")?,
@@ -188,6 +189,15 @@ pub fn validate_spec(spec: &StudySpec) -> Result<(), (String, String)> {
     {
         return field("completion_url", "an https:// URL without a query (the code is appended as ?cc=CODE)");
     }
+    let code = &spec.completion_code;
+    if !code.is_empty() {
+        if spec.platform != Platform::Prolific {
+            return field("completion_code", "a fixed completion code is for Prolific studies only");
+        }
+        if code.len() > 64 || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return field("completion_code", "1-64 characters: letters, digits, '-' and '_'");
+        }
+    }
     for (name, text) in [("pay_note", &spec.pay_note), ("instructions", &spec.instructions)] {
         if text.chars().count() > 20_000 {
             return field(name, "at most 20,000 characters");
@@ -222,8 +232,9 @@ impl Store {
         let result = on_pool!(self, pool => {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO studies (name, slug, tasks, split, models, episodes_per_worker, time_limit_s, max_turns, \
-                 pay_note, instructions, consent_text, consent_version, platform, completion_url, status, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
+                 pay_note, instructions, consent_text, consent_version, platform, completion_url, completion_code, \
+                 status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
             )
             .bind(clean(&spec.name).as_ref())
             .bind(spec.slug.as_str())
@@ -239,6 +250,7 @@ impl Store {
             .bind(clean(&spec.consent_version).as_ref())
             .bind(spec.platform.as_str())
             .bind(clean(&spec.completion_url).as_ref())
+            .bind(spec.completion_code.as_str())
             .bind(status.as_str())
             .bind(now_ms())
             .fetch_one(pool)

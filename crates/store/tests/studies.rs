@@ -43,6 +43,7 @@ fn spec(slug: &str) -> StudySpec {
         consent_version: "v1".into(),
         platform: Platform::Prolific,
         completion_url: "https://app.prolific.com/submissions/complete".into(),
+        completion_code: String::new(),
     }
 }
 
@@ -107,12 +108,29 @@ async fn studies_round_trip_and_slugs_are_unique(store: Store) {
         matches!(store.create_study(&bad, StudyStatus::Open).await, Err(StoreError::Invalid(m)) if m.starts_with("completion_url"))
     );
 
+    // A fixed completion code is kept with the study; Prolific only, and a plain token.
+    let mut fixed = spec("fixed-code");
+    fixed.completion_code = "C1X2Y3Z4".into();
+    let fixed_id = store.create_study(&fixed, StudyStatus::Open).await.unwrap();
+    assert_eq!(store.study(fixed_id).await.unwrap().unwrap().spec.completion_code, "C1X2Y3Z4");
+    for (platform, code) in
+        [(Platform::Mturk, "C1X2Y3Z4"), (Platform::Prolific, "two words"), (Platform::Prolific, "<b>")]
+    {
+        bad = spec("ok");
+        bad.platform = platform;
+        bad.completion_code = code.into();
+        assert!(
+            matches!(store.create_study(&bad, StudyStatus::Open).await, Err(StoreError::Invalid(m)) if m.starts_with("completion_code")),
+            "{platform:?} {code:?}"
+        );
+    }
+
     store.set_study_status(id, StudyStatus::Closed).await.unwrap();
     assert_eq!(store.study(id).await.unwrap().unwrap().status, StudyStatus::Closed);
     assert!(matches!(store.set_study_status(999, StudyStatus::Open).await, Err(StoreError::NotFound)));
     let second = store.create_study(&spec("pilot-2"), StudyStatus::Draft).await.unwrap();
     let all: Vec<i64> = store.studies().await.unwrap().iter().map(|s| s.id).collect();
-    assert_eq!(all, [second, id]);
+    assert_eq!(all, [second, fixed_id, id]);
 }
 
 async fn one_session_per_worker_and_token_lookup(store: Store) {

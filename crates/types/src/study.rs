@@ -94,6 +94,10 @@ pub struct StudySpec {
     /// The Prolific completion redirect base (`https://app.prolific.com/submissions/complete`); the code is
     /// appended as `?cc=`. Ignored for other platforms.
     pub completion_url: String,
+    /// Prolific only: one completion code for the whole study (set up the same code on Prolific); empty = a
+    /// random code per session. Either way a session gets its code once, after the completion rules are met.
+    #[serde(default)]
+    pub completion_code: String,
 }
 
 /// A stored study.

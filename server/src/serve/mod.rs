@@ -64,9 +64,10 @@ pub async fn app_with_auth(store: Store, manager: JobManager, models: &[String],
         .context("loading the /v1 models")?;
     let catalog = tokio::task::spawn_blocking(|| userrl_gym::Catalog::builtin(&userrl_gym::GymKind::ALL))
         .await?
-        .context("loading the gyms for live episodes")?;
-    let crowd = Some(Arc::new(crowd(store.clone())?));
-    Ok(app_with(store, manager, openai, Arc::new(catalog), EpisodeOptions::default(), auth, crowd))
+        .context("loading the gyms for live episodes and studies")?;
+    let catalog = Arc::new(catalog);
+    let crowd = Some(Arc::new(crowd(store.clone(), catalog.clone())));
+    Ok(app_with(store, manager, openai, catalog, EpisodeOptions::default(), auth, crowd))
 }
 
 /// [`app_with_auth`] over models and gyms already loaded (tests use a tiny model and one gym).
@@ -101,15 +102,15 @@ const STUDY_AGENT_TOKENS: usize = 512;
 const STUDY_AGENT_TEMPERATURE: f32 = 0.0;
 
 /// The crowd-study portal: episodes of the embedded gyms, with `expert`, `random`, or a local model (a
-/// checkpoint folder or a GGUF file, loaded once on first use) as the agent.
-pub fn crowd(store: Store) -> Result<userrl_app::crowd::service::Crowd> {
+/// checkpoint folder or a GGUF file, loaded once on first use) as the agent; the gyms are the catalog the live
+/// episodes use (loaded once).
+pub fn crowd(store: Store, catalog: Arc<userrl_gym::Catalog>) -> userrl_app::crowd::service::Crowd {
     use userrl_app::crowd::service::{AgentResolver, Crowd, GymPlayer};
     let resolve: AgentResolver = Arc::new(|model: &str| {
         crate::commands::eval::local_agent(model, STUDY_AGENT_TOKENS, STUDY_AGENT_TEMPERATURE)
             .map_err(|e| format!("{e:#}"))
     });
-    let player = GymPlayer::new(Some(resolve)).map_err(anyhow::Error::msg).context("loading the gyms for studies")?;
-    Ok(Crowd::new(store, Arc::new(player)))
+    Crowd::new(store, Arc::new(GymPlayer::new(catalog, Some(resolve))))
 }
 
 /// Most run checkpoints the chat page may load at once (each is a whole model in memory).
