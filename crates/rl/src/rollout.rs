@@ -361,6 +361,10 @@ impl userrl_gym::Agent for ModelAgent {
             let context = self.context(conversation)?;
             let im_end = tokenizer_token(&self.tokenizer, "<|im_end|>")?;
             let room = self.model.config.context.saturating_sub(context.len() + 1);
+            if room == 0 {
+                // The conversation fills the model's context: the episode ends as `length` (reference §6.1).
+                return Ok((String::new(), false));
+            }
             let sampling = Sampling { max_new_tokens: self.sampling.max_new_tokens.min(room), ..self.sampling.clone() };
             let generation = userrl_nn::generate::generate(&self.model, &context, &[im_end], &sampling)?;
             // A stopped reply ends with <|im_end|>, which is not text.
@@ -710,8 +714,11 @@ pub(crate) mod tests {
         let task = gym.task_ids(None)[0].clone();
         // A random model rarely stops within 4 tokens: the reply is cut at its budget and the episode ends as
         // `length` (reference §6.1), not a panic.
-        let mut agent =
-            ModelAgent { model, tokenizer: tok, sampling: Sampling { max_new_tokens: 4, ..Sampling::default() } };
+        let mut agent = ModelAgent {
+            model,
+            tokenizer: tok.clone(),
+            sampling: Sampling { max_new_tokens: 4, ..Sampling::default() },
+        };
         let t = block_on(run_episode(gym.as_ref(), &task, &mut agent, Arc::new(ScriptedUser), &EnvConfig::default()))
             .unwrap();
         assert!(matches!(t.termination, Termination::Length | Termination::NoToolCall), "{:?}", t.termination);
@@ -721,6 +728,16 @@ pub(crate) mod tests {
             userrl_gym::AgentTurn::Cut(text) => assert!(!text.is_empty()),
             other => panic!("a random model should overflow 4 tokens here: {other:?}"),
         }
+        // A conversation that already fills the model's context ends the episode as `length`, not an error.
+        let mut full = ModelAgent {
+            model: Arc::new(tiny_llama(tok.vocab_size(), 8)),
+            tokenizer: tok.clone(),
+            sampling: Sampling { max_new_tokens: 4, ..Sampling::default() },
+        };
+        assert_eq!(
+            block_on(userrl_gym::Agent::act(&mut full, &conversation)),
+            userrl_gym::AgentTurn::Cut(String::new())
+        );
     }
 
     #[test]

@@ -123,13 +123,13 @@ pub fn learning_rate(base: f64, schedule: LrSchedule, warmup: usize, step: usize
     }
 }
 
-/// Loads or builds the model and its tokenizer as the config says.
+/// Loads or builds the model and its tokenizer as the config says. A loaded model keeps its own context (the
+/// run's token budgets bound what it trains on, and its checkpoints keep what the model can do: a SmolLM2 run's
+/// checkpoints stay 8,192-token models for `userrl eval` and chat); a tiny one gets `context`.
 pub fn load(config: &RunConfig, context: usize) -> Result<(Llama, Tokenizer), TrainError> {
     if let Some(path) = &config.model.path {
         let loaded = load_model(Path::new(path))?;
-        let mut model = loaded.model;
-        model.config.context = model.config.context.min(context.max(1)).max(context.min(model.config.context));
-        return Ok((model, loaded.tokenizer));
+        return Ok((loaded.model, loaded.tokenizer));
     }
     let tiny = config.model.tiny.as_ref().ok_or_else(|| TrainError::Setup("model needs `path` or `tiny`".into()))?;
     let gguf =
