@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::model::{Llama, ModelError, linear_set, rms_norm, rope};
+use crate::model::{Llama, ModelError, linear_set, rms_norm, rope_angles, rope_with};
 
 /// One sequence's keys and values, `[positions, kv_dim]` per layer.
 #[derive(Clone, Debug, Default)]
@@ -59,27 +59,43 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
     let mut up = vec![0.0f32; rows * c.ffn];
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    // Each row's rotation angles, computed once for all layers.
+    let mut rope_cs = Vec::with_capacity(rows * hd / 2);
+    for (s, t) in tokens.iter().enumerate() {
+        for i in 0..t.len() {
+            rope_cs.extend(rope_angles(hd, caches[s].len + i, c.rope_theta));
+        }
+    }
     for (li, layer) in model.layers.iter().enumerate() {
         let m = model.mats(li);
         rms_norm(&x, &layer.attn_norm, c.eps, h, &mut normed);
         linear_set(&normed, rows, h, &mut [(m.wq, h, &mut q), (m.wk, kvd, &mut k), (m.wv, kvd, &mut v)]);
-        // Each sequence: RoPE at its own positions, append to its cache, attend over it. Sequences are
-        // independent, so they run on the rayon pool.
-        let q_parts = split_rows(&mut q, &starts, h);
-        let attn_parts = split_rows(&mut attn, &starts, h);
-        caches.par_iter_mut().zip(q_parts).zip(attn_parts).enumerate().for_each(|(s, ((cache, q), attn))| {
+        // Each sequence: RoPE at its own positions, append to its cache; then all sequences' attention at once.
+        for (s, cache) in caches.iter_mut().enumerate() {
             let (lo, hi) = (starts[s], starts[s + 1]);
-            let t = hi - lo;
-            let start = cache.len;
-            let mut ks = k[lo * kvd..hi * kvd].to_vec();
-            for i in 0..t {
-                rope(&mut q[i * h..(i + 1) * h], hd, start + i, c.rope_theta);
-                rope(&mut ks[i * kvd..(i + 1) * kvd], hd, start + i, c.rope_theta);
+            for i in lo..hi {
+                let cs = &rope_cs[i * (hd / 2)..(i + 1) * (hd / 2)];
+                rope_with(&mut q[i * h..(i + 1) * h], hd, cs);
+                rope_with(&mut k[i * kvd..(i + 1) * kvd], hd, cs);
             }
-            cache.k[li].extend_from_slice(&ks);
+            cache.k[li].extend_from_slice(&k[lo * kvd..hi * kvd]);
             cache.v[li].extend_from_slice(&v[lo * kvd..hi * kvd]);
-            attend(q, &cache.k[li], &cache.v[li], attn, start, t, c.heads, group, hd, scale);
-        });
+        }
+        let attn_parts = split_rows(&mut attn, &starts, h);
+        let mut jobs: Vec<AttnSeq<'_>> = caches
+            .iter()
+            .zip(attn_parts)
+            .enumerate()
+            .map(|(s, (cache, out))| AttnSeq {
+                q: &q[starts[s] * h..starts[s + 1] * h],
+                k: &cache.k[li],
+                v: &cache.v[li],
+                out,
+                start: cache.len,
+            })
+            .collect();
+        attend_batch(&mut jobs, c.heads, group, hd, scale);
+        drop(jobs);
         linear_set(&attn, rows, h, &mut [(m.wo, h, &mut proj)]);
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
@@ -115,9 +131,57 @@ fn split_rows<'a>(mut buf: &'a mut [f32], starts: &[usize], width: usize) -> Vec
     parts
 }
 
+/// One sequence's part of an attention call: its new query rows `q` `[t, heads * hd]` (already rotated), its
+/// caches `[start + t, kv_dim]` (the new rows appended), and where its output rows go.
+pub(crate) struct AttnSeq<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub out: &'a mut [f32],
+    pub start: usize,
+}
+
+/// Below this many multiply-adds in all (about 100 µs of one core) the attention of a step runs on the calling
+/// thread: a decoding step's attention is tiny, and waking the pool for it (30 times a token) cost more than the
+/// arithmetic on a loaded 2-core machine (16 of 78 ms of a batch-8 step went to attention before).
+const ATTN_SERIAL_WORK: usize = 2_000_000;
+
+/// Causal grouped-query attention of every sequence's new rows over its cache. One task per (sequence, row, kv
+/// head) reads each cached key and value row once for the `group` query heads that share it; the tasks of all
+/// sequences form one parallel region (or none, when the work is small). Each task's arithmetic does not
+/// depend on the others or on the scheduling, so a sequence gets the same result alone or in a batch.
+pub(crate) fn attend_batch(seqs: &mut [AttnSeq<'_>], heads: usize, group: usize, hd: usize, scale: f32) {
+    let h = heads * hd;
+    let kvd = h / group;
+    let mut work = 0usize;
+    let mut tasks = Vec::new();
+    for seq in seqs.iter_mut() {
+        let t = seq.out.len() / h;
+        debug_assert_eq!(seq.q.len(), t * h);
+        debug_assert!(seq.k.len() >= (seq.start + t) * kvd && seq.v.len() >= (seq.start + t) * kvd);
+        work += t * (seq.start + t) * 2 * h;
+        let (q, k, v, start) = (seq.q, seq.k, seq.v, seq.start);
+        // Output row i's heads are laid out `[heads, hd]`: kv head g owns heads g*group..(g+1)*group, adjacent.
+        for (n, o) in seq.out.chunks_mut(group * hd).enumerate() {
+            let (i, g) = (n / (heads / group), n % (heads / group));
+            let qg = &q[i * h + g * group * hd..i * h + (g + 1) * group * hd];
+            tasks.push((qg, k, v, start + i + 1, g, o));
+        }
+    }
+    let isa = crate::skinny::Isa::detect();
+    let run = |(qg, k, v, visible, g, o): (&[f32], &[f32], &[f32], usize, usize, &mut [f32])| {
+        let mut scores = vec![0.0f32; group * visible];
+        attend_group(isa, qg, k, v, kvd, g * hd, hd, visible, scale, &mut scores, o);
+    };
+    if work < ATTN_SERIAL_WORK || tasks.len() == 1 {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().with_min_len(1).for_each(run);
+    }
+}
+
 /// Causal grouped-query attention of `t` new rows (positions `start..start + t`) over a cache of `start + t`
-/// positions: `q`, `out` `[t, heads * hd]`, caches `[positions, kv_heads * hd]`. Query rows run in parallel (a
-/// long prefill spends most of its time here).
+/// positions: `q`, `out` `[t, heads * hd]`, caches `[positions, kv_heads * hd]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &[f32],
@@ -131,37 +195,95 @@ pub(crate) fn attend(
     hd: usize,
     scale: f32,
 ) {
-    let h = heads * hd;
-    let kvd = h / group;
-    debug_assert_eq!(out.len(), t * h);
-    debug_assert!(kc.len() >= (start + t) * kvd && vc.len() >= (start + t) * kvd);
-    // One task per (row, head): a decoding step (one row) still spreads its heads over the pool.
-    out.par_chunks_mut(hd).enumerate().for_each(|(n, o)| {
-        let (i, head) = (n / heads, n % heads);
-        let visible = start + i + 1;
-        let mut scores = vec![0.0f32; visible];
-        let kvh = head / group;
-        let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-            *s = crate::skinny::dot(qh, kj) * scale;
-            max = max.max(*s);
+    debug_assert_eq!(out.len(), t * heads * hd);
+    attend_batch(&mut [AttnSeq { q, k: kc, v: vc, out, start }], heads, group, hd, scale);
+}
+
+/// The `group` query heads `qg` `[group, hd]` that share the kv head at column `col` of the caches, over the
+/// first `visible` positions; `scores` is scratch of `group * visible`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend_group(
+    isa: crate::skinny::Isa,
+    qg: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    hd: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    match isa {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        crate::skinny::Isa::Avx2 => unsafe { attend_group_avx2(qg, kc, vc, kvd, col, hd, visible, scale, scores, out) },
+        _ => attend_group_body(qg, kc, vc, kvd, col, hd, visible, scale, scores, out),
+    }
+}
+
+/// [`attend_group_body`] compiled for AVX2 + FMA (the same code, wider vectors).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_group_avx2(
+    qg: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    hd: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_group_body(qg, kc, vc, kvd, col, hd, visible, scale, scores, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_group_body(
+    qg: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    hd: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = qg.len() / hd;
+    for j in 0..visible {
+        let kj = &kc[j * kvd + col..j * kvd + col + hd];
+        for (a, qa) in qg.chunks_exact(hd).enumerate() {
+            scores[a * visible + j] = crate::skinny::dot(qa, kj) * scale;
         }
+    }
+    for s in scores.chunks_exact_mut(visible) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        for v in s.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
         }
-        o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let w = s / sum;
-            let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-            for (a, b) in o.iter_mut().zip(vj) {
-                *a += w * b;
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|v| *v *= inv);
+    }
+    out.fill(0.0);
+    for j in 0..visible {
+        let vj = &vc[j * kvd + col..j * kvd + col + hd];
+        for (a, o) in out.chunks_exact_mut(hd).enumerate().take(group) {
+            let w = scores[a * visible + j];
+            for (o, v) in o.iter_mut().zip(vj) {
+                *o += w * v;
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
