@@ -2,7 +2,7 @@
 //! and N in f32 and f16, the f16 sampler-vs-trainer log-prob gap) without building the whole `userrl` binary;
 //! `userrl bench nn` reports the same numbers with the rest.
 //!
-//! `cargo run --release -p userrl-nn --example decode_bench -- [runs=5] [batch=16] [all|kernel|b1|bn|gap] [model]`
+//! `cargo run --release -p userrl-nn --example decode_bench -- [runs=5] [batch=16] [all|kernel|b1|bn|gap|rows][:f32|:f16] [model]`
 
 use std::path::PathBuf;
 
@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (runs, batch) = (arg(1, 5), arg(2, 16));
-    let what = args.get(3).map_or("all", String::as_str);
+    // `b1:f16` / `bn:f32` / `gap:f16` run one precision only (profiling one path).
+    let (what, only) = match args.get(3).map_or("all", String::as_str).split_once(':') {
+        Some((what, p)) => (what, Some(p.parse::<Precision>()?)),
+        None => (args.get(3).map_or("all", String::as_str), None),
+    };
     let path = args.get(4).map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
@@ -30,12 +34,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for precision in [Precision::F32, Precision::F16] {
+        if only.is_some_and(|p| p != precision) {
+            continue;
+        }
         model.set_precision(precision);
         if what == "all" || what == "b1" {
             println!("{precision}: decode b1 {:.1} tok/s", bench::decode(&model, 64, 32, runs)?);
         }
         if what == "all" || what == "bn" {
-            println!("{precision}: decode b{batch} {:.1} tok/s", bench::decode_batch(&model, batch, 64, 32, runs)?);
+            let cpu0 = cpu_seconds();
+            let rate = bench::decode_batch(&model, batch, 64, 32, runs)?;
+            let cpu = cpu_seconds() - cpu0;
+            println!(
+                "{precision}: decode b{batch} {rate:.1} tok/s, cpu {:.2} ms per token",
+                cpu * 1e3 / ((runs + 1) * 32 * batch) as f64
+            );
         }
         if what == "all" || what == "gap" {
             let prompt = bench::synthetic_prompt(&model.config, 64);
@@ -71,4 +84,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("load: {}", std::fs::read_to_string("/proc/loadavg")?.trim());
     Ok(())
+}
+
+/// This process's user + system CPU seconds (from `/proc/self/stat`, 10 ms ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
 }

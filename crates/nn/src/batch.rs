@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::model::{Llama, ModelError, linear_set, rms_norm, rope};
+use crate::model::{Llama, ModelError, linear_set, rms_norm, rope_angles, rope_with};
 
 /// One sequence's keys and values, `[positions, kv_dim]` per layer.
 #[derive(Clone, Debug, Default)]
@@ -59,27 +59,43 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
     let mut up = vec![0.0f32; rows * c.ffn];
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    // Each row's rotation angles, computed once for all layers.
+    let mut rope_cs = Vec::with_capacity(rows * hd / 2);
+    for (s, t) in tokens.iter().enumerate() {
+        for i in 0..t.len() {
+            rope_cs.extend(rope_angles(hd, caches[s].len + i, c.rope_theta));
+        }
+    }
     for (li, layer) in model.layers.iter().enumerate() {
         let m = model.mats(li);
         rms_norm(&x, &layer.attn_norm, c.eps, h, &mut normed);
         linear_set(&normed, rows, h, &mut [(m.wq, h, &mut q), (m.wk, kvd, &mut k), (m.wv, kvd, &mut v)]);
-        // Each sequence: RoPE at its own positions, append to its cache, attend over it. Sequences are
-        // independent, so they run on the rayon pool.
-        let q_parts = split_rows(&mut q, &starts, h);
-        let attn_parts = split_rows(&mut attn, &starts, h);
-        caches.par_iter_mut().zip(q_parts).zip(attn_parts).enumerate().for_each(|(s, ((cache, q), attn))| {
+        // Each sequence: RoPE at its own positions, append to its cache; then all sequences' attention at once.
+        for (s, cache) in caches.iter_mut().enumerate() {
             let (lo, hi) = (starts[s], starts[s + 1]);
-            let t = hi - lo;
-            let start = cache.len;
-            let mut ks = k[lo * kvd..hi * kvd].to_vec();
-            for i in 0..t {
-                rope(&mut q[i * h..(i + 1) * h], hd, start + i, c.rope_theta);
-                rope(&mut ks[i * kvd..(i + 1) * kvd], hd, start + i, c.rope_theta);
+            for i in lo..hi {
+                let cs = &rope_cs[i * (hd / 2)..(i + 1) * (hd / 2)];
+                rope_with(&mut q[i * h..(i + 1) * h], hd, cs);
+                rope_with(&mut k[i * kvd..(i + 1) * kvd], hd, cs);
             }
-            cache.k[li].extend_from_slice(&ks);
+            cache.k[li].extend_from_slice(&k[lo * kvd..hi * kvd]);
             cache.v[li].extend_from_slice(&v[lo * kvd..hi * kvd]);
-            attend(q, &cache.k[li], &cache.v[li], attn, start, t, c.heads, group, hd, scale);
-        });
+        }
+        let attn_parts = split_rows(&mut attn, &starts, h);
+        let mut jobs: Vec<AttnSeq<'_>> = caches
+            .iter()
+            .zip(attn_parts)
+            .enumerate()
+            .map(|(s, (cache, out))| AttnSeq {
+                q: &q[starts[s] * h..starts[s + 1] * h],
+                k: &cache.k[li],
+                v: &cache.v[li],
+                out,
+                start: cache.len,
+            })
+            .collect();
+        attend_batch(&mut jobs, c.heads, group, hd, scale);
+        drop(jobs);
         linear_set(&attn, rows, h, &mut [(m.wo, h, &mut proj)]);
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
@@ -115,9 +131,61 @@ fn split_rows<'a>(mut buf: &'a mut [f32], starts: &[usize], width: usize) -> Vec
     parts
 }
 
+/// One sequence's part of an attention call: its new query rows `q` `[t, heads * hd]` (already rotated), its
+/// caches `[start + t, kv_dim]` (the new rows appended), and where its output rows go.
+pub(crate) struct AttnSeq<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub out: &'a mut [f32],
+    pub start: usize,
+}
+
+/// One (sequence, row, kv head) of [`attend_batch`]: the `group` query heads, the caches, how many positions
+/// it sees, the kv head, and its output.
+type AttnTask<'a> = (&'a [f32], &'a [f32], &'a [f32], usize, usize, &'a mut [f32]);
+
+/// Below this many multiply-adds in all (about 100 µs of one core) the attention of a step runs on the calling
+/// thread: a decoding step's attention is tiny, and waking the pool for it (30 times a token) cost more than the
+/// arithmetic on a loaded 2-core machine (16 of 78 ms of a batch-8 step went to attention before).
+const ATTN_SERIAL_WORK: usize = 2_000_000;
+
+/// Causal grouped-query attention of every sequence's new rows over its cache. One task per (sequence, row, kv
+/// head) reads each cached key and value row once for the `group` query heads that share it; the tasks of all
+/// sequences form one parallel region (or none, when the work is small). Each task's arithmetic does not
+/// depend on the others or on the scheduling, so a sequence gets the same result alone or in a batch.
+pub(crate) fn attend_batch(seqs: &mut [AttnSeq<'_>], heads: usize, group: usize, hd: usize, scale: f32) {
+    let h = heads * hd;
+    let kvd = h / group;
+    let mut work = 0usize;
+    let mut tasks = Vec::new();
+    for seq in seqs.iter_mut() {
+        let t = seq.out.len() / h;
+        debug_assert_eq!(seq.q.len(), t * h);
+        debug_assert!(seq.k.len() >= (seq.start + t) * kvd && seq.v.len() >= (seq.start + t) * kvd);
+        work += t * (seq.start + t) * 2 * h;
+        let (q, k, v, start) = (seq.q, seq.k, seq.v, seq.start);
+        // Output row i's heads are laid out `[heads, hd]`: kv head g owns heads g*group..(g+1)*group, adjacent.
+        for (n, o) in seq.out.chunks_mut(group * hd).enumerate() {
+            let (i, g) = (n / (heads / group), n % (heads / group));
+            let qg = &q[i * h + g * group * hd..i * h + (g + 1) * group * hd];
+            tasks.push((qg, k, v, start + i + 1, g, o));
+        }
+    }
+    let isa = crate::skinny::Isa::detect();
+    let run = |(qg, k, v, visible, g, o): AttnTask<'_>| {
+        let mut scores = vec![0.0f32; group * visible];
+        attend_group(isa, qg, k, v, kvd, g * hd, hd, visible, scale, &mut scores, o);
+    };
+    if work < ATTN_SERIAL_WORK || tasks.len() == 1 {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().with_min_len(1).for_each(run);
+    }
+}
+
 /// Causal grouped-query attention of `t` new rows (positions `start..start + t`) over a cache of `start + t`
-/// positions: `q`, `out` `[t, heads * hd]`, caches `[positions, kv_heads * hd]`. Query rows run in parallel (a
-/// long prefill spends most of its time here).
+/// positions: `q`, `out` `[t, heads * hd]`, caches `[positions, kv_heads * hd]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &[f32],
@@ -131,37 +199,95 @@ pub(crate) fn attend(
     hd: usize,
     scale: f32,
 ) {
-    let h = heads * hd;
-    let kvd = h / group;
-    debug_assert_eq!(out.len(), t * h);
-    debug_assert!(kc.len() >= (start + t) * kvd && vc.len() >= (start + t) * kvd);
-    // One task per (row, head): a decoding step (one row) still spreads its heads over the pool.
-    out.par_chunks_mut(hd).enumerate().for_each(|(n, o)| {
-        let (i, head) = (n / heads, n % heads);
-        let visible = start + i + 1;
-        let mut scores = vec![0.0f32; visible];
-        let kvh = head / group;
-        let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-            *s = crate::skinny::dot(qh, kj) * scale;
-            max = max.max(*s);
+    debug_assert_eq!(out.len(), t * heads * hd);
+    attend_batch(&mut [AttnSeq { q, k: kc, v: vc, out, start }], heads, group, hd, scale);
+}
+
+/// The `group` query heads `qg` `[group, hd]` that share the kv head at column `col` of the caches, over the
+/// first `visible` positions; `scores` is scratch of `group * visible`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend_group(
+    isa: crate::skinny::Isa,
+    qg: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    hd: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    match isa {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        crate::skinny::Isa::Avx2 => unsafe { attend_group_avx2(qg, kc, vc, kvd, col, hd, visible, scale, scores, out) },
+        _ => attend_group_body(qg, kc, vc, kvd, col, hd, visible, scale, scores, out),
+    }
+}
+
+/// [`attend_group_body`] compiled for AVX2 + FMA (the same code, wider vectors).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_group_avx2(
+    qg: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    hd: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_group_body(qg, kc, vc, kvd, col, hd, visible, scale, scores, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_group_body(
+    qg: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    hd: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = qg.len() / hd;
+    for j in 0..visible {
+        let kj = &kc[j * kvd + col..j * kvd + col + hd];
+        for (a, qa) in qg.chunks_exact(hd).enumerate() {
+            scores[a * visible + j] = crate::skinny::dot(qa, kj) * scale;
         }
+    }
+    for s in scores.chunks_exact_mut(visible) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        for v in s.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
         }
-        o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let w = s / sum;
-            let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-            for (a, b) in o.iter_mut().zip(vj) {
-                *a += w * b;
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|v| *v *= inv);
+    }
+    out.fill(0.0);
+    for j in 0..visible {
+        let vj = &vc[j * kvd + col..j * kvd + col + hd];
+        for (a, o) in out.chunks_exact_mut(hd).enumerate().take(group) {
+            let w = scores[a * visible + j];
+            for (o, v) in o.iter_mut().zip(vj) {
+                *o += w * v;
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +295,83 @@ mod tests {
     use super::*;
     use crate::checkpoint::random_model;
     use crate::model::LlamaConfig;
+
+    /// Causal GQA attention in f64, one (row, head) at a time: the reference for `attend_batch`.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        start: usize,
+        t: usize,
+        heads: usize,
+        group: usize,
+        hd: usize,
+    ) -> Vec<f64> {
+        let (h, kvd) = (heads * hd, heads / group * hd);
+        let mut out = vec![0.0f64; t * h];
+        for i in 0..t {
+            for head in 0..heads {
+                let col = head / group * hd;
+                let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
+                let scores: Vec<f64> = (0..start + i + 1)
+                    .map(|j| {
+                        let kj = &k[j * kvd + col..j * kvd + col + hd];
+                        qh.iter().zip(kj).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (j, s) in scores.iter().enumerate() {
+                    let w = (s - max).exp() / sum;
+                    for d in 0..hd {
+                        out[i * h + head * hd + d] += w * f64::from(v[j * kvd + col + d]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Sequences of different lengths and positions, small (run serially) and large (run on the pool): each
+    /// matches the reference, and gives the same bits alone as beside the others.
+    #[test]
+    fn attention_matches_reference_alone_or_batched() {
+        let (heads, group, hd) = (8, 4, 16);
+        let (h, kvd) = (heads * hd, heads / group * hd);
+        let noise = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0) * 0.7).collect()
+        };
+        // (start, new rows): decoding steps, a prompt chunk after a prefix, and one large enough for the pool.
+        let shapes = [(5usize, 1usize), (0, 3), (40, 7), (0, 1), (128, 128)];
+        let data: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(s, &(start, t))| {
+                (noise(t * h, s), noise((start + t) * kvd, s + 10), noise((start + t) * kvd, s + 20))
+            })
+            .collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let run = |which: &[usize]| -> Vec<Vec<f32>> {
+            let mut outs: Vec<Vec<f32>> = which.iter().map(|&s| vec![f32::NAN; shapes[s].1 * h]).collect();
+            let mut jobs: Vec<AttnSeq<'_>> = which
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(&s, out)| AttnSeq { q: &data[s].0, k: &data[s].1, v: &data[s].2, out, start: shapes[s].0 })
+                .collect();
+            attend_batch(&mut jobs, heads, group, hd, scale);
+            drop(jobs);
+            outs
+        };
+        let all: Vec<usize> = (0..shapes.len()).collect();
+        let together = run(&all);
+        for (s, &(start, t)) in shapes.iter().enumerate() {
+            let want = naive_attention(&data[s].0, &data[s].1, &data[s].2, start, t, heads, group, hd);
+            let diff = want.iter().zip(&together[s]).fold(0.0f64, |m, (a, b)| m.max((a - f64::from(*b)).abs()));
+            assert!(diff < 1e-5, "sequence {s}: {diff}");
+            assert_eq!(run(&[s])[0], together[s], "sequence {s} alone");
+        }
+    }
 
     #[test]
     fn batched_steps_match_one_sequence_at_a_time() {

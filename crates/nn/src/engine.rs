@@ -412,10 +412,15 @@ impl<M: BatchModel> Worker<M> {
             self.waiting.retain(|s| !s.events.is_closed());
             let room = self.config.max_active.saturating_sub(self.active.len()).min(self.waiting.len());
             self.active.extend(self.waiting.drain(..room));
-            self.prefill();
-            self.finish();
-            self.decode();
-            self.finish();
+            // The iteration runs on a pool thread: the forward's serial parts then run where its parallel
+            // regions start, and each region wakes one other thread instead of handing the whole step across
+            // (the engine thread would sleep and wake around every one of a step's ~150 matrix products).
+            rayon::scope(|_| {
+                self.prefill();
+                self.finish();
+                self.decode();
+                self.finish();
+            });
             self.stats.iterations.fetch_add(1, Ordering::Relaxed);
             self.publish();
         }

@@ -68,12 +68,14 @@ pub(crate) fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
     let weight = |l: f32| f64::from(((l - max) / s.temperature).exp());
     let k = if s.top_k > 0 { s.top_k.min(n) } else { n };
     if k == n && s.top_p >= 1.0 {
-        // The whole vocabulary: no order needed.
-        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        // The whole vocabulary: no order needed. The weights are computed once (an `exp` per token of the
+        // vocabulary is most of a sample's cost) and summed in the same order as the draw walks them.
+        let weights: Vec<f64> = logits.iter().map(|&l| weight(l)).collect();
+        let total: f64 = weights.iter().sum();
         let r = f64::from(rng.next_f32()) * total;
         let mut cumulative = 0.0;
-        for (i, &l) in logits.iter().enumerate() {
-            cumulative += weight(l);
+        for (i, &p) in weights.iter().enumerate() {
+            cumulative += p;
             if r < cumulative {
                 return i;
             }

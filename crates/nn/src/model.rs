@@ -331,14 +331,14 @@ impl Llama {
         let mut up = vec![0.0f32; t * c.ffn];
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        let rope_cs: Vec<(f32, f32)> = (0..t).flat_map(|i| rope_angles(hd, start + i, c.rope_theta)).collect();
         for (li, layer) in self.layers.iter().enumerate() {
             let m = self.mats(li);
             rms_norm(&x, &layer.attn_norm, c.eps, h, &mut normed);
             linear_set(&normed, t, h, &mut [(m.wq, h, &mut q), (m.wk, kvd, &mut k), (m.wv, kvd, &mut v)]);
-            for i in 0..t {
-                let pos = start + i;
-                rope(&mut q[i * h..(i + 1) * h], hd, pos, c.rope_theta);
-                rope(&mut k[i * kvd..(i + 1) * kvd], hd, pos, c.rope_theta);
+            for (i, cs) in rope_cs.chunks_exact(hd / 2).enumerate() {
+                rope_with(&mut q[i * h..(i + 1) * h], hd, cs);
+                rope_with(&mut k[i * kvd..(i + 1) * kvd], hd, cs);
             }
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
@@ -448,13 +448,26 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, dim: usize, out: &mut [f32]
 /// Rotates adjacent pairs `(2i, 2i+1)` of each head by `pos · θ^(-2i/d)` (the GGUF llama layout). The angles
 /// are computed once for all heads of the row, exactly as `cpu_ops::RopeTable` computes them.
 pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
-    for i in 0..head_dim / 2 {
+    let cs: Vec<(f32, f32)> = rope_angles(head_dim, pos, theta).collect();
+    rope_with(x, head_dim, &cs);
+}
+
+/// `(sin, cos)` of position `pos`'s angle for each pair `i < head_dim / 2` (computed once per row and reused by
+/// every layer).
+pub fn rope_angles(head_dim: usize, pos: usize, theta: f32) -> impl Iterator<Item = (f32, f32)> {
+    (0..head_dim / 2).map(move |i| {
         let freq = theta.powf(-((2 * i) as f32) / head_dim as f32);
-        let (sin, cos) = (pos as f32 * freq).sin_cos();
-        for head in x.chunks_exact_mut(head_dim) {
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos - b * sin;
-            head[2 * i + 1] = a * sin + b * cos;
+        (pos as f32 * freq).sin_cos()
+    })
+}
+
+/// [`rope`] with the angles from [`rope_angles`].
+pub fn rope_with(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, &(sin, cos)) in head.chunks_exact_mut(2).zip(cs) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cos - b * sin;
+            pair[1] = a * sin + b * cos;
         }
     }
 }
