@@ -693,7 +693,7 @@ async fn check<T: FromRequestParts<(), Rejection = AuthRejection>>() -> Result<T
 
 /// In a server function: the signed-in admin, or an error (status 401) saying to sign in.
 ///
-/// ```ignore
+/// ```text
 /// #[server(input = Json, prefix = "/api/fn", endpoint = "list_studies")]
 /// pub async fn list_studies() -> Result<Vec<Study>, ServerFnError> {
 ///     crate::auth::require_admin().await?;

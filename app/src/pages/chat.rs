@@ -211,8 +211,10 @@ fn ChatPanel(model: Signal<Option<String>>, settings: Settings) -> impl IntoView
     let pending = RwSignal::new(None::<Pending>);
     let finish = RwSignal::new(None::<String>);
     let error = RwSignal::new(None::<String>);
-    // The open stream of the reply in progress (closing it stops the generation on the server).
-    let stream: StoredValue<Option<Source>, LocalStorage> = StoredValue::new_local(None);
+    // The open stream of the reply in progress (closing it stops the generation on the server). Browser-side it
+    // holds JS objects (thread-local storage); on the server it stays empty, in thread-safe storage, because a
+    // server render may end on another thread than it began and thread-local storage panics when dropped there.
+    let stream: StoredValue<Option<Source>, SourceStorage> = StoredValue::new_with_storage(None);
 
     let stop = move || {
         if let Some(source) = stream.try_update_value(|s| s.take()).flatten() {
@@ -514,6 +516,11 @@ fn PlayPanel(model: Signal<Option<String>>, settings: Settings) -> impl IntoView
 }
 
 /// An open reply stream (the browser's `EventSource`); nothing during SSR.
+#[cfg(feature = "hydrate")]
+type SourceStorage = LocalStorage;
+#[cfg(not(feature = "hydrate"))]
+type SourceStorage = leptos::reactive::owner::SyncStorage;
+
 struct Source {
     #[cfg(feature = "hydrate")]
     inner: web_sys::EventSource,
