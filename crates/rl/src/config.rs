@@ -416,6 +416,31 @@ mod tests {
         assert_eq!(c.user.kind, UserKind::Scripted);
     }
 
+    /// Every config the repository ships (README, docs/experiments.md) parses and validates.
+    #[test]
+    fn shipped_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut files = Vec::new();
+        for dir in [root.clone(), root.join("experiments")] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 8, "{files:?}");
+        for path in &files {
+            if let Err(e) = RunConfig::from_file(path) {
+                panic!("{}: {e}", path.display());
+            }
+        }
+        let paper = RunConfig::from_file(&root.join("paper.toml")).unwrap();
+        let g = paper.grpo.unwrap();
+        assert_eq!((g.steps, g.prompts_per_step, g.group_size, g.mini_batches), (270, 128, 8, 8));
+        assert_eq!((g.turn_credit, g.trajectory_score), (TurnCredit::Equalized, TrajectoryScore::Sum));
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err = RunConfig::from_toml(&MINIMAL.replace("steps = 10", "stepz = 10")).unwrap_err().to_string();
