@@ -1,7 +1,7 @@
 //! Quick measurement of a CPU training step (forward + backward + AdamW) on SmolLM2-135M dequantised to f32:
 //! tokens/s and peak RSS. Not a criterion bench: one warm-up step, then the mean of a few timed steps.
 //!
-//! `cargo run --release -p userrl-nn --example train_bench -- [seq=512] [batch=1] [steps=3] [model path]`
+//! `cargo run --release -p userrl-nn --example train_bench -- [seq=512] [batch=1] [steps=3] [model path|random:smollm2-135m]`
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,8 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
     let t0 = Instant::now();
-    let model = TrainableLlama::from_llama(&Llama::from_gguf(&Gguf::open(&path)?)?);
-    let mut model = model?;
+    // `random:smollm2-135m`: the same shapes with random weights (a GPU box without the model file, and the
+    // PyTorch peer's own set-up).
+    let mut model = if path.as_os_str() == "random:smollm2-135m" {
+        TrainableLlama::random(&userrl_nn::model::LlamaConfig::smollm2_135m(), 1, true)?
+    } else {
+        TrainableLlama::from_llama(&Llama::from_gguf(&Gguf::open(&path)?)?)?
+    };
     println!("loaded {} parameters in {:.1}s", model.layout.total, t0.elapsed().as_secs_f64());
     // Deterministic pseudo-text: ids spread over the vocabulary; the loss covers every predicted token.
     let vocab = model.config.vocab as u64;
