@@ -172,7 +172,7 @@ impl ChatHost for Chat {
                     })
                     .collect(),
             },
-            Piece::Finish { reason, completion_tokens } => {
+            Piece::Finish { reason, completion_tokens, .. } => {
                 ChatEvent::Done { finish_reason: reason.to_string(), completion_tokens }
             }
             Piece::Failed(e) => ChatEvent::Error { message: e.message.clone() },

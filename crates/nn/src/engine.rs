@@ -6,6 +6,12 @@
 //! A [`Session`] keeps its KV cache between generations, so a multi-turn episode appends the user's or tool's
 //! turn and continues without recomputing the prefix.
 //!
+//! New prompts share prefixes too (a chat template's system turn, one task's prompt for a whole GRPO group): a
+//! bounded prefix store ([`prefix`]) keeps the KV rows of finished prompt prefills, and a new prompt starts from
+//! a copy of the longest stored prefix it shares (at least `prefix_min_tokens`), prefilling only the rest. A
+//! prompt that joins while another with the same prefix is being prefilled waits for it one iteration instead
+//! of computing the same rows beside it.
+//!
 //! Sampling is `generate`'s (same seeded RNG, same log-probs), and a sequence's rows go through the same kernels
 //! as `generate` would run them, so a greedy sequence gives the same tokens alone or in a batch.
 
@@ -17,9 +23,12 @@ use std::sync::mpsc;
 use rayon::prelude::*;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+mod prefix;
+
 use crate::batch::{SeqCache, forward_last_batch};
 use crate::generate::{Generation, Rng, Sampling, log_softmax_at, sample};
 use crate::model::{Llama, LlamaConfig, ModelError};
+use prefix::{PrefixStore, common_prefix};
 
 /// What the engine needs from a model: per-sequence caches and a batched forward that returns each sequence's
 /// last logits. The CPU [`Llama`] implements it; a GPU model can plug in the same way.
@@ -30,6 +39,14 @@ pub trait BatchModel: Send + Sync + 'static {
     fn config(&self) -> &LlamaConfig;
     fn new_cache(&self) -> Self::Cache;
     fn cache_len(cache: &Self::Cache) -> usize;
+    /// A new cache with the first `len` positions of `cache`, for a sequence whose prompt starts with the
+    /// same tokens (the rows must be exactly what running those tokens would have produced).
+    fn prefix_cache(&self, cache: &Self::Cache, len: usize) -> Self::Cache;
+    /// Bytes a cache of `len` positions takes (what the prefix store's budget counts).
+    fn cache_bytes(&self, len: usize) -> usize {
+        let c = self.config();
+        2 * c.layers * c.kv_dim() * std::mem::size_of::<f32>() * len
+    }
     /// Runs `tokens[i]` after `caches[i]` for every `i`; returns `[sequences, vocab]` last-position logits.
     fn forward_last_batch(&self, tokens: &[&[u32]], caches: &mut [Self::Cache]) -> Result<Vec<f32>, Self::Error>;
 }
@@ -45,6 +62,9 @@ impl BatchModel for Llama {
     }
     fn cache_len(cache: &SeqCache) -> usize {
         cache.len
+    }
+    fn prefix_cache(&self, cache: &SeqCache, len: usize) -> SeqCache {
+        cache.prefix(len)
     }
     fn forward_last_batch(&self, tokens: &[&[u32]], caches: &mut [SeqCache]) -> Result<Vec<f32>, ModelError> {
         forward_last_batch(self, tokens, caches)
@@ -135,11 +155,25 @@ pub struct EngineConfig {
     /// Decoding sequences per batched forward. Up to `skinny::MAX_ROWS` (32) rows the CPU matmuls take the few-row kernel, which
     /// beats the packing sgemm there (and keeps each row's arithmetic identical to a lone `generate`).
     pub decode_rows: usize,
+    /// Bytes of prompt KV rows kept for later prompts that start the same way; 0 keeps none. The default,
+    /// 256 MiB, holds ~5,800 prompt tokens of SmolLM2-135M (45 KiB a token over its 30 layers).
+    pub prefix_cache_bytes: usize,
+    /// The shortest stored prefix a prompt reuses (at least 1). Copying rows costs far less than computing
+    /// them, so this is not about the copy: it keeps the chat template's few opening tokens, which every
+    /// prompt shares, from counting as a match, and it is what a joining prompt must gain before it waits an
+    /// iteration for another's prefill (an iteration costs about one decode step, ~16 prompt rows' time).
+    pub prefix_min_tokens: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_active: 64, prefill_chunk: 512, decode_rows: crate::skinny::MAX_ROWS }
+        EngineConfig {
+            max_active: 64,
+            prefill_chunk: 512,
+            decode_rows: crate::skinny::MAX_ROWS,
+            prefix_cache_bytes: 256 << 20,
+            prefix_min_tokens: 16,
+        }
     }
 }
 
@@ -151,7 +185,13 @@ pub struct EngineStats {
     /// Sessions holding a cache between generations.
     pub parked: AtomicUsize,
     pub tokens_generated: AtomicU64,
+    /// Prompt tokens sent (for a continued session, only the new ones), reused ones included.
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens whose KV rows came from the prefix store instead of a forward.
+    pub cached_prompt_tokens: AtomicU64,
+    /// Prompts in the prefix store and the bytes their caches take.
+    pub prefix_entries: AtomicUsize,
+    pub prefix_bytes: AtomicUsize,
     pub iterations: AtomicU64,
 }
 
@@ -159,9 +199,16 @@ pub struct EngineStats {
 pub struct Stream {
     rx: UnboundedReceiver<Event>,
     done: bool,
+    cached: Arc<AtomicUsize>,
 }
 
 impl Stream {
+    /// How many prompt tokens came from the prefix store instead of being computed: final once any event has
+    /// arrived (the engine settles it before the first token).
+    pub fn cached_tokens(&self) -> usize {
+        self.cached.load(Ordering::Relaxed)
+    }
+
     fn close_event(&mut self, event: Option<Event>) -> Option<Event> {
         if self.done {
             return None;
@@ -228,7 +275,7 @@ fn gather(out: &mut Generation, event: Event) -> Result<Option<FinishReason>, En
 }
 
 enum Command {
-    Start { session: Option<(u64, bool)>, request: Request, events: UnboundedSender<Event> },
+    Start { session: Option<(u64, bool)>, request: Request, events: UnboundedSender<Event>, cached: Arc<AtomicUsize> },
     DropSession(u64),
     Shutdown,
 }
@@ -251,9 +298,12 @@ impl<M: BatchModel> Engine<M> {
                 max_active: config.max_active.max(1),
                 prefill_chunk: config.prefill_chunk.max(1),
                 decode_rows: config.decode_rows.max(1),
+                prefix_cache_bytes: config.prefix_cache_bytes,
+                prefix_min_tokens: config.prefix_min_tokens.max(1),
             },
             inbox,
             stats: stats.clone(),
+            store: PrefixStore::new(config.prefix_cache_bytes),
             active: Vec::new(),
             waiting: Vec::new(),
             parked: HashMap::new(),
@@ -303,8 +353,11 @@ fn send(
     request: Request,
 ) -> Result<Stream, EngineError> {
     let (events, rx) = unbounded_channel();
-    commands.send(Command::Start { session, request, events }).map_err(|_| EngineError::Stopped)?;
-    Ok(Stream { rx, done: false })
+    let cached = Arc::new(AtomicUsize::new(0));
+    commands
+        .send(Command::Start { session, request, events, cached: cached.clone() })
+        .map_err(|_| EngineError::Stopped)?;
+    Ok(Stream { rx, done: false, cached })
 }
 
 fn validate_prompt(config: &LlamaConfig, tokens: &[u32]) -> Result<(), EngineError> {
@@ -364,6 +417,11 @@ struct Seq<C> {
     cache: C,
     /// Tokens still to prefill.
     feed: Vec<u32>,
+    /// The whole prompt of a sequence that started from an empty cache, until its prefill is complete: what it
+    /// looks up in the prefix store and then stores.
+    prompt: Option<Vec<u32>>,
+    /// Prompt tokens taken from the prefix store (shared with its [`Stream`]).
+    cached: Arc<AtomicUsize>,
     /// The last sampled token, to run next.
     pending: Option<u32>,
     stop: Vec<u32>,
@@ -385,6 +443,7 @@ struct Worker<M: BatchModel> {
     active: Vec<Seq<M::Cache>>,
     waiting: Vec<Seq<M::Cache>>,
     parked: HashMap<u64, Parked<M::Cache>>,
+    store: PrefixStore<M::Cache>,
     stopping: bool,
 }
 
@@ -431,6 +490,8 @@ impl<M: BatchModel> Worker<M> {
         self.stats.active.store(self.active.len(), Ordering::Relaxed);
         self.stats.waiting.store(self.waiting.len(), Ordering::Relaxed);
         self.stats.parked.store(self.parked.len(), Ordering::Relaxed);
+        self.stats.prefix_entries.store(self.store.len(), Ordering::Relaxed);
+        self.stats.prefix_bytes.store(self.store.bytes(), Ordering::Relaxed);
     }
 
     fn busy(&self, session: u64) -> bool {
@@ -449,12 +510,15 @@ impl<M: BatchModel> Worker<M> {
                     }
                 }
             }
-            Command::Start { session, request, events } => {
+            Command::Start { session, request, events, cached } => {
                 let fail = |e: EngineError| {
                     let _ = events.send(Event::Failed(e));
                 };
-                let (cache, feed) = match session {
-                    None | Some((_, false)) => (self.model.new_cache(), request.tokens),
+                let (cache, feed, prompt) = match session {
+                    None | Some((_, false)) => {
+                        let prompt = self.store.enabled().then(|| request.tokens.clone());
+                        (self.model.new_cache(), request.tokens, prompt)
+                    }
                     Some((id, true)) => {
                         if self.busy(id) {
                             return fail(EngineError::SessionBusy);
@@ -474,7 +538,7 @@ impl<M: BatchModel> Worker<M> {
                                 EngineError::ContextOverflow { len, context }
                             });
                         }
-                        (parked.cache, feed)
+                        (parked.cache, feed, None)
                     }
                 };
                 self.stats.prompt_tokens.fetch_add(feed.len() as u64, Ordering::Relaxed);
@@ -482,6 +546,8 @@ impl<M: BatchModel> Worker<M> {
                     session: session.map(|(id, _)| id),
                     cache,
                     feed,
+                    prompt,
+                    cached,
                     pending: None,
                     stop: request.stop,
                     rng: Rng::seeded(request.sampling.seed),
@@ -497,18 +563,26 @@ impl<M: BatchModel> Worker<M> {
     }
 
     /// Runs the next prompt chunk of every joining sequence (up to `prefill_chunk` tokens in all, first come
-    /// first served) in one forward; a sequence whose prompt is complete samples its first token.
+    /// first served) in one forward; a sequence whose prompt is complete samples its first token. A new prompt
+    /// first takes what the prefix store has of it, or waits for a prompt being prefilled that shares more.
     fn prefill(&mut self) {
         let mut budget = self.config.prefill_chunk;
         let mut chosen = Vec::new();
-        for (i, seq) in self.active.iter().enumerate() {
+        // Prompts mid-prefill whose rows the store will get once they are complete.
+        let mut leaders: Vec<usize> =
+            (0..self.active.len()).filter(|&i| self.storable(i) && M::cache_len(&self.active[i].cache) > 0).collect();
+        for i in 0..self.active.len() {
             if budget == 0 {
                 break;
             }
-            if !seq.feed.is_empty() {
-                let n = seq.feed.len().min(budget);
-                budget -= n;
-                chosen.push((i, n));
+            if self.active[i].feed.is_empty() || !self.reuse_prefix(i, &leaders) {
+                continue;
+            }
+            let n = self.active[i].feed.len().min(budget);
+            budget -= n;
+            chosen.push((i, n));
+            if self.storable(i) && !leaders.contains(&i) {
+                leaders.push(i);
             }
         }
         if chosen.is_empty() {
@@ -517,6 +591,11 @@ impl<M: BatchModel> Worker<M> {
         let chunks: Vec<Vec<u32>> = chosen.iter().map(|&(i, n)| self.active[i].feed.drain(..n).collect()).collect();
         let logits = self.forward(&chosen.iter().map(|&(i, _)| i).collect::<Vec<_>>(), &chunks);
         let Some(logits) = logits else { return };
+        for &(i, _) in &chosen {
+            if self.active[i].feed.is_empty() {
+                self.store_prompt(i);
+            }
+        }
         // Sequences still mid-prompt sample nothing yet.
         let complete: Vec<(usize, usize)> = chosen
             .iter()
@@ -525,6 +604,57 @@ impl<M: BatchModel> Worker<M> {
             .map(|(row, &(i, _))| (i, row))
             .collect();
         self.sample_rows(&complete, &logits);
+    }
+
+    /// Whether `active[i]` is a prompt whose rows will go to the prefix store when its prefill completes.
+    fn storable(&self, i: usize) -> bool {
+        self.active[i].prompt.as_ref().is_some_and(|p| {
+            p.len() >= self.config.prefix_min_tokens && self.store.fits(self.model.cache_bytes(p.len()))
+        })
+    }
+
+    /// Before a new prompt's prefill starts: takes the longest stored prefix it shares (leaving at least its
+    /// last token to run, whose logits give the first sample). False when it should wait instead: a prompt in
+    /// `leaders`, still being prefilled, shares at least `prefix_min_tokens` more than the store offers.
+    fn reuse_prefix(&mut self, i: usize, leaders: &[usize]) -> bool {
+        let seq = &self.active[i];
+        let Some(prompt) = seq.prompt.as_deref() else { return true };
+        if M::cache_len(&seq.cache) > 0 {
+            return true;
+        }
+        let (min, limit) = (self.config.prefix_min_tokens, prompt.len() - 1);
+        let hit = self.store.longest(prompt, limit).filter(|&(_, n)| n >= min);
+        let offered = hit.map_or(0, |(_, n)| n);
+        let ahead = leaders
+            .iter()
+            .filter_map(|&j| self.active[j].prompt.as_deref())
+            .map(|other| common_prefix(prompt, other).min(limit))
+            .max()
+            .unwrap_or(0);
+        if ahead >= offered + min {
+            return false;
+        }
+        if let Some((entry, n)) = hit {
+            let cache = self.model.prefix_cache(self.store.hit(entry), n);
+            let seq = &mut self.active[i];
+            seq.cache = cache;
+            seq.feed.drain(..n);
+            seq.cached.store(n, Ordering::Relaxed);
+            self.stats.cached_prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// A prompt whose prefill just completed: its cache (which holds exactly the prompt's positions until the
+    /// first sampled token runs) is copied into the prefix store.
+    fn store_prompt(&mut self, i: usize) {
+        let Some(prompt) = self.active[i].prompt.take() else { return };
+        let bytes = self.model.cache_bytes(prompt.len());
+        if prompt.len() < self.config.prefix_min_tokens || !self.store.wants(&prompt, bytes) {
+            return;
+        }
+        let cache = self.model.prefix_cache(&self.active[i].cache, prompt.len());
+        self.store.insert(prompt, cache, bytes);
     }
 
     /// Samples the next token of `active[i]` from logits row `row` for every `(i, row)`, sequences in parallel
@@ -910,5 +1040,228 @@ mod tests {
             let (got, _) = stream.wait().unwrap();
             assert_eq!(got.tokens, generate(&model, &r.tokens, &r.stop, &r.sampling).unwrap().tokens);
         }
+    }
+
+    fn with_store(model: &Arc<Llama>, prefix_cache_bytes: usize) -> Engine<Llama> {
+        Engine::new(model.clone(), EngineConfig { prefix_cache_bytes, ..EngineConfig::default() }).unwrap()
+    }
+
+    /// The whole generation and how many prompt tokens came from the prefix store.
+    fn run(engine: &Engine<Llama>, request: Request) -> (Generation, usize) {
+        let mut stream = engine.generate(request).unwrap();
+        let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
+        while let Some(event) = stream.blocking_next() {
+            if gather(&mut out, event).unwrap().is_some() {
+                return (out, stream.cached_tokens());
+            }
+        }
+        panic!("the stream ended without a final event");
+    }
+
+    fn cached_stat(engine: &Engine<Llama>) -> u64 {
+        engine.stats().cached_prompt_tokens.load(Ordering::Relaxed)
+    }
+
+    /// `shared` then `tail`.
+    fn joined(shared: &[u32], tail: &[u32]) -> Vec<u32> {
+        shared.iter().chain(tail).copied().collect()
+    }
+
+    fn shared_prefix(n: usize) -> Vec<u32> {
+        (0..n as u32).map(|i| i * 7 % 60 + 4).collect()
+    }
+
+    /// A prompt sharing a long prefix with a finished one starts from a copy of its rows, and gives exactly what
+    /// an engine without a store gives (ids and log-probs, greedy and seeded-tempered): the copied rows are the
+    /// ones the forward would have computed. The same prompt again reuses all but its last token.
+    #[test]
+    fn a_reused_prefix_gives_the_same_tokens_and_logprobs() {
+        let model = tiny(128);
+        let (with, without) = (with_store(&model, 1 << 20), with_store(&model, 0));
+        let shared = shared_prefix(20);
+        let (first, second) = (joined(&shared, &[5, 6, 7]), joined(&shared, &[8, 9, 10, 11]));
+        for engine in [&with, &without] {
+            assert_eq!(run(engine, request(&first, 8, 0.0, 0)).1, 0);
+        }
+        // 20 shared tokens from `first`, then all but the last of `second` (stored by the first round).
+        for (temperature, reused) in [(0.0, 20), (0.9, second.len() - 1)] {
+            let r = request(&second, 16, temperature, 5);
+            let (got, cached) = run(&with, r.clone());
+            assert_eq!(cached, reused, "temperature {temperature}");
+            let (plain, none) = run(&without, r.clone());
+            assert_eq!(none, 0);
+            assert_eq!(got, plain, "temperature {temperature}");
+            assert_eq!(got, generate(&model, &r.tokens, &r.stop, &r.sampling).unwrap());
+        }
+        assert_eq!(cached_stat(&with), 20 + second.len() as u64 - 1);
+        assert_eq!(with.stats().prompt_tokens.load(Ordering::Relaxed), (first.len() + 2 * second.len()) as u64);
+        assert_eq!(cached_stat(&without), 0);
+        wait_until(|| with.stats().prefix_entries.load(Ordering::Relaxed) == 2);
+        assert_eq!(with.stats().prefix_bytes.load(Ordering::Relaxed), model.cache_bytes(first.len() + second.len()));
+        assert_eq!(without.stats().prefix_entries.load(Ordering::Relaxed), 0);
+
+        // Shorter than `prefix_min_tokens` in common: computed, not reused.
+        let (_, cached) = run(&with, request(&joined(&shared[..15], &[1, 2, 3]), 4, 0.0, 0));
+        assert_eq!(cached, 0);
+    }
+
+    /// The store never holds more than its budget: the least recently used prompt goes, and misses afterwards.
+    #[test]
+    fn the_prefix_store_keeps_its_budget() {
+        let model = tiny(128);
+        // Room for two 20-token prompts, not three.
+        let budget = model.cache_bytes(50);
+        let engine = with_store(&model, budget);
+        let prompts: Vec<Vec<u32>> = (0..3u32).map(|p| (0..20).map(|i| (i * 5 + p * 17) % 60 + 1).collect()).collect();
+        for p in &prompts {
+            run(&engine, request(p, 3, 0.0, 0));
+            wait_until(|| engine.stats().prefix_bytes.load(Ordering::Relaxed) <= budget);
+        }
+        wait_until(|| engine.stats().iterations.load(Ordering::Relaxed) > 0);
+        let stats = engine.stats();
+        wait_until(|| stats.prefix_entries.load(Ordering::Relaxed) == 2);
+        assert_eq!(stats.prefix_bytes.load(Ordering::Relaxed), model.cache_bytes(40));
+        // The oldest was evicted; the newest is still there.
+        assert_eq!(run(&engine, request(&joined(&prompts[2], &[1]), 3, 0.0, 0)).1, 20);
+        assert_eq!(run(&engine, request(&joined(&prompts[0], &[1]), 3, 0.0, 0)).1, 0);
+        wait_until(|| stats.prefix_entries.load(Ordering::Relaxed) == 2);
+        assert!(stats.prefix_bytes.load(Ordering::Relaxed) <= budget);
+    }
+
+    /// Sequences that join together with a shared prefix compute it once: the others wait one iteration for the
+    /// first's prefill and copy its rows. Every output is still exactly `generate`'s.
+    #[test]
+    fn concurrent_prompts_with_a_shared_prefix_compute_it_once() {
+        let model = tiny(128);
+        let engine = with_store(&model, 1 << 20);
+        let shared = shared_prefix(24);
+        let requests: Vec<Request> =
+            (0..4u32).map(|i| request(&joined(&shared, &[i + 1, 40 + i]), 10, 0.8, u64::from(i))).collect();
+        let streams: Vec<Stream> = requests.iter().map(|r| engine.generate(r.clone()).unwrap()).collect();
+        for (stream, r) in streams.into_iter().zip(&requests) {
+            assert_eq!(stream.wait().unwrap().0, generate(&model, &r.tokens, &r.stop, &r.sampling).unwrap());
+        }
+        assert_eq!(cached_stat(&engine), 3 * 24);
+    }
+
+    /// A worker driven by hand, one prefill at a time: what `run` does, without the thread's timing.
+    fn worker(model: &Arc<Llama>, config: EngineConfig) -> Worker<Llama> {
+        let (_, inbox) = mpsc::channel();
+        Worker {
+            model: model.clone(),
+            inbox,
+            stats: Arc::new(EngineStats::default()),
+            active: Vec::new(),
+            waiting: Vec::new(),
+            parked: HashMap::new(),
+            store: PrefixStore::new(config.prefix_cache_bytes),
+            config,
+            stopping: false,
+        }
+    }
+
+    fn start(worker: &mut Worker<Llama>, request: Request) -> Stream {
+        let (events, rx) = unbounded_channel();
+        let cached = Arc::new(AtomicUsize::new(0));
+        worker.handle(Command::Start { session: None, request, events, cached: cached.clone() });
+        worker.active.extend(worker.waiting.drain(..));
+        Stream { rx, done: false, cached }
+    }
+
+    /// Logits of `next` after `cache` (bitwise equal logits mean the cached rows were the same).
+    fn logits_after(model: &Llama, cache: &SeqCache, next: u32) -> Vec<f32> {
+        forward_last_batch(model, &[&[next]], &mut [cache.clone()]).unwrap()
+    }
+
+    /// Every forward here stays within the few-row kernel's 32 rows, as the other exactness tests do: past
+    /// that a forward takes the sgemm, whose rounding differs, so a prompt's last rows differ in the last bits
+    /// depending on what shares their forward, with or without the store (see `docs/ARCHITECTURE.md`).
+    #[test]
+    fn a_joining_prompt_waits_for_the_prefill_that_shares_its_prefix() {
+        let model = tiny(128);
+        let mut w = worker(&model, EngineConfig { prefill_chunk: 64, ..EngineConfig::default() });
+        let shared = shared_prefix(20);
+        let leader = joined(&shared, &[1, 2]);
+        let follower = joined(&shared, &[3, 4, 5]);
+        let other: Vec<u32> = (0..8).map(|i| 63 - i).collect();
+        let _streams: Vec<Stream> =
+            [&leader, &follower, &other, &follower].iter().map(|p| start(&mut w, request(p, 4, 0.0, 0))).collect();
+        w.prefill();
+        // The leader and the unrelated prompt ran; both followers wait with nothing computed. The unrelated
+        // prompt is shorter than `prefix_min_tokens`: not stored.
+        let lens: Vec<usize> = w.active.iter().map(|s| s.cache.len).collect();
+        assert_eq!(lens, [leader.len(), 0, other.len(), 0]);
+        assert_eq!((w.store.len(), w.stats.cached_prompt_tokens.load(Ordering::Relaxed)), (1, 0));
+        w.prefill();
+        // Now they copy the leader's 20 rows, prefill only their own tails, and the first of them is stored
+        // (the second is the same prompt: covered).
+        let lens: Vec<usize> = w.active.iter().map(|s| s.cache.len).collect();
+        assert_eq!(lens[1], follower.len());
+        assert_eq!(lens[3], follower.len());
+        assert_eq!(w.stats.cached_prompt_tokens.load(Ordering::Relaxed), 40);
+        assert_eq!(w.store.len(), 2);
+        // Their rows are the ones a plain prefill computes.
+        let mut fresh = SeqCache::new(&model);
+        forward_last_batch(&model, &[&follower], std::slice::from_mut(&mut fresh)).unwrap();
+        for s in [1, 3] {
+            assert_eq!(logits_after(&model, &w.active[s].cache, 9), logits_after(&model, &fresh, 9));
+        }
+        // And a prefix copy is exactly the rows it covers: continuing from it equals the full prefill.
+        let mut part = fresh.prefix(20);
+        assert_eq!(part.len, 20);
+        forward_last_batch(&model, &[&follower[20..]], std::slice::from_mut(&mut part)).unwrap();
+        assert_eq!(logits_after(&model, &part, 9), logits_after(&model, &fresh, 9));
+    }
+
+    /// Past 32 rows (the sgemm) a row's keys and values still do not depend on the other rows of its forward,
+    /// so the rows a long prompt stores are the ones another prompt's own prefill would compute.
+    #[test]
+    fn sgemm_prefill_rows_do_not_depend_on_their_neighbours() {
+        let model = tiny(128);
+        let long = shared_prefix(40);
+        let other: Vec<u32> = (0..25).map(|i| 60 - i).collect();
+        let mut alone = SeqCache::new(&model);
+        forward_last_batch(&model, &[&long], std::slice::from_mut(&mut alone)).unwrap();
+        let mut beside = [SeqCache::new(&model), SeqCache::new(&model)];
+        forward_last_batch(&model, &[&other, &long], &mut beside).unwrap();
+        let mut half = SeqCache::new(&model);
+        forward_last_batch(&model, &[&long[..36]], std::slice::from_mut(&mut half)).unwrap();
+        for len in [33, 36] {
+            let want = logits_after(&model, &half.prefix(len), 9);
+            assert_eq!(logits_after(&model, &alone.prefix(len), 9), want, "{len}");
+            assert_eq!(logits_after(&model, &beside[1].prefix(len), 9), want, "{len}");
+        }
+    }
+
+    /// A session's first turn is a new prompt: it reuses and feeds the store; its later turns go on from its own
+    /// cache exactly as before.
+    #[test]
+    fn sessions_start_from_the_store_and_continue_exactly() {
+        let model = tiny(256);
+        let engine = with_store(&model, 1 << 20);
+        let shared = shared_prefix(16);
+        run(&engine, request(&joined(&shared, &[1]), 2, 0.0, 0));
+        let greedy = |n| Sampling { max_new_tokens: n, ..Sampling::default() };
+        let prompt = joined(&shared, &[2, 3]);
+        let mut session = engine.session();
+        let r = Request { tokens: prompt.clone(), stop: vec![], sampling: greedy(5), constraint: None };
+        let first = session.generate(r).unwrap();
+        let (g1, _) = first.wait().unwrap();
+        assert_eq!(cached_stat(&engine), 16);
+        assert_eq!(g1, generate(&model, &prompt, &[], &greedy(5)).unwrap());
+        let turn = [7u32, 8, 9];
+        let mut second = session
+            .generate(Request { tokens: turn.to_vec(), stop: vec![], sampling: greedy(6), constraint: None })
+            .unwrap();
+        let mut g2 = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
+        while let Some(event) = second.blocking_next() {
+            if gather(&mut g2, event).unwrap().is_some() {
+                break;
+            }
+        }
+        assert_eq!(second.cached_tokens(), 0);
+        assert_eq!(cached_stat(&engine), 16);
+        let full: Vec<u32> = prompt.iter().chain(&g1.tokens).chain(&turn).copied().collect();
+        assert_eq!(g2, generate(&model, &full, &[], &greedy(6)).unwrap());
     }
 }

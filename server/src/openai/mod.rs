@@ -364,8 +364,13 @@ impl Progress {
 }
 
 fn usage(job: &Job, generated: usize) -> Value {
-    let prompt = job.plan.tokens.len();
-    json!({"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated})
+    usage_json(job.plan.tokens.len(), generated, job.stream.cached_tokens())
+}
+
+/// OpenAI's usage object; `cached_tokens` are the prompt tokens the engine's prefix store supplied.
+fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": cached}})
 }
 
 fn tool_calls_json(calls: &[(String, String)], id: &str) -> Vec<Value> {
@@ -458,8 +463,9 @@ pub enum Piece {
     Content(String),
     /// The reply's tool calls as (name, arguments JSON), at the end.
     Calls(Vec<(String, String)>),
-    /// The reply is over: OpenAI's finish reason and how many tokens were generated.
-    Finish { reason: &'static str, completion_tokens: usize },
+    /// The reply is over: OpenAI's finish reason, how many tokens were generated and how many prompt tokens
+    /// came from the engine's prefix store.
+    Finish { reason: &'static str, completion_tokens: usize, cached_tokens: usize },
     /// The engine failed; nothing follows.
     Failed(ApiError),
 }
@@ -552,6 +558,7 @@ pub fn pieces(reply: Reply) -> impl futures::Stream<Item = Piece> + Send + 'stat
             st.queue.push_back(Piece::Finish {
                 reason: finish_name(finish, !reply.calls.is_empty()),
                 completion_tokens: st.progress.generated,
+                cached_tokens: st.job.stream.cached_tokens(),
             });
         }
     })
@@ -584,15 +591,13 @@ fn sse(job: Job) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>
                     .collect();
                 vec![meta.chunk(json!({"tool_calls": calls}), None)]
             }
-            Piece::Finish { reason, completion_tokens } => {
+            Piece::Finish { reason, completion_tokens, cached_tokens } => {
                 let mut out = vec![meta.chunk(json!({}), Some(reason))];
                 if meta.include_usage {
-                    let prompt = meta.prompt_tokens;
                     let body = json!({
                         "id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
                         "model": meta.model, "choices": [],
-                        "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                                  "total_tokens": prompt + completion_tokens},
+                        "usage": usage_json(meta.prompt_tokens, completion_tokens, cached_tokens),
                     });
                     out.push(SseEvent::default().data(body.to_string()));
                 }
