@@ -290,6 +290,18 @@ fn attend_group_body(
     }
 }
 
+impl SeqCache {
+    /// A new cache holding this one's first `len` positions (at most all of them): a prompt prefix that another
+    /// sequence starting with the same tokens reuses instead of recomputing (the engine's prefix store).
+    pub fn prefix(&self, len: usize) -> SeqCache {
+        let len = len.min(self.len);
+        let rows = |layers: &[Vec<f32>]| -> Vec<Vec<f32>> {
+            layers.iter().map(|l| l[..l.len() / self.len.max(1) * len].to_vec()).collect()
+        };
+        SeqCache { k: rows(&self.k), v: rows(&self.v), len }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,17 +421,5 @@ mod tests {
             forward_last_batch(&model, &[&[99]], &mut caches[..1]),
             Err(ModelError::BadToken { id: 99, .. })
         ));
-    }
-}
-
-impl SeqCache {
-    /// A new cache holding this one's first `len` positions (at most all of them): a prompt prefix that another
-    /// sequence starting with the same tokens reuses instead of recomputing (the engine's prefix store).
-    pub fn prefix(&self, len: usize) -> SeqCache {
-        let len = len.min(self.len);
-        let rows = |layers: &[Vec<f32>]| -> Vec<Vec<f32>> {
-            layers.iter().map(|l| l[..l.len() / self.len.max(1) * len].to_vec()).collect()
-        };
-        SeqCache { k: rows(&self.k), v: rows(&self.v), len }
     }
 }

@@ -1164,7 +1164,7 @@ mod tests {
         let (events, rx) = unbounded_channel();
         let cached = Arc::new(AtomicUsize::new(0));
         worker.handle(Command::Start { session: None, request, events, cached: cached.clone() });
-        worker.active.extend(worker.waiting.drain(..));
+        worker.active.append(&mut worker.waiting);
         Stream { rx, done: false, cached }
     }
 

@@ -181,12 +181,22 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-/// One streamed request: seconds to the first content token, and the completion tokens the usage chunk counts.
-async fn timed_stream(client: &reqwest::Client, url: &str, body: serde_json::Value) -> Result<(f64, u64)> {
+/// What one streamed request took and what its usage chunk counted.
+struct Timed {
+    /// Seconds to the first content token.
+    first: f64,
+    completion_tokens: u64,
+    prompt_tokens: u64,
+    /// Prompt tokens the engine took from its prefix store.
+    cached_tokens: u64,
+}
+
+/// One streamed request, timed.
+async fn timed_stream(client: &reqwest::Client, url: &str, body: serde_json::Value) -> Result<Timed> {
     let start = Instant::now();
     let mut response = client.post(url).json(&body).send().await?;
     anyhow::ensure!(response.status().is_success(), "HTTP {}: {}", response.status(), response.text().await?);
-    let (mut buffer, mut first, mut tokens) = (String::new(), None, None);
+    let (mut buffer, mut first, mut usage) = (String::new(), None, None);
     while let Some(bytes) = response.chunk().await? {
         buffer.push_str(&String::from_utf8_lossy(&bytes));
         while let Some(end) = buffer.find("\n\n") {
@@ -201,14 +211,21 @@ async fn timed_stream(client: &reqwest::Client, url: &str, body: serde_json::Val
                 if first.is_none() && !content.is_empty() {
                     first = Some(start.elapsed().as_secs_f64());
                 }
-                if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
-                    tokens = Some(n);
+                if chunk["usage"].is_object() {
+                    usage = Some(chunk["usage"].clone());
                 }
             }
         }
     }
-    let tokens = tokens.ok_or_else(|| anyhow::anyhow!("the stream ended without a usage chunk"))?;
-    Ok((first.unwrap_or_else(|| start.elapsed().as_secs_f64()), tokens))
+    let usage = usage.ok_or_else(|| anyhow::anyhow!("the stream ended without a usage chunk"))?;
+    let count =
+        |v: &serde_json::Value| v.as_u64().ok_or_else(|| anyhow::anyhow!("a usage chunk without counts: {usage}"));
+    Ok(Timed {
+        first: first.unwrap_or_else(|| start.elapsed().as_secs_f64()),
+        completion_tokens: count(&usage["completion_tokens"])?,
+        prompt_tokens: count(&usage["prompt_tokens"])?,
+        cached_tokens: usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0),
+    })
 }
 
 fn bench_openai(path: &std::path::Path, streams: &str, max_tokens: usize, json_out: bool) -> Result<()> {
@@ -243,11 +260,13 @@ fn bench_openai(path: &std::path::Path, streams: &str, max_tokens: usize, json_o
                 })
                 .collect();
             let mut ttft = Vec::with_capacity(n);
-            let mut tokens = 0;
+            let (mut tokens, mut prompt_tokens, mut cached_tokens) = (0, 0, 0);
             for job in jobs {
-                let (first, count) = job.await??;
-                ttft.push(first * 1e3);
-                tokens += count;
+                let timed = job.await??;
+                ttft.push(timed.first * 1e3);
+                tokens += timed.completion_tokens;
+                prompt_tokens += timed.prompt_tokens;
+                cached_tokens += timed.cached_tokens;
             }
             let wall = start.elapsed().as_secs_f64();
             ttft.sort_by(f64::total_cmp);
@@ -258,6 +277,8 @@ fn bench_openai(path: &std::path::Path, streams: &str, max_tokens: usize, json_o
                 "tokens_per_s": tokens as f64 / wall,
                 "ttft_ms_p50": percentile(&ttft, 50.0),
                 "ttft_ms_max": ttft.last().copied().unwrap_or_default(),
+                "prompt_tokens": prompt_tokens,
+                "cached_prompt_tokens": cached_tokens,
             }));
         }
         let single = rows.iter().find(|r| r["streams"] == 1).and_then(|r| r["tokens_per_s"].as_f64());
@@ -275,15 +296,19 @@ fn bench_openai(path: &std::path::Path, streams: &str, max_tokens: usize, json_o
             );
         } else {
             println!("/v1/chat/completions, streamed, cpu ({threads} threads), {max_tokens} tokens per request");
-            println!("{:>8} {:>12} {:>14} {:>10} {:>10}", "streams", "tokens/s", "TTFT p50 ms", "TTFT max", "vs 1");
+            println!(
+                "{:>8} {:>12} {:>14} {:>10} {:>10} {:>16}",
+                "streams", "tokens/s", "TTFT p50 ms", "TTFT max", "vs 1", "prompt (cached)"
+            );
             for r in &rows {
                 println!(
-                    "{:>8} {:>12.1} {:>14.0} {:>10.0} {:>10}",
+                    "{:>8} {:>12.1} {:>14.0} {:>10.0} {:>10} {:>16}",
                     r["streams"],
                     r["tokens_per_s"].as_f64().unwrap_or_default(),
                     r["ttft_ms_p50"].as_f64().unwrap_or_default(),
                     r["ttft_ms_max"].as_f64().unwrap_or_default(),
                     r["speedup_vs_1"].as_f64().map_or("-".to_string(), |s| format!("{s:.2}x")),
+                    format!("{} ({})", r["prompt_tokens"], r["cached_prompt_tokens"]),
                 );
             }
         }
