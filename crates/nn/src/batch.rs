@@ -100,7 +100,7 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
         linear_set(&normed, rows, h, &mut [(m.w_gate, c.ffn, &mut gate), (m.w_up, c.ffn, &mut up)]);
-        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + crate::cpu_ops::exp_f32(-*g)) * u);
         linear_set(&gate, rows, c.ffn, &mut [(m.w_down, h, &mut proj)]);
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
     }
@@ -249,7 +249,7 @@ fn softmax_rows(scores: &mut [f32], visible: usize) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for v in s.iter_mut() {
-            *v = (*v - max).exp();
+            *v = crate::cpu_ops::exp_f32(*v - max);
             sum += *v;
         }
         let inv = 1.0 / sum;
