@@ -146,6 +146,14 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// What serving decodes with unless told otherwise: bf16 where the CPU multiplies bf16 pairs in hardware
+    /// (batched decoding is bound by multiplies there), else f16 (the same bytes, exact products).
+    pub fn serving_default() -> Precision {
+        if crate::skinny::bf16_dot() { Precision::Bf16 } else { Precision::F16 }
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Precision, String> {
@@ -382,7 +390,7 @@ impl Llama {
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
             linear_set(&normed, t, h, &mut [(m.w_gate, c.ffn, &mut gate), (m.w_up, c.ffn, &mut up)]);
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + crate::cpu_ops::exp_f32(-*g)) * u);
             linear_set(&gate, t, c.ffn, &mut [(m.w_down, h, &mut proj)]);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
