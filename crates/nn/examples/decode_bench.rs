@@ -28,12 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, o) in kernels {
         for k in bench::skinny(&[1, 2, 4, 8, 12, 16], i, o, runs) {
             println!(
-                "kernel {:>2} x {:>4} -> {:>5}: f32 {:6.1} GFLOP/s  f16 {:6.1} GFLOP/s",
-                k.rows, k.in_dim, k.out_dim, k.f32_gflops, k.f16_gflops
+                "kernel {:>2} x {:>4} -> {:>5}: f32 {:6.1} GFLOP/s  f16 {:6.1} GFLOP/s  bf16 {:6.1} GFLOP/s",
+                k.rows, k.in_dim, k.out_dim, k.f32_gflops, k.f16_gflops, k.bf16_gflops
             );
         }
     }
-    for precision in [Precision::F32, Precision::F16] {
+    for precision in [Precision::F32, Precision::F16, Precision::Bf16] {
         if only.is_some_and(|p| p != precision) {
             continue;
         }

@@ -100,7 +100,7 @@ pub fn forward_last_batch(model: &Llama, tokens: &[&[u32]], caches: &mut [SeqCac
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
         linear_set(&normed, rows, h, &mut [(m.w_gate, c.ffn, &mut gate), (m.w_up, c.ffn, &mut up)]);
-        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + crate::cpu_ops::exp_f32(-*g)) * u);
         linear_set(&gate, rows, c.ffn, &mut [(m.w_down, h, &mut proj)]);
         x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
     }
@@ -145,10 +145,12 @@ pub(crate) struct AttnSeq<'a> {
 /// it sees, the kv head, and its output.
 type AttnTask<'a> = (&'a [f32], &'a [f32], &'a [f32], usize, usize, &'a mut [f32]);
 
-/// Below this many multiply-adds in all (about 100 µs of one core) the attention of a step runs on the calling
-/// thread: a decoding step's attention is tiny, and waking the pool for it (30 times a token) cost more than the
-/// arithmetic on a loaded 2-core machine (16 of 78 ms of a batch-8 step went to attention before).
-const ATTN_SERIAL_WORK: usize = 2_000_000;
+/// Below this many multiply-adds in all the attention of a step runs on the calling thread: waking the pool
+/// costs more than a batch-1 step's attention at short contexts. Above it the caches' reads (they come from
+/// memory every step: the weights streamed in between evict them) go faster on two threads: SmolLM2 batch 8 at
+/// ~100 positions, 2 cores, quiet: attention 4.6 -> 3.0 ms of a ~28 ms step, and the other thread stays awake
+/// for the next matrix product.
+const ATTN_SERIAL_WORK: usize = 150_000;
 
 /// Causal grouped-query attention of every sequence's new rows over its cache. One task per (sequence, row, kv
 /// head) reads each cached key and value row once for the `group` query heads that share it; the tasks of all
@@ -221,10 +223,122 @@ fn attend_group(
     out: &mut [f32],
 ) {
     match isa {
-        // SAFETY: AVX2 and FMA were detected at run time.
+        // SAFETY: AVX-512F was detected at run time; the head width selects the kernel built for it.
         #[cfg(target_arch = "x86_64")]
-        crate::skinny::Isa::Avx2 => unsafe { attend_group_avx2(qg, kc, vc, kvd, col, hd, visible, scale, scores, out) },
+        crate::skinny::Isa::Avx512 if matches!(hd, 16 | 32 | 64 | 128) => unsafe {
+            match hd {
+                16 => avx512::attend_group::<1>(qg, kc, vc, kvd, col, visible, scale, scores, out),
+                32 => avx512::attend_group::<2>(qg, kc, vc, kvd, col, visible, scale, scores, out),
+                64 => avx512::attend_group::<4>(qg, kc, vc, kvd, col, visible, scale, scores, out),
+                _ => avx512::attend_group::<8>(qg, kc, vc, kvd, col, visible, scale, scores, out),
+            }
+        },
+        // SAFETY: AVX2 and FMA were detected at run time (AVX-512 implies them).
+        #[cfg(target_arch = "x86_64")]
+        crate::skinny::Isa::Avx2 | crate::skinny::Isa::Avx512 => unsafe {
+            attend_group_avx2(qg, kc, vc, kvd, col, hd, visible, scale, scores, out)
+        },
         _ => attend_group_body(qg, kc, vc, kvd, col, hd, visible, scale, scores, out),
+    }
+}
+
+/// Softmax of each `visible`-long row of `scores`, in place.
+#[inline(always)]
+fn softmax_rows(scores: &mut [f32], visible: usize) {
+    for s in scores.chunks_exact_mut(visible) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in s.iter_mut() {
+            *v = crate::cpu_ops::exp_f32(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// The attention of one kv head with the head width fixed at compile time (`D` vectors of 16 lanes), so a key
+/// or value row and a head's output live in registers: a decoding step's attention is thousands of these
+/// calls over ~100 positions each, where the generic body spent more on horizontal sums and reloading the
+/// output than on arithmetic. What is left is mostly waiting for the caches' rows from memory.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Cache rows ahead that the loops prefetch: a head's slice of a row is 4 of a row's 12 cache lines (SmolLM2),
+    /// a strided walk the hardware prefetcher follows poorly, and the caches come from memory on every step (the
+    /// weights streamed in between evict them).
+    const PREFETCH_ROWS: usize = 6;
+
+    /// Hints the cache lines of one head's slice at element `at` (an address past the cache is harmless).
+    #[inline(always)]
+    fn prefetch_head<const D: usize>(base: *const f32, at: usize) {
+        for c in 0..D {
+            // SAFETY: a prefetch never faults; wrapping_add keeps the pointer arithmetic defined.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at + 16 * c).cast()) };
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F must be available; `qg` is `[group, D * 16]`, the caches hold `visible` rows of `kvd` with the
+    /// head at columns `col..col + D * 16`, `scores` holds `group * visible`, `out` `group * D * 16`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_group<const D: usize>(
+        qg: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        kvd: usize,
+        col: usize,
+        visible: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = D * 16;
+        let group = qg.len() / hd;
+        assert!(
+            out.len() >= group * hd
+                && scores.len() >= group * visible
+                && kc.len() >= (visible - 1) * kvd + col + hd
+                && vc.len() >= (visible - 1) * kvd + col + hd,
+            "attention buffers are smaller than their shapes"
+        );
+        let (q, k, v) = (qg.as_ptr(), kc.as_ptr(), vc.as_ptr());
+        for j in 0..visible {
+            prefetch_head::<D>(k, (j + PREFETCH_ROWS) * kvd + col);
+            let mut kj = [_mm512_setzero_ps(); D];
+            for (c, kv) in kj.iter_mut().enumerate() {
+                // SAFETY: row j < visible, columns col..col + hd: inside kc (checked above).
+                *kv = unsafe { _mm512_loadu_ps(k.add(j * kvd + col + 16 * c)) };
+            }
+            for a in 0..group {
+                let mut acc = _mm512_setzero_ps();
+                for (c, kv) in kj.iter().enumerate() {
+                    // SAFETY: head a < group of qg's [group, hd].
+                    acc = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(q.add(a * hd + 16 * c)) }, *kv, acc);
+                }
+                scores[a * visible + j] = _mm512_reduce_add_ps(acc) * scale;
+            }
+        }
+        super::softmax_rows(&mut scores[..group * visible], visible);
+        for a in 0..group {
+            let mut acc = [_mm512_setzero_ps(); D];
+            for j in 0..visible {
+                if a == 0 {
+                    prefetch_head::<D>(v, (j + PREFETCH_ROWS) * kvd + col);
+                }
+                let w = _mm512_set1_ps(scores[a * visible + j]);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: as for the keys.
+                    *acc = _mm512_fmadd_ps(w, unsafe { _mm512_loadu_ps(v.add(j * kvd + col + 16 * c)) }, *acc);
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                // SAFETY: head a's output columns a * hd..(a + 1) * hd are inside out (checked above).
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(a * hd + 16 * c), *acc) };
+            }
+        }
     }
 }
 
@@ -268,16 +382,7 @@ fn attend_group_body(
             scores[a * visible + j] = crate::skinny::dot(qa, kj) * scale;
         }
     }
-    for s in scores.chunks_exact_mut(visible) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in s.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|v| *v *= inv);
-    }
+    softmax_rows(scores, visible);
     out.fill(0.0);
     for j in 0..visible {
         let vj = &vc[j * kvd + col..j * kvd + col + hd];
@@ -349,7 +454,13 @@ mod tests {
     /// matches the reference, and gives the same bits alone as beside the others.
     #[test]
     fn attention_matches_reference_alone_or_batched() {
-        let (heads, group, hd) = (8, 4, 16);
+        // Head widths with a fixed-width kernel (16, 64) and without one (24).
+        for (heads, group, hd) in [(8, 4, 16), (9, 3, 64), (4, 2, 24)] {
+            attention_case(heads, group, hd);
+        }
+    }
+
+    fn attention_case(heads: usize, group: usize, hd: usize) {
         let (h, kvd) = (heads * hd, heads / group * hd);
         let noise = |n: usize, seed: usize| -> Vec<f32> {
             (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0) * 0.7).collect()
@@ -380,8 +491,8 @@ mod tests {
         for (s, &(start, t)) in shapes.iter().enumerate() {
             let want = naive_attention(&data[s].0, &data[s].1, &data[s].2, start, t, heads, group, hd);
             let diff = want.iter().zip(&together[s]).fold(0.0f64, |m, (a, b)| m.max((a - f64::from(*b)).abs()));
-            assert!(diff < 1e-5, "sequence {s}: {diff}");
-            assert_eq!(run(&[s])[0], together[s], "sequence {s} alone");
+            assert!(diff < 1e-5, "hd {hd} sequence {s}: {diff}");
+            assert_eq!(run(&[s])[0], together[s], "hd {hd} sequence {s} alone");
         }
     }
 

@@ -164,14 +164,16 @@ pub struct SkinnyResult {
     pub f32_gflops: f64,
     /// The same with half-precision weights.
     pub f16_gflops: f64,
+    /// The same with bf16 weights (and inputs rounded to bf16).
+    pub bf16_gflops: f64,
 }
 
-/// GFLOP/s of the few-row kernels (`skinny::linear_few_rows` and its f16 twin) at each row count of `rows`, on
+/// GFLOP/s of the few-row kernels (`skinny::linear_few_rows` and its f16 twins) at each row count of `rows`, on
 /// a `[out_dim, in_dim]` matrix (pick one larger than the last-level cache to see decoding's streaming).
 pub fn skinny(rows: &[usize], in_dim: usize, out_dim: usize, runs: usize) -> Vec<SkinnyResult> {
-    use crate::skinny::{Linear, Weights, linear_many, to_f16};
+    use crate::skinny::{Linear, Weights, linear_many, to_bf16, to_f16};
     let w: Vec<f32> = (0..in_dim * out_dim).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
-    let wh = to_f16(&w);
+    let (wh, wb) = (to_f16(&w), to_bf16(&w));
     rows.iter()
         .map(|&t| {
             let x: Vec<f32> = (0..t * in_dim).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
@@ -186,7 +188,15 @@ pub fn skinny(rows: &[usize], in_dim: usize, out_dim: usize, runs: usize) -> Vec
             };
             let f32_s = time(Weights::F32(&w));
             let f16_s = time(Weights::F16(&wh));
-            SkinnyResult { rows: t, in_dim, out_dim, f32_gflops: flops / f32_s / 1e9, f16_gflops: flops / f16_s / 1e9 }
+            let bf16_s = time(Weights::Bf16(&wb));
+            SkinnyResult {
+                rows: t,
+                in_dim,
+                out_dim,
+                f32_gflops: flops / f32_s / 1e9,
+                f16_gflops: flops / f16_s / 1e9,
+                bf16_gflops: flops / bf16_s / 1e9,
+            }
         })
         .collect()
 }

@@ -3,15 +3,16 @@
 //! sgemm (many rows) or the few-row kernels of `skinny` (decoding), a KV cache for incremental decoding. This is
 //! the inference path and the oracle the wgpu kernels will be checked against.
 //!
-//! [`Precision::F16`] adds half-precision copies of the matrices that decoding reads instead of the f32 ones
-//! (decoding one sequence is bound by the bytes of weights streamed per token); the f32 weights stay the
-//! model's truth for long prefills, training, checkpoints and export.
+//! [`Precision::F16`] and [`Precision::Bf16`] add 16-bit copies of the matrices that decoding reads instead of
+//! the f32 ones (decoding one sequence is bound by the bytes of weights streamed per token; a batch of them, on
+//! CPUs with AVX512-BF16, by multiplies that bf16 does at twice the f32 rate); the f32 weights stay the model's
+//! truth for long prefills, training, checkpoints and export.
 
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError};
-use crate::skinny::{Linear, Weights, to_f16};
+use crate::skinny::{Linear, Weights, to_bf16, to_f16};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -123,7 +124,8 @@ pub struct Llama {
     pub norm: Vec<f32>,
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<Vec<f32>>,
-    /// Half-precision copies of the matrices for decoding ([`Precision::F16`]); `None` decodes in f32. Made by
+    /// 16-bit copies of the matrices for decoding ([`Precision::F16`], [`Precision::Bf16`]); `None` decodes in
+    /// f32. Made by
     /// [`Llama::set_precision`]; whoever changes the f32 weights refreshes them (`TrainableLlama::write_into`
     /// does).
     pub half: Option<HalfWeights>,
@@ -138,6 +140,18 @@ pub enum Precision {
     F32,
     /// IEEE half-precision copies (round to nearest): half the bytes per decoded token, logits within ~1e-2.
     F16,
+    /// bfloat16 copies (round to nearest), products with the inputs rounded to bf16 too: the bytes of f16, and
+    /// on CPUs with AVX512-BF16 twice the multiply rate, which is what batched decoding is bound by; 3 fewer
+    /// mantissa bits than f16 (SmolLM2 itself was trained in bf16).
+    Bf16,
+}
+
+impl Precision {
+    /// What serving decodes with unless told otherwise: bf16 where the CPU multiplies bf16 pairs in hardware
+    /// (batched decoding is bound by multiplies there), else f16 (the same bytes, exact products).
+    pub fn serving_default() -> Precision {
+        if crate::skinny::bf16_dot() { Precision::Bf16 } else { Precision::F16 }
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -146,7 +160,8 @@ impl std::str::FromStr for Precision {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" => Ok(Precision::F32),
             "f16" | "fp16" | "half" => Ok(Precision::F16),
-            other => Err(format!("unknown weight precision `{other}` (f32 or f16)")),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown weight precision `{other}` (f32, f16 or bf16)")),
         }
     }
 }
@@ -156,44 +171,73 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
         })
     }
 }
 
-/// One decoder block's matrices in half precision.
-pub struct HalfLayer {
-    pub wq: Vec<f16>,
-    pub wk: Vec<f16>,
-    pub wv: Vec<f16>,
-    pub wo: Vec<f16>,
-    pub w_gate: Vec<f16>,
-    pub w_up: Vec<f16>,
-    pub w_down: Vec<f16>,
+/// One matrix in a 16-bit format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HalfMatrix {
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
 }
 
-/// Half-precision copies of every matrix a decoding step reads (the embedding lookup stays f32).
+impl HalfMatrix {
+    fn new(w: &[f32], precision: Precision) -> HalfMatrix {
+        match precision {
+            Precision::Bf16 => HalfMatrix::Bf16(to_bf16(w)),
+            Precision::F16 | Precision::F32 => HalfMatrix::F16(to_f16(w)),
+        }
+    }
+
+    pub fn weights(&self) -> Weights<'_> {
+        match self {
+            HalfMatrix::F16(w) => Weights::F16(w),
+            HalfMatrix::Bf16(w) => Weights::Bf16(w),
+        }
+    }
+}
+
+/// One decoder block's matrices in 16 bits.
+pub struct HalfLayer {
+    pub wq: HalfMatrix,
+    pub wk: HalfMatrix,
+    pub wv: HalfMatrix,
+    pub wo: HalfMatrix,
+    pub w_gate: HalfMatrix,
+    pub w_up: HalfMatrix,
+    pub w_down: HalfMatrix,
+}
+
+/// 16-bit copies of every matrix a decoding step reads (the embedding lookup stays f32).
 pub struct HalfWeights {
+    /// `F16` or `Bf16`.
+    pub precision: Precision,
     pub layers: Vec<HalfLayer>,
     /// The LM head (the embedding's copy when tied).
-    pub head: Vec<f16>,
+    pub head: HalfMatrix,
 }
 
 impl HalfWeights {
-    pub fn from_model(model: &Llama) -> HalfWeights {
+    /// Copies of `model`'s matrices in `precision` (`F32` is taken as `F16`: there is no f32 copy to make).
+    pub fn from_model(model: &Llama, precision: Precision) -> HalfWeights {
+        let precision = if precision == Precision::F32 { Precision::F16 } else { precision };
         let layers = model
             .layers
             .par_iter()
             .map(|l| HalfLayer {
-                wq: to_f16(&l.wq),
-                wk: to_f16(&l.wk),
-                wv: to_f16(&l.wv),
-                wo: to_f16(&l.wo),
-                w_gate: to_f16(&l.w_gate),
-                w_up: to_f16(&l.w_up),
-                w_down: to_f16(&l.w_down),
+                wq: HalfMatrix::new(&l.wq, precision),
+                wk: HalfMatrix::new(&l.wk, precision),
+                wv: HalfMatrix::new(&l.wv, precision),
+                wo: HalfMatrix::new(&l.wo, precision),
+                w_gate: HalfMatrix::new(&l.w_gate, precision),
+                w_up: HalfMatrix::new(&l.w_up, precision),
+                w_down: HalfMatrix::new(&l.w_down, precision),
             })
             .collect();
-        HalfWeights { layers, head: to_f16(model.lm_head.as_deref().unwrap_or(&model.embed)) }
+        let head = HalfMatrix::new(model.lm_head.as_deref().unwrap_or(&model.embed), precision);
+        HalfWeights { precision, layers, head }
     }
 }
 
@@ -235,15 +279,15 @@ impl Llama {
     }
 
     pub fn precision(&self) -> Precision {
-        if self.half.is_some() { Precision::F16 } else { Precision::F32 }
+        self.half.as_ref().map_or(Precision::F32, |h| h.precision)
     }
 
-    /// Decoding reads `precision`'s weights from now on. F16 makes the half-precision copies (half the f32
+    /// Decoding reads `precision`'s weights from now on. F16 and Bf16 make 16-bit copies (half the f32
     /// matrices' memory again) from the current f32 weights; F32 drops them.
     pub fn set_precision(&mut self, precision: Precision) {
         self.half = match precision {
             Precision::F32 => None,
-            Precision::F16 => Some(HalfWeights::from_model(self)),
+            Precision::F16 | Precision::Bf16 => Some(HalfWeights::from_model(self, precision)),
         };
     }
 
@@ -252,30 +296,28 @@ impl Llama {
         self
     }
 
-    /// Remakes the half-precision copies after the f32 weights changed (nothing to do in f32).
+    /// Remakes the 16-bit copies after the f32 weights changed (nothing to do in f32).
     pub fn refresh_half(&mut self) {
-        if self.half.is_some() {
-            self.set_precision(Precision::F16);
-        }
+        self.set_precision(self.precision());
     }
 
     /// Layer `li`'s matrices as the products read them: f32, with the half copy when there is one.
     pub(crate) fn mats(&self, li: usize) -> LayerMats<'_> {
         let (l, half) = (&self.layers[li], self.half.as_ref().map(|h| &h.layers[li]));
         LayerMats {
-            wq: Mat { w: &l.wq, half: half.map(|h| &h.wq[..]) },
-            wk: Mat { w: &l.wk, half: half.map(|h| &h.wk[..]) },
-            wv: Mat { w: &l.wv, half: half.map(|h| &h.wv[..]) },
-            wo: Mat { w: &l.wo, half: half.map(|h| &h.wo[..]) },
-            w_gate: Mat { w: &l.w_gate, half: half.map(|h| &h.w_gate[..]) },
-            w_up: Mat { w: &l.w_up, half: half.map(|h| &h.w_up[..]) },
-            w_down: Mat { w: &l.w_down, half: half.map(|h| &h.w_down[..]) },
+            wq: Mat { w: &l.wq, half: half.map(|h| h.wq.weights()) },
+            wk: Mat { w: &l.wk, half: half.map(|h| h.wk.weights()) },
+            wv: Mat { w: &l.wv, half: half.map(|h| h.wv.weights()) },
+            wo: Mat { w: &l.wo, half: half.map(|h| h.wo.weights()) },
+            w_gate: Mat { w: &l.w_gate, half: half.map(|h| h.w_gate.weights()) },
+            w_up: Mat { w: &l.w_up, half: half.map(|h| h.w_up.weights()) },
+            w_down: Mat { w: &l.w_down, half: half.map(|h| h.w_down.weights()) },
         }
     }
 
     /// The LM head as the products read it.
     pub(crate) fn head(&self) -> Mat<'_> {
-        Mat { w: self.lm_head.as_deref().unwrap_or(&self.embed), half: self.half.as_ref().map(|h| &h.head[..]) }
+        Mat { w: self.lm_head.as_deref().unwrap_or(&self.embed), half: self.half.as_ref().map(|h| h.head.weights()) }
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -348,7 +390,7 @@ impl Llama {
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, h, &mut normed);
             linear_set(&normed, t, h, &mut [(m.w_gate, c.ffn, &mut gate), (m.w_up, c.ffn, &mut up)]);
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + crate::cpu_ops::exp_f32(-*g)) * u);
             linear_set(&gate, t, c.ffn, &mut [(m.w_down, h, &mut proj)]);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
@@ -367,12 +409,12 @@ pub struct KvCache {
     pub len: usize,
 }
 
-/// A matrix `[out, in]` as the products read it: the f32 weights, and their half copy when the model has one
+/// A matrix `[out, in]` as the products read it: the f32 weights, and their 16-bit copy when the model has one
 /// (decoding-sized products read that instead).
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
     pub w: &'a [f32],
-    pub half: Option<&'a [f16]>,
+    pub half: Option<Weights<'a>>,
 }
 
 /// One layer's matrices, see [`Llama::mats`].
@@ -393,7 +435,7 @@ pub(crate) fn linear_set(x: &[f32], t: usize, in_dim: usize, products: &mut [(Ma
     if t <= crate::skinny::MAX_ROWS {
         let mut jobs: Vec<Linear<'_>> = products
             .iter_mut()
-            .map(|(m, out_dim, y)| Linear { w: m.half.map_or(Weights::F32(m.w), Weights::F16), out_dim: *out_dim, y })
+            .map(|(m, out_dim, y)| Linear { w: m.half.unwrap_or(Weights::F32(m.w)), out_dim: *out_dim, y })
             .collect();
         crate::skinny::linear_many(x, t, in_dim, &mut jobs);
         return;
@@ -492,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn f16_decoding_stays_close_to_f32_and_can_be_dropped() {
+    fn half_decoding_stays_close_to_f32_and_can_be_dropped() {
         let config = LlamaConfig {
             vocab: 300,
             hidden: 64,
@@ -522,11 +564,20 @@ mod tests {
         let diff = exact.iter().zip(&half).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
         // Every step here has at most `skinny::MAX_ROWS` rows, so all read the f16 copies: close, not equal.
         assert!(diff > 0.0 && diff < 1e-2 * scale, "f16 logits differ by {diff} (scale {scale})");
+        // bf16 rounds weights and inputs to 8 mantissa bits: further from f32 than f16, still close.
+        model.set_precision(Precision::Bf16);
+        assert_eq!(model.precision(), Precision::Bf16);
+        let brain = run(&model);
+        let bdiff = exact.iter().zip(&brain).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(bdiff > diff && bdiff < 5e-2 * scale, "bf16 logits differ by {bdiff} (scale {scale})");
+        model.refresh_half();
+        assert_eq!(model.precision(), Precision::Bf16, "a refresh keeps the precision");
         model.set_precision(Precision::F32);
         assert!(model.half.is_none());
         assert_eq!(run(&model), exact);
         assert_eq!("F16".parse::<Precision>(), Ok(Precision::F16));
-        assert!("bf16".parse::<Precision>().is_err());
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("int4".parse::<Precision>().is_err());
     }
 
     #[test]

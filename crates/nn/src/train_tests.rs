@@ -162,7 +162,7 @@ fn tiny_model_overfits_one_batch() {
     let mut half = random_llama(&tiny_config(), 99, true).unwrap().with_precision(crate::model::Precision::F16);
     m.write_into(&mut half).unwrap();
     let fresh = crate::skinny::to_f16(&other.layers[0].wq);
-    assert_eq!(half.half.as_ref().unwrap().layers[0].wq, fresh);
+    assert_eq!(half.half.as_ref().unwrap().layers[0].wq, crate::model::HalfMatrix::F16(fresh));
     let mut untied = random_llama(&tiny_config(), 99, false).unwrap();
     assert!(matches!(m.write_into(&mut untied), Err(TrainError::ConfigMismatch(_))));
 }

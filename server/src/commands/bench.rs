@@ -371,7 +371,7 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
     let prefill = bench::prefill(&loaded.model, o.prefill_tokens, o.runs)?;
     // Decoding at each weight precision; the f32 numbers keep the report's original keys.
     let mut decode = Vec::new();
-    for precision in [Precision::F32, Precision::F16] {
+    for precision in [Precision::F32, Precision::F16, Precision::Bf16] {
         loaded.model.set_precision(precision);
         let model = &loaded.model;
         say(&format!("decode batch 1 ({precision}), {} steps after {} tokens", o.decode_steps, o.decode_context));
@@ -401,6 +401,7 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
     };
     let (decode1, decode_n) = (decode[0].1, decode[0].2);
     let (decode1_f16, decode_n_f16) = (decode[1].1, decode[1].2);
+    let (decode1_bf16, decode_n_bf16) = (decode[2].1, decode[2].2);
     let report = json!({
         "device": "cpu",
         "threads": threads,
@@ -422,6 +423,14 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
             "batch1_tokens_per_s": decode1_f16,
             "batch": o.batch,
             "batch_tokens_per_s": decode_n_f16,
+        },
+        "decode_bf16": {
+            "context": o.decode_context,
+            "steps": o.decode_steps,
+            "batch1_tokens_per_s": decode1_bf16,
+            "batch": o.batch,
+            "batch_tokens_per_s": decode_n_bf16,
+            "hardware_bf16": userrl_nn::skinny::bf16_dot(),
         },
         "logprob_gap": decode.iter().map(|d| &d.3).collect::<Vec<_>>(),
         "skinny": skinny,
@@ -449,8 +458,8 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
         }
         for k in &skinny {
             println!(
-                "few-row kernel {} x {} -> {}: f32 {:.1} GFLOP/s, f16 {:.1} GFLOP/s",
-                k.rows, k.in_dim, k.out_dim, k.f32_gflops, k.f16_gflops
+                "few-row kernel {} x {} -> {}: f32 {:.1} GFLOP/s, f16 {:.1} GFLOP/s, bf16 {:.1} GFLOP/s",
+                k.rows, k.in_dim, k.out_dim, k.f32_gflops, k.f16_gflops, k.bf16_gflops
             );
         }
         if let Some(t) = train {
