@@ -146,14 +146,6 @@ pub enum Precision {
     Bf16,
 }
 
-impl Precision {
-    /// What serving decodes with unless told otherwise: bf16 where the CPU multiplies bf16 pairs in hardware
-    /// (batched decoding is bound by multiplies there), else f16 (the same bytes, exact products).
-    pub fn serving_default() -> Precision {
-        if crate::skinny::bf16_dot() { Precision::Bf16 } else { Precision::F16 }
-    }
-}
-
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Precision, String> {

@@ -34,7 +34,7 @@ use userrl_nn::engine::{
     Constraint, Engine, EngineConfig, EngineError, Event, FinishReason, Request as EngineRequest, Stream,
 };
 use userrl_nn::generate::Sampling;
-use userrl_nn::model::Llama;
+use userrl_nn::model::{Llama, Precision};
 use userrl_nn::tokenizer::Tokenizer;
 
 use prompt::{Deltas, Plan};
@@ -111,12 +111,12 @@ impl OpenAiState {
     }
 
     /// Loads a model from a `.gguf` file or a checkpoint directory and serves it as `name` (the web app's
-    /// "load checkpoint"). Blocking. A name already served is an error. Decoding reads half-precision copies of
-    /// the weights: on the CPU that measured 1.3x (batch 1) and 1.16x (batch 16) the f32 speed, with a mean
-    /// log-prob change of 2.4e-3 (`userrl bench nn`).
+    /// "load checkpoint"). Blocking. A name already served is an error. Decoding reads 16-bit copies of the
+    /// weights ([`serving_precision`]).
     pub fn add_model(&self, name: &str, path: &Path) -> Result<()> {
+        let precision = serving_precision()?;
         let loaded = load_model(path).with_context(|| format!("loading the model {}", path.display()))?;
-        let model = loaded.model.with_precision(userrl_nn::model::Precision::F16);
+        let model = loaded.model.with_precision(precision);
         self.add_loaded(name, model, loaded.tokenizer, &path.display().to_string())
     }
 
@@ -177,6 +177,20 @@ pub fn router(state: OpenAiState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state)
+}
+
+/// The weights served models decode with: `USERRL_SERVE_WEIGHTS` (`f32`, `f16` or `bf16`), f16 by default. The
+/// 16-bit copies halve the bytes a decoding step streams (batch 1 is bound by them: 1.3x the f32 tokens/s);
+/// f16 changes log-probs by ~3e-3 on average against f32, bf16 by ~2e-2 and was no faster on a Zen 4 even with
+/// its AVX512-BF16 kernel (batched steps there are bound by the weights' bytes too; `userrl bench nn`). f32
+/// serves the trainer's own numbers.
+pub fn serving_precision() -> Result<Precision> {
+    match std::env::var("USERRL_SERVE_WEIGHTS") {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse::<Precision>().map_err(|e| anyhow::anyhow!("USERRL_SERVE_WEIGHTS: {e}"))
+        }
+        _ => Ok(Precision::F16),
+    }
 }
 
 /// Loads `models` (see [`OpenAiState::load`]) and adds the /v1 routes to `router` (what `userrl serve --model`
