@@ -59,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if what == "rows" {
         // Where the few-row kernel stops beating the sgemm (the cut-over `skinny::MAX_ROWS`).
         for (i, o) in [(h, vocab), (h, ffn), (ffn, h)] {
-            for t in [16, 24, 32, 48] {
+            for t in [32, 64, 96, 128, 192] {
                 let x: Vec<f32> = (0..t * i).map(|v| ((v % 97) as f32 - 48.0) / 97.0).collect();
                 let w: Vec<f32> = (0..i * o).map(|v| ((v % 89) as f32 - 44.0) / 89.0).collect();
                 let mut y = vec![0.0f32; t * o];

@@ -154,7 +154,7 @@ pub struct EngineConfig {
     pub max_active: usize,
     /// Prompt tokens prefilled per iteration across all joining sequences (at least 1).
     pub prefill_chunk: usize,
-    /// Decoding sequences per batched forward. Up to `skinny::MAX_ROWS` (32) rows the CPU matmuls take the few-row kernel, which
+    /// Decoding sequences per batched forward. Up to `skinny::MAX_ROWS` (128) rows the CPU matmuls take the few-row kernel, which
     /// beats the packing sgemm there (and keeps each row's arithmetic identical to a lone `generate`).
     pub decode_rows: usize,
     /// Bytes of prompt KV rows kept for later prompts that start the same way; 0 keeps none. The default,
@@ -1176,7 +1176,7 @@ mod tests {
         forward_last_batch(model, &[&[next]], &mut [cache.clone()]).unwrap()
     }
 
-    /// Every forward here stays within the few-row kernel's 32 rows, as the other exactness tests do: past
+    /// Every forward here stays within the few-row kernel's rows, as the other exactness tests do: past
     /// that a forward takes the sgemm, whose rounding differs, so a prompt's last rows differ in the last bits
     /// depending on what shares their forward, with or without the store (see `docs/ARCHITECTURE.md`).
     #[test]
@@ -1216,20 +1216,21 @@ mod tests {
         assert_eq!(logits_after(&model, &part, 9), logits_after(&model, &fresh, 9));
     }
 
-    /// Past 32 rows (the sgemm) a row's keys and values still do not depend on the other rows of its forward,
-    /// so the rows a long prompt stores are the ones another prompt's own prefill would compute.
+    /// Past `skinny::MAX_ROWS` rows (the sgemm) a row's keys and values still do not depend on the other rows of
+    /// its forward, so the rows a long prompt stores are the ones another prompt's own prefill would compute.
     #[test]
     fn sgemm_prefill_rows_do_not_depend_on_their_neighbours() {
-        let model = tiny(128);
-        let long = shared_prefix(40);
+        let max = crate::skinny::MAX_ROWS;
+        let model = tiny(256);
+        let long = shared_prefix(max + 12);
         let other: Vec<u32> = (0..25).map(|i| 60 - i).collect();
         let mut alone = SeqCache::new(&model);
         forward_last_batch(&model, &[&long], std::slice::from_mut(&mut alone)).unwrap();
         let mut beside = [SeqCache::new(&model), SeqCache::new(&model)];
         forward_last_batch(&model, &[&other, &long], &mut beside).unwrap();
         let mut half = SeqCache::new(&model);
-        forward_last_batch(&model, &[&long[..36]], std::slice::from_mut(&mut half)).unwrap();
-        for len in [33, 36] {
+        forward_last_batch(&model, &[&long[..max + 8]], std::slice::from_mut(&mut half)).unwrap();
+        for len in [max + 1, max + 8] {
             let want = logits_after(&model, &half.prefix(len), 9);
             assert_eq!(logits_after(&model, &alone.prefix(len), 9), want, "{len}");
             assert_eq!(logits_after(&model, &beside[1].prefix(len), 9), want, "{len}");
