@@ -39,7 +39,8 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
     /// The weights the CPU backend decodes with: `f16` (half-precision copies, about twice the tokens/s of one
-    /// sequence) or `f32`. Prompts past 32 tokens run in f32; ignored on wgpu.
+    /// sequence), `bf16` (inputs rounded to bf16 too) or `f32`. Prompts past 128 tokens run in f32; ignored on
+    /// wgpu.
     #[arg(long, default_value = "f16")]
     pub weights: userrl_nn::model::Precision,
 }
