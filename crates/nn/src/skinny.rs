@@ -235,6 +235,70 @@ impl Task<'_> {
     }
 }
 
+/// The driver every tile family shares, expanded inside each kernel module (whose `tile`, `MR` and `NR` it calls)
+/// with that module's target features, weight pointer type and extra const parameters (`HALF`: f16 or f32).
+///
+/// Batch 1 walks the weight rows one after another without software prefetches: batch-1 decoding only streams
+/// the weights, and one sequential stream is what the hardware prefetcher follows on its own (SmolLM2 f16, 2
+/// cores: 82-91 tokens/s; two interleaved rows 54, one row with software prefetches 64-74). Larger batches go
+/// `NR` weight rows at a time; for each block the first tile (the `t % MR` leftover rows first) reads the weights
+/// from memory and prefetches ahead, the other tiles find them in L1.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_driver {
+    ($features:literal, $w:ty, [$($g:ident),*]) => {
+        /// # Safety
+        /// The module's target features must be available; `w` points at the matrix in the module's format,
+        /// and the task's contract holds (for bf16, `task.xb` holds the inputs in bf16).
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn task<$(const $g: bool),*>(task: &Task<'_>, w: $w) {
+            if task.t == 1 {
+                for j in task.rows.clone() {
+                    unsafe { tile::<1, 1, $($g,)* false>(task, w, 0, j) };
+                }
+                return;
+            }
+            let (mut j, end) = (task.rows.start, task.rows.end);
+            while j + NR <= end {
+                unsafe { row_block::<NR, $($g),*>(task, w, j) };
+                j += NR;
+            }
+            match end - j {
+                1 => unsafe { row_block::<1, $($g),*>(task, w, j) },
+                2 => unsafe { row_block::<2, $($g),*>(task, w, j) },
+                _ => {}
+            }
+        }
+
+        /// Weight rows `j..j + N` against every input row, `MR` rows at a time.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn row_block<const N: usize, $(const $g: bool),*>(task: &Task<'_>, w: $w, j: usize) {
+            let rem = task.t % MR;
+            unsafe {
+                match rem {
+                    1 => tile::<1, N, $($g,)* true>(task, w, 0, j),
+                    2 => tile::<2, N, $($g,)* true>(task, w, 0, j),
+                    3 => tile::<3, N, $($g,)* true>(task, w, 0, j),
+                    4 if MR > 4 => tile::<4, N, $($g,)* true>(task, w, 0, j),
+                    5 if MR > 5 => tile::<5, N, $($g,)* true>(task, w, 0, j),
+                    6 if MR > 6 => tile::<6, N, $($g,)* true>(task, w, 0, j),
+                    7 if MR > 7 => tile::<7, N, $($g,)* true>(task, w, 0, j),
+                    _ => {}
+                }
+            }
+            let mut r = rem;
+            while r + MR <= task.t {
+                if r == 0 {
+                    unsafe { tile::<MR, N, $($g,)* true>(task, w, r, j) };
+                } else {
+                    unsafe { tile::<MR, N, $($g,)* false>(task, w, r, j) };
+                }
+                r += MR;
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -246,57 +310,12 @@ mod avx2 {
     /// Weight rows per tile: 4 × 3 accumulators + 3 weight vectors + 1 input vector fill the 16 registers.
     const NR: usize = 3;
 
-    /// # Safety
-    /// AVX2, FMA and F16C must be available; `w` points at the matrix (f32, or f16 when `HALF`) and the
-    /// task's contract holds.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn task<const HALF: bool>(task: &Task<'_>, w: *const u8) {
-        if task.t == 1 {
-            // One sequential stream through the rows (see `avx512::task`).
-            for j in task.rows.clone() {
-                unsafe { tile::<1, 1, HALF, false>(task, w, 0, j) };
-            }
-            return;
-        }
-        let (mut j, end) = (task.rows.start, task.rows.end);
-        while j + NR <= end {
-            unsafe { row_block::<NR, HALF>(task, w, j) };
-            j += NR;
-        }
-        match end - j {
-            1 => unsafe { row_block::<1, HALF>(task, w, j) },
-            2 => unsafe { row_block::<2, HALF>(task, w, j) },
-            _ => {}
-        }
-    }
+    tile_driver!("avx2,fma,f16c", *const u8, [HALF]);
 
     /// How far ahead (in weight rows) the first tile of a block prefetches: the rows come from memory once per
     /// call (a model's matrices do not fit in the caches), and a three-row block is too short a stream for the
     /// hardware prefetcher to hide the latency on its own.
     const PREFETCH_ROWS: usize = 2 * NR;
-
-    /// Weight rows `j..j + N` against every input row, `MR` rows at a time. The first tile reads the block's
-    /// weights from memory (and prefetches the block after next); the others find them in L1.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_block<const N: usize, const HALF: bool>(task: &Task<'_>, w: *const u8, j: usize) {
-        let rem = task.t % MR;
-        match rem {
-            1 => unsafe { tile::<1, N, HALF, true>(task, w, 0, j) },
-            2 => unsafe { tile::<2, N, HALF, true>(task, w, 0, j) },
-            3 => unsafe { tile::<3, N, HALF, true>(task, w, 0, j) },
-            _ => {}
-        }
-        let mut r = rem;
-        while r + MR <= task.t {
-            if r == 0 {
-                unsafe { tile::<MR, N, HALF, true>(task, w, r, j) };
-            } else {
-                unsafe { tile::<MR, N, HALF, false>(task, w, r, j) };
-            }
-            r += MR;
-        }
-    }
 
     /// Eight weights from element `i` of the matrix, as f32.
     #[inline]
@@ -383,56 +402,7 @@ mod avx512 {
     /// Weight rows ahead that the first tile of a block prefetches (see the AVX2 kernel).
     const PREFETCH_ROWS: usize = 2 * NR;
 
-    /// # Safety
-    /// AVX-512F, AVX2, FMA and F16C must be available; `w` points at the matrix (f32, or f16 when `HALF`) and
-    /// the task's contract holds.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn task<const HALF: bool>(task: &Task<'_>, w: *const u8) {
-        if task.t == 1 {
-            // Batch-1 decoding only streams the weights: one row after another is one sequential stream, which
-            // the hardware prefetcher follows on its own (SmolLM2 f16, 2 cores: 82-91 tokens/s; two interleaved
-            // rows 54, one row with software prefetches 64-74).
-            for j in task.rows.clone() {
-                unsafe { tile::<1, 1, HALF, false>(task, w, 0, j) };
-            }
-            return;
-        }
-        let (mut j, end) = (task.rows.start, task.rows.end);
-        while j + NR <= end {
-            unsafe { row_block::<NR, HALF>(task, w, j) };
-            j += NR;
-        }
-        if end > j {
-            unsafe { row_block::<1, HALF>(task, w, j) };
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn row_block<const N: usize, const HALF: bool>(task: &Task<'_>, w: *const u8, j: usize) {
-        let rem = task.t % MR;
-        unsafe {
-            match rem {
-                1 => tile::<1, N, HALF, true>(task, w, 0, j),
-                2 => tile::<2, N, HALF, true>(task, w, 0, j),
-                3 => tile::<3, N, HALF, true>(task, w, 0, j),
-                4 => tile::<4, N, HALF, true>(task, w, 0, j),
-                5 => tile::<5, N, HALF, true>(task, w, 0, j),
-                6 => tile::<6, N, HALF, true>(task, w, 0, j),
-                7 => tile::<7, N, HALF, true>(task, w, 0, j),
-                _ => {}
-            }
-        }
-        let mut r = rem;
-        while r + MR <= task.t {
-            if r == 0 {
-                unsafe { tile::<MR, N, HALF, true>(task, w, r, j) };
-            } else {
-                unsafe { tile::<MR, N, HALF, false>(task, w, r, j) };
-            }
-            r += MR;
-        }
-    }
+    tile_driver!("avx512f,avx2,fma,f16c", *const u8, [HALF]);
 
     /// Sixteen weights from element `i` of the matrix, as f32.
     #[inline]
@@ -525,55 +495,7 @@ mod avx512bf16 {
     const MR: usize = 8;
     const NR: usize = 2;
 
-    /// # Safety
-    /// AVX-512F and AVX512-BF16 must be available; `w` points at the bf16 matrix, `task.xb` holds the inputs in
-    /// bf16, and the task's contract holds.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn task(task: &Task<'_>, w: *const u16) {
-        debug_assert_eq!(task.xb.len(), task.t * task.k);
-        if task.t == 1 {
-            // One sequential stream through the rows (see `avx512::task`).
-            for j in task.rows.clone() {
-                unsafe { tile::<1, 1, false>(task, w, 0, j) };
-            }
-            return;
-        }
-        let (mut j, end) = (task.rows.start, task.rows.end);
-        while j + NR <= end {
-            unsafe { row_block::<NR>(task, w, j) };
-            j += NR;
-        }
-        if end > j {
-            unsafe { row_block::<1>(task, w, j) };
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn row_block<const N: usize>(task: &Task<'_>, w: *const u16, j: usize) {
-        let rem = task.t % MR;
-        unsafe {
-            match rem {
-                1 => tile::<1, N, true>(task, w, 0, j),
-                2 => tile::<2, N, true>(task, w, 0, j),
-                3 => tile::<3, N, true>(task, w, 0, j),
-                4 => tile::<4, N, true>(task, w, 0, j),
-                5 => tile::<5, N, true>(task, w, 0, j),
-                6 => tile::<6, N, true>(task, w, 0, j),
-                7 => tile::<7, N, true>(task, w, 0, j),
-                _ => {}
-            }
-        }
-        let mut r = rem;
-        while r + MR <= task.t {
-            if r == 0 {
-                unsafe { tile::<MR, N, true>(task, w, r, j) };
-            } else {
-                unsafe { tile::<MR, N, false>(task, w, r, j) };
-            }
-            r += MR;
-        }
-    }
+    tile_driver!("avx512f,avx512bf16", *const u16, []);
 
     /// 32 bf16 values from `p`.
     #[inline]
