@@ -235,6 +235,57 @@ impl Task<'_> {
     }
 }
 
+/// The f32-accumulating tile of the AVX2 and AVX-512 modules (f32 or, with `HALF`, f16 weights widened by the
+/// module's `load_w`), written once over the vector type and its intrinsics.
+#[cfg(target_arch = "x86_64")]
+macro_rules! f32_tile {
+    ($features:literal, $lanes:literal, $zero:ident, $load:ident, $fma:ident, $reduce:ident) => {
+        /// `y[r0 + a, j0 + b] = x[r0 + a] · w[j0 + b]` for `a < M`, `b < N`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn tile<const M: usize, const N: usize, const HALF: bool, const PREFETCH: bool>(
+            task: &Task<'_>,
+            w: *const u8,
+            r0: usize,
+            j0: usize,
+        ) {
+            let k = task.k;
+            let x = unsafe { task.x.as_ptr().add(r0 * k) };
+            let mut acc = [[$zero(); N]; M];
+            let body = k / $lanes * $lanes;
+            let mut i = 0;
+            while i < body {
+                let mut wv = [$zero(); N];
+                for (b, v) in wv.iter_mut().enumerate() {
+                    *v = unsafe { load_w::<HALF>(w, (j0 + b) * k + i) };
+                    if PREFETCH {
+                        // A hint only (never faults), so an address past the matrix is harmless.
+                        let ahead = ((j0 + b + PREFETCH_ROWS) * k + i) * if HALF { 2 } else { 4 };
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
+                    }
+                }
+                for (a, acc) in acc.iter_mut().enumerate() {
+                    let xv = unsafe { $load(x.add(a * k + i)) };
+                    for (acc, wv) in acc.iter_mut().zip(&wv) {
+                        *acc = $fma(xv, *wv, *acc);
+                    }
+                }
+                i += $lanes;
+            }
+            for (a, acc) in acc.iter().enumerate() {
+                for (b, acc) in acc.iter().enumerate() {
+                    let mut s = $reduce(*acc);
+                    for i in body..k {
+                        s += unsafe { *x.add(a * k + i) * load_w1::<HALF>(w, (j0 + b) * k + i) };
+                    }
+                    // SAFETY: r0 + a < t and j0 + b < rows.end <= ldy; this task owns the column.
+                    unsafe { *task.y.0.add((r0 + a) * task.ldy + j0 + b) = s };
+                }
+            }
+        }
+    };
+}
+
 /// The driver every tile family shares, expanded inside each kernel module (whose `tile`, `MR` and `NR` it calls)
 /// with that module's target features, weight pointer type and extra const parameters (`HALF`: f16 or f32).
 ///
@@ -344,49 +395,7 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
     }
 
-    /// `y[r0 + a, j0 + b] = x[r0 + a] · w[j0 + b]` for `a < M`, `b < N`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const M: usize, const N: usize, const HALF: bool, const PREFETCH: bool>(
-        task: &Task<'_>,
-        w: *const u8,
-        r0: usize,
-        j0: usize,
-    ) {
-        let k = task.k;
-        let x = unsafe { task.x.as_ptr().add(r0 * k) };
-        let mut acc = [[_mm256_setzero_ps(); N]; M];
-        let body = k / 8 * 8;
-        let mut i = 0;
-        while i < body {
-            let mut wv = [_mm256_setzero_ps(); N];
-            for (b, v) in wv.iter_mut().enumerate() {
-                *v = unsafe { load_w::<HALF>(w, (j0 + b) * k + i) };
-                if PREFETCH {
-                    // A hint only (never faults), so an address past the matrix is harmless.
-                    let ahead = ((j0 + b + PREFETCH_ROWS) * k + i) * if HALF { 2 } else { 4 };
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
-                }
-            }
-            for (a, acc) in acc.iter_mut().enumerate() {
-                let xv = unsafe { _mm256_loadu_ps(x.add(a * k + i)) };
-                for (acc, wv) in acc.iter_mut().zip(&wv) {
-                    *acc = _mm256_fmadd_ps(xv, *wv, *acc);
-                }
-            }
-            i += 8;
-        }
-        for (a, acc) in acc.iter().enumerate() {
-            for (b, acc) in acc.iter().enumerate() {
-                let mut s = hsum(*acc);
-                for i in body..k {
-                    s += unsafe { *x.add(a * k + i) * load_w1::<HALF>(w, (j0 + b) * k + i) };
-                }
-                // SAFETY: r0 + a < t and j0 + b < rows.end <= ldy; this task owns the column.
-                unsafe { *task.y.0.add((r0 + a) * task.ldy + j0 + b) = s };
-            }
-        }
-    }
+    f32_tile!("avx2,fma,f16c", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, hsum);
 }
 
 /// The AVX-512 tiles: 8 input rows × 2 weight rows of 16-lane accumulators, so each weight vector is loaded and
@@ -423,49 +432,7 @@ mod avx512 {
         unsafe { if HALF { half::f16::from_bits(*w.cast::<u16>().add(i)).to_f32() } else { *w.cast::<f32>().add(i) } }
     }
 
-    /// `y[r0 + a, j0 + b] = x[r0 + a] · w[j0 + b]` for `a < M`, `b < N`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn tile<const M: usize, const N: usize, const HALF: bool, const PREFETCH: bool>(
-        task: &Task<'_>,
-        w: *const u8,
-        r0: usize,
-        j0: usize,
-    ) {
-        let k = task.k;
-        let x = unsafe { task.x.as_ptr().add(r0 * k) };
-        let mut acc = [[_mm512_setzero_ps(); N]; M];
-        let body = k / 16 * 16;
-        let mut i = 0;
-        while i < body {
-            let mut wv = [_mm512_setzero_ps(); N];
-            for (b, v) in wv.iter_mut().enumerate() {
-                *v = unsafe { load_w::<HALF>(w, (j0 + b) * k + i) };
-                if PREFETCH {
-                    // A hint only (never faults), so an address past the matrix is harmless.
-                    let ahead = ((j0 + b + PREFETCH_ROWS) * k + i) * if HALF { 2 } else { 4 };
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ahead).cast());
-                }
-            }
-            for (a, acc) in acc.iter_mut().enumerate() {
-                let xv = unsafe { _mm512_loadu_ps(x.add(a * k + i)) };
-                for (acc, wv) in acc.iter_mut().zip(&wv) {
-                    *acc = _mm512_fmadd_ps(xv, *wv, *acc);
-                }
-            }
-            i += 16;
-        }
-        for (a, acc) in acc.iter().enumerate() {
-            for (b, acc) in acc.iter().enumerate() {
-                let mut s = _mm512_reduce_add_ps(*acc);
-                for i in body..k {
-                    s += unsafe { *x.add(a * k + i) } * load_w1::<HALF>(w, (j0 + b) * k + i);
-                }
-                // SAFETY: r0 + a < t and j0 + b < rows.end <= ldy; this task owns the column.
-                unsafe { *task.y.0.add((r0 + a) * task.ldy + j0 + b) = s };
-            }
-        }
-    }
+    f32_tile!("avx512f,avx2,fma,f16c", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps);
 }
 
 /// Whether this CPU multiplies bf16 pairs in hardware (AVX512-BF16: Zen 4, Sapphire Rapids and later). Serving
