@@ -180,10 +180,10 @@ pub fn router(state: OpenAiState) -> Router {
 }
 
 /// The weights served models decode with: `USERRL_SERVE_WEIGHTS` (`f32`, `f16` or `bf16`), f16 by default. The
-/// 16-bit copies halve the bytes a decoding step streams (batch 1 is bound by them: 1.3x the f32 tokens/s);
-/// f16 changes log-probs by ~3e-3 on average against f32, bf16 by ~2e-2 and was no faster on a Zen 4 even with
-/// its AVX512-BF16 kernel (batched steps there are bound by the weights' bytes too; `userrl bench nn`). f32
-/// serves the trainer's own numbers.
+/// 16-bit copies halve the bytes a decoding step streams (batch 1 is bound by them: ~2x the f32 tokens/s);
+/// f16 changes log-probs by ~3e-3 on average against f32, bf16 by ~2e-2. On a CPU with AVX512-BF16, bf16 gave
+/// the same tokens/s up to 8 streams and +23% at 32 (2 Zen 4 cores; `bench/README.md`). f32 serves the
+/// trainer's own numbers.
 pub fn serving_precision() -> Result<Precision> {
     match std::env::var("USERRL_SERVE_WEIGHTS") {
         Ok(v) if !v.trim().is_empty() => {
