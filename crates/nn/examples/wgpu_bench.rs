@@ -21,7 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (seq, batch, runs) = (arg(2, 512), arg(3, 1), arg(4, 3));
     let device = Device::wgpu()?;
-    eprintln!("device {device:?}, many-row matmuls with {:?} tiles", device.matmul_tiles());
+    eprintln!(
+        "device {device:?}, many-row matmuls with {:?} tiles, blocked attention {}",
+        device.matmul_tiles(),
+        device.blocked_attention()
+    );
     let matmul = bench::matmul(&device, 2048, runs)?;
     device.take_profile();
     let model = WgpuLlama::new(&device, &random_model(config.clone(), true, 1))?;
@@ -35,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = serde_json::json!({
         "adapter": format!("{device:?}"),
         "matmul_tiles": format!("{:?}", device.matmul_tiles()),
+        "blocked_attention": device.blocked_attention(),
         "matmul": matmul,
         "prefill_tokens": seq,
         "prefill_tokens_per_s": prefill,

@@ -176,10 +176,23 @@ fn rope_and_its_inverse_match_cpu_per_sequence_positions() {
 
 #[test]
 fn attention_forward_and_backward_match_cpu() {
-    let g = gpu();
-    // Several sequences end to end (one past a 64-key block), GQA groups of 2 and 3, head dims 16..128.
-    let cases: [(&[usize], usize, usize, usize); 4] =
-        [(&[7, 70], 4, 2, 16), (&[3, 1, 20], 2, 1, 64), (&[12], 6, 3, 32), (&[5, 9], 2, 2, 128)];
+    // Several sequences end to end (one past a 64-key block, some across 16-row blocks), GQA groups of 2 and 3,
+    // head dims 16..128; the per-row kernels and the blocked ones (head dims up to 64, a multiple of 4: the
+    // 128-wide case falls back to the per-row kernels there too).
+    let cases: [(&[usize], usize, usize, usize); 6] = [
+        (&[7, 70], 4, 2, 16),
+        (&[3, 1, 20], 2, 1, 64),
+        (&[12], 6, 3, 32),
+        (&[5, 9], 2, 2, 128),
+        (&[40, 90, 3], 6, 2, 64),
+        (&[33], 2, 1, 20),
+    ];
+    for blocked in [false, true] {
+        attention_matches_cpu_on(&Gpu { dev: device().with_blocked_attention(blocked) }, &cases);
+    }
+}
+
+fn attention_matches_cpu_on(g: &Gpu, cases: &[(&[usize], usize, usize, usize)]) {
     for (i, &(seq_lens, heads, kv_heads, hd)) in cases.iter().enumerate() {
         let n: usize = seq_lens.iter().sum();
         let (qw, kw) = (heads * hd, kv_heads * hd);
@@ -201,7 +214,7 @@ fn attention_forward_and_backward_match_cpu() {
         b.attention_fwd(&gq, &gk, &gv, &go, &gl, &bounds, n, heads, kv_heads, hd).unwrap();
         b.attention_bwd(&gq, &gk, &gv, &go, &gl, &gdo, &bounds, &gdq, &gdk, &gdv, n, heads, kv_heads, hd).unwrap();
         b.submit().unwrap();
-        let what = format!("attention {seq_lens:?} {heads}/{kv_heads}x{hd}");
+        let what = format!("attention {seq_lens:?} {heads}/{kv_heads}x{hd} blocked {}", g.dev.blocked_attention());
         assert_close(&format!("{what} out"), &g.get(&go), &out, FWD_TOL);
         assert_close(&format!("{what} lse"), &g.get(&gl), &lse, FWD_TOL);
         assert_close(&format!("{what} dq"), &g.get(&gdq), &dq, BWD_TOL);

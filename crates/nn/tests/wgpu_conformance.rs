@@ -145,13 +145,24 @@ fn attention_cpu(
 
 #[test]
 fn attention_matches_cpu() {
-    let dev = device();
-    // Prefill from empty, decode deep into the cache (several 64-key blocks), prefill after a prefix; GQA groups.
-    for (i, &(t, start, heads, kv_heads, hd)) in
-        [(5, 0, 4, 2, 64), (1, 130, 4, 2, 64), (70, 30, 2, 1, 128), (3, 61, 6, 3, 32), (2, 10, 2, 2, 256)]
-            .iter()
-            .enumerate()
-    {
+    // Prefill from empty, decode deep into the cache (several 64-key blocks), prefill after a prefix; GQA groups;
+    // with the blocked kernels on, prefills of 16+ rows with head dims up to 64 (a multiple of 4) take them.
+    let cases = [
+        (5, 0, 4, 2, 64),
+        (1, 130, 4, 2, 64),
+        (70, 30, 2, 1, 128),
+        (3, 61, 6, 3, 32),
+        (2, 10, 2, 2, 256),
+        (40, 100, 6, 2, 64),
+        (17, 0, 2, 1, 20),
+    ];
+    for blocked in [false, true] {
+        cache_attention_matches_cpu_on(&device().with_blocked_attention(blocked), &cases);
+    }
+}
+
+fn cache_attention_matches_cpu_on(dev: &Device, cases: &[(usize, usize, usize, usize, usize)]) {
+    for (i, &(t, start, heads, kv_heads, hd)) in cases.iter().enumerate() {
         let positions = start + t;
         let q = random(t * heads * hd, 50 + i as u64, 2.0);
         let kc = random(positions * kv_heads * hd, 60 + i as u64, 2.0);
@@ -163,7 +174,7 @@ fn attention_matches_cpu() {
         b.attention(&gq, &gk, &gv, &go, t, start, heads, kv_heads, hd).unwrap();
         b.submit().unwrap();
         assert_close(
-            &format!("attention t={t} start={start} {heads}/{kv_heads}x{hd}"),
+            &format!("attention t={t} start={start} {heads}/{kv_heads}x{hd} blocked {}", dev.blocked_attention()),
             &dev.download(&go).unwrap(),
             &want,
         );

@@ -29,6 +29,8 @@ const MAX_GROUPS_PER_DIM: u32 = 65_535;
 const PARAM_STRIDE: u64 = 256;
 const PARAM_BYTES: u64 = 128;
 const PARAM_WORDS: usize = PARAM_BYTES as usize / 4;
+/// Query rows per workgroup of the blocked attention kernels (`attention_flash*.wgsl`).
+const FLASH_ROWS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WgpuError {
@@ -88,6 +90,10 @@ enum Kernel {
     MatmulTiledShared,
     MatmulNnShared,
     MatmulTnShared,
+    FlashAttention,
+    FlashAttentionTrain,
+    FlashAttentionBwdDq,
+    FlashAttentionBwdDkv,
 }
 
 impl Kernel {
@@ -125,7 +131,7 @@ impl MatmulTiles {
     }
 }
 
-const KERNELS: [(Kernel, &str, &str); 32] = [
+const KERNELS: [(Kernel, &str, &str); 36] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -158,9 +164,13 @@ const KERNELS: [(Kernel, &str, &str); 32] = [
     (Kernel::MatmulTiledShared, "matmul", "matmul_tiled_shared"),
     (Kernel::MatmulNnShared, "matmul_vec4", "matmul_nn_shared"),
     (Kernel::MatmulTnShared, "matmul_vec4", "matmul_tn_shared"),
+    (Kernel::FlashAttention, "attention_flash", "flash_attention"),
+    (Kernel::FlashAttentionTrain, "attention_flash", "flash_attention_train"),
+    (Kernel::FlashAttentionBwdDq, "attention_flash_bwd", "flash_attention_bwd_dq"),
+    (Kernel::FlashAttentionBwdDkv, "attention_flash_bwd", "flash_attention_bwd_dkv"),
 ];
 
-const SHADERS: [(&str, &str); 13] = [
+const SHADERS: [(&str, &str); 15] = [
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
@@ -174,6 +184,8 @@ const SHADERS: [(&str, &str); 13] = [
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("grpo", include_str!("../../shaders/grpo.wgsl")),
     ("matmul_vec4", include_str!("../../shaders/matmul_vec4.wgsl")),
+    ("attention_flash", include_str!("../../shaders/attention_flash.wgsl")),
+    ("attention_flash_bwd", include_str!("../../shaders/attention_flash_bwd.wgsl")),
 ];
 
 struct Inner {
@@ -203,6 +215,8 @@ pub struct Device {
     /// Largest storage buffer this handle creates (lowered by [`Device::with_binding_limit`]).
     max_binding: u64,
     matmul_tiles: MatmulTiles,
+    /// See [`Device::blocked_attention`].
+    blocked_attention: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -329,8 +343,10 @@ impl Device {
         }
         let max_binding = MAX_BINDING_BYTES.min(limits.max_storage_buffer_binding_size);
         let matmul_tiles = MatmulTiles::choose(&info);
+        let blocked_attention = std::env::var("USERRL_WGPU_ATTENTION").as_deref() != Ok("rows");
         let profile = profiling.then(|| std::sync::Mutex::new(vec![(0, 0.0); KERNELS.len()]));
-        Ok(Device { inner: Arc::new(Inner { device, queue, info, pipelines, profile }), max_binding, matmul_tiles })
+        let inner = Arc::new(Inner { device, queue, info, pipelines, profile });
+        Ok(Device { inner, max_binding, matmul_tiles, blocked_attention })
     }
 
     pub fn info(&self) -> &::wgpu::AdapterInfo {
@@ -355,6 +371,19 @@ impl Device {
 
     pub fn matmul_tiles(&self) -> MatmulTiles {
         self.matmul_tiles
+    }
+
+    /// Whether prefill and training attention run through the blocked (flash-style) kernels
+    /// (`attention_flash*.wgsl`) for head dims they hold (up to 64, a multiple of 4: SmolLM2's and most small
+    /// LLaMAs'), rather than one workgroup per (row, head). On by default: 3-6× faster on lavapipe already;
+    /// `USERRL_WGPU_ATTENTION=rows` turns it off (for benchmarks that compare them).
+    pub fn blocked_attention(&self) -> bool {
+        self.blocked_attention
+    }
+
+    /// The same device with the blocked attention kernels on or off (tests run both).
+    pub fn with_blocked_attention(&self, on: bool) -> Device {
+        Device { blocked_attention: on, ..self.clone() }
     }
 
     /// GPU time per kernel since the last call, slowest first; `None` unless the device was opened with
@@ -595,6 +624,11 @@ pub struct Batch<'d> {
 }
 
 impl Batch<'_> {
+    /// [`Device::blocked_attention`], for a head dim the blocked kernels hold.
+    fn blocked_attention(&self, head_dim: usize) -> bool {
+        self.dev.blocked_attention() && head_dim <= 64 && head_dim.is_multiple_of(4)
+    }
+
     fn dispatch(
         &mut self,
         kernel: Kernel,
@@ -730,7 +764,12 @@ impl Batch<'_> {
         need("attention output", out.len, t * heads * head_dim)?;
         need("k cache", k_cache.len, (start + t) * kv_dim)?;
         need("v cache", v_cache.len, (start + t) * kv_dim)?;
-        let groups = t * heads;
+        // Blocked kernel for prefills on GPUs; decode rows (one per sequence) keep the per-row kernel.
+        let (kernel, groups) = if self.blocked_attention(head_dim) && t >= FLASH_ROWS {
+            (Kernel::FlashAttention, t.div_ceil(FLASH_ROWS) * heads)
+        } else {
+            (Kernel::Attention, t * heads)
+        };
         let (gx, _) = grid(groups)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let values = [
@@ -743,7 +782,7 @@ impl Batch<'_> {
             scale.to_bits(),
             gx,
         ];
-        self.dispatch(Kernel::Attention, &[q, k_cache, v_cache, out], &values, groups)
+        self.dispatch(kernel, &[q, k_cache, v_cache, out], &values, groups)
     }
 
     /// `gate[i] = silu(gate[i]) · up[i]` for `i < n`.

@@ -6,7 +6,7 @@
 //! Nothing here uses atomics, so results do not depend on scheduling: reductions are per-workgroup trees or
 //! ordered loops, and scatter-adds are turned into gathers on the host (the embedding backward).
 
-use super::{Batch, Device, Kernel, Matrix, Op, Tensor, WgpuError, grid, need};
+use super::{Batch, Device, FLASH_ROWS, Kernel, Matrix, Op, Tensor, WgpuError, grid, need};
 use crate::cpu_ops::{AdamW, GrpoClip, GrpoStats, HeadStats};
 
 /// Floats of per-row state the chunked LM head keeps (see `shaders/head.wgsl`).
@@ -417,6 +417,11 @@ impl Batch<'_> {
         need("attention output", out.len, t * qw)?;
         need("attention lse", lse.len, t * heads)?;
         need("attention bounds", bounds.len, 2 * t)?;
+        if self.blocked_attention(head_dim) {
+            let groups = t.div_ceil(FLASH_ROWS) * heads;
+            let values = Self::attn_values(t, heads, kv_heads, head_dim, groups)?;
+            return self.dispatch(Kernel::FlashAttentionTrain, &[q, k, v, out, lse, bounds], &values, groups);
+        }
         self.dispatch(Kernel::AttentionTrain, &[q, k, v, out, lse, bounds], &values, t * heads)
     }
 
@@ -458,6 +463,15 @@ impl Batch<'_> {
         }
         let ld = self.dev.zeros(t * heads * 2)?;
         self.dispatch(Kernel::AttentionBwdPrep, &[out, dout, lse, &ld], &values, (t * heads).div_ceil(64))?;
+        if self.blocked_attention(head_dim) {
+            let buffers = [q, k, v, dout, &ld, bounds];
+            let blocks = t.div_ceil(FLASH_ROWS);
+            let values = Self::attn_values(t, heads, kv_heads, head_dim, blocks * heads)?;
+            let (dq_in, dkv_in) = ([&buffers[..], &[dq]].concat(), [&buffers[..], &[dk, dv]].concat());
+            self.dispatch(Kernel::FlashAttentionBwdDq, &dq_in, &values, blocks * heads)?;
+            let values = Self::attn_values(t, heads, kv_heads, head_dim, blocks * kv_heads)?;
+            return self.dispatch(Kernel::FlashAttentionBwdDkv, &dkv_in, &values, blocks * kv_heads);
+        }
         self.dispatch(Kernel::AttentionBwdDq, &[q, k, v, dout, &ld, bounds, dq], &values, t * heads)?;
         let kv_values = Self::attn_values(t, heads, kv_heads, head_dim, t * kv_heads)?;
         self.dispatch(Kernel::AttentionBwdDkv, &[q, k, v, dout, &ld, bounds, dk, dv], &kv_values, t * kv_heads)

@@ -1,0 +1,308 @@
+// Blocked (flash-style) backward of the training attention, the GPU twin of `attention_bwd.wgsl` (same bindings,
+// same per-row (lse, D) pairs from `attention_bwd_prep`, same formulas): probabilities are recomputed from the
+// saved log-sum-exp, never stored. With s_ij = scale·q_i·k_j, p_ij = exp(s_ij − lse_i), dp_ij = dout_i·v_j and
+// ds_ij = p_ij·(dp_ij − D_i)·scale:
+//   `flash_attention_bwd_dq`: 16 query rows of one head per workgroup, keys 64 at a time: S and dP as 16×64
+//   tiles, dS in workgroup memory, dq_i += Σ_j ds_ij k_j;
+//   `flash_attention_bwd_dkv`: 16 keys of one kv head per workgroup, over the query heads of its group and the
+//   rows that see them 64 at a time: Sᵀ and dPᵀ as 16×64 tiles, then dv_j += Σ_i p_ij dout_i and
+//   dk_j += Σ_i ds_ij q_i through one workgroup buffer.
+// Each workgroup owns its outputs (no atomics) and overwrites them. 64 invocations, 4×4 outputs each; head dims up
+// to 64, a multiple of 4; 16 KiB of workgroup memory.
+
+struct Params {
+    t: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    _p0: u32,
+    kv_dim: u32,
+    scale: f32,
+    groups_x: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> ld: array<f32>;
+@group(0) @binding(6) var<storage, read> bounds: array<u32>;
+@group(0) @binding(7) var<storage, read_write> ga: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> gb: array<vec4<f32>>;
+
+const BLOCK: u32 = 16u;
+const SPAN: u32 = 64u;
+
+// dq: Q·scale and dout of the row block, [dim 0..64][row quad 0..4]. dkv: K·scale and V of the key block,
+// [dim 0..64][key quad 0..4].
+var<workgroup> xa: array<vec4<f32>, 256>;
+var<workgroup> xb: array<vec4<f32>, 256>;
+// Streamed operands: two [dim 0..8][quad 0..16] halves while scores are formed, or [row/key 0..16][dim quad 0..16].
+var<workgroup> chunk: array<vec4<f32>, 256>;
+// dq: dS as [key 0..64][row quad 0..4]. dkv: P, then dS, as [row 0..64][key quad 0..4].
+var<workgroup> grid_buf: array<vec4<f32>, 256>;
+
+// Stores `x` (dims 4·dq..4·dq+4 of item `item` of the block) transposed into `xa` or `xb`: [dim][item quad].
+fn stage_block(which: u32, item: u32, dq: u32, x: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        let at = (dq * 4u + c) * 4u + item / 4u;
+        if (which == 0u) {
+            xa[at][item % 4u] = x[c];
+        } else {
+            xb[at][item % 4u] = x[c];
+        }
+    }
+}
+
+// Half `which` of `chunk`: dims 8 of the 64 items (keys or rows) of a span, as [dim 0..8][item quad 0..16].
+fn stage_chunk(which: u32, item: u32, dq: u32, x: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        chunk[which * 128u + (dq * 4u + c) * 16u + item / 4u][item % 4u] = x[c];
+    }
+}
+
+@compute @workgroup_size(64)
+fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let blocks = (p.t + BLOCK - 1u) / BLOCK;
+    if (gid >= blocks * p.heads) {
+        return;
+    }
+    let i0 = (blocks - 1u - gid / p.heads) * BLOCK;
+    let head = gid % p.heads;
+    let ty = li / 16u;
+    let tx = li % 16u;
+    let hq = p.head_dim / 4u;
+    let q_row = p.heads * hq;
+    let kv_row = p.kv_dim / 4u;
+    let kv_off = (head / (p.heads / p.kv_heads)) * hq;
+    for (var e = li; e < BLOCK * 16u; e += 64u) {
+        let row = e / 16u;
+        let dq = e % 16u;
+        var x = vec4<f32>(0.0);
+        var y = vec4<f32>(0.0);
+        if (i0 + row < p.t && dq < hq) {
+            x = q[(i0 + row) * q_row + head * hq + dq] * p.scale;
+            y = dout[(i0 + row) * q_row + head * hq + dq];
+        }
+        stage_block(0u, row, dq, x);
+        stage_block(1u, row, dq, y);
+    }
+    // This invocation's rows: visible keys first..=last, log-sum-exp and D.
+    var first = vec4<u32>(1u);
+    var last = vec4<u32>(0u);
+    var lse = vec4<f32>(0.0);
+    var dsum = vec4<f32>(0.0);
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + ty * 4u + r;
+        if (i < p.t) {
+            first[r] = bounds[2u * i];
+            last[r] = i;
+            lse[r] = ld[2u * (i * p.heads + head)];
+            dsum[r] = ld[2u * (i * p.heads + head) + 1u];
+        }
+    }
+    let j_end = min(i0 + BLOCK, p.t);
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var j0 = bounds[2u * i0]; j0 < j_end; j0 += SPAN) {
+        var s = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        var dp = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        for (var d0 = 0u; d0 < hq; d0 += 2u) {
+            workgroupBarrier();
+            for (var e = li; e < 256u; e += 64u) {
+                let which = e / 128u;
+                let key = (e % 128u) / 2u;
+                let dq = e % 2u;
+                var x = vec4<f32>(0.0);
+                if (j0 + key < j_end && d0 + dq < hq) {
+                    let at = (j0 + key) * kv_row + kv_off + d0 + dq;
+                    x = select(v[at], k[at], which == 0u);
+                }
+                stage_chunk(which, key, dq, x);
+            }
+            workgroupBarrier();
+            for (var dd = 0u; dd < 8u; dd++) {
+                let qv = xa[(d0 * 4u + dd) * 4u + ty];
+                let ov = xb[(d0 * 4u + dd) * 4u + ty];
+                let kk = chunk[dd * 16u + tx];
+                let vv = chunk[128u + dd * 16u + tx];
+                for (var c = 0u; c < 4u; c++) {
+                    s[c] += qv * kk[c];
+                    dp[c] += ov * vv[c];
+                }
+            }
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let j = vec4<u32>(j0 + tx * 4u + c);
+            let pc = select(vec4<f32>(0.0), exp(s[c] - lse), (j >= first) & (j <= last));
+            grid_buf[(tx * 4u + c) * 4u + ty] = pc * (dp[c] - dsum) * p.scale;
+        }
+        for (var jc = 0u; jc < SPAN; jc += 16u) {
+            workgroupBarrier();
+            for (var e = li; e < 256u; e += 64u) {
+                let key = e / 16u;
+                let dq = e % 16u;
+                var x = vec4<f32>(0.0);
+                if (j0 + jc + key < j_end && dq < hq) {
+                    x = k[(j0 + jc + key) * kv_row + kv_off + dq];
+                }
+                chunk[e] = x;
+            }
+            workgroupBarrier();
+            for (var jj = 0u; jj < 16u; jj++) {
+                let w = grid_buf[(jc + jj) * 4u + ty];
+                let kk = chunk[jj * 16u + tx];
+                for (var r = 0u; r < 4u; r++) {
+                    acc[r] += w[r] * kk;
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + ty * 4u + r;
+        if (i < p.t && tx < hq) {
+            ga[i * q_row + head * hq + tx] = acc[r];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let blocks = (p.t + BLOCK - 1u) / BLOCK;
+    if (gid >= blocks * p.kv_heads) {
+        return;
+    }
+    // The first key blocks are seen by the most rows: they go first.
+    let j0 = (gid / p.kv_heads) * BLOCK;
+    let g = gid % p.kv_heads;
+    let ty = li / 16u;
+    let tx = li % 16u;
+    let hq = p.head_dim / 4u;
+    let q_row = p.heads * hq;
+    let kv_row = p.kv_dim / 4u;
+    let group = p.heads / p.kv_heads;
+    for (var e = li; e < BLOCK * 16u; e += 64u) {
+        let key = e / 16u;
+        let dq = e % 16u;
+        var x = vec4<f32>(0.0);
+        var y = vec4<f32>(0.0);
+        if (j0 + key < p.t && dq < hq) {
+            x = k[(j0 + key) * kv_row + g * hq + dq] * p.scale;
+            y = v[(j0 + key) * kv_row + g * hq + dq];
+        }
+        stage_block(0u, key, dq, x);
+        stage_block(1u, key, dq, y);
+    }
+    // This invocation's keys j are seen by rows j..end_j.
+    var key = vec4<u32>(0u);
+    var end = vec4<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let j = j0 + ty * 4u + r;
+        key[r] = j;
+        if (j < p.t) {
+            end[r] = bounds[2u * j + 1u];
+        }
+    }
+    let i_end = bounds[2u * (min(j0 + BLOCK, p.t) - 1u) + 1u];
+    var dk = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var dv = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var head = g * group; head < (g + 1u) * group; head++) {
+        for (var i0 = j0; i0 < i_end; i0 += SPAN) {
+            // st[c], dpt[c]: row i0 + tx·4 + c against this invocation's four keys.
+            var st = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+            var dpt = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+            for (var d0 = 0u; d0 < hq; d0 += 2u) {
+                workgroupBarrier();
+                for (var e = li; e < 256u; e += 64u) {
+                    let which = e / 128u;
+                    let row = (e % 128u) / 2u;
+                    let dq = e % 2u;
+                    var x = vec4<f32>(0.0);
+                    if (i0 + row < i_end && d0 + dq < hq) {
+                        let at = (i0 + row) * q_row + head * hq + d0 + dq;
+                        x = select(dout[at], q[at], which == 0u);
+                    }
+                    stage_chunk(which, row, dq, x);
+                }
+                workgroupBarrier();
+                for (var dd = 0u; dd < 8u; dd++) {
+                    let kk = xa[(d0 * 4u + dd) * 4u + ty];
+                    let vv = xb[(d0 * 4u + dd) * 4u + ty];
+                    let qv = chunk[dd * 16u + tx];
+                    let ov = chunk[128u + dd * 16u + tx];
+                    for (var c = 0u; c < 4u; c++) {
+                        st[c] += kk * qv[c];
+                        dpt[c] += vv * ov[c];
+                    }
+                }
+            }
+            var dst = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+            for (var c = 0u; c < 4u; c++) {
+                let i = i0 + tx * 4u + c;
+                var pc = vec4<f32>(0.0);
+                if (i < i_end) {
+                    let row = i * p.heads + head;
+                    let iv = vec4<u32>(i);
+                    pc = select(vec4<f32>(0.0), exp(st[c] - ld[2u * row]), (iv >= key) & (iv < end));
+                    dst[c] = pc * (dpt[c] - ld[2u * row + 1u]) * p.scale;
+                }
+                grid_buf[(tx * 4u + c) * 4u + ty] = pc;
+            }
+            // dv += Pᵀ·dout over the span's rows, 16 rows of dout at a time.
+            for (var ic = 0u; ic < SPAN; ic += 16u) {
+                workgroupBarrier();
+                for (var e = li; e < 256u; e += 64u) {
+                    let row = e / 16u;
+                    let dq = e % 16u;
+                    var x = vec4<f32>(0.0);
+                    if (i0 + ic + row < i_end && dq < hq) {
+                        x = dout[(i0 + ic + row) * q_row + head * hq + dq];
+                    }
+                    chunk[e] = x;
+                }
+                workgroupBarrier();
+                for (var ii = 0u; ii < 16u; ii++) {
+                    let w = grid_buf[(ic + ii) * 4u + ty];
+                    let ov = chunk[ii * 16u + tx];
+                    for (var r = 0u; r < 4u; r++) {
+                        dv[r] += w[r] * ov;
+                    }
+                }
+            }
+            workgroupBarrier();
+            for (var c = 0u; c < 4u; c++) {
+                grid_buf[(tx * 4u + c) * 4u + ty] = dst[c];
+            }
+            // dk += dSᵀ·q likewise.
+            for (var ic = 0u; ic < SPAN; ic += 16u) {
+                workgroupBarrier();
+                for (var e = li; e < 256u; e += 64u) {
+                    let row = e / 16u;
+                    let dq = e % 16u;
+                    var x = vec4<f32>(0.0);
+                    if (i0 + ic + row < i_end && dq < hq) {
+                        x = q[(i0 + ic + row) * q_row + head * hq + dq];
+                    }
+                    chunk[e] = x;
+                }
+                workgroupBarrier();
+                for (var ii = 0u; ii < 16u; ii++) {
+                    let w = grid_buf[(ic + ii) * 4u + ty];
+                    let qv = chunk[ii * 16u + tx];
+                    for (var r = 0u; r < 4u; r++) {
+                        dk[r] += w[r] * qv;
+                    }
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let j = j0 + ty * 4u + r;
+        if (j < p.t && tx < hq) {
+            ga[j * kv_row + g * hq + tx] = dk[r];
+            gb[j * kv_row + g * hq + tx] = dv[r];
+        }
+    }
+}
