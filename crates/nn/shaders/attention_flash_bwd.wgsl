@@ -4,9 +4,11 @@
 // ds_ij = p_ij·(dp_ij − D_i)·scale:
 //   `flash_attention_bwd_dq`: 16 query rows of one head per workgroup, keys 64 at a time: S and dP as 16×64
 //   tiles, dS in workgroup memory, dq_i += Σ_j ds_ij k_j;
-//   `flash_attention_bwd_dkv`: 16 keys of one kv head per workgroup, over the query heads of its group and the
-//   rows that see them 64 at a time: Sᵀ and dPᵀ as 16×64 tiles, then dv_j += Σ_i p_ij dout_i and
-//   dk_j += Σ_i ds_ij q_i through one workgroup buffer.
+//   `flash_attention_bwd_dkv`: 16 keys and one query head per workgroup, over the rows that see them 64 at a
+//   time: Sᵀ and dPᵀ as 16×64 tiles, then dv_j += Σ_i p_ij dout_i and dk_j += Σ_i ds_ij q_i through one
+//   workgroup buffer. It writes this head's share of dk and dv into [t, heads·hd] buffers that `group_sum`
+//   (elementwise.wgsl) adds up per kv head: three times the workgroups of one per kv head (on an H100 that one
+//   took 64 ms of a SmolLM2 training step; the step has few workgroups and they wait on memory).
 // Each workgroup owns its outputs (no atomics) and overwrites them. 64 invocations, 4×4 outputs each; head dims up
 // to 64, a multiple of 4; 16 KiB of workgroup memory.
 
@@ -171,18 +173,18 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
 fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let gid = wg.x + wg.y * p.groups_x;
     let blocks = (p.t + BLOCK - 1u) / BLOCK;
-    if (gid >= blocks * p.kv_heads) {
+    if (gid >= blocks * p.heads) {
         return;
     }
     // The first key blocks are seen by the most rows: they go first.
-    let j0 = (gid / p.kv_heads) * BLOCK;
-    let g = gid % p.kv_heads;
+    let j0 = (gid / p.heads) * BLOCK;
+    let head = gid % p.heads;
+    let g = head / (p.heads / p.kv_heads);
     let ty = li / 16u;
     let tx = li % 16u;
     let hq = p.head_dim / 4u;
     let q_row = p.heads * hq;
     let kv_row = p.kv_dim / 4u;
-    let group = p.heads / p.kv_heads;
     for (var e = li; e < BLOCK * 16u; e += 64u) {
         let key = e / 16u;
         let dq = e % 16u;
@@ -208,101 +210,100 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     let i_end = bounds[2u * (min(j0 + BLOCK, p.t) - 1u) + 1u];
     var dk = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var dv = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var head = g * group; head < (g + 1u) * group; head++) {
-        for (var i0 = j0; i0 < i_end; i0 += SPAN) {
-            // st[c], dpt[c]: row i0 + tx·4 + c against this invocation's four keys.
-            var st = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-            var dpt = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-            for (var d0 = 0u; d0 < hq; d0 += 2u) {
-                workgroupBarrier();
-                for (var e = li; e < 256u; e += 64u) {
-                    let which = e / 128u;
-                    let row = (e % 128u) / 2u;
-                    let dq = e % 2u;
-                    var x = vec4<f32>(0.0);
-                    if (i0 + row < i_end && d0 + dq < hq) {
-                        let at = (i0 + row) * q_row + head * hq + d0 + dq;
-                        x = select(dout[at], q[at], which == 0u);
-                    }
-                    stage_chunk(which, row, dq, x);
+    for (var i0 = j0; i0 < i_end; i0 += SPAN) {
+        // st[c], dpt[c]: row i0 + tx·4 + c against this invocation's four keys.
+        var st = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        var dpt = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        for (var d0 = 0u; d0 < hq; d0 += 2u) {
+            workgroupBarrier();
+            for (var e = li; e < 256u; e += 64u) {
+                let which = e / 128u;
+                let row = (e % 128u) / 2u;
+                let dq = e % 2u;
+                var x = vec4<f32>(0.0);
+                if (i0 + row < i_end && d0 + dq < hq) {
+                    let at = (i0 + row) * q_row + head * hq + d0 + dq;
+                    x = select(dout[at], q[at], which == 0u);
                 }
-                workgroupBarrier();
-                for (var dd = 0u; dd < 8u; dd++) {
-                    let kk = xa[(d0 * 4u + dd) * 4u + ty];
-                    let vv = xb[(d0 * 4u + dd) * 4u + ty];
-                    let qv = chunk[dd * 16u + tx];
-                    let ov = chunk[128u + dd * 16u + tx];
-                    for (var c = 0u; c < 4u; c++) {
-                        st[c] += kk * qv[c];
-                        dpt[c] += vv * ov[c];
-                    }
-                }
-            }
-            var dst = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-            for (var c = 0u; c < 4u; c++) {
-                let i = i0 + tx * 4u + c;
-                var pc = vec4<f32>(0.0);
-                if (i < i_end) {
-                    let row = i * p.heads + head;
-                    let iv = vec4<u32>(i);
-                    pc = select(vec4<f32>(0.0), exp(st[c] - ld[2u * row]), (iv >= key) & (iv < end));
-                    dst[c] = pc * (dpt[c] - ld[2u * row + 1u]) * p.scale;
-                }
-                grid_buf[(tx * 4u + c) * 4u + ty] = pc;
-            }
-            // dv += Pᵀ·dout over the span's rows, 16 rows of dout at a time.
-            for (var ic = 0u; ic < SPAN; ic += 16u) {
-                workgroupBarrier();
-                for (var e = li; e < 256u; e += 64u) {
-                    let row = e / 16u;
-                    let dq = e % 16u;
-                    var x = vec4<f32>(0.0);
-                    if (i0 + ic + row < i_end && dq < hq) {
-                        x = dout[(i0 + ic + row) * q_row + head * hq + dq];
-                    }
-                    chunk[e] = x;
-                }
-                workgroupBarrier();
-                for (var ii = 0u; ii < 16u; ii++) {
-                    let w = grid_buf[(ic + ii) * 4u + ty];
-                    let ov = chunk[ii * 16u + tx];
-                    for (var r = 0u; r < 4u; r++) {
-                        dv[r] += w[r] * ov;
-                    }
-                }
+                stage_chunk(which, row, dq, x);
             }
             workgroupBarrier();
-            for (var c = 0u; c < 4u; c++) {
-                grid_buf[(tx * 4u + c) * 4u + ty] = dst[c];
-            }
-            // dk += dSᵀ·q likewise.
-            for (var ic = 0u; ic < SPAN; ic += 16u) {
-                workgroupBarrier();
-                for (var e = li; e < 256u; e += 64u) {
-                    let row = e / 16u;
-                    let dq = e % 16u;
-                    var x = vec4<f32>(0.0);
-                    if (i0 + ic + row < i_end && dq < hq) {
-                        x = q[(i0 + ic + row) * q_row + head * hq + dq];
-                    }
-                    chunk[e] = x;
+            for (var dd = 0u; dd < 8u; dd++) {
+                let kk = xa[(d0 * 4u + dd) * 4u + ty];
+                let vv = xb[(d0 * 4u + dd) * 4u + ty];
+                let qv = chunk[dd * 16u + tx];
+                let ov = chunk[128u + dd * 16u + tx];
+                for (var c = 0u; c < 4u; c++) {
+                    st[c] += kk * qv[c];
+                    dpt[c] += vv * ov[c];
                 }
-                workgroupBarrier();
-                for (var ii = 0u; ii < 16u; ii++) {
-                    let w = grid_buf[(ic + ii) * 4u + ty];
-                    let qv = chunk[ii * 16u + tx];
-                    for (var r = 0u; r < 4u; r++) {
-                        dk[r] += w[r] * qv;
-                    }
+            }
+        }
+        var dst = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        for (var c = 0u; c < 4u; c++) {
+            let i = i0 + tx * 4u + c;
+            var pc = vec4<f32>(0.0);
+            if (i < i_end) {
+                let row = i * p.heads + head;
+                let iv = vec4<u32>(i);
+                pc = select(vec4<f32>(0.0), exp(st[c] - ld[2u * row]), (iv >= key) & (iv < end));
+                dst[c] = pc * (dpt[c] - ld[2u * row + 1u]) * p.scale;
+            }
+            grid_buf[(tx * 4u + c) * 4u + ty] = pc;
+        }
+        // dv += Pᵀ·dout over the span's rows, 16 rows of dout at a time.
+        for (var ic = 0u; ic < SPAN; ic += 16u) {
+            workgroupBarrier();
+            for (var e = li; e < 256u; e += 64u) {
+                let row = e / 16u;
+                let dq = e % 16u;
+                var x = vec4<f32>(0.0);
+                if (i0 + ic + row < i_end && dq < hq) {
+                    x = dout[(i0 + ic + row) * q_row + head * hq + dq];
+                }
+                chunk[e] = x;
+            }
+            workgroupBarrier();
+            for (var ii = 0u; ii < 16u; ii++) {
+                let w = grid_buf[(ic + ii) * 4u + ty];
+                let ov = chunk[ii * 16u + tx];
+                for (var r = 0u; r < 4u; r++) {
+                    dv[r] += w[r] * ov;
+                }
+            }
+        }
+        workgroupBarrier();
+        for (var c = 0u; c < 4u; c++) {
+            grid_buf[(tx * 4u + c) * 4u + ty] = dst[c];
+        }
+        // dk += dSᵀ·q likewise.
+        for (var ic = 0u; ic < SPAN; ic += 16u) {
+            workgroupBarrier();
+            for (var e = li; e < 256u; e += 64u) {
+                let row = e / 16u;
+                let dq = e % 16u;
+                var x = vec4<f32>(0.0);
+                if (i0 + ic + row < i_end && dq < hq) {
+                    x = q[(i0 + ic + row) * q_row + head * hq + dq];
+                }
+                chunk[e] = x;
+            }
+            workgroupBarrier();
+            for (var ii = 0u; ii < 16u; ii++) {
+                let w = grid_buf[(ic + ii) * 4u + ty];
+                let qv = chunk[ii * 16u + tx];
+                for (var r = 0u; r < 4u; r++) {
+                    dk[r] += w[r] * qv;
                 }
             }
         }
     }
+    // This head's share, [t, heads·hd].
     for (var r = 0u; r < 4u; r++) {
         let j = j0 + ty * 4u + r;
         if (j < p.t && tx < hq) {
-            ga[j * kv_row + g * hq + tx] = dk[r];
-            gb[j * kv_row + g * hq + tx] = dv[r];
+            ga[j * q_row + head * hq + tx] = dk[r];
+            gb[j * q_row + head * hq + tx] = dv[r];
         }
     }
 }

@@ -1,7 +1,9 @@
 // Element-wise kernels: SwiGLU (a = silu(a) · b, model.rs's gate/up step) and the residual add (a += b); for
 // training, SwiGLU into a separate output (a = silu(b) · c, keeping gate and up) and its backward
 // (cpu_ops `swiglu_bwd`: a = dgate, d = dup from e = dout, b = gate, c = up, both overwritten).
-// Large arrays arrive as a 2D grid of 64-wide workgroups.
+// `group_sum` adds up per-head gradients over the query heads of each kv head (a = Σ b over the group, for
+// attention's dk and dv: b [rows, heads·hd] into a [rows, kv_heads·hd]; _p0 = hd, _p1 = heads per kv head,
+// _p2 = kv_heads·hd). Large arrays arrive as a 2D grid of 64-wide workgroups.
 
 struct Params {
     n: u32,
@@ -58,4 +60,21 @@ fn swiglu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let s = 1.0 / (1.0 + exp(-g));
     d[i] = dy * g * s;
     a[i] = dy * u * s * (1.0 + g * (1.0 - s));
+}
+
+@compute @workgroup_size(64)
+fn group_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= p.n) {
+        return;
+    }
+    let row = i / p._p2;
+    let g = (i % p._p2) / p._p0;
+    let d = i % p._p0;
+    let base = row * p._p2 * p._p1 + g * p._p1 * p._p0 + d;
+    var sum = 0.0;
+    for (var h = 0u; h < p._p1; h++) {
+        sum += b[base + h * p._p0];
+    }
+    a[i] = sum;
 }

@@ -94,6 +94,7 @@ enum Kernel {
     FlashAttentionTrain,
     FlashAttentionBwdDq,
     FlashAttentionBwdDkv,
+    GroupSum,
 }
 
 impl Kernel {
@@ -131,7 +132,7 @@ impl MatmulTiles {
     }
 }
 
-const KERNELS: [(Kernel, &str, &str); 36] = [
+const KERNELS: [(Kernel, &str, &str); 37] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -168,6 +169,7 @@ const KERNELS: [(Kernel, &str, &str); 36] = [
     (Kernel::FlashAttentionTrain, "attention_flash", "flash_attention_train"),
     (Kernel::FlashAttentionBwdDq, "attention_flash_bwd", "flash_attention_bwd_dq"),
     (Kernel::FlashAttentionBwdDkv, "attention_flash_bwd", "flash_attention_bwd_dkv"),
+    (Kernel::GroupSum, "elementwise", "group_sum"),
 ];
 
 const SHADERS: [(&str, &str); 15] = [

@@ -467,10 +467,15 @@ impl Batch<'_> {
             let buffers = [q, k, v, dout, &ld, bounds];
             let blocks = t.div_ceil(FLASH_ROWS);
             let values = Self::attn_values(t, heads, kv_heads, head_dim, blocks * heads)?;
-            let (dq_in, dkv_in) = ([&buffers[..], &[dq]].concat(), [&buffers[..], &[dk, dv]].concat());
-            self.dispatch(Kernel::FlashAttentionBwdDq, &dq_in, &values, blocks * heads)?;
-            let values = Self::attn_values(t, heads, kv_heads, head_dim, blocks * kv_heads)?;
-            return self.dispatch(Kernel::FlashAttentionBwdDkv, &dkv_in, &values, blocks * kv_heads);
+            self.dispatch(Kernel::FlashAttentionBwdDq, &[&buffers[..], &[dq]].concat(), &values, blocks * heads)?;
+            // One workgroup per key block and query head, each head's share summed per kv head after.
+            let (head_dk, head_dv) = (self.dev.zeros(t * qw)?, self.dev.zeros(t * qw)?);
+            let dkv_in = [&buffers[..], &[&head_dk, &head_dv]].concat();
+            self.dispatch(Kernel::FlashAttentionBwdDkv, &dkv_in, &values, blocks * heads)?;
+            let n = u32_of("attention_bwd dk", t * kw)?;
+            let group = [n, head_dim as u32, (heads / kv_heads) as u32, kw as u32];
+            self.dispatch(Kernel::GroupSum, &[dk, &head_dk], &group, (t * kw).div_ceil(64))?;
+            return self.dispatch(Kernel::GroupSum, &[dv, &head_dv], &group, (t * kw).div_ceil(64));
         }
         self.dispatch(Kernel::AttentionBwdDq, &[q, k, v, dout, &ld, bounds, dq], &values, t * heads)?;
         let kv_values = Self::attn_values(t, heads, kv_heads, head_dim, t * kv_heads)?;
