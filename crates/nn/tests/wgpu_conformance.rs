@@ -279,10 +279,10 @@ fn tiny_llama_gives_the_cpu_logits() {
 
 #[test]
 fn tiny_llama_long_prompt_chunks_and_grows_the_cache() {
-    // 300 tokens run as two prefill chunks; decoding past the first cache allocation copies the cache over.
+    // 300 tokens run as three prefill chunks; decoding past the first cache allocation copies the cache over.
     let dev = device();
     let cpu = tiny_llama(true);
-    let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
+    let gpu = WgpuLlama::new(&dev, &cpu).unwrap().with_prefill_chunk(128);
     let prompt: Vec<u32> = (0..300).map(|i| (i * 13 + 1) % 300).collect();
     let (mut cc, mut gc) = (cpu.new_cache(), gpu.new_cache());
     assert_close(

@@ -5,11 +5,18 @@
 use super::{Batch, Device, Matrix, Tensor, WgpuError};
 use crate::model::{Llama, LlamaConfig, ModelError};
 
-/// Prompts are run this many tokens at a time, which bounds the activation buffers (`[t, ffn]` must stay within
-/// one storage binding) and the workgroup grids.
-const PREFILL_CHUNK: usize = 256;
+/// Prompts run at most this many tokens at a time (fewer where a `[t, ffn]` activation would not fit one storage
+/// binding). Long chunks keep a GPU busy: a 512-token prompt's `[512, 576]` products are 72 output tiles, half the
+/// SMs of an H100, and 256-token chunks gave half that.
+const PREFILL_CHUNK: usize = 1024;
 /// First KV cache allocation, in positions; it doubles when full (up to the context).
 const INITIAL_CACHE: usize = 256;
+
+/// [`PREFILL_CHUNK`], or fewer tokens where a `[t, ffn]` activation would not fit one storage binding.
+fn prefill_chunk(device: &Device, c: &LlamaConfig) -> usize {
+    let row_bytes = 4 * c.ffn.max(c.hidden).max(1) as u64;
+    (device.max_binding / row_bytes).clamp(1, PREFILL_CHUNK as u64) as usize
+}
 
 pub(super) struct GpuLayer {
     pub(super) attn_norm: Tensor,
@@ -33,6 +40,8 @@ pub struct WgpuLlama {
     pub(super) layers: Vec<GpuLayer>,
     pub(super) norm: Tensor,
     rope: Tensor,
+    /// Prompt tokens per forward submission ([`PREFILL_CHUNK`] or fewer).
+    prefill_chunk: usize,
 }
 
 /// Keys and values of every layer on the GPU, `[capacity, kv_dim]` per layer.
@@ -78,6 +87,7 @@ impl WgpuLlama {
             norm: d.upload(&model.norm)?,
             rope: d.rope_table(c.rope_theta, hd, c.context)?,
             layers,
+            prefill_chunk: prefill_chunk(device, c),
             config: c.clone(),
             device: device.clone(),
         })
@@ -114,6 +124,7 @@ impl WgpuLlama {
             norm: d.zeros(h)?,
             rope: d.rope_table(c.rope_theta, hd, c.context)?,
             layers,
+            prefill_chunk: prefill_chunk(device, c),
             config: c.clone(),
             device: device.clone(),
         })
@@ -121,6 +132,12 @@ impl WgpuLlama {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The same model running prompts at most `tokens` at a time (tests exercise the chunking on small models).
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> WgpuLlama {
+        self.prefill_chunk = tokens.clamp(1, self.prefill_chunk);
+        self
     }
 
     pub fn new_cache(&self) -> WgpuKvCache {
@@ -169,7 +186,7 @@ impl WgpuLlama {
             return Err(ModelError::BadToken { id, vocab: c.vocab }.into());
         }
         self.reserve(cache, cache.len + tokens.len())?;
-        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
         let mut logits = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
