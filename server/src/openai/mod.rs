@@ -179,16 +179,19 @@ pub fn router(state: OpenAiState) -> Router {
         .with_state(state)
 }
 
-/// The weights served models decode with: `USERRL_SERVE_WEIGHTS` (`f32`, `f16` or `bf16`), f16 by default. The
-/// 16-bit copies halve the bytes a decoding step streams (batch 1 is bound by them: ~2x the f32 tokens/s);
-/// f16 changes log-probs by ~3e-3 on average against f32, bf16 by ~2e-2. On a CPU with AVX512-BF16, bf16 gave
-/// the same tokens/s up to 8 streams and +23% at 32 (2 Zen 4 cores; `bench/README.md`). f32 serves the
-/// trainer's own numbers.
+/// The weights served models decode with: `USERRL_SERVE_WEIGHTS` (`f32`, `f16` or `bf16`); by default bf16 on a
+/// CPU that multiplies bf16 in hardware (AVX512-BF16), else f16. The 16-bit copies halve the bytes a decoding
+/// step streams (batch 1 is bound by them: ~2x the f32 tokens/s). bf16 is SmolLM2's own training precision and
+/// with `vdpbf16ps` the fastest at every batch size (2 Zen 4 cores: one stream 87-93 tokens/s, eight 352-435,
+/// against f16's 79-89 and 291-353; `bench/README.md`); it moves log-probs ~2e-2 from the f32 trainer's on
+/// average (f16 ~3e-3): a chat does not see it, and training does not go through this setting (rollouts decode
+/// with the training model's own weights). f32 serves the trainer's own numbers.
 pub fn serving_precision() -> Result<Precision> {
     match std::env::var("USERRL_SERVE_WEIGHTS") {
         Ok(v) if !v.trim().is_empty() => {
             v.trim().parse::<Precision>().map_err(|e| anyhow::anyhow!("USERRL_SERVE_WEIGHTS: {e}"))
         }
+        _ if userrl_nn::skinny::bf16_dot() => Ok(Precision::Bf16),
         _ => Ok(Precision::F16),
     }
 }
