@@ -64,6 +64,41 @@ fn stage_chunk(which: u32, item: u32, dq: u32, x: vec4<f32>) {
     }
 }
 
+// `acc[r] += Σ_i grid_buf[i][quad ty][r] · src[first + i]` over a span's 64 items (rows or keys), for the item
+// quad `ty` and the dims of quad `tx` this invocation owns; the span's rows of `src` (0: q, 1: k, 3: dout) pass
+// through `chunk` 16 at a time. dq accumulates dS·K this way, dk and dv Pᵀ·dout and dSᵀ·q.
+fn accumulate_span(li: u32, src: u32, first: u32, end: u32, row: u32, off: u32, hq: u32, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    var acc = acc_in;
+    let ty = li / 16u;
+    let tx = li % 16u;
+    for (var ic = 0u; ic < SPAN; ic += 16u) {
+        workgroupBarrier();
+        for (var e = li; e < 256u; e += 64u) {
+            let item = e / 16u;
+            let dq = e % 16u;
+            var x = vec4<f32>(0.0);
+            if (first + ic + item < end && dq < hq) {
+                let at = (first + ic + item) * row + off + dq;
+                switch src {
+                    case 0u: { x = q[at]; }
+                    case 1u: { x = k[at]; }
+                    default: { x = dout[at]; }
+                }
+            }
+            chunk[e] = x;
+        }
+        workgroupBarrier();
+        for (var ii = 0u; ii < 16u; ii++) {
+            let w = grid_buf[(ic + ii) * 4u + ty];
+            let x = chunk[ii * 16u + tx];
+            for (var r = 0u; r < 4u; r++) {
+                acc[r] += w[r] * x;
+            }
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(64)
 fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let gid = wg.x + wg.y * p.groups_x;
@@ -140,26 +175,7 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
             let pc = select(vec4<f32>(0.0), exp(s[c] - lse), (j >= first) & (j <= last));
             grid_buf[(tx * 4u + c) * 4u + ty] = pc * (dp[c] - dsum) * p.scale;
         }
-        for (var jc = 0u; jc < SPAN; jc += 16u) {
-            workgroupBarrier();
-            for (var e = li; e < 256u; e += 64u) {
-                let key = e / 16u;
-                let dq = e % 16u;
-                var x = vec4<f32>(0.0);
-                if (j0 + jc + key < j_end && dq < hq) {
-                    x = k[(j0 + jc + key) * kv_row + kv_off + dq];
-                }
-                chunk[e] = x;
-            }
-            workgroupBarrier();
-            for (var jj = 0u; jj < 16u; jj++) {
-                let w = grid_buf[(jc + jj) * 4u + ty];
-                let kk = chunk[jj * 16u + tx];
-                for (var r = 0u; r < 4u; r++) {
-                    acc[r] += w[r] * kk;
-                }
-            }
-        }
+        acc = accumulate_span(li, 1u, j0, j_end, kv_row, kv_off, hq, acc);
     }
     for (var r = 0u; r < 4u; r++) {
         let i = i0 + ty * 4u + r;
@@ -251,52 +267,12 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
             }
             grid_buf[(tx * 4u + c) * 4u + ty] = pc;
         }
-        // dv += Pᵀ·dout over the span's rows, 16 rows of dout at a time.
-        for (var ic = 0u; ic < SPAN; ic += 16u) {
-            workgroupBarrier();
-            for (var e = li; e < 256u; e += 64u) {
-                let row = e / 16u;
-                let dq = e % 16u;
-                var x = vec4<f32>(0.0);
-                if (i0 + ic + row < i_end && dq < hq) {
-                    x = dout[(i0 + ic + row) * q_row + head * hq + dq];
-                }
-                chunk[e] = x;
-            }
-            workgroupBarrier();
-            for (var ii = 0u; ii < 16u; ii++) {
-                let w = grid_buf[(ic + ii) * 4u + ty];
-                let ov = chunk[ii * 16u + tx];
-                for (var r = 0u; r < 4u; r++) {
-                    dv[r] += w[r] * ov;
-                }
-            }
-        }
+        dv = accumulate_span(li, 3u, i0, i_end, q_row, head * hq, hq, dv);
         workgroupBarrier();
         for (var c = 0u; c < 4u; c++) {
             grid_buf[(tx * 4u + c) * 4u + ty] = dst[c];
         }
-        // dk += dSᵀ·q likewise.
-        for (var ic = 0u; ic < SPAN; ic += 16u) {
-            workgroupBarrier();
-            for (var e = li; e < 256u; e += 64u) {
-                let row = e / 16u;
-                let dq = e % 16u;
-                var x = vec4<f32>(0.0);
-                if (i0 + ic + row < i_end && dq < hq) {
-                    x = q[(i0 + ic + row) * q_row + head * hq + dq];
-                }
-                chunk[e] = x;
-            }
-            workgroupBarrier();
-            for (var ii = 0u; ii < 16u; ii++) {
-                let w = grid_buf[(ic + ii) * 4u + ty];
-                let qv = chunk[ii * 16u + tx];
-                for (var r = 0u; r < 4u; r++) {
-                    dk[r] += w[r] * qv;
-                }
-            }
-        }
+        dk = accumulate_span(li, 0u, i0, i_end, q_row, head * hq, hq, dk);
     }
     // This head's share, [t, heads·hd].
     for (var r = 0u; r < 4u; r++) {
