@@ -45,23 +45,76 @@ var<workgroup> chunk: array<vec4<f32>, 256>;
 // dq: dS as [key 0..64][row quad 0..4]. dkv: P, then dS, as [row 0..64][key quad 0..4].
 var<workgroup> grid_buf: array<vec4<f32>, 256>;
 
-// Stores `x` (dims 4·dq..4·dq+4 of item `item` of the block) transposed into `xa` or `xb`: [dim][item quad].
-fn stage_block(which: u32, item: u32, dq: u32, x: vec4<f32>) {
-    for (var c = 0u; c < 4u; c++) {
-        let at = (dq * 4u + c) * 4u + item / 4u;
-        if (which == 0u) {
-            xa[at][item % 4u] = x[c];
-        } else {
-            xb[at][item % 4u] = x[c];
-        }
-    }
-}
-
 // Half `which` of `chunk`: dims 8 of the 64 items (keys or rows) of a span, as [dim 0..8][item quad 0..16].
 fn stage_chunk(which: u32, item: u32, dq: u32, x: vec4<f32>) {
     for (var c = 0u; c < 4u; c++) {
         chunk[which * 128u + (dq * 4u + c) * 16u + item / 4u][item % 4u] = x[c];
     }
+}
+
+// Element `at` of an operand: 0 q, 1 k, 2 v, 3 dout.
+fn operand(src: u32, at: u32) -> vec4<f32> {
+    switch src {
+        case 0u: { return q[at]; }
+        case 1u: { return k[at]; }
+        case 2u: { return v[at]; }
+        default: { return dout[at]; }
+    }
+}
+
+// The workgroup's 16 items from `first` (rows of q and dout for dq, keys of k and v for dk/dv), x·scale into `xa`
+// and y into `xb`, transposed to [dim][item quad].
+fn stage_items(li: u32, x_src: u32, y_src: u32, first: u32, row: u32, off: u32, hq: u32) {
+    for (var e = li; e < BLOCK * 16u; e += 64u) {
+        let item = e / 16u;
+        let dq = e % 16u;
+        var x = vec4<f32>(0.0);
+        var y = vec4<f32>(0.0);
+        if (first + item < p.t && dq < hq) {
+            let at = (first + item) * row + off + dq;
+            x = operand(x_src, at) * p.scale;
+            y = operand(y_src, at);
+        }
+        for (var c = 0u; c < 4u; c++) {
+            xa[(dq * 4u + c) * 4u + item / 4u][item % 4u] = x[c];
+            xb[(dq * 4u + c) * 4u + item / 4u][item % 4u] = y[c];
+        }
+    }
+}
+
+// The two score tiles of the staged block against a span's 64 items from `first`: s[c] = xa · a[first + tx·4 + c]
+// and dp[c] = xb · b[first + tx·4 + c] per item quad `ty` of the block, the span's rows of `a` and `b` passing
+// through `chunk` 8 dims at a time.
+fn score_span(li: u32, a_src: u32, b_src: u32, first: u32, end: u32, row: u32, off: u32, hq: u32) -> array<array<vec4<f32>, 4>, 2> {
+    let ty = li / 16u;
+    let tx = li % 16u;
+    var s = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var dp = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var d0 = 0u; d0 < hq; d0 += 2u) {
+        workgroupBarrier();
+        for (var e = li; e < 256u; e += 64u) {
+            let which = e / 128u;
+            let item = (e % 128u) / 2u;
+            let dq = e % 2u;
+            var x = vec4<f32>(0.0);
+            if (first + item < end && d0 + dq < hq) {
+                x = operand(select(b_src, a_src, which == 0u), (first + item) * row + off + d0 + dq);
+            }
+            stage_chunk(which, item, dq, x);
+        }
+        workgroupBarrier();
+        for (var dd = 0u; dd < 8u; dd++) {
+            let xv = xa[(d0 * 4u + dd) * 4u + ty];
+            let yv = xb[(d0 * 4u + dd) * 4u + ty];
+            let av = chunk[dd * 16u + tx];
+            let bv = chunk[128u + dd * 16u + tx];
+            for (var c = 0u; c < 4u; c++) {
+                s[c] += xv * av[c];
+                dp[c] += yv * bv[c];
+            }
+        }
+    }
+    return array<array<vec4<f32>, 4>, 2>(s, dp);
 }
 
 // `acc[r] += Σ_i grid_buf[i][quad ty][r] · src[first + i]` over a span's 64 items (rows or keys), for the item
@@ -78,12 +131,7 @@ fn accumulate_span(li: u32, src: u32, first: u32, end: u32, row: u32, off: u32, 
             let dq = e % 16u;
             var x = vec4<f32>(0.0);
             if (first + ic + item < end && dq < hq) {
-                let at = (first + ic + item) * row + off + dq;
-                switch src {
-                    case 0u: { x = q[at]; }
-                    case 1u: { x = k[at]; }
-                    default: { x = dout[at]; }
-                }
+                x = operand(src, (first + ic + item) * row + off + dq);
             }
             chunk[e] = x;
         }
@@ -114,18 +162,7 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
     let q_row = p.heads * hq;
     let kv_row = p.kv_dim / 4u;
     let kv_off = (head / (p.heads / p.kv_heads)) * hq;
-    for (var e = li; e < BLOCK * 16u; e += 64u) {
-        let row = e / 16u;
-        let dq = e % 16u;
-        var x = vec4<f32>(0.0);
-        var y = vec4<f32>(0.0);
-        if (i0 + row < p.t && dq < hq) {
-            x = q[(i0 + row) * q_row + head * hq + dq] * p.scale;
-            y = dout[(i0 + row) * q_row + head * hq + dq];
-        }
-        stage_block(0u, row, dq, x);
-        stage_block(1u, row, dq, y);
-    }
+    stage_items(li, 0u, 3u, i0, q_row, head * hq, hq);
     // This invocation's rows: visible keys first..=last, log-sum-exp and D.
     var first = vec4<u32>(1u);
     var last = vec4<u32>(0u);
@@ -143,37 +180,12 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
     let j_end = min(i0 + BLOCK, p.t);
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var j0 = bounds[2u * i0]; j0 < j_end; j0 += SPAN) {
-        var s = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        var dp = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        for (var d0 = 0u; d0 < hq; d0 += 2u) {
-            workgroupBarrier();
-            for (var e = li; e < 256u; e += 64u) {
-                let which = e / 128u;
-                let key = (e % 128u) / 2u;
-                let dq = e % 2u;
-                var x = vec4<f32>(0.0);
-                if (j0 + key < j_end && d0 + dq < hq) {
-                    let at = (j0 + key) * kv_row + kv_off + d0 + dq;
-                    x = select(v[at], k[at], which == 0u);
-                }
-                stage_chunk(which, key, dq, x);
-            }
-            workgroupBarrier();
-            for (var dd = 0u; dd < 8u; dd++) {
-                let qv = xa[(d0 * 4u + dd) * 4u + ty];
-                let ov = xb[(d0 * 4u + dd) * 4u + ty];
-                let kk = chunk[dd * 16u + tx];
-                let vv = chunk[128u + dd * 16u + tx];
-                for (var c = 0u; c < 4u; c++) {
-                    s[c] += qv * kk[c];
-                    dp[c] += ov * vv[c];
-                }
-            }
-        }
+        // S and dP of the block's rows against keys j0 + tx·4 + c.
+        let sd = score_span(li, 1u, 2u, j0, j_end, kv_row, kv_off, hq);
         for (var c = 0u; c < 4u; c++) {
             let j = vec4<u32>(j0 + tx * 4u + c);
-            let pc = select(vec4<f32>(0.0), exp(s[c] - lse), (j >= first) & (j <= last));
-            grid_buf[(tx * 4u + c) * 4u + ty] = pc * (dp[c] - dsum) * p.scale;
+            let pc = select(vec4<f32>(0.0), exp(sd[0][c] - lse), (j >= first) & (j <= last));
+            grid_buf[(tx * 4u + c) * 4u + ty] = pc * (sd[1][c] - dsum) * p.scale;
         }
         acc = accumulate_span(li, 1u, j0, j_end, kv_row, kv_off, hq, acc);
     }
@@ -201,18 +213,7 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     let hq = p.head_dim / 4u;
     let q_row = p.heads * hq;
     let kv_row = p.kv_dim / 4u;
-    for (var e = li; e < BLOCK * 16u; e += 64u) {
-        let key = e / 16u;
-        let dq = e % 16u;
-        var x = vec4<f32>(0.0);
-        var y = vec4<f32>(0.0);
-        if (j0 + key < p.t && dq < hq) {
-            x = k[(j0 + key) * kv_row + g * hq + dq] * p.scale;
-            y = v[(j0 + key) * kv_row + g * hq + dq];
-        }
-        stage_block(0u, key, dq, x);
-        stage_block(1u, key, dq, y);
-    }
+    stage_items(li, 1u, 2u, j0, kv_row, g * hq, hq);
     // This invocation's keys j are seen by rows j..end_j.
     var key = vec4<u32>(0u);
     var end = vec4<u32>(0u);
@@ -227,34 +228,8 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     var dk = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var dv = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var i0 = j0; i0 < i_end; i0 += SPAN) {
-        // st[c], dpt[c]: row i0 + tx·4 + c against this invocation's four keys.
-        var st = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        var dpt = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        for (var d0 = 0u; d0 < hq; d0 += 2u) {
-            workgroupBarrier();
-            for (var e = li; e < 256u; e += 64u) {
-                let which = e / 128u;
-                let row = (e % 128u) / 2u;
-                let dq = e % 2u;
-                var x = vec4<f32>(0.0);
-                if (i0 + row < i_end && d0 + dq < hq) {
-                    let at = (i0 + row) * q_row + head * hq + d0 + dq;
-                    x = select(dout[at], q[at], which == 0u);
-                }
-                stage_chunk(which, row, dq, x);
-            }
-            workgroupBarrier();
-            for (var dd = 0u; dd < 8u; dd++) {
-                let kk = xa[(d0 * 4u + dd) * 4u + ty];
-                let vv = xb[(d0 * 4u + dd) * 4u + ty];
-                let qv = chunk[dd * 16u + tx];
-                let ov = chunk[128u + dd * 16u + tx];
-                for (var c = 0u; c < 4u; c++) {
-                    st[c] += kk * qv[c];
-                    dpt[c] += vv * ov[c];
-                }
-            }
-        }
+        // Sᵀ and dPᵀ: row i0 + tx·4 + c against this invocation's four keys.
+        let sd = score_span(li, 0u, 3u, i0, i_end, q_row, head * hq, hq);
         var dst = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         for (var c = 0u; c < 4u; c++) {
             let i = i0 + tx * 4u + c;
@@ -262,8 +237,8 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
             if (i < i_end) {
                 let row = i * p.heads + head;
                 let iv = vec4<u32>(i);
-                pc = select(vec4<f32>(0.0), exp(st[c] - ld[2u * row]), (iv >= key) & (iv < end));
-                dst[c] = pc * (dpt[c] - ld[2u * row + 1u]) * p.scale;
+                pc = select(vec4<f32>(0.0), exp(sd[0][c] - ld[2u * row]), (iv >= key) & (iv < end));
+                dst[c] = pc * (sd[1][c] - ld[2u * row + 1u]) * p.scale;
             }
             grid_buf[(tx * 4u + c) * 4u + ty] = pc;
         }
