@@ -766,7 +766,7 @@ impl Batch<'_> {
         need("attention output", out.len, t * heads * head_dim)?;
         need("k cache", k_cache.len, (start + t) * kv_dim)?;
         need("v cache", v_cache.len, (start + t) * kv_dim)?;
-        // Blocked kernel for prefills on GPUs; decode rows (one per sequence) keep the per-row kernel.
+        // The blocked kernel for prefills (16+ rows); decoding (one row per sequence) keeps the per-row one.
         let (kernel, groups) = if self.blocked_attention(head_dim) && t >= FLASH_ROWS {
             (Kernel::FlashAttention, t.div_ceil(FLASH_ROWS) * heads)
         } else {
