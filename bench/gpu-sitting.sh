@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One GPU sitting of issue 3's numbers, as run on the device machine: the wgpu test binaries, then wgpu_bench with
+# the blocked and the per-row attention kernels alternated, PyTorch f32 on the same card in between, and one
+# profiled run. Prepare here (see bench/README.md, "On a GPU"):
+#   cargo build --release -p userrl-nn --example wgpu_bench
+#   cargo test --release -p userrl-nn --test wgpu_backward --test wgpu_conformance --test wgpu_trainer --no-run
+#   copy target/release/examples/wgpu_bench and the three test binaries (target/release/deps/<name>-<hash>) as
+#   <dir>/wgpu_bench, <dir>/wgpu_backward, ... into a folder that .git/info/exclude ignores, strip them, and carry
+#   that folder and the Vulkan loader debs (.gl/, see the device README).
+# Usage there: bench/gpu-sitting.sh <dir>   (results under $OUT when set, else /tmp)
+set -u
+dir=${1:?usage: bench/gpu-sitting.sh <folder with wgpu_bench and the wgpu test binaries>}
+out=${OUT:-/tmp}
+for f in .gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
+ldconfig 2>/dev/null
+chmod +x "$dir"/*
+export WGPU_BACKEND=vulkan PYTHONUNBUFFERED=1
+t0=$(date +%s)
+elapsed() { echo "[+$(( $(date +%s) - t0 ))s]"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+# wgpu_backward hung on an H100 with its tests on parallel threads; one at a time it passes in seconds.
+for t in wgpu_backward wgpu_conformance wgpu_trainer; do
+  echo "$t: $(timeout 120 "$dir/$t" --test-threads=1 2>&1 | grep -E 'test result|panicked' | tr '\n' ' ')" "$(elapsed)"
+done
+summary() {
+  python3 -c "
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith('{')][-1])
+print(sys.argv[2], 'prefill', round(d['prefill_tokens_per_s']), 'decode', round(d['decode_batch1_tokens_per_s'], 1),
+      'train', round(d['train_step']['tokens_per_s']), 'matmul', {m['tiles']: round(m['gflops']) for m in d['matmul']})
+" "$1" "$2"
+}
+bench() {
+  USERRL_WGPU_ATTENTION=$1 timeout 90 "$dir/wgpu_bench" smollm2 512 1 5 >/tmp/sitting.json 2>/dev/null
+  cat /tmp/sitting.json >>"$out/sitting.jsonl"
+  summary /tmp/sitting.json "$1"
+  elapsed
+}
+peer() {
+  timeout 120 python3 bench/peers/pytorch_smollm2.py --device cuda --inference --steps 10 --runs 5 2>&1 | tail -1 |
+    tee -a "$out/sitting.jsonl"
+  elapsed
+}
+bench blocked; bench rows; peer; bench blocked; bench rows; peer
+USERRL_WGPU_PROFILE=1 timeout 90 "$dir/wgpu_bench" smollm2 512 1 3 >"$out/profile.json" 2>&1
+python3 -c "
+import json
+d = json.loads([l for l in open('$out/profile.json') if l.startswith('{')][-1])
+for k in ('profile_inference', 'profile_train'):
+    print(k, [(x['kernel'], x['dispatches'], round(x['ms'], 1)) for x in (d[k] or [])[:12]])
+"
+elapsed
