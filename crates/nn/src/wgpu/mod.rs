@@ -627,7 +627,7 @@ pub struct Batch<'d> {
 
 impl Batch<'_> {
     /// [`Device::blocked_attention`], for a head dim the blocked kernels hold.
-    fn blocked_attention(&self, head_dim: usize) -> bool {
+    fn blocked_attention_for(&self, head_dim: usize) -> bool {
         self.dev.blocked_attention() && head_dim <= 64 && head_dim.is_multiple_of(4)
     }
 
@@ -767,7 +767,7 @@ impl Batch<'_> {
         need("k cache", k_cache.len, (start + t) * kv_dim)?;
         need("v cache", v_cache.len, (start + t) * kv_dim)?;
         // The blocked kernel for prefills (16+ rows); decoding (one row per sequence) keeps the per-row one.
-        let (kernel, groups) = if self.blocked_attention(head_dim) && t >= FLASH_ROWS {
+        let (kernel, groups) = if self.blocked_attention_for(head_dim) && t >= FLASH_ROWS {
             (Kernel::FlashAttention, t.div_ceil(FLASH_ROWS) * heads)
         } else {
             (Kernel::Attention, t * heads)

@@ -417,7 +417,7 @@ impl Batch<'_> {
         need("attention output", out.len, t * qw)?;
         need("attention lse", lse.len, t * heads)?;
         need("attention bounds", bounds.len, 2 * t)?;
-        if self.blocked_attention(head_dim) {
+        if self.blocked_attention_for(head_dim) {
             let groups = t.div_ceil(FLASH_ROWS) * heads;
             let values = Self::attn_values(t, heads, kv_heads, head_dim, groups)?;
             return self.dispatch(Kernel::FlashAttentionTrain, &[q, k, v, out, lse, bounds], &values, groups);
@@ -463,7 +463,7 @@ impl Batch<'_> {
         }
         let ld = self.dev.zeros(t * heads * 2)?;
         self.dispatch(Kernel::AttentionBwdPrep, &[out, dout, lse, &ld], &values, (t * heads).div_ceil(64))?;
-        if self.blocked_attention(head_dim) {
+        if self.blocked_attention_for(head_dim) {
             let buffers = [q, k, v, dout, &ld, bounds];
             let blocks = t.div_ceil(FLASH_ROWS);
             let values = Self::attn_values(t, heads, kv_heads, head_dim, blocks * heads)?;
