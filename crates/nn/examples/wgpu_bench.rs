@@ -22,8 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (seq, batch, runs) = (arg(2, 512), arg(3, 1), arg(4, 3));
     let device = Device::wgpu()?;
     eprintln!(
-        "device {device:?}, many-row matmuls with {:?} tiles, blocked attention {}",
+        "device {device:?}, many-row matmuls with {:?} tiles (split-k target {}), blocked attention {}",
         device.matmul_tiles(),
+        device.split_k_target(),
         device.blocked_attention()
     );
     let matmul = bench::matmul(&device, 2048, runs)?;
@@ -40,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "adapter": format!("{device:?}"),
         "matmul_tiles": format!("{:?}", device.matmul_tiles()),
         "blocked_attention": device.blocked_attention(),
+        "split_k_target": device.split_k_target(),
         "matmul": matmul,
         "prefill_tokens": seq,
         "prefill_tokens_per_s": prefill,

@@ -5,6 +5,8 @@
 // `matmul_rows` (decode, few rows): a workgroup computes eight outputs of one x row; adjacent invocations read
 // adjacent vec4s of the same w row (coalesced), then reduce in workgroup memory.
 // Large grids arrive folded into two dimensions (65,535 workgroups per dimension): the group id is x + y·groups_x.
+// On GPUs a product with few tiles is split along k (`matmul_tiled_shared`'s `splits`): its workgroups write partial
+// products that `splitk.wgsl` then sums into y.
 
 struct Params {
     m: u32,        // rows of x used
@@ -15,6 +17,11 @@ struct Params {
     ldy: u32,      // row stride of y, in floats
     groups_x: u32, // workgroups dispatched along x
     w_off4: u32,   // first float of w, in vec4 units (a window of a larger tensor)
+    // Split-k (`matmul_tiled_shared` only): workgroup g computes tile g % tiles over k4 range
+    // [s · k_split4, (s + 1) · k_split4) for s = g / tiles, into y_off + s · split_stride; `splitk.wgsl` sums them.
+    k_split4: u32,
+    split_stride: u32,
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,7 +30,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 fn store_row(r: u32, c0: u32, v: vec4<f32>) {
-    let base = p.y_off + r * p.ldy + c0;
+    store_row_at(p.y_off, r, c0, v);
+}
+
+fn store_row_at(y_off: u32, r: u32, c0: u32, v: vec4<f32>) {
+    let base = y_off + r * p.ldy + c0;
     y[base] = v.x;
     if (c0 + 1u < p.n) { y[base + 1u] = v.y; }
     if (c0 + 2u < p.n) { y[base + 2u] = v.z; }
@@ -133,8 +144,16 @@ fn matmul_tiled_shared(
 ) {
     let gid = wg.x + wg.y * p.groups_x;
     let col_blocks = (p.n + 63u) / 64u;
-    let row_base = (gid / col_blocks) * 64u;
-    let col_base = (gid % col_blocks) * 64u;
+    let tiles = ((p.m + 63u) / 64u) * col_blocks;
+    let split = gid / tiles;
+    if (split >= p.splits) {
+        return; // the padding of a folded grid: the whole workgroup leaves together
+    }
+    let tile = gid % tiles;
+    let row_base = (tile / col_blocks) * 64u;
+    let col_base = (tile % col_blocks) * 64u;
+    let k_begin = split * p.k_split4;
+    let k_end = min(p.k4, k_begin + p.k_split4);
     // This invocation's share of the staging: one vec4 (4 k) of one x row and of one w row.
     let load_row = li / 4u;
     let load_k4 = li % 4u;
@@ -144,11 +163,11 @@ fn matmul_tiled_shared(
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k4; k0 += 4u) {
+    for (var k0 = k_begin; k0 < k_end; k0 += 4u) {
         let kk = k0 + load_k4;
         var xv = vec4<f32>(0.0);
         var wv = vec4<f32>(0.0);
-        if (kk < p.k4) {
+        if (kk < k_end) {
             xv = x[x_row + kk];
             wv = w[w_row + kk];
         }
@@ -179,8 +198,9 @@ fn matmul_tiled_shared(
     if (r0 >= p.m || c0 >= p.n) {
         return;
     }
-    store_row(r0, c0, acc0);
-    if (r0 + 1u < p.m) { store_row(r0 + 1u, c0, acc1); }
-    if (r0 + 2u < p.m) { store_row(r0 + 2u, c0, acc2); }
-    if (r0 + 3u < p.m) { store_row(r0 + 3u, c0, acc3); }
+    let y_off = p.y_off + split * p.split_stride;
+    store_row_at(y_off, r0, c0, acc0);
+    if (r0 + 1u < p.m) { store_row_at(y_off, r0 + 1u, c0, acc1); }
+    if (r0 + 2u < p.m) { store_row_at(y_off, r0 + 2u, c0, acc2); }
+    if (r0 + 3u < p.m) { store_row_at(y_off, r0 + 3u, c0, acc3); }
 }

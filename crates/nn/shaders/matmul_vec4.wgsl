@@ -16,6 +16,11 @@ struct Params {
     ldc: u32,
     beta: f32,
     groups_x: u32,
+    // Split-k (the `_shared` kernels only): workgroup g computes tile g % tiles over k range
+    // [s · k_split, (s + 1) · k_split) for s = g / tiles, into c_off + s · split_stride; `splitk.wgsl` sums them.
+    k_split: u32,
+    split_stride: u32,
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,10 +29,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 fn store(r: u32, c0: u32, v: vec4<f32>) {
+    store_at(p.c_off, r, c0, v);
+}
+
+fn store_at(c_off: u32, r: u32, c0: u32, v: vec4<f32>) {
     if (r >= p.m) {
         return;
     }
-    let base = p.c_off + r * p.ldc + c0;
+    let base = c_off + r * p.ldc + c0;
     if (p.beta == 0.0) {
         c[base] = v.x;
         c[base + 1u] = v.y;
@@ -126,18 +135,23 @@ fn matmul_tn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 var<workgroup> as4: array<vec4<f32>, 256>; // [k 0..16][row quad 0..16]
 var<workgroup> bs4: array<vec4<f32>, 256>; // [k 0..16][column quad 0..16]
 
-fn tile_origin(wg: vec3<u32>) -> vec2<u32> {
+// This workgroup's tile: (first row, first column, split); the split is p.splits or more for the padding of a
+// folded grid, which leaves before any barrier.
+fn tile_origin(wg: vec3<u32>) -> vec3<u32> {
     let gid = wg.x + wg.y * p.groups_x;
     let col_blocks = (p.n + 63u) / 64u;
-    return vec2<u32>((gid / col_blocks) * 64u, (gid % col_blocks) * 64u);
+    let tiles = ((p.m + 63u) / 64u) * col_blocks;
+    let tile = gid % tiles;
+    return vec3<u32>((tile / col_blocks) * 64u, (tile % col_blocks) * 64u, gid / tiles);
 }
 
-// b's 16×64 slab at k0: row li / 16 of the slab, column quad li % 16 (b's rows are contiguous in n).
-fn stage_b(k0: u32, li: u32, col_base: u32) {
+// b's 16×64 slab at k0 (zeros from k_end on): row li / 16 of the slab, column quad li % 16 (b's rows are
+// contiguous in n).
+fn stage_b(k0: u32, k_end: u32, li: u32, col_base: u32) {
     let kr = k0 + li / 16u;
     let cq = min(col_base / 4u + li % 16u, p.n / 4u - 1u);
     var v = vec4<f32>(0.0);
-    if (kr < p.k) {
+    if (kr < k_end) {
         v = b[p.b_off4 + kr * p.ldb4 + cq];
     }
     bs4[li] = v;
@@ -154,14 +168,15 @@ fn multiply_tile(lid: vec3<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
     }
 }
 
-fn store_tile(origin: vec2<u32>, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
+fn store_tile(origin: vec3<u32>, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
     let r0 = origin.x + lid.y * 4u;
     let c0 = origin.y + lid.x * 4u;
     if (c0 >= p.n) {
         return;
     }
+    let c_off = p.c_off + origin.z * p.split_stride;
     for (var i = 0u; i < 4u; i++) {
-        store(r0 + i, c0, acc[i]);
+        store_at(c_off, r0 + i, c0, acc[i]);
     }
 }
 
@@ -172,15 +187,20 @@ fn matmul_nn_shared(
     @builtin(local_invocation_index) li: u32,
 ) {
     let origin = tile_origin(wg);
+    if (origin.z >= p.splits) {
+        return;
+    }
+    let k_begin = origin.z * p.k_split;
+    let k_end = min(p.k, k_begin + p.k_split);
     // a's 64×16 slab: row li / 4, k quad li % 4, transposed into as4 on the way in.
     let load_row = li / 4u;
     let a_row = p.a_off4 + min(origin.x + load_row, p.m - 1u) * p.lda4;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+    for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
         let k = k0 + (li % 4u) * 4u;
         var v = vec4<f32>(0.0);
-        if (k < p.k) {
-            // k is a multiple of 4 here (the host checks), so a 4-float step never straddles the end.
+        if (k < k_end) {
+            // k and k_split are multiples of 4 here (the host checks), so a 4-float step never straddles the end.
             v = a[a_row + k / 4u];
         }
         let quad = load_row / 4u;
@@ -190,7 +210,7 @@ fn matmul_nn_shared(
         as4[(kl + 1u) * 16u + quad][lane] = v.y;
         as4[(kl + 2u) * 16u + quad][lane] = v.z;
         as4[(kl + 3u) * 16u + quad][lane] = v.w;
-        stage_b(k0, li, origin.y);
+        stage_b(k0, k_end, li, origin.y);
         workgroupBarrier();
         multiply_tile(lid, &acc);
         workgroupBarrier();
@@ -205,17 +225,22 @@ fn matmul_tn_shared(
     @builtin(local_invocation_index) li: u32,
 ) {
     let origin = tile_origin(wg);
+    if (origin.z >= p.splits) {
+        return;
+    }
+    let k_begin = origin.z * p.k_split;
+    let k_end = min(p.k, k_begin + p.k_split);
     // a is stored [k, m]: its 16×64 slab is already k-major, a row quad per vec4 (m is a multiple of 4).
     let rq = min(origin.x / 4u + li % 16u, p.m / 4u - 1u);
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+    for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
         let kr = k0 + li / 16u;
         var v = vec4<f32>(0.0);
-        if (kr < p.k) {
+        if (kr < k_end) {
             v = a[p.a_off4 + kr * p.lda4 + rq];
         }
         as4[li] = v;
-        stage_b(k0, li, origin.y);
+        stage_b(k0, k_end, li, origin.y);
         workgroupBarrier();
         multiply_tile(lid, &acc);
         workgroupBarrier();

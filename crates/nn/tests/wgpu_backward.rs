@@ -44,15 +44,22 @@ fn gpu() -> Gpu {
 
 #[test]
 fn matmul_in_every_transpose_matches_cpu() {
-    for tiles in [MatmulTiles::Registers, MatmulTiles::Shared] {
-        matmul_in_every_transpose_matches_cpu_on(&Gpu { dev: device().with_matmul_tiles(tiles) });
+    // The shared tiles also split along k (as GPUs run products with few tiles), 2-4 parts on the longer k.
+    let shared = device().with_matmul_tiles(MatmulTiles::Shared);
+    for dev in [
+        device().with_matmul_tiles(MatmulTiles::Registers),
+        shared.with_split_k_target(0),
+        shared.with_split_k_target(1 << 20),
+    ] {
+        matmul_in_every_transpose_matches_cpu_on(&Gpu { dev });
     }
 }
 
 fn matmul_in_every_transpose_matches_cpu_on(g: &Gpu) {
     // Odd sizes take the general strided kernel; multiples of 4 the vec4 ones (A·B, Aᵀ·B, and A·Bᵀ through the
     // inference forward's tiled and few-row kernels), whose edges the 5-, 36- and 130-row cases hit.
-    let shapes = [(5, 7, 9), (70, 33, 65), (1, 16, 130), (64, 64, 64), (5, 12, 20), (36, 8, 132), (130, 68, 96)];
+    let shapes =
+        [(5, 7, 9), (70, 33, 65), (1, 16, 130), (64, 64, 64), (5, 12, 20), (36, 8, 132), (130, 68, 96), (72, 200, 36)];
     for (i, &(m, k, n)) in shapes.iter().enumerate() {
         for a_t in [false, true] {
             for b_t in [false, true] {
@@ -67,7 +74,11 @@ fn matmul_in_every_transpose_matches_cpu_on(g: &Gpu) {
                     let mut batch = g.dev.batch();
                     batch.matmul(m, k, n, &g.up(&a), a_t, &g.up(&b), b_t, beta, &c).unwrap();
                     batch.submit().unwrap();
-                    let what = format!("matmul {m}x{k}x{n} a_t={a_t} b_t={b_t} beta={beta} {:?}", g.dev.matmul_tiles());
+                    let what = format!(
+                        "matmul {m}x{k}x{n} a_t={a_t} b_t={b_t} beta={beta} {:?} split-k {}",
+                        g.dev.matmul_tiles(),
+                        g.dev.split_k_target()
+                    );
                     assert_close(&what, &g.get(&c), &want, FWD_TOL);
                 }
             }
@@ -102,8 +113,14 @@ fn batched_strided_matmul_addresses_heads_inside_a_wide_activation() {
 
 #[test]
 fn linear_forward_and_backward_match_cpu() {
-    let g = gpu();
-    for (i, &(t, din, dout)) in [(9, 32, 48), (65, 20, 7), (3, 64, 130)].iter().enumerate() {
+    linear_forward_and_backward_match_cpu_on(&gpu());
+    // Split along k, the three products of the last shape share (and grow) one batch's scratch buffer.
+    let split = device().with_matmul_tiles(MatmulTiles::Shared).with_split_k_target(1 << 20);
+    linear_forward_and_backward_match_cpu_on(&Gpu { dev: split });
+}
+
+fn linear_forward_and_backward_match_cpu_on(g: &Gpu) {
+    for (i, &(t, din, dout)) in [(9, 32, 48), (65, 20, 7), (3, 64, 130), (130, 256, 132)].iter().enumerate() {
         let s = 100 + i as u64 * 10;
         let (x, w, dy) = (random(t * din, s, 1.0), random(dout * din, s + 1, 0.5), random(t * dout, s + 2, 1.0));
         let (dx0, dw0) = (random(t * din, s + 3, 0.1), random(dout * din, s + 4, 0.1));

@@ -18,17 +18,31 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn linear_matches_cpu() {
-    // Few rows take the reduction kernel, more the 4×4-blocked one (both tilings); odd sizes hit the edges.
-    for dev in [device().with_matmul_tiles(MatmulTiles::Registers), device().with_matmul_tiles(MatmulTiles::Shared)] {
+    // Few rows take the reduction kernel, more the 4×4-blocked one (both tilings, the shared one also split along
+    // k into 2-4 parts, as GPUs run products with few tiles); odd sizes hit the edges.
+    let shared = device().with_matmul_tiles(MatmulTiles::Shared);
+    for dev in [
+        device().with_matmul_tiles(MatmulTiles::Registers),
+        shared.with_split_k_target(0),
+        shared.with_split_k_target(1 << 20),
+    ] {
         linear_matches_cpu_on(&dev);
     }
 }
 
 fn linear_matches_cpu_on(dev: &Device) {
-    for (i, &(t, k, n)) in
-        [(1, 64, 64), (3, 128, 201), (8, 64, 64), (65, 256, 130), (200, 128, 256), (7, 4, 3), (70, 40, 68)]
-            .iter()
-            .enumerate()
+    for (i, &(t, k, n)) in [
+        (1, 64, 64),
+        (3, 128, 201),
+        (8, 64, 64),
+        (65, 256, 130),
+        (200, 128, 256),
+        (7, 4, 3),
+        (70, 40, 68),
+        (9, 200, 36),
+    ]
+    .iter()
+    .enumerate()
     {
         let x = random(t * k, i as u64 + 1, 1.0);
         let w = random(n * k, i as u64 + 100, 0.5);
@@ -38,7 +52,7 @@ fn linear_matches_cpu_on(dev: &Device) {
         let mut b = dev.batch();
         b.linear(&gx, t, &gw, &gy).unwrap();
         b.submit().unwrap();
-        let what = format!("linear {t}x{k}x{n} {:?}", dev.matmul_tiles());
+        let what = format!("linear {t}x{k}x{n} {:?} split-k {}", dev.matmul_tiles(), dev.split_k_target());
         assert_close(&what, &dev.download(&gy).unwrap(), &want);
     }
 }

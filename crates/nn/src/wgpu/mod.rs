@@ -31,6 +31,11 @@ const PARAM_BYTES: u64 = 128;
 const PARAM_WORDS: usize = PARAM_BYTES as usize / 4;
 /// Query rows per workgroup of the blocked attention kernels (`attention_flash*.wgsl`).
 const FLASH_ROWS: usize = 16;
+/// Workgroups a many-row product aims for on GPUs before it is split along k (see [`Device::split_k_target`]).
+const SPLIT_K_TARGET: usize = 256;
+/// Split-k bounds: each part keeps at least 4 of the shared kernels' 16-deep k slabs; at most 16 parts.
+const SPLIT_K_MIN: usize = 64;
+const SPLIT_K_MAX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WgpuError {
@@ -95,6 +100,7 @@ enum Kernel {
     FlashAttentionBwdDq,
     FlashAttentionBwdDkv,
     GroupSum,
+    SplitKSum,
 }
 
 impl Kernel {
@@ -132,7 +138,7 @@ impl MatmulTiles {
     }
 }
 
-const KERNELS: [(Kernel, &str, &str); 37] = [
+const KERNELS: [(Kernel, &str, &str); 38] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -170,9 +176,10 @@ const KERNELS: [(Kernel, &str, &str); 37] = [
     (Kernel::FlashAttentionBwdDq, "attention_flash_bwd", "flash_attention_bwd_dq"),
     (Kernel::FlashAttentionBwdDkv, "attention_flash_bwd", "flash_attention_bwd_dkv"),
     (Kernel::GroupSum, "elementwise", "group_sum"),
+    (Kernel::SplitKSum, "splitk", "split_k_sum"),
 ];
 
-const SHADERS: [(&str, &str); 15] = [
+const SHADERS: [(&str, &str); 16] = [
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
@@ -188,6 +195,7 @@ const SHADERS: [(&str, &str); 15] = [
     ("matmul_vec4", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("attention_flash", include_str!("../../shaders/attention_flash.wgsl")),
     ("attention_flash_bwd", include_str!("../../shaders/attention_flash_bwd.wgsl")),
+    ("splitk", include_str!("../../shaders/splitk.wgsl")),
 ];
 
 struct Inner {
@@ -219,6 +227,8 @@ pub struct Device {
     matmul_tiles: MatmulTiles,
     /// See [`Device::blocked_attention`].
     blocked_attention: bool,
+    /// See [`Device::split_k_target`].
+    split_k_target: usize,
 }
 
 impl std::fmt::Debug for Device {
@@ -346,9 +356,14 @@ impl Device {
         let max_binding = MAX_BINDING_BYTES.min(limits.max_storage_buffer_binding_size);
         let matmul_tiles = MatmulTiles::choose(&info);
         let blocked_attention = std::env::var("USERRL_WGPU_ATTENTION").as_deref() != Ok("rows");
+        let split_k_target = match std::env::var("USERRL_WGPU_SPLIT_K") {
+            Ok(v) if v == "off" => 0,
+            Ok(v) => v.parse().unwrap_or(SPLIT_K_TARGET),
+            Err(_) => SPLIT_K_TARGET,
+        };
         let profile = profiling.then(|| std::sync::Mutex::new(vec![(0, 0.0); KERNELS.len()]));
         let inner = Arc::new(Inner { device, queue, info, pipelines, profile });
-        Ok(Device { inner, max_binding, matmul_tiles, blocked_attention })
+        Ok(Device { inner, max_binding, matmul_tiles, blocked_attention, split_k_target })
     }
 
     pub fn info(&self) -> &::wgpu::AdapterInfo {
@@ -386,6 +401,20 @@ impl Device {
     /// The same device with the blocked attention kernels on or off (tests run both).
     pub fn with_blocked_attention(&self, on: bool) -> Device {
         Device { blocked_attention: on, ..self.clone() }
+    }
+
+    /// With workgroup-memory tiles ([`MatmulTiles::Shared`], GPUs), a many-row product with fewer 64×64 output
+    /// tiles than this many workgroups is split along k into parts that run side by side, then summed
+    /// (`splitk.wgsl`): a prompt's or a training step's `[512, 576]` products have 72 tiles, and each tile's
+    /// workgroup otherwise walks all of k alone while most of the GPU waits. 256 by default;
+    /// `USERRL_WGPU_SPLIT_K=off` (or a number of workgroups) for benchmarks that compare.
+    pub fn split_k_target(&self) -> usize {
+        self.split_k_target
+    }
+
+    /// The same device aiming split-k products at `groups` workgroups (0: never split).
+    pub fn with_split_k_target(&self, groups: usize) -> Device {
+        Device { split_k_target: groups, ..self.clone() }
     }
 
     /// GPU time per kernel since the last call, slowest first; `None` unless the device was opened with
@@ -540,7 +569,7 @@ impl Device {
 
     /// Starts recording kernels; nothing runs until [`Batch::submit`].
     pub fn batch(&self) -> Batch<'_> {
-        Batch { dev: self, ops: Vec::new() }
+        Batch { dev: self, ops: Vec::new(), scratch: None }
     }
 
     /// The `(cos, sin)` table for RoPE at positions `0..positions`, computed exactly as model.rs `rope` does.
@@ -606,6 +635,10 @@ fn grid(n: usize) -> Result<(u32, u32), WgpuError> {
     Ok((x as u32, y as u32))
 }
 
+fn u32_of(what: &str, v: usize) -> Result<u32, WgpuError> {
+    u32::try_from(v).map_err(|_| WgpuError::Shape(format!("{what} {v} does not fit the kernels' u32 indices")))
+}
+
 fn params(values: &[u32]) -> [u32; PARAM_WORDS] {
     let mut p = [0u32; PARAM_WORDS];
     p[..values.len()].copy_from_slice(values);
@@ -623,12 +656,74 @@ fn need(what: &str, have: usize, want: usize) -> Result<(), WgpuError> {
 pub struct Batch<'d> {
     dev: &'d Device,
     ops: Vec<Op>,
+    /// The partial products of split-k matmuls, reused by each (wgpu orders the dispatches that share it).
+    scratch: Option<Tensor>,
+}
+
+/// How a product is split along k: `splits` parts of `k_per_split` (a multiple of 16) each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KSplit {
+    splits: usize,
+    k_per_split: usize,
 }
 
 impl Batch<'_> {
     /// [`Device::blocked_attention`], for a head dim the blocked kernels hold.
     fn blocked_attention_for(&self, head_dim: usize) -> bool {
         self.dev.blocked_attention() && head_dim <= 64 && head_dim.is_multiple_of(4)
+    }
+
+    /// The split of an `[m, n]` product over `k` with `tiles` 64×64 output tiles ([`Device::split_k_target`]).
+    fn k_split(&self, m: usize, n: usize, k: usize, tiles: usize) -> KSplit {
+        let target = self.dev.split_k_target;
+        let whole = KSplit { splits: 1, k_per_split: k };
+        if self.dev.matmul_tiles != MatmulTiles::Shared || tiles == 0 || tiles >= target {
+            return whole;
+        }
+        let fit = (self.dev.max_binding / (4 * m * n).max(1) as u64) as usize;
+        let parts = target.div_ceil(tiles).min(k / SPLIT_K_MIN).min(SPLIT_K_MAX).min(fit);
+        if parts < 2 {
+            return whole;
+        }
+        let k_per_split = k.div_ceil(parts).next_multiple_of(16);
+        KSplit { splits: k.div_ceil(k_per_split), k_per_split }
+    }
+
+    /// A buffer of at least `len` floats for partial products.
+    fn scratch(&mut self, len: usize) -> Result<Tensor, WgpuError> {
+        match &self.scratch {
+            Some(t) if t.len >= len => Ok(t.clone()),
+            _ => {
+                let t = self.dev.zeros(len)?;
+                self.scratch = Some(t.clone());
+                Ok(t)
+            }
+        }
+    }
+
+    /// `c[c_off + r·ldc + col] = beta · c + Σ_s part[s·m·n + r·n + col]`: the sum of a split-k product's parts.
+    #[allow(clippy::too_many_arguments)]
+    fn split_k_sum(
+        &mut self,
+        part: &Tensor,
+        splits: usize,
+        m: usize,
+        n: usize,
+        c: &Tensor,
+        c_off: usize,
+        ldc: usize,
+        beta: f32,
+    ) -> Result<(), WgpuError> {
+        let values = [
+            u32_of("m", m)?,
+            u32_of("n", n)?,
+            splits as u32,
+            u32_of("stride", m * n)?,
+            u32_of("offset", c_off)?,
+            u32_of("stride", ldc)?,
+            beta.to_bits(),
+        ];
+        self.dispatch(Kernel::SplitKSum, &[part, c], &values, (m * n).div_ceil(64))
     }
 
     fn dispatch(
@@ -672,26 +767,49 @@ impl Batch<'_> {
         }
         need("linear output", y.len, y_off + (rows - 1) * ldy + w.rows)?;
         for (row_start, chunk) in &w.chunks {
-            let n = chunk.len / k;
-            // Few rows (decode): one coalesced reduction per 4 outputs; else 64×64 register-blocked tiles.
-            let (kernel, groups) = if rows < 8 {
-                (Kernel::MatmulRows, rows * n.div_ceil(8))
-            } else {
-                (Kernel::MatmulTiled, rows.div_ceil(64) * n.div_ceil(64))
-            };
-            let (gx, _) = grid(groups)?;
-            let values = [
-                rows as u32,
-                n as u32,
-                (k / 4) as u32,
-                (x_row * k / 4) as u32,
-                (y_off + row_start) as u32,
-                ldy as u32,
-                gx,
-            ];
-            self.dispatch(kernel, &[x, chunk, y], &values, groups)?;
+            self.x_wt(x, x_row * k / 4, rows, chunk, 0, chunk.len / k, k, y, y_off + row_start, ldy)?;
         }
         Ok(())
+    }
+
+    /// `y[y_off + r·ldy + c] = Σ_k x[4·x_off4 + r·k + k] · w[4·w_off4 + c·k + k]` for `r < rows`, `c < n`: few
+    /// rows (decode) through one coalesced reduction per 4 outputs, more through 64×64 tiles, split along k where
+    /// they are few ([`Device::split_k_target`]). `k` is a multiple of 4.
+    #[allow(clippy::too_many_arguments)]
+    fn x_wt(
+        &mut self,
+        x: &Tensor,
+        x_off4: usize,
+        rows: usize,
+        w: &Tensor,
+        w_off4: usize,
+        n: usize,
+        k: usize,
+        y: &Tensor,
+        y_off: usize,
+        ldy: usize,
+    ) -> Result<(), WgpuError> {
+        let tiles = rows.div_ceil(64) * n.div_ceil(64);
+        let split = if rows < 8 { KSplit { splits: 1, k_per_split: k } } else { self.k_split(rows, n, k, tiles) };
+        let (kernel, groups) = if rows < 8 {
+            (Kernel::MatmulRows, rows * n.div_ceil(8))
+        } else {
+            (Kernel::MatmulTiled, tiles * split.splits)
+        };
+        let (gx, _) = grid(groups)?;
+        let k4 = u32_of("k", k / 4)?;
+        let (rows_, n_, x_off4, w_off4) =
+            (u32_of("m", rows)?, u32_of("n", n)?, u32_of("offset", x_off4)?, u32_of("offset", w_off4)?);
+        if split.splits == 1 {
+            let values =
+                [rows_, n_, k4, x_off4, u32_of("offset", y_off)?, u32_of("stride", ldy)?, gx, w_off4, k4, 0, 1];
+            return self.dispatch(kernel, &[x, w, y], &values, groups);
+        }
+        let part = self.scratch(split.splits * rows * n)?;
+        let (ks4, stride) = (u32_of("k", split.k_per_split / 4)?, u32_of("stride", rows * n)?);
+        let values = [rows_, n_, k4, x_off4, 0, n_, gx, w_off4, ks4, stride, split.splits as u32];
+        self.dispatch(kernel, &[x, w, &part], &values, groups)?;
+        self.split_k_sum(&part, split.splits, rows, n, y, y_off, ldy, 0.0)
     }
 
     /// `y[t, w.rows] = x[t, w.cols] · wᵀ` (model.rs `linear`).

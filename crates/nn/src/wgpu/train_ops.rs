@@ -6,7 +6,7 @@
 //! Nothing here uses atomics, so results do not depend on scheduling: reductions are per-workgroup trees or
 //! ordered loops, and scatter-adds are turned into gathers on the host (the embedding backward).
 
-use super::{Batch, Device, FLASH_ROWS, Kernel, Matrix, Op, Tensor, WgpuError, grid, need};
+use super::{Batch, Device, FLASH_ROWS, Kernel, Matrix, Op, Tensor, WgpuError, grid, need, u32_of};
 use crate::cpu_ops::{AdamW, GrpoClip, GrpoStats, HeadStats};
 
 /// Floats of per-row state the chunked LM head keeps (see `shaders/head.wgsl`).
@@ -43,10 +43,6 @@ impl<'t> MatView<'t> {
         let last = self.off + (batch - 1) * self.batch_stride + (rows - 1) * self.rs + (cols - 1) * self.cs;
         need(what, self.t.len, last + 1)
     }
-}
-
-fn u32_of(what: &str, v: usize) -> Result<u32, WgpuError> {
-    u32::try_from(v).map_err(|_| WgpuError::Shape(format!("{what} {v} does not fit the kernels' u32 indices")))
 }
 
 /// Rows `row0..row0 + rows` of an LM head weight `[vocab, hidden]` in their own tensor, with their gradient.
@@ -205,18 +201,13 @@ impl Batch<'_> {
         if k == 0 || !four(&[n, a.off, b.off]) {
             return Ok(false);
         }
-        let groups = m.div_ceil(64) * n.div_ceil(64);
-        let (gx, _) = grid(groups)?;
+        let tiles = m.div_ceil(64) * n.div_ceil(64);
         let dims = [u32_of("m", m)?, u32_of("n", n)?, u32_of("k", k)?];
         let (a4, b4) = (u32_of("offset", a.off / 4)?, u32_of("offset", b.off / 4)?);
         let (c_off, ldc) = (u32_of("offset", c.off)?, u32_of("stride", c.rs)?);
         if a.cs == 1 && b.rs == 1 && a.rs == k && b.cs == k && beta == 0.0 && four(&[k]) {
-            // x · wᵀ with both rows contiguous: the inference forward's tiled (or, for few rows, reducing) kernel.
-            let (kernel, groups) =
-                if m < 8 { (Kernel::MatmulRows, m * n.div_ceil(8)) } else { (Kernel::MatmulTiled, groups) };
-            let (gx, _) = grid(groups)?;
-            let values = [dims[0], dims[1], (k / 4) as u32, a4, c_off, ldc, gx, b4];
-            self.dispatch(kernel, &[a.t, b.t, c.t], &values, groups)?;
+            // x · wᵀ with both rows contiguous: the inference forward's kernels.
+            self.x_wt(a.t, a.off / 4, m, b.t, b.off / 4, n, k, c.t, c.off, c.rs)?;
             return Ok(true);
         }
         let kernel = if a.cs == 1 && b.cs == 1 && four(&[k, a.rs, b.rs]) {
@@ -227,20 +218,21 @@ impl Batch<'_> {
             return Ok(false);
         };
         let lda = if kernel == Kernel::MatmulNn { a.rs } else { a.cs };
-        let values = [
-            dims[0],
-            dims[1],
-            dims[2],
-            a4,
-            u32_of("stride", lda / 4)?,
-            b4,
-            u32_of("stride", b.rs / 4)?,
-            c_off,
-            ldc,
-            beta.to_bits(),
-            gx,
-        ];
-        self.dispatch(kernel, &[a.t, b.t, c.t], &values, groups)?;
+        let split = self.k_split(m, n, k, tiles);
+        let groups = tiles * split.splits;
+        let (gx, _) = grid(groups)?;
+        let operands = [dims[0], dims[1], dims[2], a4, u32_of("stride", lda / 4)?, b4, u32_of("stride", b.rs / 4)?];
+        if split.splits == 1 {
+            let values = [&operands[..], &[c_off, ldc, beta.to_bits(), gx, dims[2], 0, 1]];
+            self.dispatch(kernel, &[a.t, b.t, c.t], &values.concat(), groups)?;
+        } else {
+            // The parts go to scratch rows of n floats; the sum applies beta to c.
+            let part = self.scratch(split.splits * m * n)?;
+            let (ks, stride) = (split.k_per_split as u32, u32_of("stride", m * n)?);
+            let values = [&operands[..], &[0, dims[1], 0f32.to_bits(), gx, ks, stride, split.splits as u32]];
+            self.dispatch(kernel, &[a.t, b.t, &part], &values.concat(), groups)?;
+            self.split_k_sum(&part, split.splits, m, n, c.t, c.off, c.rs, beta)?;
+        }
         Ok(true)
     }
 
