@@ -2,8 +2,9 @@
 //! to carry to a GPU machine): many-row matmul GFLOP/s with both tilings, prefill and batch-1 decode tokens/s,
 //! and the training step (forward + backward + AdamW), on a random model of the given shape — the work only
 //! depends on the shapes. Prints one JSON line; with `USERRL_WGPU_PROFILE=1` (an adapter with timestamp queries)
-//! it adds the GPU time per kernel of the inference runs and of the training steps (each dispatch then runs in
-//! a pass of its own, so the timings of that run are a little slower).
+//! it adds the GPU time per kernel of the prefill runs (warm-up included), of the decode runs (their prompts
+//! included) and of the training steps (each dispatch then runs in a pass of its own, so the timings of that run
+//! are slower).
 //!
 //! `WGPU_BACKEND=vulkan cargo run --release -p userrl-nn --example wgpu_bench -- [smollm2|tiny] [seq=512] [batch=1] [runs=3]`
 
@@ -31,9 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     device.take_profile();
     let model = WgpuLlama::new(&device, &random_model(config.clone(), true, 1))?;
     let prefill = userrl_nn::bench::prefill(&model, seq, runs)?;
+    let profile_prefill = device.take_profile();
     let decode = userrl_nn::bench::decode(&model, 64, 32, runs)?;
     drop(model);
-    let profile_inference = device.take_profile();
+    let profile_decode = device.take_profile();
     let trainable = TrainableLlama::random(&config, 1, true)?;
     let train = bench::train_step(&device, &trainable, seq, batch, runs)?;
     let profile_train = device.take_profile();
@@ -47,7 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "prefill_tokens_per_s": prefill,
         "decode_batch1_tokens_per_s": decode,
         "train_step": train,
-        "profile_inference": profile_inference,
+        "profile_prefill": profile_prefill,
+        "profile_decode": profile_decode,
         "profile_train": profile_train,
     });
     println!("{report}");

@@ -1,4 +1,5 @@
-// Element-wise kernels: SwiGLU (a = silu(a) · b, model.rs's gate/up step) and the residual add (a += b); for
+// Element-wise kernels: SwiGLU of a fused gate|up projection (a[r, i] = silu(b[r, i]) · b[r, _p0 + i] for rows of
+// 2·_p0 floats, model.rs's gate/up step) and the residual add (a += b); for
 // training, SwiGLU into a separate output (a = silu(b) · c, keeping gate and up) and its backward
 // (cpu_ops `swiglu_bwd`: a = dgate, d = dup from e = dout, b = gate, c = up, both overwritten).
 // `group_sum` adds up per-head gradients over the query heads of each kv head (a = Σ b over the group, for
@@ -25,8 +26,9 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (i >= p.n) {
         return;
     }
-    let g = a[i];
-    a[i] = g / (1.0 + exp(-g)) * b[i];
+    let at = (i / p._p0) * 2u * p._p0 + i % p._p0;
+    let g = b[at];
+    a[i] = g / (1.0 + exp(-g)) * b[at + p._p0];
 }
 
 @compute @workgroup_size(64)

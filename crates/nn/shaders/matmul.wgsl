@@ -22,6 +22,7 @@ struct Params {
     k_split4: u32,
     split_stride: u32,
     splits: u32,
+    beta: f32,     // y = beta · y + x · wᵀ (1 adds the product to y: the residual connection); 0 does not read y
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,10 +36,16 @@ fn store_row(r: u32, c0: u32, v: vec4<f32>) {
 
 fn store_row_at(y_off: u32, r: u32, c0: u32, v: vec4<f32>) {
     let base = y_off + r * p.ldy + c0;
-    y[base] = v.x;
-    if (c0 + 1u < p.n) { y[base + 1u] = v.y; }
-    if (c0 + 2u < p.n) { y[base + 2u] = v.z; }
-    if (c0 + 3u < p.n) { y[base + 3u] = v.w; }
+    var out = v;
+    if (p.beta != 0.0) {
+        let old = vec4<f32>(y[base], y[base + min(1u, p.n - 1u - c0)], y[base + min(2u, p.n - 1u - c0)],
+            y[base + min(3u, p.n - 1u - c0)]);
+        out = p.beta * old + v;
+    }
+    y[base] = out.x;
+    if (c0 + 1u < p.n) { y[base + 1u] = out.y; }
+    if (c0 + 2u < p.n) { y[base + 2u] = out.z; }
+    if (c0 + 3u < p.n) { y[base + 3u] = out.w; }
 }
 
 @compute @workgroup_size(16, 16)
@@ -133,8 +140,27 @@ fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 // reads its four rows and four columns as one vec4 each: one global vec4 load per operand per invocation feeds
 // 256 FMAs instead of 16. Rows and columns past the edge load clamped values whose results are never stored; k
 // past the end loads zeros. No invocation returns early: all of them reach every barrier.
+// With PREFETCH (the default) each invocation loads its share of the next slab into registers right after the
+// barrier that publishes the current one, so the global loads' latency hides behind the slab's 256 FMAs instead of
+// stalling every workgroup of a small product once per slab; `USERRL_WGPU_PREFETCH=off` compiles it without.
 var<workgroup> xs: array<vec4<f32>, 256>; // [k 0..16][row quad 0..16]
 var<workgroup> ws: array<vec4<f32>, 256>; // [k 0..16][column quad 0..16]
+override PREFETCH: bool = true;
+
+// One invocation's share of a slab: a vec4 (4 k) of one x row and of one w row, zeros from k_end on.
+struct XwShare {
+    xv: vec4<f32>,
+    wv: vec4<f32>,
+}
+
+fn load_share(x_row: u32, w_row: u32, kk: u32, k_end: u32) -> XwShare {
+    var v = XwShare(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (kk < k_end) {
+        v.xv = x[x_row + kk];
+        v.wv = w[w_row + kk];
+    }
+    return v;
+}
 
 @compute @workgroup_size(16, 16)
 fn matmul_tiled_shared(
@@ -163,14 +189,16 @@ fn matmul_tiled_shared(
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
+    var share = XwShare(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (PREFETCH) {
+        share = load_share(x_row, w_row, k_begin + load_k4, k_end);
+    }
     for (var k0 = k_begin; k0 < k_end; k0 += 4u) {
-        let kk = k0 + load_k4;
-        var xv = vec4<f32>(0.0);
-        var wv = vec4<f32>(0.0);
-        if (kk < k_end) {
-            xv = x[x_row + kk];
-            wv = w[w_row + kk];
+        if (!PREFETCH) {
+            share = load_share(x_row, w_row, k0 + load_k4, k_end);
         }
+        let xv = share.xv;
+        let wv = share.wv;
         let quad = load_row / 4u;
         let lane = load_row % 4u;
         let k = load_k4 * 4u;
@@ -183,6 +211,9 @@ fn matmul_tiled_shared(
         ws[(k + 2u) * 16u + quad][lane] = wv.z;
         ws[(k + 3u) * 16u + quad][lane] = wv.w;
         workgroupBarrier();
+        if (PREFETCH) {
+            share = load_share(x_row, w_row, k0 + 4u + load_k4, k_end);
+        }
         for (var s = 0u; s < 16u; s++) {
             let a = xs[s * 16u + lid.y];
             let b = ws[s * 16u + lid.x];

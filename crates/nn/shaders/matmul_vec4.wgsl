@@ -132,8 +132,10 @@ fn matmul_tn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 // matmul.wgsl): a's 64 rows and b's 64 columns of the tile are loaded once per workgroup instead of once per
 // invocation; each invocation then reads one vec4 of each per k. k past the end stages zeros; rows and columns
 // past the edge stage clamped values that are never stored; every invocation reaches every barrier.
+// PREFETCH as in matmul.wgsl: the next slab's loads are issued before the current slab's FMAs.
 var<workgroup> as4: array<vec4<f32>, 256>; // [k 0..16][row quad 0..16]
 var<workgroup> bs4: array<vec4<f32>, 256>; // [k 0..16][column quad 0..16]
+override PREFETCH: bool = true;
 
 // This workgroup's tile: (first row, first column, split); the split is p.splits or more for the padding of a
 // folded grid, which leaves before any barrier.
@@ -145,16 +147,16 @@ fn tile_origin(wg: vec3<u32>) -> vec3<u32> {
     return vec3<u32>((tile / col_blocks) * 64u, (tile % col_blocks) * 64u, gid / tiles);
 }
 
-// b's 16×64 slab at k0 (zeros from k_end on): row li / 16 of the slab, column quad li % 16 (b's rows are
-// contiguous in n).
-fn stage_b(k0: u32, k_end: u32, li: u32, col_base: u32) {
+// This invocation's vec4 of b's 16×64 slab at k0 (zeros from k_end on): row li / 16 of the slab, column quad
+// li % 16 (b's rows are contiguous in n); it goes to bs4[li].
+fn load_b(k0: u32, k_end: u32, li: u32, col_base: u32) -> vec4<f32> {
     let kr = k0 + li / 16u;
     let cq = min(col_base / 4u + li % 16u, p.n / 4u - 1u);
     var v = vec4<f32>(0.0);
     if (kr < k_end) {
         v = b[p.b_off4 + kr * p.ldb4 + cq];
     }
-    bs4[li] = v;
+    return v;
 }
 
 fn multiply_tile(lid: vec3<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
@@ -180,6 +182,16 @@ fn store_tile(origin: vec3<u32>, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
     }
 }
 
+// `matmul_nn_shared`'s vec4 of a: 4 k of one row, zeros from k_end on (k and k_split are multiples of 4 here, the
+// host checks, so a step never straddles the end).
+fn load_a_nn(a_row: u32, k: u32, k_end: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (k < k_end) {
+        v = a[a_row + k / 4u];
+    }
+    return v;
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul_nn_shared(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -196,12 +208,16 @@ fn matmul_nn_shared(
     let load_row = li / 4u;
     let a_row = p.a_off4 + min(origin.x + load_row, p.m - 1u) * p.lda4;
     var acc: array<vec4<f32>, 4>;
+    var v = vec4<f32>(0.0);
+    var bv = vec4<f32>(0.0);
+    if (PREFETCH) {
+        v = load_a_nn(a_row, k_begin + (li % 4u) * 4u, k_end);
+        bv = load_b(k_begin, k_end, li, origin.y);
+    }
     for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
-        let k = k0 + (li % 4u) * 4u;
-        var v = vec4<f32>(0.0);
-        if (k < k_end) {
-            // k and k_split are multiples of 4 here (the host checks), so a 4-float step never straddles the end.
-            v = a[a_row + k / 4u];
+        if (!PREFETCH) {
+            v = load_a_nn(a_row, k0 + (li % 4u) * 4u, k_end);
+            bv = load_b(k0, k_end, li, origin.y);
         }
         let quad = load_row / 4u;
         let lane = load_row % 4u;
@@ -210,12 +226,25 @@ fn matmul_nn_shared(
         as4[(kl + 1u) * 16u + quad][lane] = v.y;
         as4[(kl + 2u) * 16u + quad][lane] = v.z;
         as4[(kl + 3u) * 16u + quad][lane] = v.w;
-        stage_b(k0, k_end, li, origin.y);
+        bs4[li] = bv;
         workgroupBarrier();
+        if (PREFETCH) {
+            v = load_a_nn(a_row, k0 + 16u + (li % 4u) * 4u, k_end);
+            bv = load_b(k0 + 16u, k_end, li, origin.y);
+        }
         multiply_tile(lid, &acc);
         workgroupBarrier();
     }
     store_tile(origin, lid, acc);
+}
+
+// `matmul_tn_shared`'s vec4 of a (stored [k, m]): row quad rq of k row kr, zeros from k_end on.
+fn load_a_tn(rq: u32, kr: u32, k_end: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (kr < k_end) {
+        v = a[p.a_off4 + kr * p.lda4 + rq];
+    }
+    return v;
 }
 
 @compute @workgroup_size(16, 16)
@@ -233,15 +262,24 @@ fn matmul_tn_shared(
     // a is stored [k, m]: its 16×64 slab is already k-major, a row quad per vec4 (m is a multiple of 4).
     let rq = min(origin.x / 4u + li % 16u, p.m / 4u - 1u);
     var acc: array<vec4<f32>, 4>;
+    var v = vec4<f32>(0.0);
+    var bv = vec4<f32>(0.0);
+    if (PREFETCH) {
+        v = load_a_tn(rq, k_begin + li / 16u, k_end);
+        bv = load_b(k_begin, k_end, li, origin.y);
+    }
     for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
-        let kr = k0 + li / 16u;
-        var v = vec4<f32>(0.0);
-        if (kr < k_end) {
-            v = a[p.a_off4 + kr * p.lda4 + rq];
+        if (!PREFETCH) {
+            v = load_a_tn(rq, k0 + li / 16u, k_end);
+            bv = load_b(k0, k_end, li, origin.y);
         }
         as4[li] = v;
-        stage_b(k0, k_end, li, origin.y);
+        bs4[li] = bv;
         workgroupBarrier();
+        if (PREFETCH) {
+            v = load_a_tn(rq, k0 + 16u + li / 16u, k_end);
+            bv = load_b(k0 + 16u, k_end, li, origin.y);
+        }
         multiply_tile(lid, &acc);
         workgroupBarrier();
     }

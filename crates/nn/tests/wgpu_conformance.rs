@@ -54,6 +54,12 @@ fn linear_matches_cpu_on(dev: &Device) {
         b.submit().unwrap();
         let what = format!("linear {t}x{k}x{n} {:?} split-k {}", dev.matmul_tiles(), dev.split_k_target());
         assert_close(&what, &dev.download(&gy).unwrap(), &want);
+        // The accumulating form (the residual connection) adds the product to what y holds.
+        let mut b = dev.batch();
+        b.linear_add(&gx, t, &gw, &gy).unwrap();
+        b.submit().unwrap();
+        let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+        assert_close(&format!("{what} added"), &dev.download(&gy).unwrap(), &twice);
     }
 }
 
@@ -102,21 +108,38 @@ fn rms_norm_matches_cpu() {
 }
 
 #[test]
-fn rope_matches_cpu() {
+fn qkv_rope_matches_cpu() {
+    // A fused [rows, q | k | v] projection: q rotated into its buffer, k rotated and v copied into cache rows
+    // start.. (rows before start and after the new ones keep what they held).
     let dev = device();
-    for (i, &(rows, heads, hd, start)) in [(1, 4, 64, 0), (7, 3, 32, 100), (5, 2, 128, 250)].iter().enumerate() {
-        let width = heads * hd;
-        let x = random(rows * width, 40 + i as u64, 1.0);
-        let mut want = x.clone();
+    for (i, &(rows, heads, kv_heads, hd, start)) in
+        [(1, 4, 2, 64, 0), (7, 3, 1, 32, 100), (5, 2, 2, 128, 250)].iter().enumerate()
+    {
+        let (h, kvd) = (heads * hd, kv_heads * hd);
+        let width = h + 2 * kvd;
+        let qkv = random(rows * width, 40 + i as u64, 1.0);
+        let positions = start + rows + 3;
+        let (k0, v0) = (random(positions * kvd, 50 + i as u64, 1.0), random(positions * kvd, 60 + i as u64, 1.0));
+        let (mut want_q, mut want_k, mut want_v) = (vec![0.0; rows * h], k0.clone(), v0.clone());
         for r in 0..rows {
-            rope(&mut want[r * width..(r + 1) * width], hd, start + r, 10_000.0);
+            let row = &qkv[r * width..(r + 1) * width];
+            let (q, k) = (&mut want_q[r * h..(r + 1) * h], &mut want_k[(start + r) * kvd..(start + r + 1) * kvd]);
+            q.copy_from_slice(&row[..h]);
+            rope(q, hd, start + r, 10_000.0);
+            k.copy_from_slice(&row[h..h + kvd]);
+            rope(k, hd, start + r, 10_000.0);
+            want_v[(start + r) * kvd..(start + r + 1) * kvd].copy_from_slice(&row[h + kvd..]);
         }
-        let table = dev.rope_table(10_000.0, hd, 256 + rows).unwrap();
-        let gx = dev.upload(&x).unwrap();
+        let table = dev.rope_table(10_000.0, hd, positions).unwrap();
+        let (gqkv, gq) = (dev.upload(&qkv).unwrap(), dev.zeros(rows * h).unwrap());
+        let (gk, gv) = (dev.upload(&k0).unwrap(), dev.upload(&v0).unwrap());
         let mut b = dev.batch();
-        b.rope(&gx, rows, width, hd, start, &table).unwrap();
+        b.qkv_rope(&gqkv, rows, h, kvd, hd, start, &table, &gq, &gk, &gv).unwrap();
         b.submit().unwrap();
-        assert_close(&format!("rope {rows}x{heads}x{hd}@{start}"), &dev.download(&gx).unwrap(), &want);
+        let what = format!("{rows}x({heads}+2x{kv_heads})x{hd}@{start}");
+        assert_close(&format!("rope q {what}"), &dev.download(&gq).unwrap(), &want_q);
+        assert_close(&format!("rope k {what}"), &dev.download(&gk).unwrap(), &want_k);
+        assert_eq!(dev.download(&gv).unwrap(), want_v, "v {what}");
     }
 }
 
@@ -198,12 +221,16 @@ fn cache_attention_matches_cpu_on(dev: &Device, cases: &[(usize, usize, usize, u
 #[test]
 fn swiglu_add_embed_and_copy_match_cpu() {
     let dev = device();
-    let n = 1000;
+    let (rows, ffn) = (8, 125);
+    let n = rows * ffn;
     let (g, u) = (random(n, 80, 6.0), random(n, 81, 2.0));
-    // model.rs: gate = gate / (1 + exp(-gate)) * up; x += proj.
+    // model.rs: gate = gate / (1 + exp(-gate)) * up, here from one [rows, gate | up] buffer; x += proj.
     let want_swiglu: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
     let want_add: Vec<f32> = g.iter().zip(&u).map(|(a, b)| a + b).collect();
-    let (gg, gu, gx) = (dev.upload(&g).unwrap(), dev.upload(&u).unwrap(), dev.upload(&g).unwrap());
+    let gate_up: Vec<f32> =
+        (0..rows).flat_map(|r| [&g[r * ffn..(r + 1) * ffn], &u[r * ffn..(r + 1) * ffn]].concat()).collect();
+    let (ggu, gact) = (dev.upload(&gate_up).unwrap(), dev.zeros(n).unwrap());
+    let (gu, gx) = (dev.upload(&u).unwrap(), dev.upload(&g).unwrap());
     // Embedding rows 0..50 of 64 floats, split into chunks of 16 rows by a 4 KiB cap.
     let small = dev.with_binding_limit(4 << 10);
     let table = random(50 * 64, 82, 1.0);
@@ -214,12 +241,12 @@ fn swiglu_add_embed_and_copy_match_cpu() {
     let ge = dev.zeros(tokens.len() * 64).unwrap();
     let copied = dev.zeros(n + 10).unwrap();
     let mut b = dev.batch();
-    b.swiglu(&gg, &gu, n).unwrap();
+    b.swiglu(&ggu, rows, ffn, &gact).unwrap();
     b.add(&gx, &gu, n).unwrap();
     b.embed(&ids, tokens.len(), &gt, &ge).unwrap();
     b.copy(&gx, 0, &copied, 10, n).unwrap();
     b.submit().unwrap();
-    assert_close("swiglu", &dev.download(&gg).unwrap(), &want_swiglu);
+    assert_close("swiglu", &dev.download(&gact).unwrap(), &want_swiglu);
     assert_close("add", &dev.download(&gx).unwrap(), &want_add);
     assert_close("copy", &dev.download_range(&copied, 10, n).unwrap(), &want_add);
     let want_embed: Vec<f32> = tokens.iter().flat_map(|&t| table[t as usize * 64..][..64].to_vec()).collect();

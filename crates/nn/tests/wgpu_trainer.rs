@@ -88,7 +88,8 @@ fn vocabulary_tables_past_one_binding_train_in_row_parts() {
 #[test]
 fn the_inference_model_gets_the_trained_weights_on_the_device() {
     // Under the 6 KiB cap the trainer's parts (48 + 16 rows) and the inference model's chunks (48 + 16 rows of the
-    // tables, whole layer matrices) differ from the flat layer tensors, so the copies cross boundaries.
+    // tables and of the fused q|k|v matrix, 48 + 48 of gate|up) differ from the flat layer tensors, so the copies
+    // cross boundaries.
     let dev = device().with_binding_limit(6 << 10);
     for tied in [true, false] {
         let mut cpu = TrainableLlama::random(&tiny_config(), 6, tied).unwrap();

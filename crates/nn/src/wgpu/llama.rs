@@ -5,28 +5,28 @@
 use super::{Batch, Device, Matrix, Tensor, WgpuError};
 use crate::model::{Llama, LlamaConfig, ModelError};
 
-/// Prompts run at most this many tokens at a time (fewer where a `[t, ffn]` activation would not fit one storage
+/// Prompts run at most this many tokens at a time (fewer where a `[t, 2·ffn]` activation would not fit one storage
 /// binding). Long chunks keep a GPU busy: a 512-token prompt's `[512, 576]` products are 72 output tiles, half the
 /// SMs of an H100, and 256-token chunks gave half that.
 const PREFILL_CHUNK: usize = 1024;
 /// First KV cache allocation, in positions; it doubles when full (up to the context).
 const INITIAL_CACHE: usize = 256;
 
-/// [`PREFILL_CHUNK`], or fewer tokens where a `[t, ffn]` activation would not fit one storage binding.
+/// [`PREFILL_CHUNK`], or fewer tokens where a `[t, 2·ffn]` activation would not fit one storage binding.
 fn prefill_chunk(device: &Device, c: &LlamaConfig) -> usize {
-    let row_bytes = 4 * c.ffn.max(c.hidden).max(1) as u64;
+    let row_bytes = 4 * (2 * c.ffn).max(c.hidden + 2 * c.kv_dim()).max(1) as u64;
     (device.max_binding / row_bytes).clamp(1, PREFILL_CHUNK as u64) as usize
 }
 
+/// One layer's weights, the projections that read the same input fused into one matrix each (one product and
+/// one dispatch instead of three, and of two): `wqkv` is wq | wk | wv by rows `[hidden + 2·kv_dim, hidden]`,
+/// `w_gate_up` is w_gate | w_up `[2·ffn, hidden]`.
 pub(super) struct GpuLayer {
     pub(super) attn_norm: Tensor,
-    pub(super) wq: Matrix,
-    pub(super) wk: Matrix,
-    pub(super) wv: Matrix,
+    pub(super) wqkv: Matrix,
     pub(super) wo: Matrix,
     pub(super) ffn_norm: Tensor,
-    pub(super) w_gate: Matrix,
-    pub(super) w_up: Matrix,
+    pub(super) w_gate_up: Matrix,
     pub(super) w_down: Matrix,
 }
 
@@ -70,13 +70,10 @@ impl WgpuLlama {
             .map(|l| {
                 Ok(GpuLayer {
                     attn_norm: d.upload(&l.attn_norm)?,
-                    wq: d.upload_matrix(&l.wq, h, h)?,
-                    wk: d.upload_matrix(&l.wk, kvd, h)?,
-                    wv: d.upload_matrix(&l.wv, kvd, h)?,
+                    wqkv: d.upload_matrix(&[&l.wq[..], &l.wk, &l.wv].concat(), h + 2 * kvd, h)?,
                     wo: d.upload_matrix(&l.wo, h, h)?,
                     ffn_norm: d.upload(&l.ffn_norm)?,
-                    w_gate: d.upload_matrix(&l.w_gate, f, h)?,
-                    w_up: d.upload_matrix(&l.w_up, f, h)?,
+                    w_gate_up: d.upload_matrix(&[&l.w_gate[..], &l.w_up].concat(), 2 * f, h)?,
                     w_down: d.upload_matrix(&l.w_down, h, f)?,
                 })
             })
@@ -107,13 +104,10 @@ impl WgpuLlama {
             .map(|_| {
                 Ok(GpuLayer {
                     attn_norm: d.zeros(h)?,
-                    wq: d.zeros_matrix(h, h)?,
-                    wk: d.zeros_matrix(kvd, h)?,
-                    wv: d.zeros_matrix(kvd, h)?,
+                    wqkv: d.zeros_matrix(h + 2 * kvd, h)?,
                     wo: d.zeros_matrix(h, h)?,
                     ffn_norm: d.zeros(h)?,
-                    w_gate: d.zeros_matrix(f, h)?,
-                    w_up: d.zeros_matrix(f, h)?,
+                    w_gate_up: d.zeros_matrix(2 * f, h)?,
                     w_down: d.zeros_matrix(h, f)?,
                 })
             })
@@ -209,33 +203,25 @@ impl WgpuLlama {
         let ids = d.upload_u32(tokens)?;
         let x = d.zeros(t * h)?;
         let normed = d.zeros(t * h)?;
+        let qkv = d.zeros(t * (h + 2 * kvd))?;
         let q = d.zeros(t * h)?;
-        let k = d.zeros(t * kvd)?;
-        let v = d.zeros(t * kvd)?;
         let attn = d.zeros(t * h)?;
-        let proj = d.zeros(t * h)?;
-        let gate = d.zeros(t * c.ffn)?;
-        let up = d.zeros(t * c.ffn)?;
+        let gate_up = d.zeros(t * 2 * c.ffn)?;
+        let act = d.zeros(t * c.ffn)?;
         let mut b: Batch<'_> = d.batch();
         b.embed(&ids, t, &self.embed, &x)?;
+        // Per layer: norm, one q|k|v product, rotations into q and the cache, attention, the output projection
+        // added to x in its own kernel, norm, one gate|up product, SwiGLU, the down projection added to x.
         for (li, l) in self.layers.iter().enumerate() {
             b.rms_norm(&x, &l.attn_norm, c.eps, h, t, &normed)?;
-            b.linear(&normed, t, &l.wq, &q)?;
-            b.linear(&normed, t, &l.wk, &k)?;
-            b.linear(&normed, t, &l.wv, &v)?;
-            b.rope(&q, t, h, hd, start, &self.rope)?;
-            b.rope(&k, t, kvd, hd, start, &self.rope)?;
-            b.copy(&k, 0, &cache.k[li], start * kvd, t * kvd)?;
-            b.copy(&v, 0, &cache.v[li], start * kvd, t * kvd)?;
+            b.linear(&normed, t, &l.wqkv, &qkv)?;
+            b.qkv_rope(&qkv, t, h, kvd, hd, start, &self.rope, &q, &cache.k[li], &cache.v[li])?;
             b.attention(&q, &cache.k[li], &cache.v[li], &attn, t, start, c.heads, c.kv_heads, hd)?;
-            b.linear(&attn, t, &l.wo, &proj)?;
-            b.add(&x, &proj, t * h)?;
+            b.linear_add(&attn, t, &l.wo, &x)?;
             b.rms_norm(&x, &l.ffn_norm, c.eps, h, t, &normed)?;
-            b.linear(&normed, t, &l.w_gate, &gate)?;
-            b.linear(&normed, t, &l.w_up, &up)?;
-            b.swiglu(&gate, &up, t * c.ffn)?;
-            b.linear(&gate, t, &l.w_down, &proj)?;
-            b.add(&x, &proj, t * h)?;
+            b.linear(&normed, t, &l.w_gate_up, &gate_up)?;
+            b.swiglu(&gate_up, t, c.ffn, &act)?;
+            b.linear_add(&act, t, &l.w_down, &x)?;
         }
         let out = if logits {
             b.rms_norm(&x, &self.norm, c.eps, h, t, &normed)?;

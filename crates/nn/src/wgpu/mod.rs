@@ -142,7 +142,7 @@ const KERNELS: [(Kernel, &str, &str); 38] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
-    (Kernel::Rope, "rope", "rope"),
+    (Kernel::Rope, "rope", "qkv_rope"),
     (Kernel::Attention, "attention", "attention"),
     (Kernel::Swiglu, "elementwise", "swiglu"),
     (Kernel::Add, "elementwise", "add"),
@@ -335,11 +335,19 @@ impl Device {
         // On CPU drivers (lavapipe) a workgroup barrier switches coroutines: the decode matmul reduces over one SIMD
         // vector of 8 there (4x faster), and over 64 invocations on GPUs (coalesced loads, full warps).
         let rows_wg: &[(&str, f64)] = if info.device_type == ::wgpu::DeviceType::Cpu { &[("WG", 8.0)] } else { &[] };
+        // The workgroup-memory matmuls load the next k slab while they multiply the current one, unless
+        // `USERRL_WGPU_PREFETCH=off` (for benchmarks that compare).
+        let no_prefetch: &[(&str, f64)] =
+            if std::env::var("USERRL_WGPU_PREFETCH").as_deref() == Ok("off") { &[("PREFETCH", 0.0)] } else { &[] };
         let pipelines = KERNELS
             .iter()
             .map(|(kernel, file, entry)| {
                 let module = &modules.iter().find(|(n, _)| n == file).map(|(_, m)| m);
-                let constants = if matches!(kernel, Kernel::MatmulRows) { rows_wg } else { &[] };
+                let constants = match kernel {
+                    Kernel::MatmulRows => rows_wg,
+                    Kernel::MatmulTiledShared | Kernel::MatmulNnShared | Kernel::MatmulTnShared => no_prefetch,
+                    _ => &[],
+                };
                 device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
                     layout: None,
@@ -757,6 +765,22 @@ impl Batch<'_> {
         y_off: usize,
         ldy: usize,
     ) -> Result<(), WgpuError> {
+        self.linear_window(x, x_row, rows, w, y, y_off, ldy, 0.0)
+    }
+
+    /// [`Batch::linear_into`] as `y = beta · y + x · wᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_window(
+        &mut self,
+        x: &Tensor,
+        x_row: usize,
+        rows: usize,
+        w: &Matrix,
+        y: &Tensor,
+        y_off: usize,
+        ldy: usize,
+        beta: f32,
+    ) -> Result<(), WgpuError> {
         let k = w.cols;
         if !k.is_multiple_of(4) {
             return Err(WgpuError::Shape(format!("linear needs the inner dimension {k} to be a multiple of 4")));
@@ -767,12 +791,13 @@ impl Batch<'_> {
         }
         need("linear output", y.len, y_off + (rows - 1) * ldy + w.rows)?;
         for (row_start, chunk) in &w.chunks {
-            self.x_wt(x, x_row * k / 4, rows, chunk, 0, chunk.len / k, k, y, y_off + row_start, ldy)?;
+            self.x_wt(x, x_row * k / 4, rows, chunk, 0, chunk.len / k, k, y, y_off + row_start, ldy, beta)?;
         }
         Ok(())
     }
 
-    /// `y[y_off + r·ldy + c] = Σ_k x[4·x_off4 + r·k + k] · w[4·w_off4 + c·k + k]` for `r < rows`, `c < n`: few
+    /// `y[y_off + r·ldy + c] = beta · y[…] + Σ_k x[4·x_off4 + r·k + k] · w[4·w_off4 + c·k + k]` for `r < rows`,
+    /// `c < n`: few
     /// rows (decode) through one coalesced reduction per 4 outputs, more through 64×64 tiles, split along k where
     /// they are few ([`Device::split_k_target`]). `k` is a multiple of 4.
     #[allow(clippy::too_many_arguments)]
@@ -788,6 +813,7 @@ impl Batch<'_> {
         y: &Tensor,
         y_off: usize,
         ldy: usize,
+        beta: f32,
     ) -> Result<(), WgpuError> {
         let tiles = rows.div_ceil(64) * n.div_ceil(64);
         let split = if rows < 8 { KSplit { splits: 1, k_per_split: k } } else { self.k_split(rows, n, k, tiles) };
@@ -801,20 +827,37 @@ impl Batch<'_> {
         let (rows_, n_, x_off4, w_off4) =
             (u32_of("m", rows)?, u32_of("n", n)?, u32_of("offset", x_off4)?, u32_of("offset", w_off4)?);
         if split.splits == 1 {
-            let values =
-                [rows_, n_, k4, x_off4, u32_of("offset", y_off)?, u32_of("stride", ldy)?, gx, w_off4, k4, 0, 1];
+            let values = [
+                rows_,
+                n_,
+                k4,
+                x_off4,
+                u32_of("offset", y_off)?,
+                u32_of("stride", ldy)?,
+                gx,
+                w_off4,
+                k4,
+                0,
+                1,
+                beta.to_bits(),
+            ];
             return self.dispatch(kernel, &[x, w, y], &values, groups);
         }
         let part = self.scratch(split.splits * rows * n)?;
         let (ks4, stride) = (u32_of("k", split.k_per_split / 4)?, u32_of("stride", rows * n)?);
-        let values = [rows_, n_, k4, x_off4, 0, n_, gx, w_off4, ks4, stride, split.splits as u32];
+        let values = [rows_, n_, k4, x_off4, 0, n_, gx, w_off4, ks4, stride, split.splits as u32, 0];
         self.dispatch(kernel, &[x, w, &part], &values, groups)?;
-        self.split_k_sum(&part, split.splits, rows, n, y, y_off, ldy, 0.0)
+        self.split_k_sum(&part, split.splits, rows, n, y, y_off, ldy, beta)
     }
 
     /// `y[t, w.rows] = x[t, w.cols] · wᵀ` (model.rs `linear`).
     pub fn linear(&mut self, x: &Tensor, t: usize, w: &Matrix, y: &Tensor) -> Result<(), WgpuError> {
         self.linear_into(x, 0, t, w, y, 0, w.rows)
+    }
+
+    /// `y[t, w.rows] += x[t, w.cols] · wᵀ`: a projection added to the residual stream in the same kernel.
+    pub fn linear_add(&mut self, x: &Tensor, t: usize, w: &Matrix, y: &Tensor) -> Result<(), WgpuError> {
+        self.linear_window(x, 0, t, w, y, 0, w.rows, 1.0)
     }
 
     /// model.rs `rms_norm` over `rows` rows of `dim`.
@@ -834,29 +877,35 @@ impl Batch<'_> {
         self.dispatch(Kernel::RmsNorm, &[x, weight, out], &[rows as u32, dim as u32, eps.to_bits(), gx], rows)
     }
 
-    /// model.rs `rope` in place on `rows` rows of `width` floats (whole heads), row `i` at position `start + i`;
-    /// `table` comes from [`Device::rope_table`] with at least `start + rows` positions.
-    pub fn rope(
+    /// Takes a fused projection `qkv [rows, q_width + 2·kv_width]` (q | k | v per row) apart for the attention
+    /// of rows at positions `start..`: q rotated (model.rs `rope`) into `q [rows, q_width]`, k rotated into rows
+    /// `start..` of `k_cache [positions, kv_width]`, v copied into the same rows of `v_cache`. `table` comes from
+    /// [`Device::rope_table`] with at least `start + rows` positions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope(
         &mut self,
-        x: &Tensor,
+        qkv: &Tensor,
         rows: usize,
-        width: usize,
+        q_width: usize,
+        kv_width: usize,
         head_dim: usize,
         start: usize,
         table: &Tensor,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
     ) -> Result<(), WgpuError> {
-        if !head_dim.is_multiple_of(2) || !width.is_multiple_of(head_dim) {
-            return Err(WgpuError::Shape(format!("rope of width {width} with head_dim {head_dim}")));
+        if !head_dim.is_multiple_of(2) || !q_width.is_multiple_of(head_dim) || !kv_width.is_multiple_of(head_dim) {
+            return Err(WgpuError::Shape(format!("rope of widths {q_width} and {kv_width} with head_dim {head_dim}")));
         }
-        need("rope input", x.len, rows * width)?;
+        need("qkv input", qkv.len, rows * (q_width + 2 * kv_width))?;
         need("rope table", table.len, (start + rows) * head_dim)?;
-        let pairs = rows * width / 2;
-        self.dispatch(
-            Kernel::Rope,
-            &[x, table],
-            &[rows as u32, width as u32, head_dim as u32, start as u32],
-            pairs.div_ceil(64),
-        )
+        need("q output", q.len, rows * q_width)?;
+        need("k cache", k_cache.len, (start + rows) * kv_width)?;
+        need("v cache", v_cache.len, (start + rows) * kv_width)?;
+        let pairs = rows * (q_width + 2 * kv_width) / 2;
+        let values = [rows, q_width, head_dim, start, 0, kv_width].map(|v| v as u32);
+        self.dispatch(Kernel::Rope, &[qkv, table, q, k_cache, v_cache], &values, pairs.div_ceil(64))
     }
 
     /// Causal GQA attention of `t` query rows `q [t, heads·hd]` (row `i` at position `start + i`) over the cache
@@ -905,11 +954,13 @@ impl Batch<'_> {
         self.dispatch(kernel, &[q, k_cache, v_cache, out], &values, groups)
     }
 
-    /// `gate[i] = silu(gate[i]) · up[i]` for `i < n`.
-    pub fn swiglu(&mut self, gate: &Tensor, up: &Tensor, n: usize) -> Result<(), WgpuError> {
-        need("swiglu gate", gate.len, n)?;
-        need("swiglu up", up.len, n)?;
-        self.dispatch(Kernel::Swiglu, &[gate, up], &[n as u32], n.div_ceil(64))
+    /// `out[r, i] = silu(gate_up[r, i]) · gate_up[r, ffn + i]` for `r < rows`, `i < ffn`: SwiGLU of a fused
+    /// gate|up projection `[rows, 2·ffn]`.
+    pub fn swiglu(&mut self, gate_up: &Tensor, rows: usize, ffn: usize, out: &Tensor) -> Result<(), WgpuError> {
+        need("swiglu gate|up", gate_up.len, rows * 2 * ffn)?;
+        need("swiglu output", out.len, rows * ffn)?;
+        let n = rows * ffn;
+        self.dispatch(Kernel::Swiglu, &[out, gate_up], &[n as u32, ffn as u32], n.div_ceil(64))
     }
 
     /// `x[i] += y[i]` for `i < n` (the residual connection).

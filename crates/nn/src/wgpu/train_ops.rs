@@ -205,9 +205,9 @@ impl Batch<'_> {
         let dims = [u32_of("m", m)?, u32_of("n", n)?, u32_of("k", k)?];
         let (a4, b4) = (u32_of("offset", a.off / 4)?, u32_of("offset", b.off / 4)?);
         let (c_off, ldc) = (u32_of("offset", c.off)?, u32_of("stride", c.rs)?);
-        if a.cs == 1 && b.rs == 1 && a.rs == k && b.cs == k && beta == 0.0 && four(&[k]) {
+        if a.cs == 1 && b.rs == 1 && a.rs == k && b.cs == k && four(&[k]) {
             // x · wᵀ with both rows contiguous: the inference forward's kernels.
-            self.x_wt(a.t, a.off / 4, m, b.t, b.off / 4, n, k, c.t, c.off, c.rs)?;
+            self.x_wt(a.t, a.off / 4, m, b.t, b.off / 4, n, k, c.t, c.off, c.rs, beta)?;
             return Ok(true);
         }
         let kernel = if a.cs == 1 && b.cs == 1 && four(&[k, a.rs, b.rs]) {

@@ -218,17 +218,18 @@ impl WgpuTrainer {
         if let (Some(r), Some(m)) = (&self.layout.lm_head, &model.lm_head) {
             pairs.push((r, chunks(m)));
         }
-        pairs.push((&self.layout.norm, vec![(0, &model.norm)]));
+        pairs.push((&self.layout.norm, whole(&model.norm)));
+        let (h, kvd, f) = (self.config.hidden, self.config.kv_dim(), self.config.ffn);
         for (s, l) in self.layout.layers.iter().zip(&model.layers) {
             pairs.extend([
-                (&s.attn_norm, vec![(0, &l.attn_norm)]),
-                (&s.wq, chunks(&l.wq)),
-                (&s.wk, chunks(&l.wk)),
-                (&s.wv, chunks(&l.wv)),
+                (&s.attn_norm, whole(&l.attn_norm)),
+                (&s.wq, window(&l.wqkv, 0, h)),
+                (&s.wk, window(&l.wqkv, h, kvd)),
+                (&s.wv, window(&l.wqkv, h + kvd, kvd)),
                 (&s.wo, chunks(&l.wo)),
-                (&s.ffn_norm, vec![(0, &l.ffn_norm)]),
-                (&s.w_gate, chunks(&l.w_gate)),
-                (&s.w_up, chunks(&l.w_up)),
+                (&s.ffn_norm, whole(&l.ffn_norm)),
+                (&s.w_gate, window(&l.w_gate_up, 0, f)),
+                (&s.w_up, window(&l.w_gate_up, f, f)),
                 (&s.w_down, chunks(&l.w_down)),
             ]);
         }
@@ -237,10 +238,10 @@ impl WgpuTrainer {
             // Source parts and destination chunks split the same floats differently: copy every overlap.
             for part in &param.parts {
                 let (s0, s1) = (part.row0 * param.cols, (part.row0 + part.rows) * param.cols);
-                for &(d0, t) in &dst {
-                    let (lo, hi) = (s0.max(d0), s1.min(d0 + t.len()));
+                for &(d0, t, t0, len) in &dst {
+                    let (lo, hi) = (s0.max(d0), s1.min(d0 + len));
                     if lo < hi {
-                        b.copy(&part.p, lo - s0, t, lo - d0, hi - lo)?;
+                        b.copy(&part.p, lo - s0, t, t0 + lo - d0, hi - lo)?;
                     }
                 }
             }
@@ -481,10 +482,28 @@ impl WgpuTrainer {
     }
 }
 
-/// `(first float, tensor)` of each piece of a weight in an inference model.
-type Pieces<'a> = Vec<(usize, &'a Tensor)>;
+/// Where a weight lives in an inference model, piece by piece: `(first float of the weight, tensor, offset in the
+/// tensor, floats)`.
+type Pieces<'a> = Vec<(usize, &'a Tensor, usize, usize)>;
+
+/// A whole tensor.
+fn whole(t: &Tensor) -> Pieces<'_> {
+    vec![(0, t, 0, t.len())]
+}
 
 /// The pieces of a row-chunked matrix.
 fn chunks(m: &Matrix) -> Pieces<'_> {
-    m.chunks.iter().map(|(row, t)| (row * m.cols, t)).collect()
+    window(m, 0, m.rows)
+}
+
+/// Rows `row0..row0 + rows` of a row-chunked matrix (one weight of a fused one), wherever its chunks put them.
+fn window(m: &Matrix, row0: usize, rows: usize) -> Pieces<'_> {
+    m.chunks
+        .iter()
+        .filter_map(|(c0, t)| {
+            let c1 = c0 + t.len() / m.cols;
+            let (lo, hi) = (row0.max(*c0), (row0 + rows).min(c1));
+            (lo < hi).then(|| ((lo - row0) * m.cols, t, (lo - c0) * m.cols, (hi - lo) * m.cols))
+        })
+        .collect()
 }
