@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One GPU sitting of issue 3's numbers, as run on the device machine: the wgpu test binaries, then wgpu_bench with
-# the blocked and the per-row attention kernels alternated, PyTorch f32 on the same card in between, and one
-# profiled run. Prepare here (see bench/README.md, "On a GPU"):
+# split-k on (the default) and off alternated, the build before the change under test when one is given, PyTorch
+# f32 on the same card in between, and one profiled run. Prepare here (see bench/README.md, "On a GPU"):
 #   cargo build --release -p userrl-nn --example wgpu_bench
 #   cargo test --release -p userrl-nn --test wgpu_backward --test wgpu_conformance --test wgpu_trainer --no-run
 #   copy target/release/examples/wgpu_bench and the three test binaries (target/release/deps/<name>-<hash>) as
-#   <dir>/wgpu_bench, <dir>/wgpu_backward, ... into a folder that .git/info/exclude ignores, strip them, and carry
-#   that folder and the Vulkan loader debs (.gl/, see the device README).
+#   <dir>/wgpu_bench, <dir>/wgpu_backward, ... into a folder that .git/info/exclude ignores, and optionally the
+#   wgpu_bench of the commit to compare against as <dir>/wgpu_bench_before; strip them, and carry that folder and
+#   the Vulkan loader debs (.gl/, see the device README).
 # Usage there: bench/gpu-sitting.sh <dir>   (results under $OUT when set, else /tmp)
 set -u
 dir=${1:?usage: bench/gpu-sitting.sh <folder with wgpu_bench and the wgpu test binaries>}
@@ -30,10 +31,14 @@ print(sys.argv[2], 'prefill', round(d['prefill_tokens_per_s']), 'decode', round(
       'train', round(d['train_step']['tokens_per_s']), 'matmul', {m['tiles']: round(m['gflops']) for m in d['matmul']})
 " "$1" "$2"
 }
+# bench <label> <binary> [VAR=value ...]
 bench() {
-  USERRL_WGPU_ATTENTION=$1 timeout 90 "$dir/wgpu_bench" smollm2 512 1 5 >/tmp/sitting.json 2>/dev/null
+  local label=$1 bin=$2
+  shift 2
+  [ -x "$bin" ] || return 0
+  env "$@" timeout 90 "$bin" smollm2 512 1 5 >/tmp/sitting.json 2>/dev/null
   cat /tmp/sitting.json >>"$out/sitting.jsonl"
-  summary /tmp/sitting.json "$1"
+  summary /tmp/sitting.json "$label"
   elapsed
 }
 peer() {
@@ -41,12 +46,18 @@ peer() {
     tee -a "$out/sitting.jsonl"
   elapsed
 }
-bench blocked; bench rows; peer; bench blocked; bench rows; peer
+round() {
+  bench split-k "$dir/wgpu_bench"
+  bench no-split "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=off
+  bench before "$dir/wgpu_bench_before"
+  peer
+}
+round; round
 USERRL_WGPU_PROFILE=1 timeout 90 "$dir/wgpu_bench" smollm2 512 1 3 >"$out/profile.json" 2>&1
 python3 -c "
 import json
 d = json.loads([l for l in open('$out/profile.json') if l.startswith('{')][-1])
-for k in ('profile_inference', 'profile_train'):
-    print(k, [(x['kernel'], x['dispatches'], round(x['ms'], 1)) for x in (d[k] or [])[:12]])
+for k in ('profile_prefill', 'profile_decode', 'profile_train'):
+    print(k, [(x['kernel'], x['dispatches'], round(x['ms'], 1)) for x in (d.get(k) or [])[:12]])
 "
 elapsed
