@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU sitting of issue 3's numbers, as run on the device machine: the wgpu test binaries, then wgpu_bench with
-# split-k on (the default) and off alternated, the build before the change under test when one is given, PyTorch
+# One GPU sitting of issue 3's numbers, as run on the device machine: the wgpu test binaries, then wgpu_bench as
+# built, with split-k off, and with the matmuls' slab prefetch off, alternated, the build before the change under test when one is given, PyTorch
 # f32 on the same card in between, and one profiled run. Prepare here (see bench/README.md, "On a GPU"):
 #   cargo build --release -p userrl-nn --example wgpu_bench
 #   cargo test --release -p userrl-nn --test wgpu_backward --test wgpu_conformance --test wgpu_trainer --no-run
@@ -49,6 +49,7 @@ peer() {
 round() {
   bench split-k "$dir/wgpu_bench"
   bench no-split "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=off
+  bench no-prefetch "$dir/wgpu_bench" USERRL_WGPU_PREFETCH=off
   bench before "$dir/wgpu_bench_before"
   peer
 }
