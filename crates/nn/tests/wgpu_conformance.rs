@@ -257,7 +257,7 @@ fn tiny_llama(tied: bool) -> Llama {
     let config = LlamaConfig {
         vocab: 300,
         hidden: 64,
-        layers: 2,
+        layers: 9, // past LAYERS_PER_SUBMIT (8): a forward spans two queue submissions
         heads: 4,
         kv_heads: 2,
         ffn: 96,

@@ -11,6 +11,10 @@ use crate::model::{Llama, LlamaConfig, ModelError};
 const PREFILL_CHUNK: usize = 1024;
 /// First KV cache allocation, in positions; it doubles when full (up to the context).
 const INITIAL_CACHE: usize = 256;
+/// Layers per queue submission: the GPU starts on the first layers while the host records the rest (recording a
+/// layer's dispatches costs the host tens of microseconds, and one submission for the whole model kept the GPU idle
+/// for all of that).
+const LAYERS_PER_SUBMIT: usize = 8;
 
 /// [`PREFILL_CHUNK`], or fewer tokens where a `[t, 2·ffn]` activation would not fit one storage binding.
 fn prefill_chunk(device: &Device, c: &LlamaConfig) -> usize {
@@ -193,8 +197,8 @@ impl WgpuLlama {
         Ok(logits)
     }
 
-    /// Records and submits the layers for `tokens` at positions `cache.len..`; with `logits`, also the final norm
-    /// and the LM head of the last position (returned, not yet read back).
+    /// Records and submits the layers for `tokens` at positions `cache.len..` ([`LAYERS_PER_SUBMIT`] at a time);
+    /// with `logits`, also the final norm and the LM head of the last position (returned, not yet read back).
     fn run(&self, tokens: &[u32], cache: &WgpuKvCache, logits: bool) -> Result<Option<Tensor>, WgpuError> {
         let c = &self.config;
         let d = &self.device;
@@ -222,6 +226,9 @@ impl WgpuLlama {
             b.linear(&normed, t, &l.w_gate_up, &gate_up)?;
             b.swiglu(&gate_up, t, c.ffn, &act)?;
             b.linear_add(&act, t, &l.w_down, &x)?;
+            if (li + 1) % LAYERS_PER_SUBMIT == 0 {
+                std::mem::replace(&mut b, d.batch()).submit()?;
+            }
         }
         let out = if logits {
             b.rms_norm(&x, &self.norm, c.eps, h, t, &normed)?;
