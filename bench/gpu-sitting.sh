@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU sitting of issue 3's numbers, as run on the device machine: the wgpu test binaries, then wgpu_bench as
-# built, with split-k off, and with the matmuls' slab prefetch off, alternated, the build before the change under test when one is given, PyTorch
+# built, with split-k off, with the matmuls' slab prefetch off and with the prefill attention's key split off,
+# alternated, the build before the change under test when one is given, PyTorch
 # f32 on the same card in between, and one profiled run. Prepare here (see bench/README.md, "On a GPU"):
 #   cargo build --release -p userrl-nn --example wgpu_bench
 #   cargo test --release -p userrl-nn --test wgpu_backward --test wgpu_conformance --test wgpu_trainer --no-run
@@ -50,6 +51,7 @@ round() {
   bench split-k "$dir/wgpu_bench"
   bench no-split "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=off
   bench no-prefetch "$dir/wgpu_bench" USERRL_WGPU_PREFETCH=off
+  bench no-key-split "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=off
   bench before "$dir/wgpu_bench_before"
   peer
 }

@@ -23,10 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (seq, batch, runs) = (arg(2, 512), arg(3, 1), arg(4, 3));
     let device = Device::wgpu()?;
     eprintln!(
-        "device {device:?}, many-row matmuls with {:?} tiles (split-k target {}), blocked attention {}",
+        "device {device:?}, many-row matmuls with {:?} tiles (split-k target {}), blocked attention {} (key split {})",
         device.matmul_tiles(),
         device.split_k_target(),
-        device.blocked_attention()
+        device.blocked_attention(),
+        device.attention_key_split()
     );
     let matmul = bench::matmul(&device, 2048, runs)?;
     device.take_profile();
@@ -44,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "matmul_tiles": format!("{:?}", device.matmul_tiles()),
         "blocked_attention": device.blocked_attention(),
         "split_k_target": device.split_k_target(),
+        "attention_key_split": device.attention_key_split(),
         "matmul": matmul,
         "prefill_tokens": seq,
         "prefill_tokens_per_s": prefill,

@@ -8,6 +8,11 @@
 // `flash_attention` is the KV-cache forward (row i at position start + i sees cache positions 0..=start+i);
 // `flash_attention_train` the training forward (row i sees keys bounds[2i]..=i of its own sequence, and it saves
 // each row's log-sum-exp for the backward), with the semantics of `attention` / `attention_train`.
+// `flash_attention_split` is the KV-cache forward with the keys of each row block cut into parts of `key_split`
+// (a multiple of 64): one workgroup per (row block, head, part) writes its part's normalised output and
+// log-sum-exp, and `flash_merge` weighs the parts together. A long prompt's last row blocks then no longer walk
+// all keys alone while the GPU's other SMs sit idle (at 512 tokens: 720 workgroups of at most 2 key blocks instead
+// of 288 of up to 8).
 
 struct Params {
     t: u32,
@@ -18,6 +23,8 @@ struct Params {
     kv_dim: u32,
     scale: f32,
     groups_x: u32,
+    key_split: u32, // `flash_attention_split`, `flash_merge`: keys per part
+    parts: u32,     // `flash_attention_split`, `flash_merge`: parts of the longest row block
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,6 +34,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read> bounds: array<u32>;
+// `flash_merge`'s bindings: the parts' outputs [parts, t, heads·hd] and log-sum-exps [parts, t, heads] in, the
+// attention output out.
+@group(0) @binding(1) var<storage, read> o_parts: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> lse_parts: array<f32>;
+@group(0) @binding(3) var<storage, read_write> merged: array<vec4<f32>>;
 
 const ROWS: u32 = 16u;
 const KEYS: u32 = 64u;
@@ -44,8 +56,9 @@ fn block_of(gid: u32) -> vec2<u32> {
 }
 
 // Rows i0..i0+16 of `head` over keys j_begin..j_end; row ty·4 + r of this invocation sees keys first[r]..=last[r].
-// Writes the normalised output and returns the rows' running max and softmax denominator.
-fn flash_rows(li: u32, i0: u32, head: u32, j_begin: u32, j_end: u32, first: vec4<u32>, last: vec4<u32>) -> array<vec4<f32>, 2> {
+// Writes the normalised output (zeros for a row that sees none of these keys) at out_off4 + row · heads·hd / 4 and
+// returns the rows' running max and softmax denominator (0 for such a row).
+fn flash_rows(li: u32, i0: u32, head: u32, j_begin: u32, j_end: u32, first: vec4<u32>, last: vec4<u32>, out_off4: u32) -> array<vec4<f32>, 2> {
     let ty = li / 16u;
     let tx = li % 16u;
     let hq = p.head_dim / 4u;
@@ -148,7 +161,7 @@ fn flash_rows(li: u32, i0: u32, head: u32, j_begin: u32, j_end: u32, first: vec4
     for (var r = 0u; r < 4u; r++) {
         let i = i0 + ty * 4u + r;
         if (i < p.t && tx < hq) {
-            out[i * q_row + head * hq + tx] = o[r] / total[r];
+            out[out_off4 + i * q_row + head * hq + tx] = select(vec4<f32>(0.0), o[r] / total[r], total[r] > 0.0);
         }
     }
     return array<vec4<f32>, 2>(m, total);
@@ -171,7 +184,75 @@ fn flash_attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
             first[r] = 1u;
         }
     }
-    flash_rows(li, at.x, at.y, 0u, p.start + min(at.x + ROWS, p.t), first, last);
+    flash_rows(li, at.x, at.y, 0u, p.start + min(at.x + ROWS, p.t), first, last, 0u);
+}
+
+// Parts of the keys row block i0 sees (positions 0..start + min(i0 + 16, t)).
+fn parts_of(i0: u32) -> u32 {
+    return (p.start + min(i0 + ROWS, p.t) + p.key_split - 1u) / p.key_split;
+}
+
+@compute @workgroup_size(64)
+fn flash_attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let per_part = (p.t + ROWS - 1u) / ROWS * p.heads;
+    let part = gid / per_part;
+    let at = block_of(gid % per_part);
+    if (part >= parts_of(at.x)) {
+        return; // past this row block's keys (the grid is sized for the longest block)
+    }
+    var first = vec4<u32>(0u);
+    var last = vec4<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let i = at.x + (li / 16u) * 4u + r;
+        if (i < p.t) {
+            last[r] = p.start + i;
+        } else {
+            first[r] = 1u;
+        }
+    }
+    let j_begin = part * p.key_split;
+    let j_end = min(j_begin + p.key_split, p.start + min(at.x + ROWS, p.t));
+    let row4 = p.heads * p.head_dim / 4u;
+    let stats = flash_rows(li, at.x, at.y, j_begin, j_end, first, last, part * p.t * row4);
+    if (li % 16u == 0u) {
+        for (var r = 0u; r < 4u; r++) {
+            let i = at.x + (li / 16u) * 4u + r;
+            if (i < p.t) {
+                let seen = stats[1][r] > 0.0;
+                lse[(part * p.t + i) * p.heads + at.y] = select(MASKED, stats[0][r] + log(stats[1][r]), seen);
+            }
+        }
+    }
+}
+
+// merged[i, head, dq] = Σ_s w_s · o_s / Σ_s w_s with w_s = exp(lse_s − max lse) over the parts row i's block has.
+@compute @workgroup_size(64)
+fn flash_merge(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid3.x + gid3.y * nwg.x * 64u;
+    let hq = p.head_dim / 4u;
+    let row4 = p.heads * hq;
+    if (idx >= p.t * row4) {
+        return;
+    }
+    let i = idx / row4;
+    let head = (idx % row4) / hq;
+    let parts = parts_of((i / ROWS) * ROWS);
+    var top = MASKED;
+    for (var s = 0u; s < parts; s++) {
+        top = max(top, lse_parts[(s * p.t + i) * p.heads + head]);
+    }
+    var acc = vec4<f32>(0.0);
+    var weight = 0.0;
+    for (var s = 0u; s < parts; s++) {
+        let l = lse_parts[(s * p.t + i) * p.heads + head];
+        if (l > -1.0e38) {
+            let w = exp(l - top);
+            acc += w * o_parts[s * p.t * row4 + idx];
+            weight += w;
+        }
+    }
+    merged[idx] = acc / weight;
 }
 
 @compute @workgroup_size(64)
@@ -190,7 +271,7 @@ fn flash_attention_train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
             last[r] = i;
         }
     }
-    let stats = flash_rows(li, at.x, at.y, bounds[2u * at.x], min(at.x + ROWS, p.t), first, last);
+    let stats = flash_rows(li, at.x, at.y, bounds[2u * at.x], min(at.x + ROWS, p.t), first, last, 0u);
     if (li % 16u == 0u) {
         for (var r = 0u; r < 4u; r++) {
             let i = at.x + (li / 16u) * 4u + r;

@@ -192,10 +192,14 @@ fn attention_matches_cpu() {
         (2, 10, 2, 2, 256),
         (40, 100, 6, 2, 64),
         (17, 0, 2, 1, 20),
+        (200, 0, 2, 1, 64),
+        (100, 37, 4, 2, 32),
     ];
     for blocked in [false, true] {
-        cache_attention_matches_cpu_on(&device().with_blocked_attention(blocked), &cases);
+        cache_attention_matches_cpu_on(&device().with_blocked_attention(blocked).with_attention_key_split(0), &cases);
     }
+    // Keys in parts of 64 (GPUs default to 128): rows past a part's keys, blocks with fewer parts than the longest.
+    cache_attention_matches_cpu_on(&device().with_blocked_attention(true).with_attention_key_split(64), &cases);
 }
 
 fn cache_attention_matches_cpu_on(dev: &Device, cases: &[(usize, usize, usize, usize, usize)]) {
@@ -211,7 +215,11 @@ fn cache_attention_matches_cpu_on(dev: &Device, cases: &[(usize, usize, usize, u
         b.attention(&gq, &gk, &gv, &go, t, start, heads, kv_heads, hd).unwrap();
         b.submit().unwrap();
         assert_close(
-            &format!("attention t={t} start={start} {heads}/{kv_heads}x{hd} blocked {}", dev.blocked_attention()),
+            &format!(
+                "attention t={t} start={start} {heads}/{kv_heads}x{hd} blocked {} key split {}",
+                dev.blocked_attention(),
+                dev.attention_key_split()
+            ),
             &dev.download(&go).unwrap(),
             &want,
         );
@@ -320,8 +328,9 @@ fn tiny_llama_gives_the_cpu_logits() {
 
 #[test]
 fn tiny_llama_long_prompt_chunks_and_grows_the_cache() {
-    // 300 tokens run as three prefill chunks; decoding past the first cache allocation copies the cache over.
-    let dev = device();
+    // 300 tokens run as three prefill chunks, their attention in parts of 64 keys (as GPUs run it, 128 there);
+    // decoding past the first cache allocation copies the cache over.
+    let dev = device().with_attention_key_split(64);
     let cpu = tiny_llama(true);
     let gpu = WgpuLlama::new(&dev, &cpu).unwrap().with_prefill_chunk(128);
     let prompt: Vec<u32> = (0..300).map(|i| (i * 13 + 1) % 300).collect();

@@ -36,6 +36,10 @@ const SPLIT_K_TARGET: usize = 256;
 /// Split-k bounds: each part keeps at least 4 of the shared kernels' 16-deep k slabs; at most 16 parts.
 const SPLIT_K_MIN: usize = 64;
 const SPLIT_K_MAX: usize = 16;
+/// Keys per workgroup of the blocked prefill attention on GPUs (see [`Device::attention_key_split`]); the kernels
+/// walk keys 64 at a time, so a split is a multiple of 64.
+const KEY_SPLIT: usize = 128;
+const FLASH_KEYS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WgpuError {
@@ -101,6 +105,8 @@ enum Kernel {
     FlashAttentionBwdDkv,
     GroupSum,
     SplitKSum,
+    FlashAttentionSplit,
+    FlashMerge,
 }
 
 impl Kernel {
@@ -138,7 +144,7 @@ impl MatmulTiles {
     }
 }
 
-const KERNELS: [(Kernel, &str, &str); 38] = [
+const KERNELS: [(Kernel, &str, &str); 40] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -177,6 +183,8 @@ const KERNELS: [(Kernel, &str, &str); 38] = [
     (Kernel::FlashAttentionBwdDkv, "attention_flash_bwd", "flash_attention_bwd_dkv"),
     (Kernel::GroupSum, "elementwise", "group_sum"),
     (Kernel::SplitKSum, "splitk", "split_k_sum"),
+    (Kernel::FlashAttentionSplit, "attention_flash", "flash_attention_split"),
+    (Kernel::FlashMerge, "attention_flash", "flash_merge"),
 ];
 
 const SHADERS: [(&str, &str); 16] = [
@@ -229,6 +237,8 @@ pub struct Device {
     blocked_attention: bool,
     /// See [`Device::split_k_target`].
     split_k_target: usize,
+    /// See [`Device::attention_key_split`].
+    key_split: usize,
 }
 
 impl std::fmt::Debug for Device {
@@ -369,9 +379,15 @@ impl Device {
             Ok(v) => v.parse().unwrap_or(SPLIT_K_TARGET),
             Err(_) => SPLIT_K_TARGET,
         };
+        let key_split = match std::env::var("USERRL_WGPU_KEY_SPLIT") {
+            Ok(v) if v == "off" => 0,
+            Ok(v) => v.parse().map(round_key_split).unwrap_or(KEY_SPLIT),
+            Err(_) if info.device_type == ::wgpu::DeviceType::Cpu => 0,
+            Err(_) => KEY_SPLIT,
+        };
         let profile = profiling.then(|| std::sync::Mutex::new(vec![(0, 0.0); KERNELS.len()]));
         let inner = Arc::new(Inner { device, queue, info, pipelines, profile });
-        Ok(Device { inner, max_binding, matmul_tiles, blocked_attention, split_k_target })
+        Ok(Device { inner, max_binding, matmul_tiles, blocked_attention, split_k_target, key_split })
     }
 
     pub fn info(&self) -> &::wgpu::AdapterInfo {
@@ -423,6 +439,20 @@ impl Device {
     /// The same device aiming split-k products at `groups` workgroups (0: never split).
     pub fn with_split_k_target(&self, groups: usize) -> Device {
         Device { split_k_target: groups, ..self.clone() }
+    }
+
+    /// Keys per workgroup of the blocked prefill attention: a prompt whose rows see more keys than this runs each
+    /// row block's keys as parts of this many side by side, then merges them by their log-sum-exps (as
+    /// flash-decoding does), so that the long rows at a prompt's end do not each walk every key alone. 128 on GPUs,
+    /// 0 (off) on CPU drivers, where there are no idle SMs to fill; `USERRL_WGPU_KEY_SPLIT=off|<keys>` for
+    /// benchmarks that compare.
+    pub fn attention_key_split(&self) -> usize {
+        self.key_split
+    }
+
+    /// The same device splitting prefill attention every `keys` keys (rounded up to a multiple of 64; 0: never).
+    pub fn with_attention_key_split(&self, keys: usize) -> Device {
+        Device { key_split: round_key_split(keys), ..self.clone() }
     }
 
     /// GPU time per kernel since the last call, slowest first; `None` unless the device was opened with
@@ -577,7 +607,7 @@ impl Device {
 
     /// Starts recording kernels; nothing runs until [`Batch::submit`].
     pub fn batch(&self) -> Batch<'_> {
-        Batch { dev: self, ops: Vec::new(), scratch: None }
+        Batch { dev: self, ops: Vec::new(), scratch: [None, None] }
     }
 
     /// The `(cos, sin)` table for RoPE at positions `0..positions`, computed exactly as model.rs `rope` does.
@@ -643,6 +673,11 @@ fn grid(n: usize) -> Result<(u32, u32), WgpuError> {
     Ok((x as u32, y as u32))
 }
 
+/// A key split the kernels can walk: 0 (off) or a multiple of 64.
+fn round_key_split(keys: usize) -> usize {
+    keys.next_multiple_of(FLASH_KEYS)
+}
+
 fn u32_of(what: &str, v: usize) -> Result<u32, WgpuError> {
     u32::try_from(v).map_err(|_| WgpuError::Shape(format!("{what} {v} does not fit the kernels' u32 indices")))
 }
@@ -664,8 +699,9 @@ fn need(what: &str, have: usize, want: usize) -> Result<(), WgpuError> {
 pub struct Batch<'d> {
     dev: &'d Device,
     ops: Vec<Op>,
-    /// The partial products of split-k matmuls, reused by each (wgpu orders the dispatches that share it).
-    scratch: Option<Tensor>,
+    /// Buffers for partial results (split-k products, key-split attention), reused by each kernel pair that needs
+    /// one (wgpu orders the dispatches that share them).
+    scratch: [Option<Tensor>; 2],
 }
 
 /// How a product is split along k: `splits` parts of `k_per_split` (a multiple of 16) each.
@@ -697,13 +733,13 @@ impl Batch<'_> {
         KSplit { splits: k.div_ceil(k_per_split), k_per_split }
     }
 
-    /// A buffer of at least `len` floats for partial products.
-    fn scratch(&mut self, len: usize) -> Result<Tensor, WgpuError> {
-        match &self.scratch {
+    /// Scratch buffer `slot` (0 or 1) with at least `len` floats, for partial results.
+    fn scratch(&mut self, slot: usize, len: usize) -> Result<Tensor, WgpuError> {
+        match &self.scratch[slot] {
             Some(t) if t.len >= len => Ok(t.clone()),
             _ => {
                 let t = self.dev.zeros(len)?;
-                self.scratch = Some(t.clone());
+                self.scratch[slot] = Some(t.clone());
                 Ok(t)
             }
         }
@@ -843,7 +879,7 @@ impl Batch<'_> {
             ];
             return self.dispatch(kernel, &[x, w, y], &values, groups);
         }
-        let part = self.scratch(split.splits * rows * n)?;
+        let part = self.scratch(0, split.splits * rows * n)?;
         let (ks4, stride) = (u32_of("k", split.k_per_split / 4)?, u32_of("stride", rows * n)?);
         let values = [rows_, n_, k4, x_off4, 0, n_, gx, w_off4, ks4, stride, split.splits as u32, 0];
         self.dispatch(kernel, &[x, w, &part], &values, groups)?;
@@ -933,25 +969,41 @@ impl Batch<'_> {
         need("attention output", out.len, t * heads * head_dim)?;
         need("k cache", k_cache.len, (start + t) * kv_dim)?;
         need("v cache", v_cache.len, (start + t) * kv_dim)?;
-        // The blocked kernel for prefills (16+ rows); decoding (one row per sequence) keeps the per-row one.
-        let (kernel, groups) = if self.blocked_attention_for(head_dim) && t >= FLASH_ROWS {
+        // The blocked kernel for prefills (16+ rows), its keys in parts when rows see many; decoding (one row per
+        // sequence) keeps the per-row one.
+        let blocked = self.blocked_attention_for(head_dim) && t >= FLASH_ROWS;
+        let key_split = self.dev.key_split;
+        let parts = if blocked && key_split > 0 { (start + t).div_ceil(key_split) } else { 1 };
+        let (kernel, groups) = if parts > 1 {
+            (Kernel::FlashAttentionSplit, t.div_ceil(FLASH_ROWS) * heads * parts)
+        } else if blocked {
             (Kernel::FlashAttention, t.div_ceil(FLASH_ROWS) * heads)
         } else {
             (Kernel::Attention, t * heads)
         };
         let (gx, _) = grid(groups)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let values = [
-            t as u32,
+        let mut values = [
+            u32_of("rows", t)?,
             heads as u32,
             kv_heads as u32,
             head_dim as u32,
-            start as u32,
+            u32_of("position", start)?,
             kv_dim as u32,
             scale.to_bits(),
             gx,
+            key_split as u32,
+            parts as u32,
         ];
-        self.dispatch(kernel, &[q, k_cache, v_cache, out], &values, groups)
+        if parts == 1 {
+            return self.dispatch(kernel, &[q, k_cache, v_cache, out], &values, groups);
+        }
+        let o_parts = self.scratch(0, parts * t * heads * head_dim)?;
+        let lse_parts = self.scratch(1, parts * t * heads)?;
+        self.dispatch(kernel, &[q, k_cache, v_cache, &o_parts, &lse_parts], &values, groups)?;
+        let merge = t * heads * head_dim / 4;
+        values[7] = grid(merge.div_ceil(64))?.0;
+        self.dispatch(Kernel::FlashMerge, &[&o_parts, &lse_parts, out], &values, merge.div_ceil(64))
     }
 
     /// `out[r, i] = silu(gate_up[r, i]) · gate_up[r, ffn + i]` for `r < rows`, `i < ffn`: SwiGLU of a fused
