@@ -200,6 +200,10 @@ fn attention_matches_cpu() {
     }
     // Keys in parts of 64 (GPUs default to 128): rows past a part's keys, blocks with fewer parts than the longest.
     cache_attention_matches_cpu_on(&device().with_blocked_attention(true).with_attention_key_split(64), &cases);
+    // Under a 256 KiB binding cap the 200-row prefill's four parts' outputs would not fit one buffer: two parts of
+    // 128 keys instead.
+    let capped = device().with_binding_limit(256 << 10);
+    cache_attention_matches_cpu_on(&capped.with_blocked_attention(true).with_attention_key_split(64), &cases);
 }
 
 fn cache_attention_matches_cpu_on(dev: &Device, cases: &[(usize, usize, usize, usize, usize)]) {

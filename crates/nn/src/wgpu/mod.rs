@@ -733,6 +733,22 @@ impl Batch<'_> {
         KSplit { splits: k.div_ceil(k_per_split), k_per_split }
     }
 
+    /// Keys per part and parts for a blocked attention over `keys` positions whose output has `out_len` floats:
+    /// [`Device::attention_key_split`] keys a part, more where the parts' outputs would pass one binding;
+    /// `(0, 1)` when it does not split.
+    fn key_parts(&self, blocked: bool, keys: usize, out_len: usize) -> (usize, usize) {
+        let key_split = self.dev.key_split;
+        if !blocked || key_split == 0 || keys <= key_split {
+            return (0, 1);
+        }
+        let fit = (self.dev.max_binding / (4 * out_len).max(1) as u64) as usize;
+        if fit < 2 {
+            return (0, 1);
+        }
+        let key_split = key_split.max(round_key_split(keys.div_ceil(fit)));
+        (key_split, keys.div_ceil(key_split))
+    }
+
     /// Scratch buffer `slot` (0 or 1) with at least `len` floats, for partial results.
     fn scratch(&mut self, slot: usize, len: usize) -> Result<Tensor, WgpuError> {
         match &self.scratch[slot] {
@@ -972,8 +988,7 @@ impl Batch<'_> {
         // The blocked kernel for prefills (16+ rows), its keys in parts when rows see many; decoding (one row per
         // sequence) keeps the per-row one.
         let blocked = self.blocked_attention_for(head_dim) && t >= FLASH_ROWS;
-        let key_split = self.dev.key_split;
-        let parts = if blocked && key_split > 0 { (start + t).div_ceil(key_split) } else { 1 };
+        let (key_split, parts) = self.key_parts(blocked, start + t, t * heads * head_dim);
         let (kernel, groups) = if parts > 1 {
             (Kernel::FlashAttentionSplit, t.div_ceil(FLASH_ROWS) * heads * parts)
         } else if blocked {
