@@ -10,9 +10,9 @@
 // each row's log-sum-exp for the backward), with the semantics of `attention` / `attention_train`.
 // `flash_attention_split` is the KV-cache forward with the keys of each row block cut into parts of `key_split`
 // (a multiple of 64): one workgroup per (row block, head, part) writes its part's normalised output and
-// log-sum-exp, and `flash_merge` weighs the parts together. A long prompt's last row blocks then no longer walk
-// all keys alone while the GPU's other SMs sit idle (at 512 tokens: 720 workgroups of at most 2 key blocks instead
-// of 288 of up to 8).
+// log-sum-exp, and `attention_merge.wgsl` weighs the parts together. A long prompt's last row blocks then no
+// longer walk all keys alone while the GPU's other SMs sit idle (at 512 tokens: 720 workgroups of at most 2 key
+// blocks instead of 288 of up to 8).
 
 struct Params {
     t: u32,
@@ -23,8 +23,8 @@ struct Params {
     kv_dim: u32,
     scale: f32,
     groups_x: u32,
-    key_split: u32, // `flash_attention_split`, `flash_merge`: keys per part
-    parts: u32,     // `flash_attention_split`, `flash_merge`: parts of the longest row block
+    key_split: u32, // `flash_attention_split`: keys per part
+    parts: u32,     // `flash_attention_split`: parts of the longest row block
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,11 +34,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read> bounds: array<u32>;
-// `flash_merge`'s bindings: the parts' outputs [parts, t, heads·hd] and log-sum-exps [parts, t, heads] in, the
-// attention output out.
-@group(0) @binding(1) var<storage, read> o_parts: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> lse_parts: array<f32>;
-@group(0) @binding(3) var<storage, read_write> merged: array<vec4<f32>>;
 
 const ROWS: u32 = 16u;
 const KEYS: u32 = 64u;
@@ -187,7 +182,8 @@ fn flash_attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     flash_rows(li, at.x, at.y, 0u, p.start + min(at.x + ROWS, p.t), first, last, 0u);
 }
 
-// Parts of the keys row block i0 sees (positions 0..start + min(i0 + 16, t)).
+// Parts of the keys row block i0 sees (positions 0..start + min(i0 + 16, t)); `attention_merge.wgsl` counts them
+// the same way.
 fn parts_of(i0: u32) -> u32 {
     return (p.start + min(i0 + ROWS, p.t) + p.key_split - 1u) / p.key_split;
 }
@@ -224,35 +220,6 @@ fn flash_attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
             }
         }
     }
-}
-
-// merged[i, head, dq] = Σ_s w_s · o_s / Σ_s w_s with w_s = exp(lse_s − max lse) over the parts row i's block has.
-@compute @workgroup_size(64)
-fn flash_merge(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid3.x + gid3.y * nwg.x * 64u;
-    let hq = p.head_dim / 4u;
-    let row4 = p.heads * hq;
-    if (idx >= p.t * row4) {
-        return;
-    }
-    let i = idx / row4;
-    let head = (idx % row4) / hq;
-    let parts = parts_of((i / ROWS) * ROWS);
-    var top = MASKED;
-    for (var s = 0u; s < parts; s++) {
-        top = max(top, lse_parts[(s * p.t + i) * p.heads + head]);
-    }
-    var acc = vec4<f32>(0.0);
-    var weight = 0.0;
-    for (var s = 0u; s < parts; s++) {
-        let l = lse_parts[(s * p.t + i) * p.heads + head];
-        if (l > -1.0e38) {
-            let w = exp(l - top);
-            acc += w * o_parts[s * p.t * row4 + idx];
-            weight += w;
-        }
-    }
-    merged[idx] = acc / weight;
 }
 
 @compute @workgroup_size(64)

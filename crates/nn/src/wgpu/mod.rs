@@ -148,7 +148,7 @@ const KERNELS: [(Kernel, &str, &str); 40] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
-    (Kernel::Rope, "rope", "qkv_rope"),
+    (Kernel::Rope, "qkv_rope", "qkv_rope"),
     (Kernel::Attention, "attention", "attention"),
     (Kernel::Swiglu, "elementwise", "swiglu"),
     (Kernel::Add, "elementwise", "add"),
@@ -184,10 +184,10 @@ const KERNELS: [(Kernel, &str, &str); 40] = [
     (Kernel::GroupSum, "elementwise", "group_sum"),
     (Kernel::SplitKSum, "splitk", "split_k_sum"),
     (Kernel::FlashAttentionSplit, "attention_flash", "flash_attention_split"),
-    (Kernel::FlashMerge, "attention_flash", "flash_merge"),
+    (Kernel::FlashMerge, "attention_merge", "attention_merge"),
 ];
 
-const SHADERS: [(&str, &str); 16] = [
+const SHADERS: [(&str, &str); 18] = [
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
@@ -204,6 +204,8 @@ const SHADERS: [(&str, &str); 16] = [
     ("attention_flash", include_str!("../../shaders/attention_flash.wgsl")),
     ("attention_flash_bwd", include_str!("../../shaders/attention_flash_bwd.wgsl")),
     ("splitk", include_str!("../../shaders/splitk.wgsl")),
+    ("qkv_rope", include_str!("../../shaders/qkv_rope.wgsl")),
+    ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
 ];
 
 struct Inner {
