@@ -1249,6 +1249,18 @@ mod tests {
     }
 
     #[test]
+    fn no_two_resources_of_a_shader_share_a_binding() {
+        // Naga and Vulkan accept two variables on one slot when no entry point uses both; HLSL (DX12) does not.
+        for (file, src) in SHADERS {
+            let mut seen = std::collections::HashSet::new();
+            for (at, _) in src.match_indices("@binding(") {
+                let slot: String = src[at + 9..].chars().take_while(char::is_ascii_digit).collect();
+                assert!(seen.insert(slot.clone()), "{file}.wgsl binds two resources at slot {slot}");
+            }
+        }
+    }
+
+    #[test]
     fn grids_fold_past_65535_workgroups() {
         assert_eq!(grid(0).unwrap(), (1, 1));
         assert_eq!(grid(65_535).unwrap(), (65_535, 1));
