@@ -56,6 +56,10 @@ round() {
   peer
 }
 round; round
+# Tuning: other split targets than the defaults (256 workgroups, 128 keys).
+bench split-k-512 "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=512
+bench key-split-64 "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=64
+bench key-split-256 "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=256
 USERRL_WGPU_PROFILE=1 timeout 90 "$dir/wgpu_bench" smollm2 512 1 3 >"$out/profile.json" 2>&1
 python3 -c "
 import json
