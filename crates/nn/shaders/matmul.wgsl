@@ -139,7 +139,8 @@ fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 // workgroup stages the tile's 64 x rows and 64 w rows in workgroup memory, transposed so that every invocation
 // reads its four rows and four columns as one vec4 each: one global vec4 load per operand per invocation feeds
 // 256 FMAs instead of 16. Rows and columns past the edge load clamped values whose results are never stored; k
-// past the end loads zeros. No invocation returns early: all of them reach every barrier.
+// past the end loads zeros. Only whole workgroups leave early (the padding of a folded grid, before any barrier):
+// every invocation of a working one reaches every barrier.
 // With PREFETCH (the default) each invocation loads its share of the next slab into registers right after the
 // barrier that publishes the current one, so the global loads' latency hides behind the slab's 256 FMAs instead of
 // stalling every workgroup of a small product once per slab; `USERRL_WGPU_PREFETCH=off` compiles it without.

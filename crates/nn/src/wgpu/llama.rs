@@ -227,7 +227,7 @@ impl WgpuLlama {
             b.swiglu(&gate_up, t, c.ffn, &act)?;
             b.linear_add(&act, t, &l.w_down, &x)?;
             if (li + 1) % LAYERS_PER_SUBMIT == 0 {
-                std::mem::replace(&mut b, d.batch()).submit()?;
+                b.flush()?;
             }
         }
         let out = if logits {

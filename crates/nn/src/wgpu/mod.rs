@@ -33,7 +33,8 @@ const PARAM_WORDS: usize = PARAM_BYTES as usize / 4;
 const FLASH_ROWS: usize = 16;
 /// Workgroups a many-row product aims for on GPUs before it is split along k (see [`Device::split_k_target`]).
 const SPLIT_K_TARGET: usize = 256;
-/// Split-k bounds: each part keeps at least 4 of the shared kernels' 16-deep k slabs; at most 16 parts.
+/// Split-k bounds: every part but the last keeps at least 4 of the shared kernels' 16-deep k slabs; at most 16
+/// parts.
 const SPLIT_K_MIN: usize = 64;
 const SPLIT_K_MAX: usize = 16;
 /// Keys per workgroup of the blocked prefill attention on GPUs (see [`Device::attention_key_split`]); the kernels
@@ -609,7 +610,7 @@ impl Device {
 
     /// Starts recording kernels; nothing runs until [`Batch::submit`].
     pub fn batch(&self) -> Batch<'_> {
-        Batch { dev: self, ops: Vec::new(), scratch: [None, None] }
+        Batch { dev: self, ops: Vec::new(), scratch: Default::default(), split_products: 0 }
     }
 
     /// The `(cos, sin)` table for RoPE at positions `0..positions`, computed exactly as model.rs `rope` does.
@@ -701,12 +702,16 @@ fn need(what: &str, have: usize, want: usize) -> Result<(), WgpuError> {
 pub struct Batch<'d> {
     dev: &'d Device,
     ops: Vec<Op>,
-    /// Buffers for partial results (split-k products, key-split attention), reused by each kernel pair that needs
-    /// one (wgpu orders the dispatches that share them).
-    scratch: [Option<Tensor>; 2],
+    /// Buffers for partial results, reused by each kernel pair that needs one (wgpu orders the dispatches that
+    /// share a buffer): 0 and 1 for key-split attention, 2 and 3 in turn for split-k products, so that two
+    /// independent products in a row (a backward's dx and dw) do not wait on each other's scratch.
+    scratch: [Option<Tensor>; 4],
+    /// Split-k products recorded so far (which of their two scratch buffers is next).
+    split_products: usize,
 }
 
-/// How a product is split along k: `splits` parts of `k_per_split` (a multiple of 16) each.
+/// How a product is split along k: `splits` parts of `k_per_split` (a multiple of 16) each, the last one shorter
+/// where k ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct KSplit {
     splits: usize,
@@ -751,7 +756,7 @@ impl Batch<'_> {
         (key_split, keys.div_ceil(key_split))
     }
 
-    /// Scratch buffer `slot` (0 or 1) with at least `len` floats, for partial results.
+    /// Scratch buffer `slot` (see `Batch::scratch`) with at least `len` floats, for partial results.
     fn scratch(&mut self, slot: usize, len: usize) -> Result<Tensor, WgpuError> {
         match &self.scratch[slot] {
             Some(t) if t.len >= len => Ok(t.clone()),
@@ -761,6 +766,12 @@ impl Batch<'_> {
                 Ok(t)
             }
         }
+    }
+
+    /// The next split-k product's scratch buffer (2 and 3 in turn).
+    fn split_scratch(&mut self, len: usize) -> Result<Tensor, WgpuError> {
+        self.split_products += 1;
+        self.scratch(2 + self.split_products % 2, len)
     }
 
     /// `c[c_off + r·ldc + col] = beta · c + Σ_s part[s·m·n + r·n + col]`: the sum of a split-k product's parts.
@@ -851,9 +862,8 @@ impl Batch<'_> {
     }
 
     /// `y[y_off + r·ldy + c] = beta · y[…] + Σ_k x[4·x_off4 + r·k + k] · w[4·w_off4 + c·k + k]` for `r < rows`,
-    /// `c < n`: few
-    /// rows (decode) through one coalesced reduction per 4 outputs, more through 64×64 tiles, split along k where
-    /// they are few ([`Device::split_k_target`]). `k` is a multiple of 4.
+    /// `c < n`: few rows (decode) through one coalesced reduction per 8 outputs, more through 64×64 tiles, split
+    /// along k where they are few ([`Device::split_k_target`]). `k` is a multiple of 4.
     #[allow(clippy::too_many_arguments)]
     fn x_wt(
         &mut self,
@@ -897,7 +907,7 @@ impl Batch<'_> {
             ];
             return self.dispatch(kernel, &[x, w, y], &values, groups);
         }
-        let part = self.scratch(0, split.splits * rows * n)?;
+        let part = self.split_scratch(split.splits * rows * n)?;
         let (ks4, stride) = (u32_of("k", split.k_per_split / 4)?, u32_of("stride", rows * n)?);
         let values = [rows_, n_, k4, x_off4, 0, n_, gx, w_off4, ks4, stride, split.splits as u32, 0];
         self.dispatch(kernel, &[x, w, &part], &values, groups)?;
@@ -1071,6 +1081,13 @@ impl Batch<'_> {
             bytes: len as u64 * 4,
         });
         Ok(())
+    }
+
+    /// Submits what is recorded so far and goes on recording into the same batch (its scratch buffers kept), so
+    /// that the GPU starts on the first part of a long sequence of kernels while the host records the rest.
+    pub fn flush(&mut self) -> Result<(), WgpuError> {
+        let ops = std::mem::take(&mut self.ops);
+        Batch { dev: self.dev, ops, scratch: Default::default(), split_products: 0 }.submit()
     }
 
     /// Encodes everything recorded and submits it; later downloads wait for it.

@@ -227,7 +227,7 @@ impl Batch<'_> {
             self.dispatch(kernel, &[a.t, b.t, c.t], &values.concat(), groups)?;
         } else {
             // The parts go to scratch rows of n floats; the sum applies beta to c.
-            let part = self.scratch(0, split.splits * m * n)?;
+            let part = self.split_scratch(split.splits * m * n)?;
             let (ks, stride) = (split.k_per_split as u32, u32_of("stride", m * n)?);
             let values = [&operands[..], &[0, dims[1], 0f32.to_bits(), gx, ks, stride, split.splits as u32]];
             self.dispatch(kernel, &[a.t, b.t, &part], &values.concat(), groups)?;
