@@ -11,6 +11,10 @@
 //   took 64 ms of a SmolLM2 training step; the step has few workgroups and they wait on memory).
 // Each workgroup owns its outputs (no atomics) and overwrites them. 64 invocations, 4×4 outputs each; head dims up
 // to 64, a multiple of 4; 16 KiB of workgroup memory.
+// With `parts` > 1 (GPUs, short batches: few row blocks to spread over the SMs) each block's keys (dq) or rows
+// (dk/dv) are cut into parts of `span` (a multiple of 64) from its first one, one workgroup per part writing its
+// partial sums into part `part` of [parts, t, heads·hd] outputs (zeros where the part holds nothing): dq and dk/dv
+// are plain sums over keys and rows, so the host adds the parts up (`splitk.wgsl`, `group_sum`).
 
 struct Params {
     t: u32,
@@ -21,6 +25,8 @@ struct Params {
     kv_dim: u32,
     scale: f32,
     groups_x: u32,
+    span: u32,  // keys (dq) or rows (dk/dv) per part
+    parts: u32, // 0 or 1: not split
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -151,10 +157,12 @@ fn accumulate_span(li: u32, src: u32, first: u32, end: u32, row: u32, off: u32, 
 fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let gid = wg.x + wg.y * p.groups_x;
     let blocks = (p.t + BLOCK - 1u) / BLOCK;
-    if (gid >= blocks * p.heads) {
+    let per_part = blocks * p.heads;
+    if (gid >= per_part * max(p.parts, 1u)) {
         return;
     }
-    let i0 = (blocks - 1u - gid / p.heads) * BLOCK;
+    let part = gid / per_part;
+    let i0 = (blocks - 1u - (gid % per_part) / p.heads) * BLOCK;
     let head = gid % p.heads;
     let ty = li / 16u;
     let tx = li % 16u;
@@ -177,9 +185,14 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
             dsum[r] = ld[2u * (i * p.heads + head) + 1u];
         }
     }
-    let j_end = min(i0 + BLOCK, p.t);
+    var j_begin = bounds[2u * i0];
+    var j_end = min(i0 + BLOCK, p.t);
+    if (p.parts > 1u) {
+        j_begin += part * p.span;
+        j_end = min(j_begin + p.span, j_end);
+    }
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var j0 = bounds[2u * i0]; j0 < j_end; j0 += SPAN) {
+    for (var j0 = j_begin; j0 < j_end; j0 += SPAN) {
         // S and dP of the block's rows against keys j0 + tx·4 + c.
         let sd = score_span(li, 1u, 2u, j0, j_end, kv_row, kv_off, hq);
         for (var c = 0u; c < 4u; c++) {
@@ -192,7 +205,7 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
     for (var r = 0u; r < 4u; r++) {
         let i = i0 + ty * 4u + r;
         if (i < p.t && tx < hq) {
-            ga[i * q_row + head * hq + tx] = acc[r];
+            ga[(part * p.t + i) * q_row + head * hq + tx] = acc[r];
         }
     }
 }
@@ -201,11 +214,13 @@ fn flash_attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
 fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let gid = wg.x + wg.y * p.groups_x;
     let blocks = (p.t + BLOCK - 1u) / BLOCK;
-    if (gid >= blocks * p.heads) {
+    let per_part = blocks * p.heads;
+    if (gid >= per_part * max(p.parts, 1u)) {
         return;
     }
+    let part = gid / per_part;
     // The first key blocks are seen by the most rows: they go first.
-    let j0 = (gid / p.heads) * BLOCK;
+    let j0 = ((gid % per_part) / p.heads) * BLOCK;
     let head = gid % p.heads;
     let g = head / (p.heads / p.kv_heads);
     let ty = li / 16u;
@@ -224,10 +239,15 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
             end[r] = bounds[2u * j + 1u];
         }
     }
-    let i_end = bounds[2u * (min(j0 + BLOCK, p.t) - 1u) + 1u];
+    var i_begin = j0;
+    var i_end = bounds[2u * (min(j0 + BLOCK, p.t) - 1u) + 1u];
+    if (p.parts > 1u) {
+        i_begin += part * p.span;
+        i_end = min(i_begin + p.span, i_end);
+    }
     var dk = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var dv = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var i0 = j0; i0 < i_end; i0 += SPAN) {
+    for (var i0 = i_begin; i0 < i_end; i0 += SPAN) {
         // Sᵀ and dPᵀ: row i0 + tx·4 + c against this invocation's four keys.
         let sd = score_span(li, 0u, 3u, i0, i_end, q_row, head * hq, hq);
         var dst = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
@@ -253,8 +273,8 @@ fn flash_attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     for (var r = 0u; r < 4u; r++) {
         let j = j0 + ty * 4u + r;
         if (j < p.t && tx < hq) {
-            ga[j * q_row + head * hq + tx] = dk[r];
-            gb[j * q_row + head * hq + tx] = dv[r];
+            ga[(part * p.t + j) * q_row + head * hq + tx] = dk[r];
+            gb[(part * p.t + j) * q_row + head * hq + tx] = dv[r];
         }
     }
 }

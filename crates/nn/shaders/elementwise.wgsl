@@ -4,13 +4,16 @@
 // (cpu_ops `swiglu_bwd`: a = dgate, d = dup from e = dout, b = gate, c = up, both overwritten).
 // `group_sum` adds up per-head gradients over the query heads of each kv head (a = Σ b over the group, for
 // attention's dk and dv: b [rows, heads·hd] into a [rows, kv_heads·hd]; _p0 = hd, _p1 = heads per kv head,
-// _p2 = kv_heads·hd). Large arrays arrive as a 2D grid of 64-wide workgroups.
+// _p2 = kv_heads·hd), and over _p3 parts of b _p4 floats apart when the backward split its rows (0: one). Large
+// arrays arrive as a 2D grid of 64-wide workgroups.
 
 struct Params {
     n: u32,
     _p0: u32,
     _p1: u32,
     _p2: u32,
+    _p3: u32,
+    _p4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -75,8 +78,10 @@ fn group_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let d = i % p._p0;
     let base = row * p._p2 * p._p1 + g * p._p1 * p._p0 + d;
     var sum = 0.0;
-    for (var h = 0u; h < p._p1; h++) {
-        sum += b[base + h * p._p0];
+    for (var part = 0u; part < max(p._p3, 1u); part++) {
+        for (var h = 0u; h < p._p1; h++) {
+            sum += b[part * p._p4 + base + h * p._p0];
+        }
     }
     a[i] = sum;
 }

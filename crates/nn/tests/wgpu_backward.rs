@@ -196,17 +196,21 @@ fn attention_forward_and_backward_match_cpu() {
     // Several sequences end to end (one past a 64-key block, some across 16-row blocks), GQA groups of 2 and 3,
     // head dims 16..128; the per-row kernels and the blocked ones (head dims up to 64, a multiple of 4: the
     // 128-wide case falls back to the per-row kernels there too).
-    let cases: [(&[usize], usize, usize, usize); 6] = [
+    let cases: [(&[usize], usize, usize, usize); 7] = [
         (&[7, 70], 4, 2, 16),
         (&[3, 1, 20], 2, 1, 64),
         (&[12], 6, 3, 32),
         (&[5, 9], 2, 2, 128),
         (&[40, 90, 3], 6, 2, 64),
         (&[33], 2, 1, 20),
+        (&[200], 2, 1, 64),
     ];
     for blocked in [false, true] {
-        attention_matches_cpu_on(&Gpu { dev: device().with_blocked_attention(blocked) }, &cases);
+        let dev = device().with_blocked_attention(blocked).with_attention_key_split(0);
+        attention_matches_cpu_on(&Gpu { dev }, &cases);
     }
+    // The backward's keys (dq) and rows (dk/dv) in parts of 64, as GPUs split short batches (128 there).
+    attention_matches_cpu_on(&Gpu { dev: device().with_blocked_attention(true).with_attention_key_split(64) }, &cases);
 }
 
 fn attention_matches_cpu_on(g: &Gpu, cases: &[(&[usize], usize, usize, usize)]) {

@@ -13,6 +13,9 @@ use crate::cpu_ops::{AdamW, GrpoClip, GrpoStats, HeadStats};
 pub const HEAD_STATE: usize = 8;
 /// Floats one `sumsq_partial` workgroup reduces.
 const NORM_SEGMENT: usize = 4096;
+/// The training attention's backward splits its blocks' keys and rows (see `attention_flash_bwd.wgsl`) when it has
+/// fewer workgroups than this (a 512-token step of SmolLM2: 288).
+const TRAIN_SPLIT_BELOW: usize = 512;
 
 /// A matrix inside a tensor: element `(r, c)` of batch entry `b` is at `off + b·batch_stride + r·rs + c·cs`.
 #[derive(Clone, Copy, Debug)]
@@ -458,14 +461,27 @@ impl Batch<'_> {
         if self.blocked_attention_for(head_dim) {
             let buffers = [q, k, v, dout, &ld, bounds];
             let blocks = t.div_ceil(FLASH_ROWS);
-            let values = Self::attn_values(t, heads, kv_heads, head_dim, blocks * heads)?;
-            self.dispatch(Kernel::FlashAttentionBwdDq, &[&buffers[..], &[dq]].concat(), &values, blocks * heads)?;
-            // One workgroup per key block and query head, each head's share summed per kv head after.
-            let (head_dk, head_dv) = (self.dev.zeros(t * qw)?, self.dev.zeros(t * qw)?);
+            // Few row blocks (a short batch) leave SMs idle while the long rows walk every key: each block's keys
+            // (dq) and rows (dk/dv) then go in parts of the device's key split, summed after.
+            let (span, parts) =
+                if blocks * heads < TRAIN_SPLIT_BELOW { self.key_parts(true, t, t * qw) } else { (0, 1) };
+            let groups = blocks * heads * parts;
+            let values = [&Self::attn_values(t, heads, kv_heads, head_dim, groups)?[..], &[span as u32, parts as u32]];
+            let values = values.concat();
+            if parts == 1 {
+                self.dispatch(Kernel::FlashAttentionBwdDq, &[&buffers[..], &[dq]].concat(), &values, groups)?;
+            } else {
+                let dq_parts = self.scratch(0, parts * t * qw)?;
+                self.dispatch(Kernel::FlashAttentionBwdDq, &[&buffers[..], &[&dq_parts]].concat(), &values, groups)?;
+                self.split_k_sum(&dq_parts, parts, t, qw, dq, 0, qw, 0.0)?;
+            }
+            // One workgroup per key block and query head (and part), each head's share summed per kv head after.
+            let (head_dk, head_dv) = (self.dev.zeros(parts * t * qw)?, self.dev.zeros(parts * t * qw)?);
             let dkv_in = [&buffers[..], &[&head_dk, &head_dv]].concat();
-            self.dispatch(Kernel::FlashAttentionBwdDkv, &dkv_in, &values, blocks * heads)?;
+            self.dispatch(Kernel::FlashAttentionBwdDkv, &dkv_in, &values, groups)?;
             let n = u32_of("attention_bwd dk", t * kw)?;
-            let group = [n, head_dim as u32, (heads / kv_heads) as u32, kw as u32];
+            let stride = u32_of("attention_bwd parts", t * qw)?;
+            let group = [n, head_dim as u32, (heads / kv_heads) as u32, kw as u32, parts as u32, stride];
             self.dispatch(Kernel::GroupSum, &[dk, &head_dk], &group, (t * kw).div_ceil(64))?;
             return self.dispatch(Kernel::GroupSum, &[dv, &head_dv], &group, (t * kw).div_ceil(64));
         }
