@@ -8,11 +8,11 @@
 // `flash_attention` is the KV-cache forward (row i at position start + i sees cache positions 0..=start+i);
 // `flash_attention_train` the training forward (row i sees keys bounds[2i]..=i of its own sequence, and it saves
 // each row's log-sum-exp for the backward), with the semantics of `attention` / `attention_train`.
-// `flash_attention_split` is the KV-cache forward with the keys of each row block cut into parts of `key_split`
-// (a multiple of 64): one workgroup per (row block, head, part) writes its part's normalised output and
-// log-sum-exp, and `attention_merge.wgsl` weighs the parts together. A long prompt's last row blocks then no
-// longer walk all keys alone while the GPU's other SMs sit idle (at 512 tokens: 720 workgroups of at most 2 key
-// blocks instead of 288 of up to 8).
+// `flash_attention_split` (KV cache) and `flash_attention_train_split` (training, short batches) cut the keys of
+// each row block into parts of `key_split` (a multiple of 64): one workgroup per (row block, head, part) writes its
+// part's normalised output and log-sum-exp, and `attention_merge.wgsl` weighs the parts together. A long prompt's
+// last row blocks then no longer walk all keys alone while the GPU's other SMs sit idle (at 512 tokens: 720
+// workgroups of at most 2 key blocks instead of 288 of up to 8).
 
 struct Params {
     t: u32,
@@ -23,8 +23,8 @@ struct Params {
     kv_dim: u32,
     scale: f32,
     groups_x: u32,
-    key_split: u32, // `flash_attention_split`: keys per part
-    parts: u32,     // `flash_attention_split`: parts of the longest row block
+    key_split: u32, // the `_split` kernels: keys per part
+    parts: u32,     // the `_split` kernels: parts of the longest row block
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -244,6 +244,45 @@ fn flash_attention_train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
             let i = at.x + (li / 16u) * 4u + r;
             if (i < p.t) {
                 lse[i * p.heads + at.y] = stats[0][r] + log(stats[1][r]);
+            }
+        }
+    }
+}
+
+// `flash_attention_train` with each row block's keys (from its first row's sequence start) in parts of
+// `key_split`, one workgroup per (row block, head, part) writing the part's normalised output and log-sum-exp; a
+// part past the block's keys writes −3e38 log-sum-exps, so `attention_merge_train` can weigh all `parts`.
+@compute @workgroup_size(64)
+fn flash_attention_train_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let gid = wg.x + wg.y * p.groups_x;
+    let per_part = (p.t + ROWS - 1u) / ROWS * p.heads;
+    if (gid >= per_part * p.parts) {
+        return;
+    }
+    let part = gid / per_part;
+    let at = block_of(gid % per_part);
+    let j_begin = bounds[2u * at.x] + part * p.key_split;
+    let j_end = min(j_begin + p.key_split, min(at.x + ROWS, p.t));
+    var first = vec4<u32>(1u);
+    var last = vec4<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let i = at.x + (li / 16u) * 4u + r;
+        if (i < p.t) {
+            first[r] = bounds[2u * i];
+            last[r] = i;
+        }
+    }
+    var stats = array<vec4<f32>, 2>(vec4<f32>(MASKED), vec4<f32>(0.0));
+    if (j_begin < j_end) {
+        let row4 = p.heads * p.head_dim / 4u;
+        stats = flash_rows(li, at.x, at.y, j_begin, j_end, first, last, part * p.t * row4);
+    }
+    if (li % 16u == 0u) {
+        for (var r = 0u; r < 4u; r++) {
+            let i = at.x + (li / 16u) * 4u + r;
+            if (i < p.t) {
+                let seen = stats[1][r] > 0.0;
+                lse[(part * p.t + i) * p.heads + at.y] = select(MASKED, stats[0][r] + log(stats[1][r]), seen);
             }
         }
     }

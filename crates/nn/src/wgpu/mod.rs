@@ -108,6 +108,8 @@ enum Kernel {
     SplitKSum,
     FlashAttentionSplit,
     FlashMerge,
+    FlashAttentionTrainSplit,
+    FlashMergeTrain,
 }
 
 impl Kernel {
@@ -145,7 +147,7 @@ impl MatmulTiles {
     }
 }
 
-const KERNELS: [(Kernel, &str, &str); 40] = [
+const KERNELS: [(Kernel, &str, &str); 42] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
@@ -186,6 +188,8 @@ const KERNELS: [(Kernel, &str, &str); 40] = [
     (Kernel::SplitKSum, "splitk", "split_k_sum"),
     (Kernel::FlashAttentionSplit, "attention_flash", "flash_attention_split"),
     (Kernel::FlashMerge, "attention_merge", "attention_merge"),
+    (Kernel::FlashAttentionTrainSplit, "attention_flash", "flash_attention_train_split"),
+    (Kernel::FlashMergeTrain, "attention_merge", "attention_merge_train"),
 ];
 
 const SHADERS: [(&str, &str); 18] = [

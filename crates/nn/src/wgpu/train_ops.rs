@@ -414,8 +414,21 @@ impl Batch<'_> {
         need("attention bounds", bounds.len, 2 * t)?;
         if self.blocked_attention_for(head_dim) {
             let groups = t.div_ceil(FLASH_ROWS) * heads;
-            let values = Self::attn_values(t, heads, kv_heads, head_dim, groups)?;
-            return self.dispatch(Kernel::FlashAttentionTrain, &[q, k, v, out, lse, bounds], &values, groups);
+            // A short batch's few row blocks take their keys in parts (as the backward does), merged after.
+            let (span, parts) = if groups < TRAIN_SPLIT_BELOW { self.key_parts(true, t, t * qw) } else { (0, 1) };
+            if parts == 1 {
+                let values = Self::attn_values(t, heads, kv_heads, head_dim, groups)?;
+                return self.dispatch(Kernel::FlashAttentionTrain, &[q, k, v, out, lse, bounds], &values, groups);
+            }
+            let split_groups = groups * parts;
+            let values = Self::attn_values(t, heads, kv_heads, head_dim, split_groups)?;
+            let mut values = [&values[..], &[span as u32, parts as u32]].concat();
+            let (o_parts, lse_parts) = (self.scratch(0, parts * t * qw)?, self.scratch(1, parts * t * heads)?);
+            let split_in = [q, k, v, &o_parts, &lse_parts, bounds];
+            self.dispatch(Kernel::FlashAttentionTrainSplit, &split_in, &values, split_groups)?;
+            let merge = (t * qw / 4).div_ceil(64);
+            values[7] = grid(merge)?.0;
+            return self.dispatch(Kernel::FlashMergeTrain, &[&o_parts, &lse_parts, out, lse], &values, merge);
         }
         self.dispatch(Kernel::AttentionTrain, &[q, k, v, out, lse, bounds], &values, t * heads)
     }
