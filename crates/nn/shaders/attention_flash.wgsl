@@ -162,6 +162,49 @@ fn flash_rows(li: u32, i0: u32, head: u32, j_begin: u32, j_end: u32, first: vec4
     return array<vec4<f32>, 2>(m, total);
 }
 
+// The key ranges of this invocation's four rows of the block at i0: (first, last) visible key. KV cache: row i at
+// position start + i sees 0..=start+i. Training: row i sees bounds[2i]..=i. Rows past t see nothing.
+fn cache_rows(li: u32, i0: u32) -> array<vec4<u32>, 2> {
+    var first = vec4<u32>(0u);
+    var last = vec4<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + (li / 16u) * 4u + r;
+        if (i < p.t) {
+            last[r] = p.start + i;
+        } else {
+            first[r] = 1u;
+        }
+    }
+    return array<vec4<u32>, 2>(first, last);
+}
+
+fn train_rows(li: u32, i0: u32) -> array<vec4<u32>, 2> {
+    var first = vec4<u32>(1u);
+    var last = vec4<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + (li / 16u) * 4u + r;
+        if (i < p.t) {
+            first[r] = bounds[2u * i];
+            last[r] = i;
+        }
+    }
+    return array<vec4<u32>, 2>(first, last);
+}
+
+// The log-sum-exps of the block's rows from `flash_rows`' (max, sum), at lse[(part·t + i)·heads + head]; −3e38 for
+// a row that saw no key (of this part).
+fn write_lse(li: u32, i0: u32, head: u32, part: u32, stats: array<vec4<f32>, 2>) {
+    if (li % 16u == 0u) {
+        for (var r = 0u; r < 4u; r++) {
+            let i = i0 + (li / 16u) * 4u + r;
+            if (i < p.t) {
+                let seen = stats[1][r] > 0.0;
+                lse[(part * p.t + i) * p.heads + head] = select(MASKED, stats[0][r] + log(stats[1][r]), seen);
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(64)
 fn flash_attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let gid = wg.x + wg.y * p.groups_x;
@@ -169,17 +212,8 @@ fn flash_attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         return;
     }
     let at = block_of(gid);
-    var first = vec4<u32>(0u);
-    var last = vec4<u32>(0u);
-    for (var r = 0u; r < 4u; r++) {
-        let i = at.x + (li / 16u) * 4u + r;
-        if (i < p.t) {
-            last[r] = p.start + i;
-        } else {
-            first[r] = 1u;
-        }
-    }
-    flash_rows(li, at.x, at.y, 0u, p.start + min(at.x + ROWS, p.t), first, last, 0u);
+    let rows = cache_rows(li, at.x);
+    flash_rows(li, at.x, at.y, 0u, p.start + min(at.x + ROWS, p.t), rows[0], rows[1], 0u);
 }
 
 // Parts of the keys row block i0 sees (positions 0..start + min(i0 + 16, t)); `attention_merge.wgsl` counts them
@@ -197,29 +231,12 @@ fn flash_attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     if (part >= parts_of(at.x)) {
         return; // past this row block's keys (the grid is sized for the longest block)
     }
-    var first = vec4<u32>(0u);
-    var last = vec4<u32>(0u);
-    for (var r = 0u; r < 4u; r++) {
-        let i = at.x + (li / 16u) * 4u + r;
-        if (i < p.t) {
-            last[r] = p.start + i;
-        } else {
-            first[r] = 1u;
-        }
-    }
+    let rows = cache_rows(li, at.x);
     let j_begin = part * p.key_split;
     let j_end = min(j_begin + p.key_split, p.start + min(at.x + ROWS, p.t));
     let row4 = p.heads * p.head_dim / 4u;
-    let stats = flash_rows(li, at.x, at.y, j_begin, j_end, first, last, part * p.t * row4);
-    if (li % 16u == 0u) {
-        for (var r = 0u; r < 4u; r++) {
-            let i = at.x + (li / 16u) * 4u + r;
-            if (i < p.t) {
-                let seen = stats[1][r] > 0.0;
-                lse[(part * p.t + i) * p.heads + at.y] = select(MASKED, stats[0][r] + log(stats[1][r]), seen);
-            }
-        }
-    }
+    let stats = flash_rows(li, at.x, at.y, j_begin, j_end, rows[0], rows[1], part * p.t * row4);
+    write_lse(li, at.x, at.y, part, stats);
 }
 
 @compute @workgroup_size(64)
@@ -229,24 +246,9 @@ fn flash_attention_train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
         return;
     }
     let at = block_of(gid);
-    var first = vec4<u32>(1u);
-    var last = vec4<u32>(0u);
-    for (var r = 0u; r < 4u; r++) {
-        let i = at.x + (li / 16u) * 4u + r;
-        if (i < p.t) {
-            first[r] = bounds[2u * i];
-            last[r] = i;
-        }
-    }
-    let stats = flash_rows(li, at.x, at.y, bounds[2u * at.x], min(at.x + ROWS, p.t), first, last, 0u);
-    if (li % 16u == 0u) {
-        for (var r = 0u; r < 4u; r++) {
-            let i = at.x + (li / 16u) * 4u + r;
-            if (i < p.t) {
-                lse[i * p.heads + at.y] = stats[0][r] + log(stats[1][r]);
-            }
-        }
-    }
+    let rows = train_rows(li, at.x);
+    let stats = flash_rows(li, at.x, at.y, bounds[2u * at.x], min(at.x + ROWS, p.t), rows[0], rows[1], 0u);
+    write_lse(li, at.x, at.y, 0u, stats);
 }
 
 // `flash_attention_train` with each row block's keys (from its first row's sequence start) in parts of
@@ -261,29 +263,13 @@ fn flash_attention_train_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(lo
     }
     let part = gid / per_part;
     let at = block_of(gid % per_part);
+    let rows = train_rows(li, at.x);
     let j_begin = bounds[2u * at.x] + part * p.key_split;
     let j_end = min(j_begin + p.key_split, min(at.x + ROWS, p.t));
-    var first = vec4<u32>(1u);
-    var last = vec4<u32>(0u);
-    for (var r = 0u; r < 4u; r++) {
-        let i = at.x + (li / 16u) * 4u + r;
-        if (i < p.t) {
-            first[r] = bounds[2u * i];
-            last[r] = i;
-        }
-    }
     var stats = array<vec4<f32>, 2>(vec4<f32>(MASKED), vec4<f32>(0.0));
     if (j_begin < j_end) {
         let row4 = p.heads * p.head_dim / 4u;
-        stats = flash_rows(li, at.x, at.y, j_begin, j_end, first, last, part * p.t * row4);
+        stats = flash_rows(li, at.x, at.y, j_begin, j_end, rows[0], rows[1], part * p.t * row4);
     }
-    if (li % 16u == 0u) {
-        for (var r = 0u; r < 4u; r++) {
-            let i = at.x + (li / 16u) * 4u + r;
-            if (i < p.t) {
-                let seen = stats[1][r] > 0.0;
-                lse[(part * p.t + i) * p.heads + at.y] = select(MASKED, stats[0][r] + log(stats[1][r]), seen);
-            }
-        }
-    }
+    write_lse(li, at.x, at.y, part, stats);
 }
