@@ -503,6 +503,9 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         "device": "wgpu",
         "adapter": adapter,
         "matmul_tiles": format!("{:?}", device.matmul_tiles()),
+        "split_k_target": device.split_k_target(),
+        "blocked_attention": device.blocked_attention(),
+        "attention_key_split": device.attention_key_split(),
         "matmul": matmul,
         "runs": o.runs,
         "statistic": "median",
@@ -518,7 +521,22 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         for m in &matmul {
             println!("matmul {0}x{0}x{0} ({1} tiles): {2:.1} GFLOP/s", m.n, m.tiles, m.gflops);
         }
-        println!("many-row matmuls use {:?} tiles (USERRL_WGPU_MATMUL overrides)", device.matmul_tiles());
+        let split = match (device.matmul_tiles(), device.split_k_target()) {
+            (userrl_nn::wgpu::MatmulTiles::Shared, groups) if groups > 0 => {
+                format!("split along k below {groups} workgroups")
+            }
+            _ => "not split along k".to_string(),
+        };
+        let attention = match (device.blocked_attention(), device.attention_key_split()) {
+            (false, _) => "one workgroup per row and head".to_string(),
+            (true, 0) => "blocked".to_string(),
+            (true, keys) => format!("blocked, {keys} keys per workgroup"),
+        };
+        println!(
+            "many-row matmuls use {:?} tiles, {split}; attention {attention} (USERRL_WGPU_MATMUL, \
+             USERRL_WGPU_SPLIT_K, USERRL_WGPU_ATTENTION and USERRL_WGPU_KEY_SPLIT override)",
+            device.matmul_tiles()
+        );
         println!("prefill {} tokens: {prefill:.1} tokens/s", o.prefill_tokens);
         println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
         if let Some(t) = train {
