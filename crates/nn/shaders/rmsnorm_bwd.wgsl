@@ -1,13 +1,16 @@
 // Backward of the training RMSNorm (cpu_ops `rmsnorm_bwd`), from the saved rstd = 1/rms of each row:
 // `rms_norm_bwd_dx`: dx += rstd·(w·dy) − rstd³·x·mean(w·dy·x), one workgroup per row (a reduction over the row);
-// `rms_norm_bwd_dw`: dw += Σ_rows dy·x·rstd, one invocation per column (a reduction over the rows, in row order).
-// Both accumulate into `out`, which is dx or dw. Binding 5 (the weight) is only used by the dx kernel.
+// `rms_norm_bwd_dw`: Σ_rows dy·x·rstd per column over slices of `slice` rows, one invocation per (slice, column)
+// writing its partial sum to out[slice·dim + column] (in row order); the host adds the slices to dw
+// (`splitk.wgsl`). One invocation per column walking all rows left a 512-token step's 576 columns to 9
+// workgroups on the whole GPU (115 µs a norm on an H100).
+// The dx kernel accumulates into `out` (dx). Binding 5 (the weight) is only used by the dx kernel.
 
 struct Params {
     rows: u32,
     dim: u32,
     groups_x: u32,
-    _pad: u32,
+    slice: u32, // `rms_norm_bwd_dw`: rows per slice
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -47,13 +50,16 @@ fn rms_norm_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 
 @compute @workgroup_size(64)
 fn rms_norm_bwd_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let d = gid.x + gid.y * nwg.x * 64u;
-    if (d >= p.dim) {
+    let idx = gid.x + gid.y * nwg.x * 64u;
+    let slices = (p.rows + p.slice - 1u) / p.slice;
+    if (idx >= slices * p.dim) {
         return;
     }
+    let d = idx % p.dim;
+    let first = (idx / p.dim) * p.slice;
     var s = 0.0;
-    for (var r = 0u; r < p.rows; r++) {
+    for (var r = first; r < min(first + p.slice, p.rows); r++) {
         s += dy[r * p.dim + d] * x[r * p.dim + d] * rstd[r];
     }
-    out[d] += s;
+    out[idx] = s;
 }

@@ -1,7 +1,9 @@
 // The second half of a split-k product (see the `_shared` matmul kernels): c[c_off + r·ldc + col] =
 // beta · c + Σ_s part[s · split_stride + r · n + col] over the `splits` partial products, one output per invocation.
 // Splitting k gives a product with few output tiles (a 512-token prompt's [512, 576] projections: 72 tiles on a
-// GPU with 132 SMs) several workgroups per tile, each with a fraction of the k loop.
+// GPU with 132 SMs) several workgroups per tile, each with a fraction of the k loop. The training backward sums
+// its other partial results with it too (the attention's dq over key parts, RMSNorm's weight gradient over row
+// slices).
 
 struct Params {
     m: u32,

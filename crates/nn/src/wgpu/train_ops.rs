@@ -13,6 +13,8 @@ use crate::cpu_ops::{AdamW, GrpoClip, GrpoStats, HeadStats};
 pub const HEAD_STATE: usize = 8;
 /// Floats one `sumsq_partial` workgroup reduces.
 const NORM_SEGMENT: usize = 4096;
+/// Rows one invocation of the RMSNorm weight gradient sums (see `rmsnorm_bwd.wgsl`).
+const NORM_DW_SLICE: usize = 32;
 /// The training attention's backward splits its blocks' keys and rows (see `attention_flash_bwd.wgsl`) when it has
 /// fewer workgroups than this (a 512-token step of SmolLM2: 288).
 const TRAIN_SPLIT_BELOW: usize = 512;
@@ -337,7 +339,16 @@ impl Batch<'_> {
         let (gx, _) = grid(rows)?;
         let values = [u32_of("rows", rows)?, u32_of("dim", dim)?, gx];
         self.dispatch(Kernel::RmsNormBwdDx, &[dout, x, rstd, dx, weight], &values, rows)?;
-        self.dispatch(Kernel::RmsNormBwdDw, &[dout, x, rstd, dw], &values, dim.div_ceil(64))
+        // dw over slices of rows side by side, the slices then added to dw.
+        if rows == 0 {
+            return Ok(());
+        }
+        let slices = rows.div_ceil(NORM_DW_SLICE);
+        let partial = self.split_scratch(slices * dim)?;
+        let groups = (slices * dim).div_ceil(64);
+        let values = [values[0], values[1], grid(groups)?.0, NORM_DW_SLICE as u32];
+        self.dispatch(Kernel::RmsNormBwdDw, &[dout, x, rstd, &partial], &values, groups)?;
+        self.split_k_sum(&partial, slices, 1, dim, dw, 0, dim, 1.0)
     }
 
     /// cpu_ops `RopeTable::fwd` (or, with `inverse`, `bwd`) in place on `rows` rows of `width`: row `r` at
