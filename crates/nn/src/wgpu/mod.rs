@@ -37,7 +37,7 @@ const SPLIT_K_TARGET: usize = 256;
 /// parts.
 const SPLIT_K_MIN: usize = 64;
 const SPLIT_K_MAX: usize = 16;
-/// Keys per workgroup of the blocked prefill attention on GPUs (see [`Device::attention_key_split`]); the kernels
+/// Keys per workgroup of the blocked attention's parts on GPUs (see [`Device::attention_key_split`]); the kernels
 /// walk keys 64 at a time, so a split is a multiple of 64.
 const KEY_SPLIT: usize = 128;
 const FLASH_KEYS: usize = 64;
@@ -107,9 +107,9 @@ enum Kernel {
     GroupSum,
     SplitKSum,
     FlashAttentionSplit,
-    FlashMerge,
+    AttentionMerge,
     FlashAttentionTrainSplit,
-    FlashMergeTrain,
+    AttentionMergeTrain,
 }
 
 impl Kernel {
@@ -187,9 +187,9 @@ const KERNELS: [(Kernel, &str, &str); 42] = [
     (Kernel::GroupSum, "elementwise", "group_sum"),
     (Kernel::SplitKSum, "splitk", "split_k_sum"),
     (Kernel::FlashAttentionSplit, "attention_flash", "flash_attention_split"),
-    (Kernel::FlashMerge, "attention_merge", "attention_merge"),
+    (Kernel::AttentionMerge, "attention_merge", "attention_merge"),
     (Kernel::FlashAttentionTrainSplit, "attention_flash", "flash_attention_train_split"),
-    (Kernel::FlashMergeTrain, "attention_merge", "attention_merge_train"),
+    (Kernel::AttentionMergeTrain, "attention_merge", "attention_merge_train"),
 ];
 
 const SHADERS: [(&str, &str); 18] = [
@@ -448,16 +448,16 @@ impl Device {
         Device { split_k_target: groups, ..self.clone() }
     }
 
-    /// Keys per workgroup of the blocked prefill attention: a prompt whose rows see more keys than this runs each
-    /// row block's keys as parts of this many side by side, then merges them by their log-sum-exps (as
-    /// flash-decoding does), so that the long rows at a prompt's end do not each walk every key alone. 128 on GPUs,
-    /// 0 (off) on CPU drivers, where there are no idle SMs to fill; `USERRL_WGPU_KEY_SPLIT=off|<keys>` for
-    /// benchmarks that compare.
+    /// Keys per workgroup of the blocked attention: a prompt whose rows see more keys than this runs each row
+    /// block's keys as parts of this many side by side, then merges them by their log-sum-exps (as flash-decoding
+    /// does), so that the long rows at a prompt's end do not each walk every key alone; a short training batch
+    /// splits its forward and backward the same way. 128 on GPUs, 0 (off) on CPU drivers, where there are no idle
+    /// SMs to fill; `USERRL_WGPU_KEY_SPLIT=off|<keys>` for benchmarks that compare.
     pub fn attention_key_split(&self) -> usize {
         self.key_split
     }
 
-    /// The same device splitting prefill attention every `keys` keys (rounded up to a multiple of 64; 0: never).
+    /// The same device splitting attention every `keys` keys (rounded up to a multiple of 64; 0: never).
     pub fn with_attention_key_split(&self, keys: usize) -> Device {
         Device { key_split: round_key_split(keys), ..self.clone() }
     }
@@ -1034,7 +1034,7 @@ impl Batch<'_> {
         self.dispatch(kernel, &[q, k_cache, v_cache, &o_parts, &lse_parts], &values, groups)?;
         let merge = t * heads * head_dim / 4;
         values[7] = grid(merge.div_ceil(64))?.0;
-        self.dispatch(Kernel::FlashMerge, &[&o_parts, &lse_parts, out], &values, merge.div_ceil(64))
+        self.dispatch(Kernel::AttentionMerge, &[&o_parts, &lse_parts, out], &values, merge.div_ceil(64))
     }
 
     /// `out[r, i] = silu(gate_up[r, i]) · gate_up[r, ffn + i]` for `r < rows`, `i < ffn`: SwiGLU of a fused

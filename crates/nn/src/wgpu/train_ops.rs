@@ -439,7 +439,7 @@ impl Batch<'_> {
             self.dispatch(Kernel::FlashAttentionTrainSplit, &split_in, &values, split_groups)?;
             let merge = (t * qw / 4).div_ceil(64);
             values[7] = grid(merge)?.0;
-            return self.dispatch(Kernel::FlashMergeTrain, &[&o_parts, &lse_parts, out, lse], &values, merge);
+            return self.dispatch(Kernel::AttentionMergeTrain, &[&o_parts, &lse_parts, out, lse], &values, merge);
         }
         self.dispatch(Kernel::AttentionTrain, &[q, k, v, out, lse, bounds], &values, t * heads)
     }
