@@ -8,7 +8,6 @@ struct Params {
     q_width: u32,  // floats of q per row (heads · head_dim)
     head_dim: u32,
     start: u32,    // position of row 0
-    _unused: u32,
     kv_width: u32, // floats of k (and of v) per row
 }
 

@@ -8,7 +8,6 @@ struct Params {
     rows: u32,      // tokens
     width: u32,     // floats per row (heads · head_dim)
     head_dim: u32,
-    start: u32,     // unused
     inverse: u32,   // 1 rotates by −angle
 }
 

@@ -71,7 +71,7 @@ enum Kernel {
     MatmulTiled,
     MatmulRows,
     RmsNorm,
-    Rope,
+    QkvRope,
     Attention,
     Swiglu,
     Add,
@@ -151,7 +151,7 @@ const KERNELS: [(Kernel, &str, &str); 42] = [
     (Kernel::MatmulTiled, "matmul", "matmul_tiled"),
     (Kernel::MatmulRows, "matmul", "matmul_rows"),
     (Kernel::RmsNorm, "rmsnorm", "rms_norm"),
-    (Kernel::Rope, "qkv_rope", "qkv_rope"),
+    (Kernel::QkvRope, "qkv_rope", "qkv_rope"),
     (Kernel::Attention, "attention", "attention"),
     (Kernel::Swiglu, "elementwise", "swiglu"),
     (Kernel::Add, "elementwise", "add"),
@@ -972,8 +972,8 @@ impl Batch<'_> {
         need("k cache", k_cache.len, (start + rows) * kv_width)?;
         need("v cache", v_cache.len, (start + rows) * kv_width)?;
         let pairs = rows * (q_width + 2 * kv_width) / 2;
-        let values = [rows, q_width, head_dim, start, 0, kv_width].map(|v| v as u32);
-        self.dispatch(Kernel::Rope, &[qkv, table, q, k_cache, v_cache], &values, pairs.div_ceil(64))
+        let values = [rows, q_width, head_dim, start, kv_width].map(|v| v as u32);
+        self.dispatch(Kernel::QkvRope, &[qkv, table, q, k_cache, v_cache], &values, pairs.div_ceil(64))
     }
 
     /// Causal GQA attention of `t` query rows `q [t, heads·hd]` (row `i` at position `start + i`) over the cache

@@ -369,7 +369,7 @@ impl Batch<'_> {
         }
         need("rope input", x.len, rows * width)?;
         need("rope positions", positions.len, rows)?;
-        let values = [u32_of("rows", rows)?, u32_of("width", width)?, head_dim as u32, 0, u32::from(inverse)];
+        let values = [u32_of("rows", rows)?, u32_of("width", width)?, head_dim as u32, u32::from(inverse)];
         self.dispatch(Kernel::RopeRows, &[x, table, positions], &values, (rows * width / 2).div_ceil(64))
     }
 
