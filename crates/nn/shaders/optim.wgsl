@@ -4,8 +4,10 @@
 // `sumsq_partial` / `sumsq_final`: the two-pass norm. Each workgroup of the first pass writes Σx² of its 4,096
 // floats to acc[slot + workgroup] (one dispatch per gradient tensor, each with its own slots); the second, one
 // workgroup, writes sqrt(Σ acc[0..n]) to acc[slot].
-// `clip`: data *= max_norm / norm when the norm (acc[slot]) is finite and past max_norm (cpu_ops `clip_grad_norm`).
-// Bindings: `adamw` uses p, g, m, v; the norm kernels use acc (binding 1) and data (binding 2).
+// `adamw_clipped`: `adamw` on gradients first scaled as cpu_ops `clip_grad_norm` does (by max_norm / norm when the
+// norm, clip_by[0], is finite and past max_norm; the scaled gradient is written back), so that clipping costs no
+// pass of its own over the gradients.
+// Bindings: `adamw` uses p, g, m, v (+ clip_by); the norm kernels use acc (binding 1) and data (binding 2).
 
 struct Params {
     n: u32,
@@ -27,19 +29,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> data: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mom1: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mom2: array<f32>;
+@group(0) @binding(5) var<storage, read> clip_by: array<f32>;
 
 const SEG: u32 = 4096u;
 var<workgroup> part: array<f32, 256>;
 
 // acc = parameters, data = gradients.
-@compute @workgroup_size(64)
-fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * 64u;
-    if (idx >= p.n) {
-        return;
-    }
-    let i = p.off + idx;
-    let g = data[i];
+fn adamw_update(i: u32, g: f32) {
     let m = p.beta1 * mom1[i] + (1.0 - p.beta1) * g;
     let v = p.beta2 * mom2[i] + (1.0 - p.beta2) * g * g;
     mom1[i] = m;
@@ -47,6 +43,32 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let mhat = m / p.bc1;
     let vhat = v / p.bc2;
     acc[i] = acc[i] * p.decay - p.lr * mhat / (sqrt(vhat) + p.eps);
+}
+
+@compute @workgroup_size(64)
+fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 64u;
+    if (idx >= p.n) {
+        return;
+    }
+    adamw_update(p.off + idx, data[p.off + idx]);
+}
+
+@compute @workgroup_size(64)
+fn adamw_clipped(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 64u;
+    if (idx >= p.n) {
+        return;
+    }
+    let i = p.off + idx;
+    var g = data[i];
+    let norm = clip_by[0];
+    let finite = (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u;
+    if (finite && norm > p.max_norm && norm > 0.0) {
+        g *= p.max_norm / norm;
+        data[i] = g;
+    }
+    adamw_update(i, g);
 }
 
 @compute @workgroup_size(256)
@@ -91,18 +113,5 @@ fn sumsq_final(@builtin(local_invocation_index) li: u32) {
     }
     if (li == 0u) {
         acc[p.slot] = sqrt(part[0]);
-    }
-}
-
-@compute @workgroup_size(64)
-fn clip(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * 64u;
-    if (idx >= p.n) {
-        return;
-    }
-    let norm = acc[p.slot];
-    let finite = (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u;
-    if (finite && norm > p.max_norm && norm > 0.0) {
-        data[p.off + idx] *= p.max_norm / norm;
     }
 }

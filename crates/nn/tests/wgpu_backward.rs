@@ -363,8 +363,8 @@ fn adamw_steps_match_cpu() {
         cpu_ops::adamw_step(&mut p[100..], &grad[100..], &mut m[100..], &mut v[100..], step, &cfg, cfg.weight_decay);
         let gg = g.up(&grad);
         let mut b = g.dev.batch();
-        b.adamw(&gp, &gg, &gm, &gv, 0, 100, step, &cfg, 0.0).unwrap();
-        b.adamw(&gp, &gg, &gm, &gv, 100, n - 100, step, &cfg, cfg.weight_decay).unwrap();
+        b.adamw(&gp, &gg, &gm, &gv, 0, 100, step, &cfg, 0.0, None).unwrap();
+        b.adamw(&gp, &gg, &gm, &gv, 100, n - 100, step, &cfg, cfg.weight_decay, None).unwrap();
         b.submit().unwrap();
     }
     // Compare the updates (p − p0): the parameters themselves barely move.
@@ -375,19 +375,32 @@ fn adamw_steps_match_cpu() {
 }
 
 #[test]
-fn grad_norm_and_clipping_match_cpu() {
+fn grad_norm_and_clipping_inside_adamw_match_cpu() {
     let g = gpu();
     // Tensors of one float, of part of a segment, and of several 4,096-float segments.
     let sizes = [1, 300, 9000, 4096];
     let grads: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| random(n, 900 + i as u64, 1.0)).collect();
+    let first: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| random(n, 920 + i as u64, 0.1)).collect();
+    let p0: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| random(n, 940 + i as u64, 1.0)).collect();
     let flat: Vec<f32> = grads.iter().flatten().copied().collect();
     let want = cpu_ops::grad_norm(&flat);
+    let cfg = AdamW { lr: 3e-3, ..AdamW::default() };
     for max_norm in [want * 2.0, want / 3.0] {
+        // Step 1 unclipped (so that step 2's update depends on the scale of its gradient), step 2 clipped.
+        let params: Vec<Tensor> = p0.iter().map(|v| g.up(v)).collect();
+        let moments: Vec<(Tensor, Tensor)> = sizes.iter().map(|&n| (g.zeros(n), g.zeros(n))).collect();
+        let mut b = g.dev.batch();
+        for (i, &n) in sizes.iter().enumerate() {
+            let (m, v) = &moments[i];
+            b.adamw(&params[i], &g.up(&first[i]), m, v, 0, n, 1, &cfg, 0.0, None).unwrap();
+        }
         let tensors: Vec<Tensor> = grads.iter().map(|v| g.up(v)).collect();
         let refs: Vec<&Tensor> = tensors.iter().collect();
-        let mut b = g.dev.batch();
         let norm = b.grad_norm(&refs).unwrap();
-        b.clip_grad_norm(&refs, &norm, max_norm).unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            let (m, v) = &moments[i];
+            b.adamw(&params[i], &tensors[i], m, v, 0, n, 2, &cfg, 0.0, Some((&norm, max_norm))).unwrap();
+        }
         b.submit().unwrap();
         let got = g.get(&norm)[0];
         assert!((got - want).abs() <= FWD_TOL * want, "grad norm {got} vs {want}");
@@ -395,6 +408,17 @@ fn grad_norm_and_clipping_match_cpu() {
         assert_eq!(cpu_ops::clip_grad_norm(&mut clipped, max_norm), want);
         let got_all: Vec<f32> = tensors.iter().flat_map(|t| g.get(t)).collect();
         assert_close(&format!("clipped to {max_norm}"), &got_all, &clipped, BWD_TOL);
+        let (mut want_delta, mut got_delta) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let (mut p, mut m, mut v) = (p0[i].clone(), vec![0.0; n], vec![0.0; n]);
+            cpu_ops::adamw_step(&mut p, &first[i], &mut m, &mut v, 1, &cfg, 0.0);
+            cpu_ops::adamw_step(&mut p, &clipped[at..at + n], &mut m, &mut v, 2, &cfg, 0.0);
+            at += n;
+            want_delta.extend(p.iter().zip(&p0[i]).map(|(a, b)| a - b));
+            got_delta.extend(g.get(&params[i]).iter().zip(&p0[i]).map(|(a, b)| a - b));
+        }
+        assert_close(&format!("adamw update clipped to {max_norm}"), &got_delta, &want_delta, BWD_TOL);
     }
 }
 

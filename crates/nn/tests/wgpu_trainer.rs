@@ -3,6 +3,7 @@
 //! 1e-3 (absolute, the losses are O(1)); gradients and weights within 1e-3 of their largest magnitude.
 
 use userrl_nn::cpu_ops::{AdamW, GrpoClip};
+use userrl_nn::model::LlamaConfig;
 use userrl_nn::train::{Objective, TrainError, TrainSequence, TrainStep, TrainableLlama, tiny_config};
 use userrl_nn::wgpu::{MatmulTiles, WgpuError, WgpuLlama, WgpuTrainer};
 
@@ -148,6 +149,34 @@ fn grpo_and_policy_gradient_over_micro_batches_match_the_cpu_trainer() {
     gpu.loss_and_grad(&[mb1, mb2], &Objective::Grpo(GrpoClip::default())).unwrap();
     let e = rel_err(&gpu.grads().unwrap(), &cpu.grads);
     assert!(e <= 1e-3, "GRPO gradient: relative error {e}");
+}
+
+#[test]
+fn a_model_deeper_than_one_submission_matches_the_cpu_trainer() {
+    // 9 layers: the forward and the backward are each submitted in several parts, and two micro-batches follow
+    // each other, with clipping that bites (max norm 0.05) inside the AdamW kernel.
+    let config = LlamaConfig { layers: 9, ..tiny_config() };
+    let mut cpu = TrainableLlama::random(&config, 11, false).unwrap();
+    let mut gpu = WgpuTrainer::new(&device(), &cpu).unwrap();
+    let b = batch();
+    let (mb1, mb2) = b.split_at(2);
+    for i in 0..4 {
+        let mut s = step(vec![mb1, mb2], Objective::Sft);
+        s.max_grad_norm = Some(0.05);
+        let want = cpu.train_step(&s).unwrap();
+        let got = gpu.train_step(&s).unwrap();
+        assert!(want.grad_norm > 0.05, "the clipping must bite");
+        assert!((got.loss - want.loss).abs() <= 1e-3, "step {i}: loss {} vs {}", got.loss, want.loss);
+        assert!((got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm, "step {i}: grad norm");
+        assert_eq!((got.tokens, got.tokens_processed), (want.tokens, want.tokens_processed));
+    }
+    let mut back = TrainableLlama::random(&config, 99, false).unwrap();
+    gpu.write_into(&mut back).unwrap();
+    let e = rel_err(&back.params, &cpu.params);
+    assert!(e <= 1e-3, "weights after 4 steps: relative error {e}");
+    // The gradients left on the device are the clipped ones, as the CPU trainer leaves them.
+    let e = rel_err(&gpu.grads().unwrap(), &cpu.grads);
+    assert!(e <= 1e-3, "clipped gradients: relative error {e}");
 }
 
 #[test]

@@ -752,7 +752,10 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// cpu_ops `adamw_step` on floats `off..off + n` of the flat buffers `p`, `g`, `m`, `v` (step `t` from 1).
+    /// cpu_ops `adamw_step` on floats `off..off + n` of the flat buffers `p`, `g`, `m`, `v` (step `t` from 1). With
+    /// `clip = Some((norm, max_norm))` the gradients are first clipped as cpu_ops `clip_grad_norm` does (scaled by
+    /// `max_norm / norm` when the norm is finite and past `max_norm`, and written back so), `norm` being the
+    /// one-float tensor of [`Batch::grad_norm`] over all the gradients.
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
         &mut self,
@@ -765,6 +768,7 @@ impl Batch<'_> {
         t: u64,
         cfg: &AdamW,
         weight_decay: f32,
+        clip: Option<(&Tensor, f32)>,
     ) -> Result<(), WgpuError> {
         for (what, tensor) in [("params", p), ("grads", g), ("m", m), ("v", v)] {
             need(&format!("adamw {what}"), tensor.len, off + n)?;
@@ -785,8 +789,15 @@ impl Batch<'_> {
             decay.to_bits(),
             bc1.to_bits(),
             bc2.to_bits(),
+            clip.map_or(0.0, |(_, max_norm)| max_norm).to_bits(),
         ];
-        self.dispatch(Kernel::AdamW, &[p, g, m, v], &values, n.div_ceil(64))
+        match clip {
+            None => self.dispatch(Kernel::AdamW, &[p, g, m, v], &values, n.div_ceil(64)),
+            Some((norm, _)) => {
+                need("clip norm", norm.len, 1)?;
+                self.dispatch(Kernel::AdamWClipped, &[p, g, m, v, norm], &values, n.div_ceil(64))
+            }
+        }
     }
 
     /// cpu_ops `grad_norm` over several gradient tensors together (two passes: per-workgroup sums of squares,
@@ -809,17 +820,6 @@ impl Batch<'_> {
         self.dispatch(Kernel::SumsqFinal, &[&acc], &[u32_of("slots", slots)?, 0, u32_of("slot", slots)?], 1)?;
         self.copy(&acc, slots, &norm, 0, 1)?;
         Ok(norm)
-    }
-
-    /// cpu_ops `clip_grad_norm` with the norm already computed on the device (`norm` from [`Batch::grad_norm`]):
-    /// scales every gradient by `max_norm / norm` when the norm is finite and past `max_norm`.
-    pub fn clip_grad_norm(&mut self, grads: &[&Tensor], norm: &Tensor, max_norm: f32) -> Result<(), WgpuError> {
-        need("clip norm", norm.len, 1)?;
-        for g in grads {
-            let values = [u32_of("n", g.len)?, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, max_norm.to_bits()];
-            self.dispatch(Kernel::Clip, &[norm, g], &values, g.len.div_ceil(64))?;
-        }
-        Ok(())
     }
 
     /// cpu_ops `grpo_loss` over `n` tokens (`mask` as u32 0/1): writes `dlogp` and `out = [loss, clipped, tokens]`

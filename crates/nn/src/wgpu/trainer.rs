@@ -1,6 +1,6 @@
 //! A whole training step on the wgpu backend: the `TrainableLlama` step (forward keeping the same activations,
-//! chunked LM head over the loss rows, backward, global-norm clipping, AdamW) recorded as kernels, one queue
-//! submission per micro-batch plus one for the update. Parameters, gradients and AdamW moments live on the device,
+//! chunked LM head over the loss rows, backward, global-norm clipping, AdamW) recorded as kernels, submitted a few
+//! layers at a time, the update recorded before any statistic is read back. Parameters, gradients and AdamW moments live on the device,
 //! one buffer per tensor of the `ParamLayout`; the embedding and the LM head are split by vocabulary rows into
 //! buffers of at most one storage binding (128 MiB), as the inference forward splits them. Only the per-row loss
 //! statistics and the gradient norm are read back.
@@ -12,9 +12,12 @@ use std::ops::Range;
 
 use super::train_ops::HeadPart;
 use super::{Batch, Device, Matrix, Tensor, WgpuError, WgpuLlama};
-use crate::cpu_ops::AdamW;
 use crate::model::LlamaConfig;
 use crate::train::{Objective, ParamLayout, StepStats, TrainSequence, TrainStep, TrainableLlama, validate};
+
+/// Layers recorded between submissions: the GPU starts on them while the host records the rest (as the inference
+/// forward does).
+const LAYERS_PER_SUBMIT: usize = 4;
 
 /// One parameter tensor: its place in the flat layout, and its rows on the device in one or more parts.
 struct Param {
@@ -266,15 +269,37 @@ impl WgpuTrainer {
         micro_batches: &[&[TrainSequence]],
         objective: &Objective,
     ) -> Result<StepStats, WgpuError> {
-        Ok(self.grads_and_norm(micro_batches, objective)?.0)
+        let mut b = self.device.batch();
+        let grads = self.record_grads(&mut b, micro_batches, objective)?;
+        b.submit()?;
+        self.read_stats(grads, objective)
     }
 
-    /// [`WgpuTrainer::loss_and_grad`], also returning the device tensor that holds the gradient norm.
-    fn grads_and_norm(
-        &mut self,
+    /// `TrainableLlama::train_step` on the device: gradients of all micro-batches, global-norm clipping, AdamW
+    /// (weight decay on the matrices only; the clipping inside the AdamW kernel). Everything is recorded before anything is read back, so the GPU never
+    /// waits for the host between the backward and the update.
+    pub fn train_step(&mut self, step: &TrainStep) -> Result<StepStats, WgpuError> {
+        let t = self.step + 1;
+        let mut b = self.device.batch();
+        let grads = self.record_grads(&mut b, &step.micro_batches, &step.objective)?;
+        let clip = step.max_grad_norm.map(|max| (&grads.norm, max));
+        for (param, p) in self.all_parts() {
+            let wd = if param.decay { step.adamw.weight_decay } else { 0.0 };
+            b.adamw(&p.p, &p.g, &p.m, &p.v, 0, p.p.len(), t, &step.adamw, wd, clip)?;
+        }
+        b.submit()?;
+        self.step = t;
+        self.read_stats(grads, &step.objective)
+    }
+
+    /// Records zeroing the gradients, every micro-batch's forward and backward (submitted as it goes) and the
+    /// gradient norm; nothing is read back yet.
+    fn record_grads(
+        &self,
+        b: &mut Batch,
         micro_batches: &[&[TrainSequence]],
         objective: &Objective,
-    ) -> Result<(StepStats, Tensor), WgpuError> {
+    ) -> Result<PendingGrads, WgpuError> {
         if micro_batches.is_empty() {
             return Err(crate::train::TrainError::EmptyBatch.into());
         }
@@ -285,55 +310,59 @@ impl WgpuTrainer {
         if denom == 0 {
             return Err(crate::train::TrainError::NothingMasked.into());
         }
-        let mut b = self.device.batch();
         for (_, p) in self.all_parts() {
             b.clear(&p.g, 0, p.g.len())?;
         }
-        b.submit()?;
+        let mut micro = Vec::with_capacity(micro_batches.len());
+        for mb in micro_batches {
+            micro.push(self.accumulate(b, mb, objective, denom as f32)?);
+        }
+        let tensors: Vec<&Tensor> = self.all_parts().map(|(_, p)| &p.g).collect();
+        let norm = b.grad_norm(&tensors)?;
+        Ok(PendingGrads { micro, denom, norm })
+    }
+
+    /// The step's statistics, read back once its last submission has run.
+    fn read_stats(&self, grads: PendingGrads, objective: &Objective) -> Result<StepStats, WgpuError> {
+        let d = &self.device;
+        let denom = grads.denom as f32;
         let mut total = StepStats::default();
         let mut entropy = 0.0f64;
-        for mb in micro_batches {
-            let s = self.accumulate(mb, objective, denom as f32)?;
-            total.loss += s.loss;
-            total.tokens += s.tokens;
-            total.tokens_processed += s.tokens_processed;
-            total.clipped += s.clipped;
-            entropy += s.entropy as f64;
+        for mb in grads.micro {
+            total.tokens_processed += mb.tokens_processed;
+            if mb.rows == 0 {
+                continue;
+            }
+            let head = d.head_stats(&mb.state, mb.rows)?;
+            let loss_sum: f64 = match objective {
+                Objective::Sft => -head.logp.iter().map(|&l| l as f64).sum::<f64>(),
+                Objective::PolicyGradient => -head.logp.iter().zip(&mb.adv).map(|(&l, &a)| (l * a) as f64).sum::<f64>(),
+                Objective::Grpo(_) => match &mb.grpo_out {
+                    Some(out) => {
+                        let g = d.grpo_stats(out)?;
+                        total.clipped += g.clipped;
+                        g.loss as f64 * denom as f64
+                    }
+                    None => 0.0,
+                },
+            };
+            total.loss += (loss_sum / denom as f64) as f32;
+            total.tokens += mb.rows;
+            entropy += head.entropy.iter().map(|&e| e as f64).sum::<f64>() as f32 as f64;
         }
         total.entropy = (entropy / denom as f64) as f32;
-        let mut b = self.device.batch();
-        let grads: Vec<&Tensor> = self.all_parts().map(|(_, p)| &p.g).collect();
-        let norm = b.grad_norm(&grads)?;
-        b.submit()?;
-        total.grad_norm = self.device.download(&norm)?[0];
-        Ok((total, norm))
-    }
-
-    /// `TrainableLlama::train_step` on the device: gradients of all micro-batches, global-norm clipping, AdamW
-    /// (weight decay on the matrices only).
-    pub fn train_step(&mut self, step: &TrainStep) -> Result<StepStats, WgpuError> {
-        let (stats, norm) = self.grads_and_norm(&step.micro_batches, &step.objective)?;
-        self.step += 1;
-        let mut b = self.device.batch();
-        if let Some(max) = step.max_grad_norm {
-            let grads: Vec<&Tensor> = self.all_parts().map(|(_, p)| &p.g).collect();
-            b.clip_grad_norm(&grads, &norm, max)?;
-        }
-        self.record_adamw(&mut b, &step.adamw)?;
-        b.submit()?;
-        Ok(stats)
-    }
-
-    fn record_adamw(&self, b: &mut Batch, cfg: &AdamW) -> Result<(), WgpuError> {
-        for (param, p) in self.all_parts() {
-            let wd = if param.decay { cfg.weight_decay } else { 0.0 };
-            b.adamw(&p.p, &p.g, &p.m, &p.v, 0, p.p.len(), self.step, cfg, wd)?;
-        }
-        Ok(())
+        total.grad_norm = d.download(&grads.norm)?[0];
+        Ok(total)
     }
 
     /// Forward and backward of one micro-batch, adding its gradient (divided by the whole batch's `denom`).
-    fn accumulate(&self, seqs: &[TrainSequence], objective: &Objective, denom: f32) -> Result<StepStats, WgpuError> {
+    fn accumulate(
+        &self,
+        b: &mut Batch,
+        seqs: &[TrainSequence],
+        objective: &Objective,
+        denom: f32,
+    ) -> Result<PendingMicroBatch, WgpuError> {
         let c = &self.config;
         let d = &self.device;
         let mb = MicroBatch::new(seqs);
@@ -343,7 +372,6 @@ impl WgpuTrainer {
         let bounds = d.seq_bounds(&mb.seq_lens)?;
         let positions = d.seq_positions(&mb.seq_lens)?;
         let embed = self.parts(&self.layout.embed);
-        let mut b = d.batch();
 
         // Forward, keeping what the backward needs.
         let x = d.zeros(n * h)?;
@@ -386,6 +414,9 @@ impl WgpuTrainer {
             b.linear_fwd(&act, n, w(&s.w_down), f, h, &proj)?;
             b.add(&x, &proj, n * h)?;
             acts.push(a);
+            if acts.len() % LAYERS_PER_SUBMIT == 0 {
+                b.flush()?;
+            }
         }
         let norm = self.param(&self.layout.norm);
         let (xf, rstd_f) = (d.zeros(n * h)?, d.zeros(n)?);
@@ -429,7 +460,7 @@ impl WgpuTrainer {
         let dnormed = d.zeros(n * h)?;
         let (dact, dgate, dup) = (d.zeros(n * f)?, d.zeros(n * f)?, d.zeros(n * f)?);
         let (datt, dq, dk, dv) = (d.zeros(n * h)?, d.zeros(n * h)?, d.zeros(n * kvd)?, d.zeros(n * kvd)?);
-        for (s, a) in self.layout.layers.iter().zip(&acts).rev() {
+        for (li, (s, a)) in self.layout.layers.iter().zip(&acts).enumerate().rev() {
             let w = |r: &Range<usize>| self.param(r);
             b.rms_norm_fwd(&a.x_mid, &w(&s.ffn_norm).p, c.eps, h, n, &normed, &scratch_rstd)?;
             b.swiglu_fwd(&a.gate, &a.up, &act, n * f)?;
@@ -455,31 +486,35 @@ impl WgpuTrainer {
             b.linear_bwd(&dv, &normed, n, &w(&s.wv).p, h, kvd, &dnormed, &w(&s.wv).g)?;
             let attn_norm = w(&s.attn_norm);
             b.rms_norm_bwd(&dnormed, &a.x, &attn_norm.p, &a.rstd1, h, n, &dx, &attn_norm.g)?;
+            if li % LAYERS_PER_SUBMIT == 0 {
+                b.flush()?;
+            }
         }
         // With tied weights this adds to the LM head's contribution already in the same tensor.
         for p in embed {
             b.embedding_bwd_rows(&mb.ids, &dx, h, p.row0..p.row0 + p.rows, &p.g, 0)?;
         }
-        b.submit()?;
-
-        let mut stats = StepStats { tokens_processed: n, ..StepStats::default() };
-        if m > 0 {
-            let head = d.head_stats(&state, m)?;
-            let loss_sum: f64 = match objective {
-                Objective::Sft => -head.logp.iter().map(|&l| l as f64).sum::<f64>(),
-                Objective::PolicyGradient => -head.logp.iter().zip(&mb.adv).map(|(&l, &a)| (l * a) as f64).sum::<f64>(),
-                Objective::Grpo(_) => {
-                    let g = d.grpo_stats(&grpo_out)?;
-                    stats.clipped = g.clipped;
-                    g.loss as f64 * denom as f64
-                }
-            };
-            stats.loss = (loss_sum / denom as f64) as f32;
-            stats.tokens = m;
-            stats.entropy = head.entropy.iter().map(|&e| e as f64).sum::<f64>() as f32;
-        }
-        Ok(stats)
+        // Submitted here so that this micro-batch's activations are freed once the GPU is done with them.
+        b.flush()?;
+        let grpo_out = matches!(objective, Objective::Grpo(_)).then_some(grpo_out);
+        Ok(PendingMicroBatch { tokens_processed: n, rows: m, state, grpo_out, adv: mb.adv })
     }
+}
+
+/// The gradients being computed: each micro-batch's loss statistics and the norm, on the device until read.
+struct PendingGrads {
+    micro: Vec<PendingMicroBatch>,
+    denom: usize,
+    norm: Tensor,
+}
+
+/// One micro-batch's per-row LM-head state (log-prob, entropy) and GRPO sums, still on the device.
+struct PendingMicroBatch {
+    tokens_processed: usize,
+    rows: usize,
+    state: Tensor,
+    grpo_out: Option<Tensor>,
+    adv: Vec<f32>,
 }
 
 /// Where a weight lives in an inference model, piece by piece: `(first float of the weight, tensor, offset in the
