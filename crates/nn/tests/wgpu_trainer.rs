@@ -180,6 +180,40 @@ fn a_model_deeper_than_one_submission_matches_the_cpu_trainer() {
 }
 
 #[test]
+fn token_logprobs_match_the_cpu_trainer_in_groups_and_refuse_bad_input() {
+    for tied in [true, false] {
+        let cpu = TrainableLlama::random(&tiny_config(), 21, tied).unwrap();
+        // A 6 KiB binding cap holds [32, 48] activations: the five sequences (12, 8, 3, 1 and 20 tokens) run as
+        // two groups, the 1-token one giving its lone 0.
+        let devices = [device(), device().with_binding_limit(6 << 10)];
+        for dev in devices {
+            let gpu = WgpuTrainer::new(&dev, &cpu).unwrap();
+            let long: Vec<u32> = (0..20).map(|i| (i * 13 + 5) % 64).collect();
+            let b = batch();
+            let seqs: Vec<&[u32]> = vec![&b[0].tokens, &b[1].tokens, &b[2].tokens, &[7], &long];
+            let want = cpu.token_logprobs(&seqs).unwrap();
+            let got = gpu.token_logprobs(&seqs).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.len(), w.len());
+                assert_eq!(g[0], 0.0);
+                let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst <= 1e-4, "tied {tied}: log-probs differ by {worst}");
+            }
+            assert!(matches!(
+                gpu.token_logprobs(&[&[1, 2], &[]]),
+                Err(WgpuError::Train(TrainError::EmptySequence { seq: 1 }))
+            ));
+            assert!(matches!(
+                gpu.token_logprobs(&[&[1, 64]]),
+                Err(WgpuError::Train(TrainError::BadToken { seq: 0, pos: 1, id: 64, vocab: 64 }))
+            ));
+            assert!(matches!(gpu.token_logprobs(&[]), Err(WgpuError::Train(TrainError::EmptyBatch))));
+        }
+    }
+}
+
+#[test]
 fn bad_batches_give_the_cpu_trainer_errors() {
     let dev = device();
     let cpu = TrainableLlama::random(&tiny_config(), 1, true).unwrap();

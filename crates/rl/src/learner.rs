@@ -1,6 +1,6 @@
 //! Where a run's optimiser steps execute: the CPU trainer, or the wgpu trainer (WGSL forward, backward and
-//! AdamW on a GPU) as the run config's `model.device` says. The CPU copy of the model stays the run's truth for
-//! everything else — rollouts, the old-log-prob recompute, evaluation, checkpoints — so after each device step
+//! AdamW on a GPU) as the run config's `model.device` says, with GRPO's old-log-prob recompute beside them. The CPU
+//! copy of the model stays the run's truth for everything else — rollouts, evaluation, checkpoints — so after each device step
 //! the weights, gradients and AdamW moments are read back into it (an exact copy: checkpoints and resume do not
 //! care where a step ran).
 
@@ -57,6 +57,16 @@ impl Learner {
                 trainer.write_into(&mut self.model)?;
                 Ok(stats)
             }
+        }
+    }
+
+    /// Per-token log-probs under the current weights (`TrainableLlama::token_logprobs`), on the device the steps
+    /// run on: GRPO's old log-probs then come from the kernels of the update they feed, and a GPU run does not
+    /// wait on a CPU forward over every trajectory.
+    pub fn token_logprobs(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, TrainError> {
+        match &self.gpu {
+            None => Ok(self.model.token_logprobs(seqs)?),
+            Some(trainer) => Ok(trainer.token_logprobs(seqs)?),
         }
     }
 

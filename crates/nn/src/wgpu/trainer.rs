@@ -52,6 +52,25 @@ struct LayerActs {
     up: Tensor,
 }
 
+/// What the trunk's forward leaves for the LM head and the backward.
+struct Trunk {
+    /// The last layer's output, before the final norm.
+    x: Tensor,
+    /// The final norm's output and its per-row rstd.
+    xf: Tensor,
+    rstd_f: Tensor,
+    /// Scratch the backward reuses.
+    normed: Tensor,
+    act: Tensor,
+    bounds: Tensor,
+    positions: Tensor,
+    /// Each layer's activations (empty unless kept).
+    acts: Vec<LayerActs>,
+}
+
+/// Tokens per forward of [`WgpuTrainer::token_logprobs`]: a `[tokens, ffn]` activation of SmolLM2 stays near 50 MB.
+const LOGPROB_TOKENS: usize = 8192;
+
 /// A `TrainableLlama` whose parameters, gradients and moments live on a wgpu device.
 pub struct WgpuTrainer {
     pub config: LlamaConfig,
@@ -355,45 +374,40 @@ impl WgpuTrainer {
         Ok(total)
     }
 
-    /// Forward and backward of one micro-batch, adding its gradient (divided by the whole batch's `denom`).
-    fn accumulate(
-        &self,
-        b: &mut Batch,
-        seqs: &[TrainSequence],
-        objective: &Objective,
-        denom: f32,
-    ) -> Result<PendingMicroBatch, WgpuError> {
+    /// The trunk's forward of a micro-batch (train.rs `forward`): embedding, every layer, the final norm. With
+    /// `keep`, each layer's activations are kept for a backward; without, one set is reused by every layer.
+    fn record_trunk(&self, b: &mut Batch, mb: &MicroBatch, keep: bool) -> Result<Trunk, WgpuError> {
         let c = &self.config;
         let d = &self.device;
-        let mb = MicroBatch::new(seqs);
         let (n, h, kvd, f, hd) = (mb.ids.len(), c.hidden, c.kv_dim(), c.ffn, c.head_dim());
-        let m = mb.rows.len();
         let ids = d.upload_u32(&mb.ids)?;
         let bounds = d.seq_bounds(&mb.seq_lens)?;
         let positions = d.seq_positions(&mb.seq_lens)?;
         let embed = self.parts(&self.layout.embed);
-
-        // Forward, keeping what the backward needs.
         let x = d.zeros(n * h)?;
         let normed = d.zeros(n * h)?;
         let proj = d.zeros(n * h)?;
         let act = d.zeros(n * f)?;
         let table = Matrix { chunks: embed.iter().map(|p| (p.row0, p.p.clone())).collect(), rows: c.vocab, cols: h };
         b.embed(&ids, n, &table, &x)?;
-        let mut acts = Vec::with_capacity(c.layers);
-        for s in &self.layout.layers {
-            let a = LayerActs {
-                x: d.zeros(n * h)?,
-                rstd1: d.zeros(n)?,
-                q: d.zeros(n * h)?,
-                k: d.zeros(n * kvd)?,
-                v: d.zeros(n * kvd)?,
-                att: d.zeros(n * h)?,
-                lse: d.zeros(n * c.heads)?,
-                x_mid: d.zeros(n * h)?,
-                rstd2: d.zeros(n)?,
-                gate: d.zeros(n * f)?,
-                up: d.zeros(n * f)?,
+        let mut acts = Vec::with_capacity(if keep { c.layers } else { 0 });
+        let mut reused: Option<LayerActs> = None;
+        for (li, s) in self.layout.layers.iter().enumerate() {
+            let a = match reused.take() {
+                Some(a) => a,
+                None => LayerActs {
+                    x: d.zeros(n * h)?,
+                    rstd1: d.zeros(n)?,
+                    q: d.zeros(n * h)?,
+                    k: d.zeros(n * kvd)?,
+                    v: d.zeros(n * kvd)?,
+                    att: d.zeros(n * h)?,
+                    lse: d.zeros(n * c.heads)?,
+                    x_mid: d.zeros(n * h)?,
+                    rstd2: d.zeros(n)?,
+                    gate: d.zeros(n * f)?,
+                    up: d.zeros(n * f)?,
+                },
             };
             let w = |r: &Range<usize>| &self.param(r).p;
             b.copy(&x, 0, &a.x, 0, n * h)?;
@@ -413,14 +427,96 @@ impl WgpuTrainer {
             b.swiglu_fwd(&a.gate, &a.up, &act, n * f)?;
             b.linear_fwd(&act, n, w(&s.w_down), f, h, &proj)?;
             b.add(&x, &proj, n * h)?;
-            acts.push(a);
-            if acts.len() % LAYERS_PER_SUBMIT == 0 {
+            if keep {
+                acts.push(a);
+            } else {
+                reused = Some(a);
+            }
+            if (li + 1) % LAYERS_PER_SUBMIT == 0 {
                 b.flush()?;
             }
         }
         let norm = self.param(&self.layout.norm);
         let (xf, rstd_f) = (d.zeros(n * h)?, d.zeros(n)?);
         b.rms_norm_fwd(&x, &norm.p, c.eps, h, n, &xf, &rstd_f)?;
+        Ok(Trunk { x, xf, rstd_f, normed, act, bounds, positions, acts })
+    }
+
+    /// `TrainableLlama::token_logprobs` on the device: per-token log-probs of each sequence under the trainer's
+    /// current weights (entry `i` is `log p(token i | tokens < i)`, entry 0 is 0), by the training forward's
+    /// kernels, so GRPO's old log-probs come from the device its update runs on. Sequences run together in groups
+    /// of up to [`LOGPROB_TOKENS`] tokens (fewer where a `[tokens, ffn]` activation would pass one binding; a
+    /// longer sequence alone).
+    pub fn token_logprobs(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, WgpuError> {
+        let all: Vec<TrainSequence> = seqs.iter().map(|s| TrainSequence::sft(s.to_vec(), 1)).collect();
+        validate(&all, &Objective::Sft, &self.config)?;
+        let widest = 4 * self.config.ffn.max(self.config.hidden).max(1) as u64;
+        let cap = (self.device.max_binding / widest).clamp(1, LOGPROB_TOKENS as u64) as usize;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        while start < all.len() {
+            let mut end = start + 1;
+            let mut tokens = all[start].tokens.len();
+            while end < all.len() && tokens + all[end].tokens.len() <= cap {
+                tokens += all[end].tokens.len();
+                end += 1;
+            }
+            out.extend(self.group_logprobs(&all[start..end])?);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn group_logprobs(&self, seqs: &[TrainSequence]) -> Result<Vec<Vec<f32>>, WgpuError> {
+        let (d, h) = (&self.device, self.config.hidden);
+        let mb = MicroBatch::new(seqs);
+        let (n, m) = (mb.ids.len(), mb.rows.len());
+        let mut b = d.batch();
+        let trunk = self.record_trunk(&mut b, &mb, false)?;
+        let state = d.head_state(m.max(1))?;
+        if m > 0 {
+            let head: Vec<HeadPart> = self
+                .parts(self.layout.lm_head.as_ref().unwrap_or(&self.layout.embed))
+                .iter()
+                .map(|p| HeadPart { row0: p.row0, rows: p.rows, w: &p.p, dw: None })
+                .collect();
+            let (rows, targets) = (d.upload_u32(&mb.rows)?, d.upload_u32(&mb.targets)?);
+            let xs = d.zeros(m * h)?;
+            b.embed(&rows, m, &Matrix::whole(&trunk.xf, n, h)?, &xs)?;
+            b.lm_head_fwd_parts(&xs, m, h, &head, &targets, self.head_chunk, &state)?;
+        }
+        b.submit()?;
+        let logp = if m > 0 { d.head_stats(&state, m)?.logp } else { Vec::new() };
+        let mut k = 0;
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                let mut o = vec![0.0; s.tokens.len()];
+                for v in o.iter_mut().skip(1) {
+                    *v = logp[k];
+                    k += 1;
+                }
+                o
+            })
+            .collect())
+    }
+
+    /// Forward and backward of one micro-batch, adding its gradient (divided by the whole batch's `denom`).
+    fn accumulate(
+        &self,
+        b: &mut Batch,
+        seqs: &[TrainSequence],
+        objective: &Objective,
+        denom: f32,
+    ) -> Result<PendingMicroBatch, WgpuError> {
+        let c = &self.config;
+        let d = &self.device;
+        let mb = MicroBatch::new(seqs);
+        let (n, h, kvd, f, hd) = (mb.ids.len(), c.hidden, c.kv_dim(), c.ffn, c.head_dim());
+        let m = mb.rows.len();
+        let embed = self.parts(&self.layout.embed);
+        let Trunk { x, xf, rstd_f, normed, act, bounds, positions, acts } = self.record_trunk(b, &mb, true)?;
+        let norm = self.param(&self.layout.norm);
 
         // The loss rows through the chunked LM head, and the gradient on the final normed states.
         let dxf = d.zeros(n * h)?;
