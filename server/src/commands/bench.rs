@@ -541,6 +541,7 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
         if let Some(t) = train {
             println!("training step seq {} x {}: {:.2} tokens/s", t.seq, t.batch, t.tokens_per_s);
+            println!("token log-probs (GRPO's old-log-prob forward): {:.1} tokens/s", t.logprob_tokens_per_s);
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The wgpu side of `userrl bench nn --device wgpu`: training-step throughput (forward + backward + AdamW through
 //! [`WgpuTrainer`]) on the same synthetic SFT batch the CPU training bench uses, median of timed steps after one
-//! warm-up. Each timed step waits for the device to finish its AdamW update, so it measures finished work.
+//! warm-up. Each timed step waits for the device to finish its AdamW update, so it measures finished work; the
+//! log-prob forward over the same batch reads its results back, so it does too.
 
 use super::{Device, MatmulTiles, WgpuError, WgpuTrainer};
 use crate::bench::{median_seconds, synthetic_batch};
@@ -18,6 +19,8 @@ pub struct TrainStepResult {
     pub seconds_per_step: f64,
     /// `seq · batch / seconds_per_step`.
     pub tokens_per_s: f64,
+    /// Tokens/s of [`WgpuTrainer::token_logprobs`] over the same batch (GRPO's old-log-prob recompute).
+    pub logprob_tokens_per_s: f64,
 }
 
 /// Training-step tokens/s of `model` on `device` (the model is uploaded; its CPU copy is not changed).
@@ -40,6 +43,8 @@ pub fn train_step(
         trainer.train_step(&step)?;
         device.wait()
     })?;
+    let tokens: Vec<&[u32]> = seqs.iter().map(|s| s.tokens.as_slice()).collect();
+    let logprob_seconds = median_seconds(runs, || trainer.token_logprobs(&tokens).map(|_| ()))?;
     let info = device.info();
     Ok(TrainStepResult {
         device: format!("{} {:?} {:?}", info.name, info.device_type, info.backend),
@@ -48,6 +53,7 @@ pub fn train_step(
         runs,
         seconds_per_step: seconds,
         tokens_per_s: (seq * batch) as f64 / seconds,
+        logprob_tokens_per_s: (seq * batch) as f64 / logprob_seconds,
     })
 }
 
