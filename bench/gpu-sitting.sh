@@ -9,7 +9,8 @@
 #   <dir>/wgpu_bench, <dir>/wgpu_backward, ... into a folder that .git/info/exclude ignores, and optionally the
 #   wgpu_bench of the commit to compare against as <dir>/wgpu_bench_before; strip them, and carry that folder and
 #   the Vulkan loader debs (.gl/, see the device README).
-# Usage there: bench/gpu-sitting.sh <dir>   (results under $OUT when set, else /tmp)
+# Usage there: [QUICK=1] bench/gpu-sitting.sh <dir>   (results under $OUT when set, else /tmp; QUICK=1 runs only
+# the build, the build before and PyTorch)
 set -u
 dir=${1:?usage: bench/gpu-sitting.sh <folder with wgpu_bench and the wgpu test binaries>}
 out=${OUT:-/tmp}
@@ -49,18 +50,25 @@ peer() {
   elapsed
 }
 round() {
-  bench split-k "$dir/wgpu_bench"
-  bench no-split "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=off
-  bench no-prefetch "$dir/wgpu_bench" USERRL_WGPU_PREFETCH=off
-  bench no-key-split "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=off
+  bench as-built "$dir/wgpu_bench"
+  if [ -z "${QUICK:-}" ]; then
+    bench no-split "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=off
+    bench no-prefetch "$dir/wgpu_bench" USERRL_WGPU_PREFETCH=off
+    bench no-key-split "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=off
+  fi
   bench before "$dir/wgpu_bench_before"
   peer
 }
-round; round
-# Tuning: other split targets than the defaults (256 workgroups, 128 keys).
-bench split-k-512 "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=512
-bench key-split-64 "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=64
-bench key-split-256 "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=256
+if [ -n "${QUICK:-}" ]; then
+  # QUICK=1: only the build against the one before and PyTorch, three rounds.
+  round; round; round
+else
+  round; round
+  # Tuning: other split targets than the defaults (256 workgroups, 128 keys).
+  bench split-k-512 "$dir/wgpu_bench" USERRL_WGPU_SPLIT_K=512
+  bench key-split-64 "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=64
+  bench key-split-256 "$dir/wgpu_bench" USERRL_WGPU_KEY_SPLIT=256
+fi
 USERRL_WGPU_PROFILE=1 timeout 90 "$dir/wgpu_bench" smollm2 512 1 3 >"$out/profile.json" 2>&1
 python3 -c "
 import json
