@@ -2,7 +2,8 @@
 // start + i) of head h sees cache positions 0..=start+i of KV head h / (heads / kv_heads).
 // One workgroup per (row, head). Keys are taken 64 at a time: each invocation scores one key, then every invocation
 // folds the block into a running max / sum / weighted value sum (online softmax) for the output dimensions it owns
-// (d = lane, lane + 64, ...), so memory stays bounded at any context length. Head dims up to 256.
+// (d = lane, lane + 64, ...), so memory stays bounded at any context length. Head dims up to 256. Its q and out
+// rows are rows row0.. of their buffers (one sequence's rows in a batch whose sequences have caches of their own).
 // `attention_train` is the training forward (cpu_ops `attention_fwd`): sequences laid end to end, row i sees the
 // keys bounds[2i]..=i of its own sequence (k/v are the batch's own rows, no cache), and it saves each row's
 // log-sum-exp of the scaled scores for the backward. `attention_bwd_prep` pairs that log-sum-exp with
@@ -17,6 +18,7 @@ struct Params {
     kv_dim: u32,
     scale: f32,
     groups_x: u32,
+    row0: u32, // `attention` only
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,7 +42,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let head = gid % p.heads;
     let hd = p.head_dim;
     let kv_off = (head / (p.heads / p.kv_heads)) * hd;
-    let q_off = i * p.heads * hd + head * hd;
+    let q_off = (p.row0 + i) * p.heads * hd + head * hd;
     for (var d = li; d < hd; d += 64u) {
         qs[d] = q[q_off + d];
     }

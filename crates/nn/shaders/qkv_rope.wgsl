@@ -1,7 +1,8 @@
 // The inference layer's split of its fused projection [rows, q_width + 2·kv_width] (q | k | v per row, one matmul):
 // q rotated (RoPE on adjacent pairs, model.rs `rope`) into its own buffer, k rotated into the KV cache's rows at
 // positions start.., v copied into the cache's v rows; one dispatch instead of two rotations and two copies. The
-// (cos, sin) table is the one `rope.wgsl` reads, filled by the host with the CPU's f32 arithmetic.
+// (cos, sin) table is the one `rope.wgsl` reads, filled by the host with the CPU's f32 arithmetic. The rows are
+// rows row0.. of qkv and of q (one sequence's rows inside a batch of several sequences, each with its own cache).
 
 struct Params {
     rows: u32,
@@ -9,6 +10,7 @@ struct Params {
     head_dim: u32,
     start: u32,    // position of row 0
     kv_width: u32, // floats of k (and of v) per row
+    row0: u32,     // first row of qkv and q
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,9 +37,9 @@ fn qkv_rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let j = idx % row_pairs;
     let half = p.head_dim / 2u;
     let pos = p.start + row;
-    let v = qkv[idx];
+    let v = qkv[p.row0 * row_pairs + idx];
     if (j < q_pairs) {
-        q[row * q_pairs + j] = rotate(v, table[pos * half + j % half]);
+        q[(p.row0 + row) * q_pairs + j] = rotate(v, table[pos * half + j % half]);
     } else if (j < q_pairs + kv_pairs) {
         let jk = j - q_pairs;
         k_cache[pos * kv_pairs + jk] = rotate(v, table[pos * half + jk % half]);

@@ -30,10 +30,11 @@ mod prefix;
 use crate::batch::{SeqCache, forward_last_batch};
 use crate::generate::{Generation, Rng, Sampling, log_softmax_at, sample};
 use crate::model::{Llama, LlamaConfig, ModelError};
+use crate::wgpu::{WgpuError, WgpuKvCache, WgpuLlama};
 use prefix::{PrefixStore, common_prefix};
 
 /// What the engine needs from a model: per-sequence caches and a batched forward that returns each sequence's
-/// last logits. The CPU [`Llama`] implements it; a GPU model can plug in the same way.
+/// last logits. The CPU [`Llama`] and the GPU [`WgpuLlama`] implement it.
 pub trait BatchModel: Send + Sync + 'static {
     /// A placeholder value (`Default`) lets the engine move caches in and out of the batch cheaply.
     type Cache: Default + Send + 'static;
@@ -42,8 +43,9 @@ pub trait BatchModel: Send + Sync + 'static {
     fn new_cache(&self) -> Self::Cache;
     fn cache_len(cache: &Self::Cache) -> usize;
     /// A new cache with the first `len` positions of `cache`, for a sequence whose prompt starts with the
-    /// same tokens (the rows must be exactly what running those tokens would have produced).
-    fn prefix_cache(&self, cache: &Self::Cache, len: usize) -> Self::Cache;
+    /// same tokens (the rows must be exactly what running those tokens would have produced). On an error (a
+    /// device out of memory, say) the engine goes on without the prefix.
+    fn prefix_cache(&self, cache: &Self::Cache, len: usize) -> Result<Self::Cache, Self::Error>;
     /// Bytes a cache of `len` positions takes (what the prefix store's budget counts).
     fn cache_bytes(&self, len: usize) -> usize {
         let c = self.config();
@@ -65,11 +67,31 @@ impl BatchModel for Llama {
     fn cache_len(cache: &SeqCache) -> usize {
         cache.len
     }
-    fn prefix_cache(&self, cache: &SeqCache, len: usize) -> SeqCache {
-        cache.prefix(len)
+    fn prefix_cache(&self, cache: &SeqCache, len: usize) -> Result<SeqCache, ModelError> {
+        Ok(cache.prefix(len))
     }
     fn forward_last_batch(&self, tokens: &[&[u32]], caches: &mut [SeqCache]) -> Result<Vec<f32>, ModelError> {
         forward_last_batch(self, tokens, caches)
+    }
+}
+
+impl BatchModel for WgpuLlama {
+    type Cache = WgpuKvCache;
+    type Error = WgpuError;
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+    fn new_cache(&self) -> WgpuKvCache {
+        WgpuLlama::new_cache(self)
+    }
+    fn cache_len(cache: &WgpuKvCache) -> usize {
+        cache.len
+    }
+    fn prefix_cache(&self, cache: &WgpuKvCache, len: usize) -> Result<WgpuKvCache, WgpuError> {
+        WgpuLlama::prefix_cache(self, cache, len)
+    }
+    fn forward_last_batch(&self, tokens: &[&[u32]], caches: &mut [WgpuKvCache]) -> Result<Vec<f32>, WgpuError> {
+        WgpuLlama::forward_last_batch(self, tokens, caches)
     }
 }
 
@@ -638,7 +660,13 @@ impl<M: BatchModel> Worker<M> {
             return false;
         }
         if let Some((entry, n)) = hit {
-            let cache = self.model.prefix_cache(self.store.hit(entry), n);
+            let cache = match self.model.prefix_cache(self.store.hit(entry), n) {
+                Ok(cache) => cache,
+                Err(e) => {
+                    tracing::warn!(error = %e, "copying a stored prompt prefix failed; prefilling the whole prompt");
+                    return true;
+                }
+            };
             let seq = &mut self.active[i];
             seq.cache = cache;
             seq.feed.drain(..n);
@@ -656,8 +684,10 @@ impl<M: BatchModel> Worker<M> {
         if prompt.len() < self.config.prefix_min_tokens || !self.store.wants(&prompt, bytes) {
             return;
         }
-        let cache = self.model.prefix_cache(&self.active[i].cache, prompt.len());
-        self.store.insert(prompt, cache, bytes);
+        match self.model.prefix_cache(&self.active[i].cache, prompt.len()) {
+            Ok(cache) => self.store.insert(prompt, cache, bytes),
+            Err(e) => tracing::warn!(error = %e, "copying a prompt's cache into the prefix store failed"),
+        }
     }
 
     /// Samples the next token of `active[i]` from logits row `row` for every `(i, row)`, sequences in parallel

@@ -254,6 +254,11 @@ fn attention_refuses_shapes_it_cannot_run() {
     assert!(matches!(b.attention_fwd(&t, &t, &t, &t, &t, &bounds, 4, 1, 1, 512), Err(WgpuError::Shape(_))));
     // Bounds for fewer rows than the call names.
     assert!(matches!(b.attention_fwd(&t, &t, &t, &t, &t, &bounds, 8, 2, 1, 16), Err(WgpuError::Shape(_))));
+    // A row offset with a block's worth of rows (the blocked kernels have no offset).
+    let blocked = g.dev.with_blocked_attention(true);
+    let mut b = blocked.batch();
+    assert!(matches!(b.attention(&t, &t, &t, &t, 2, 16, 0, 2, 1, 16), Err(WgpuError::Shape(_))));
+    assert!(b.attention(&t, &t, &t, &t, 2, 15, 0, 2, 1, 16).is_ok());
 }
 
 #[test]

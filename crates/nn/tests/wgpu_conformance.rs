@@ -3,6 +3,8 @@
 //! says to run scripts/setup.
 
 use userrl_nn::backend::LogitsModel;
+use userrl_nn::batch::{SeqCache, forward_last_batch};
+use userrl_nn::engine::{Engine, EngineConfig, Request};
 use userrl_nn::generate::{Sampling, generate, generate_with};
 use userrl_nn::model::{Layer, Llama, LlamaConfig, ModelError, linear, rms_norm, rope};
 use userrl_nn::wgpu::{Device, MatmulTiles, WgpuError, WgpuLlama};
@@ -110,20 +112,23 @@ fn rms_norm_matches_cpu() {
 #[test]
 fn qkv_rope_matches_cpu() {
     // A fused [rows, q | k | v] projection: q rotated into its buffer, k rotated and v copied into cache rows
-    // start.. (rows before start and after the new ones keep what they held).
+    // start.. (rows before start and after the new ones keep what they held). The rows may start at row0 of qkv
+    // and q (one sequence of a batch): rows of q outside them keep what they held.
     let dev = device();
-    for (i, &(rows, heads, kv_heads, hd, start)) in
-        [(1, 4, 2, 64, 0), (7, 3, 1, 32, 100), (5, 2, 2, 128, 250)].iter().enumerate()
+    for (i, &(row0, rows, heads, kv_heads, hd, start)) in
+        [(0, 1, 4, 2, 64, 0), (2, 7, 3, 1, 32, 100), (1, 5, 2, 2, 128, 250)].iter().enumerate()
     {
         let (h, kvd) = (heads * hd, kv_heads * hd);
         let width = h + 2 * kvd;
-        let qkv = random(rows * width, 40 + i as u64, 1.0);
+        let qkv = random((row0 + rows + 1) * width, 40 + i as u64, 1.0);
         let positions = start + rows + 3;
         let (k0, v0) = (random(positions * kvd, 50 + i as u64, 1.0), random(positions * kvd, 60 + i as u64, 1.0));
-        let (mut want_q, mut want_k, mut want_v) = (vec![0.0; rows * h], k0.clone(), v0.clone());
+        let q0 = random((row0 + rows + 1) * h, 70 + i as u64, 1.0);
+        let (mut want_q, mut want_k, mut want_v) = (q0.clone(), k0.clone(), v0.clone());
         for r in 0..rows {
-            let row = &qkv[r * width..(r + 1) * width];
-            let (q, k) = (&mut want_q[r * h..(r + 1) * h], &mut want_k[(start + r) * kvd..(start + r + 1) * kvd]);
+            let row = &qkv[(row0 + r) * width..(row0 + r + 1) * width];
+            let q = &mut want_q[(row0 + r) * h..(row0 + r + 1) * h];
+            let k = &mut want_k[(start + r) * kvd..(start + r + 1) * kvd];
             q.copy_from_slice(&row[..h]);
             rope(q, hd, start + r, 10_000.0);
             k.copy_from_slice(&row[h..h + kvd]);
@@ -131,12 +136,12 @@ fn qkv_rope_matches_cpu() {
             want_v[(start + r) * kvd..(start + r + 1) * kvd].copy_from_slice(&row[h + kvd..]);
         }
         let table = dev.rope_table(10_000.0, hd, positions).unwrap();
-        let (gqkv, gq) = (dev.upload(&qkv).unwrap(), dev.zeros(rows * h).unwrap());
+        let (gqkv, gq) = (dev.upload(&qkv).unwrap(), dev.upload(&q0).unwrap());
         let (gk, gv) = (dev.upload(&k0).unwrap(), dev.upload(&v0).unwrap());
         let mut b = dev.batch();
-        b.qkv_rope(&gqkv, rows, h, kvd, hd, start, &table, &gq, &gk, &gv).unwrap();
+        b.qkv_rope(&gqkv, row0, rows, h, kvd, hd, start, &table, &gq, &gk, &gv).unwrap();
         b.submit().unwrap();
-        let what = format!("{rows}x({heads}+2x{kv_heads})x{hd}@{start}");
+        let what = format!("{rows}x({heads}+2x{kv_heads})x{hd}@{start} from row {row0}");
         assert_close(&format!("rope q {what}"), &dev.download(&gq).unwrap(), &want_q);
         assert_close(&format!("rope k {what}"), &dev.download(&gk).unwrap(), &want_k);
         assert_eq!(dev.download(&gv).unwrap(), want_v, "v {what}");
@@ -208,19 +213,23 @@ fn attention_matches_cpu() {
 
 fn cache_attention_matches_cpu_on(dev: &Device, cases: &[(usize, usize, usize, usize, usize)]) {
     for (i, &(t, start, heads, kv_heads, hd)) in cases.iter().enumerate() {
-        let positions = start + t;
-        let q = random(t * heads * hd, 50 + i as u64, 2.0);
+        // Fewer rows than a block can start at a row offset (one sequence's rows in a batch); rows of the output
+        // outside them stay as they were.
+        let row0 = if t < 16 { 1 + i % 3 } else { 0 };
+        let (positions, width) = (start + t, heads * hd);
+        let q = random((row0 + t) * width, 50 + i as u64, 2.0);
         let kc = random(positions * kv_heads * hd, 60 + i as u64, 2.0);
         let vc = random(positions * kv_heads * hd, 70 + i as u64, 1.0);
-        let want = attention_cpu(&q, &kc, &vc, t, start, heads, kv_heads, hd);
+        let mut want = vec![0.0; row0 * width];
+        want.extend(attention_cpu(&q[row0 * width..], &kc, &vc, t, start, heads, kv_heads, hd));
         let (gq, gk, gv) = (dev.upload(&q).unwrap(), dev.upload(&kc).unwrap(), dev.upload(&vc).unwrap());
-        let go = dev.zeros(t * heads * hd).unwrap();
+        let go = dev.zeros((row0 + t) * width).unwrap();
         let mut b = dev.batch();
-        b.attention(&gq, &gk, &gv, &go, t, start, heads, kv_heads, hd).unwrap();
+        b.attention(&gq, &gk, &gv, &go, row0, t, start, heads, kv_heads, hd).unwrap();
         b.submit().unwrap();
         assert_close(
             &format!(
-                "attention t={t} start={start} {heads}/{kv_heads}x{hd} blocked {} key split {}",
+                "attention t={t} from row {row0} start={start} {heads}/{kv_heads}x{hd} blocked {} key split {}",
                 dev.blocked_attention(),
                 dev.attention_key_split()
             ),
@@ -359,6 +368,92 @@ fn tiny_llama_long_prompt_chunks_and_grows_the_cache() {
     assert_eq!(got.tokens, want.tokens);
     assert_close("log-probs", &got.logprobs, &want.logprobs);
     assert_eq!(<WgpuLlama as LogitsModel>::config(&gpu), &cpu.config);
+}
+
+#[test]
+fn batched_forward_matches_the_cpu_batch_and_each_sequence_alone() {
+    let dev = device();
+    let cpu = tiny_llama(false);
+    let gpu = WgpuLlama::new(&dev, &cpu).unwrap();
+    // Five sequences with caches of 3, 10, 0, 7 and 40 positions; new tokens 1, 1, 20 (a prompt: alone), 4, 1.
+    let history: Vec<Vec<u32>> =
+        [3, 10, 0, 7, 40].iter().map(|&n| (0..n).map(|i| (i * 31 + n * 7 + 2) % 300).collect()).collect();
+    let fresh: Vec<Vec<u32>> =
+        [1, 1, 20, 4, 1].iter().map(|&n| (0..n).map(|i| (i * 17 + n + 9) % 300).collect()).collect();
+    let mut cpu_caches: Vec<SeqCache> = (0..5).map(|_| SeqCache::new(&cpu)).collect();
+    let mut gpu_caches: Vec<_> = (0..5).map(|_| gpu.new_cache()).collect();
+    let mut alone: Vec<_> = (0..5).map(|_| gpu.new_cache()).collect();
+    for i in 0..5 {
+        if !history[i].is_empty() {
+            forward_last_batch(&cpu, &[&history[i]], std::slice::from_mut(&mut cpu_caches[i])).unwrap();
+            gpu.forward_last(&history[i], &mut gpu_caches[i]).unwrap();
+            gpu.forward_last(&history[i], &mut alone[i]).unwrap();
+        }
+    }
+    let tokens: Vec<&[u32]> = fresh.iter().map(Vec::as_slice).collect();
+    let want = forward_last_batch(&cpu, &tokens, &mut cpu_caches).unwrap();
+    let got = gpu.forward_last_batch(&tokens, &mut gpu_caches).unwrap();
+    assert_close("batched logits", &got, &want);
+    for i in 0..5 {
+        assert_eq!(gpu_caches[i].len, cpu_caches[i].len);
+        // The shared forward has 7 rows: under 8 its products run row by row, so each sequence gets exactly what
+        // it gets alone.
+        let own = gpu.forward_last(tokens[i], &mut alone[i]).unwrap();
+        assert_eq!(&got[i * 300..(i + 1) * 300], &own[..], "sequence {i}");
+    }
+    // The next step continues from the caches the batch grew.
+    let step: Vec<[u32; 1]> = (0..5).map(|i| [(i * 50 + 3) as u32]).collect();
+    let step: Vec<&[u32]> = step.iter().map(|t| t.as_slice()).collect();
+    let want = forward_last_batch(&cpu, &step, &mut cpu_caches).unwrap();
+    assert_close("second step", &gpu.forward_last_batch(&step, &mut gpu_caches).unwrap(), &want);
+    // A copied prefix continues like the cache it came from.
+    let mut copy = gpu.prefix_cache(&gpu_caches[4], 30).unwrap();
+    let mut cpu_copy = cpu_caches[4].prefix(30);
+    let cont = [7u32, 8, 9];
+    assert_close(
+        "after a copied prefix",
+        &gpu.forward_last_batch(&[&cont], std::slice::from_mut(&mut copy)).unwrap(),
+        &forward_last_batch(&cpu, &[&cont], std::slice::from_mut(&mut cpu_copy)).unwrap(),
+    );
+    // Bad batches: the CPU's errors, and no cache moves.
+    let lens: Vec<usize> = gpu_caches.iter().map(|c| c.len).collect();
+    let err = |t: &[&[u32]], c: &mut [_]| gpu.forward_last_batch(t, c).unwrap_err();
+    assert!(matches!(err(&[], &mut []), WgpuError::Model(ModelError::Empty)));
+    assert!(matches!(err(&[&[1], &[]], &mut gpu_caches[..2]), WgpuError::Model(ModelError::Empty)));
+    assert!(matches!(err(&[&[1]], &mut gpu_caches[..2]), WgpuError::Model(ModelError::Empty)));
+    assert!(matches!(err(&[&[1], &[300]], &mut gpu_caches[..2]), WgpuError::Model(ModelError::BadToken { .. })));
+    let long = vec![1u32; 400];
+    assert!(matches!(err(&[&[1], &long], &mut gpu_caches[..2]), WgpuError::Model(ModelError::ContextOverflow { .. })));
+    assert_eq!(gpu_caches.iter().map(|c| c.len).collect::<Vec<_>>(), lens);
+}
+
+#[test]
+fn the_engine_serves_on_the_gpu_model() {
+    // Four greedy requests at once through continuous batching on the GPU model (two sharing a prompt prefix, so
+    // the prefix store copies device caches) give the tokens each gets alone through `generate_with`.
+    let dev = device();
+    let cpu = tiny_llama(true);
+    let gpu = std::sync::Arc::new(WgpuLlama::new(&dev, &cpu).unwrap());
+    let config = EngineConfig { prefix_min_tokens: 4, ..EngineConfig::default() };
+    let engine = Engine::new(gpu.clone(), config).unwrap();
+    let sampling = Sampling { max_new_tokens: 8, ..Sampling::default() };
+    let shared: Vec<u32> = (0..24).map(|i| (i * 11 + 4) % 300).collect();
+    let prompts: Vec<Vec<u32>> =
+        vec![shared.clone(), [&shared[..], &[5, 6]].concat(), (0..9).map(|i| (i * 23 + 1) % 300).collect(), vec![42]];
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .generate(Request { tokens: p.clone(), stop: Vec::new(), sampling: sampling.clone(), constraint: None })
+                .unwrap()
+        })
+        .collect();
+    for (prompt, stream) in prompts.iter().zip(streams) {
+        let (got, _) = stream.wait().unwrap();
+        let want = generate_with(gpu.as_ref(), prompt, &[], &sampling).unwrap();
+        assert_eq!(got.tokens, want.tokens, "prompt of {} tokens", prompt.len());
+        assert_close("engine log-probs", &got.logprobs, &want.logprobs);
+    }
 }
 
 #[test]

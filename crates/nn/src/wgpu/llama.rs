@@ -1,8 +1,9 @@
 //! The LLaMA inference forward on the wgpu backend: the weights of a CPU [`Llama`] uploaded once, a GPU KV cache
-//! that grows on demand, and `forward_last` with the semantics of `Llama::forward_last` (one queue submission per
-//! prompt chunk, only the logits read back).
+//! that grows on demand, `forward_last` with the semantics of `Llama::forward_last` (one queue submission per
+//! prompt chunk, only the logits read back), and `forward_last_batch` with those of `batch::forward_last_batch`
+//! (decode steps of many sequences sharing one forward), which serves the continuous-batching engine.
 
-use super::{Batch, Device, Matrix, Tensor, WgpuError};
+use super::{Batch, Device, FLASH_ROWS, Matrix, Tensor, WgpuError};
 use crate::model::{Llama, LlamaConfig, ModelError};
 
 /// Prompts run at most this many tokens at a time (fewer where a `[t, 2·ffn]` activation would not fit one storage
@@ -48,7 +49,8 @@ pub struct WgpuLlama {
     prefill_chunk: usize,
 }
 
-/// Keys and values of every layer on the GPU, `[capacity, kv_dim]` per layer.
+/// Keys and values of every layer on the GPU, `[capacity, kv_dim]` per layer (none allocated while empty).
+#[derive(Default)]
 pub struct WgpuKvCache {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -139,7 +141,26 @@ impl WgpuLlama {
     }
 
     pub fn new_cache(&self) -> WgpuKvCache {
-        WgpuKvCache { k: Vec::new(), v: Vec::new(), capacity: 0, len: 0 }
+        WgpuKvCache::default()
+    }
+
+    /// A new cache holding the first `len` positions of `cache` (copied on the device), for a prompt that starts
+    /// with the same tokens.
+    pub fn prefix_cache(&self, cache: &WgpuKvCache, len: usize) -> Result<WgpuKvCache, WgpuError> {
+        let len = len.min(cache.len);
+        let mut out = self.new_cache();
+        if len == 0 {
+            return Ok(out);
+        }
+        self.reserve(&mut out, len)?;
+        let kvd = self.config.kv_dim();
+        let mut b = self.device.batch();
+        for (src, dst) in cache.k.iter().zip(&out.k).chain(cache.v.iter().zip(&out.v)) {
+            b.copy(src, 0, dst, 0, len * kvd)?;
+        }
+        b.submit()?;
+        out.len = len;
+        Ok(out)
     }
 
     /// Makes room for `needed` positions, keeping what the cache holds.
@@ -197,6 +218,128 @@ impl WgpuLlama {
         Ok(logits)
     }
 
+    /// `batch::forward_last_batch` on the device: runs `tokens[i]` after what `caches[i]` holds for every `i` and
+    /// returns each sequence's last-position logits, `[sequences, vocab]`. Sequences of fewer new tokens than an
+    /// attention block (decode steps, short appended turns) go through one forward together: one set of products
+    /// and norms for all their rows, each attending over its own cache. A longer one (a prompt) runs alone, as
+    /// [`WgpuLlama::forward_last`] runs it.
+    pub fn forward_last_batch(&self, tokens: &[&[u32]], caches: &mut [WgpuKvCache]) -> Result<Vec<f32>, WgpuError> {
+        let c = &self.config;
+        if tokens.is_empty() || tokens.len() != caches.len() || tokens.iter().any(|t| t.is_empty()) {
+            return Err(ModelError::Empty.into());
+        }
+        for (t, cache) in tokens.iter().zip(caches.iter()) {
+            if cache.len + t.len() > c.context {
+                return Err(ModelError::ContextOverflow { len: cache.len + t.len(), context: c.context }.into());
+            }
+            if let Some(&id) = t.iter().find(|&&id| id as usize >= c.vocab) {
+                return Err(ModelError::BadToken { id, vocab: c.vocab }.into());
+            }
+        }
+        let vocab = c.vocab;
+        let mut logits = vec![0.0; tokens.len() * vocab];
+        // Rows per shared forward: a prompt chunk's, and no more sequences than one `[sequences, vocab]` binding.
+        let max_seqs = (self.device.max_binding / (4 * vocab as u64).max(1)).max(1) as usize;
+        let mut group: Vec<usize> = Vec::new();
+        let mut rows = 0;
+        for (i, t) in tokens.iter().enumerate() {
+            if t.len() >= FLASH_ROWS {
+                let out = self.forward_last(t, &mut caches[i])?;
+                logits[i * vocab..(i + 1) * vocab].copy_from_slice(&out);
+                continue;
+            }
+            if rows + t.len() > self.prefill_chunk || group.len() == max_seqs {
+                self.run_group(&group, tokens, caches, &mut logits)?;
+                group.clear();
+                rows = 0;
+            }
+            group.push(i);
+            rows += t.len();
+        }
+        if !group.is_empty() {
+            self.run_group(&group, tokens, caches, &mut logits)?;
+        }
+        Ok(logits)
+    }
+
+    /// One shared forward of the sequences `group`: their caches grown and advanced, their logits rows filled.
+    fn run_group(
+        &self,
+        group: &[usize],
+        tokens: &[&[u32]],
+        caches: &mut [WgpuKvCache],
+        logits: &mut [f32],
+    ) -> Result<(), WgpuError> {
+        let vocab = self.config.vocab;
+        for &g in group {
+            let needed = caches[g].len + tokens[g].len();
+            self.reserve(&mut caches[g], needed)?;
+        }
+        let parts: Vec<(&[u32], &WgpuKvCache)> = group.iter().map(|&g| (tokens[g], &caches[g])).collect();
+        let out = self.device.download(&self.run_shared(&parts)?)?;
+        for (k, &g) in group.iter().enumerate() {
+            logits[g * vocab..(g + 1) * vocab].copy_from_slice(&out[k * vocab..(k + 1) * vocab]);
+            caches[g].len += tokens[g].len();
+        }
+        Ok(())
+    }
+
+    /// Records and submits one forward over every sequence's new rows (each under [`FLASH_ROWS`], their caches
+    /// reserved) and returns their last rows' logits `[sequences, vocab]`, not yet read back.
+    fn run_shared(&self, parts: &[(&[u32], &WgpuKvCache)]) -> Result<Tensor, WgpuError> {
+        let c = &self.config;
+        let d = &self.device;
+        let (h, kvd, hd) = (c.hidden, c.kv_dim(), c.head_dim());
+        let ids: Vec<u32> = parts.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let t = ids.len();
+        let ids = d.upload_u32(&ids)?;
+        let x = d.zeros(t * h)?;
+        let normed = d.zeros(t * h)?;
+        let qkv = d.zeros(t * (h + 2 * kvd))?;
+        let q = d.zeros(t * h)?;
+        let attn = d.zeros(t * h)?;
+        let gate_up = d.zeros(t * 2 * c.ffn)?;
+        let act = d.zeros(t * c.ffn)?;
+        let mut b: Batch<'_> = d.batch();
+        b.embed(&ids, t, &self.embed, &x)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            b.rms_norm(&x, &l.attn_norm, c.eps, h, t, &normed)?;
+            b.linear(&normed, t, &l.wqkv, &qkv)?;
+            let mut row0 = 0;
+            for (tokens, cache) in parts {
+                let n = tokens.len();
+                b.qkv_rope(&qkv, row0, n, h, kvd, hd, cache.len, &self.rope, &q, &cache.k[li], &cache.v[li])?;
+                b.attention(&q, &cache.k[li], &cache.v[li], &attn, row0, n, cache.len, c.heads, c.kv_heads, hd)?;
+                row0 += n;
+            }
+            b.linear_add(&attn, t, &l.wo, &x)?;
+            b.rms_norm(&x, &l.ffn_norm, c.eps, h, t, &normed)?;
+            b.linear(&normed, t, &l.w_gate_up, &gate_up)?;
+            b.swiglu(&gate_up, t, c.ffn, &act)?;
+            b.linear_add(&act, t, &l.w_down, &x)?;
+            if (li + 1) % LAYERS_PER_SUBMIT == 0 {
+                b.flush()?;
+            }
+        }
+        b.rms_norm(&x, &self.norm, c.eps, h, t, &normed)?;
+        // Each sequence's last row, gathered, through the LM head in one product.
+        let last: Vec<u32> = parts
+            .iter()
+            .scan(0u32, |end, (tokens, _)| {
+                *end += tokens.len() as u32;
+                Some(*end - 1)
+            })
+            .collect();
+        let s = last.len();
+        let last = d.upload_u32(&last)?;
+        let xs = d.zeros(s * h)?;
+        b.embed(&last, s, &Matrix::whole(&normed, t, h)?, &xs)?;
+        let out = d.zeros(s * c.vocab)?;
+        b.linear(&xs, s, self.lm_head.as_ref().unwrap_or(&self.embed), &out)?;
+        b.submit()?;
+        Ok(out)
+    }
+
     /// Records and submits the layers for `tokens` at positions `cache.len..` ([`LAYERS_PER_SUBMIT`] at a time);
     /// with `logits`, also the final norm and the LM head of the last position (returned, not yet read back).
     fn run(&self, tokens: &[u32], cache: &WgpuKvCache, logits: bool) -> Result<Option<Tensor>, WgpuError> {
@@ -219,8 +362,8 @@ impl WgpuLlama {
         for (li, l) in self.layers.iter().enumerate() {
             b.rms_norm(&x, &l.attn_norm, c.eps, h, t, &normed)?;
             b.linear(&normed, t, &l.wqkv, &qkv)?;
-            b.qkv_rope(&qkv, t, h, kvd, hd, start, &self.rope, &q, &cache.k[li], &cache.v[li])?;
-            b.attention(&q, &cache.k[li], &cache.v[li], &attn, t, start, c.heads, c.kv_heads, hd)?;
+            b.qkv_rope(&qkv, 0, t, h, kvd, hd, start, &self.rope, &q, &cache.k[li], &cache.v[li])?;
+            b.attention(&q, &cache.k[li], &cache.v[li], &attn, 0, t, start, c.heads, c.kv_heads, hd)?;
             b.linear_add(&attn, t, &l.wo, &x)?;
             b.rms_norm(&x, &l.ffn_norm, c.eps, h, t, &normed)?;
             b.linear(&normed, t, &l.w_gate_up, &gate_up)?;

@@ -945,14 +945,16 @@ impl Batch<'_> {
         self.dispatch(Kernel::RmsNorm, &[x, weight, out], &[rows as u32, dim as u32, eps.to_bits(), gx], rows)
     }
 
-    /// Takes a fused projection `qkv [rows, q_width + 2·kv_width]` (q | k | v per row) apart for the attention
-    /// of rows at positions `start..`: q rotated (model.rs `rope`) into `q [rows, q_width]`, k rotated into rows
-    /// `start..` of `k_cache [positions, kv_width]`, v copied into the same rows of `v_cache`. `table` comes from
+    /// Takes rows `row0..row0 + rows` of a fused projection `qkv [·, q_width + 2·kv_width]` (q | k | v per row)
+    /// apart for the attention of positions `start..`: q rotated (model.rs `rope`) into the same rows of
+    /// `q [·, q_width]`, k rotated into rows `start..` of `k_cache [positions, kv_width]`, v copied into the same
+    /// rows of `v_cache`. `table` comes from
     /// [`Device::rope_table`] with at least `start + rows` positions.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope(
         &mut self,
         qkv: &Tensor,
+        row0: usize,
         rows: usize,
         q_width: usize,
         kv_width: usize,
@@ -966,18 +968,22 @@ impl Batch<'_> {
         if !head_dim.is_multiple_of(2) || !q_width.is_multiple_of(head_dim) || !kv_width.is_multiple_of(head_dim) {
             return Err(WgpuError::Shape(format!("rope of widths {q_width} and {kv_width} with head_dim {head_dim}")));
         }
-        need("qkv input", qkv.len, rows * (q_width + 2 * kv_width))?;
+        need("qkv input", qkv.len, (row0 + rows) * (q_width + 2 * kv_width))?;
         need("rope table", table.len, (start + rows) * head_dim)?;
-        need("q output", q.len, rows * q_width)?;
+        need("q output", q.len, (row0 + rows) * q_width)?;
         need("k cache", k_cache.len, (start + rows) * kv_width)?;
         need("v cache", v_cache.len, (start + rows) * kv_width)?;
         let pairs = rows * (q_width + 2 * kv_width) / 2;
-        let values = [rows, q_width, head_dim, start, kv_width].map(|v| v as u32);
+        let values =
+            [u32_of("rows", rows)?, q_width as u32, head_dim as u32, u32_of("position", start)?, kv_width as u32];
+        let values = [&values[..], &[u32_of("row", row0)?]].concat();
         self.dispatch(Kernel::QkvRope, &[qkv, table, q, k_cache, v_cache], &values, pairs.div_ceil(64))
     }
 
     /// Causal GQA attention of `t` query rows `q [t, heads·hd]` (row `i` at position `start + i`) over the cache
-    /// `k_cache`/`v_cache [positions, kv_heads·hd]`, which must already hold positions `0..start + t`.
+    /// `k_cache`/`v_cache [positions, kv_heads·hd]`, which must already hold positions `0..start + t`. With
+    /// `row0 > 0` the rows are rows `row0..` of `q` and `out` (one sequence in a batch of several); that takes
+    /// the per-row kernel, so `t` must be under [`FLASH_ROWS`] unless `row0` is 0.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
@@ -985,6 +991,7 @@ impl Batch<'_> {
         k_cache: &Tensor,
         v_cache: &Tensor,
         out: &Tensor,
+        row0: usize,
         t: usize,
         start: usize,
         heads: usize,
@@ -997,13 +1004,16 @@ impl Batch<'_> {
             )));
         }
         let kv_dim = kv_heads * head_dim;
-        need("attention q", q.len, t * heads * head_dim)?;
-        need("attention output", out.len, t * heads * head_dim)?;
+        need("attention q", q.len, (row0 + t) * heads * head_dim)?;
+        need("attention output", out.len, (row0 + t) * heads * head_dim)?;
         need("k cache", k_cache.len, (start + t) * kv_dim)?;
         need("v cache", v_cache.len, (start + t) * kv_dim)?;
         // The blocked kernel for prefills (16+ rows), its keys in parts when rows see many; decoding (one row per
         // sequence) keeps the per-row one.
         let blocked = self.blocked_attention_for(head_dim) && t >= FLASH_ROWS;
+        if row0 > 0 && blocked {
+            return Err(WgpuError::Shape(format!("attention of {t} rows from row {row0}: offset rows run per row")));
+        }
         let (key_split, parts) = self.key_parts(blocked, start + t, t * heads * head_dim);
         let (kernel, groups) = if parts > 1 {
             (Kernel::FlashAttentionSplit, t.div_ceil(FLASH_ROWS) * heads * parts)
@@ -1026,6 +1036,10 @@ impl Batch<'_> {
             key_split as u32,
             parts as u32,
         ];
+        if kernel == Kernel::Attention {
+            // The per-row kernel reads its row offset where the blocked ones read the key split.
+            values[8] = u32_of("row", row0)?;
+        }
         if parts == 1 {
             return self.dispatch(kernel, &[q, k_cache, v_cache, out], &values, groups);
         }
