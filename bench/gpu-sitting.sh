@@ -30,6 +30,7 @@ summary() {
 import json, sys
 d = json.loads([l for l in open(sys.argv[1]) if l.startswith('{')][-1])
 print(sys.argv[2], 'prefill', round(d['prefill_tokens_per_s']), 'decode', round(d['decode_batch1_tokens_per_s'], 1),
+      'decode16', round(d.get('decode_batch16_tokens_per_s') or 0, 1),
       'train', round(d['train_step']['tokens_per_s']), 'logprobs', round(d['train_step'].get('logprob_tokens_per_s', 0)),
       'matmul', {m['tiles']: round(m['gflops']) for m in d['matmul']})
 " "$1" "$2"

@@ -1,6 +1,7 @@
 //! The wgpu numbers of `userrl bench nn --device wgpu` without building the whole `userrl` binary (a small file
-//! to carry to a GPU machine): many-row matmul GFLOP/s with both tilings, prefill and batch-1 decode tokens/s,
-//! and the training step (forward + backward + AdamW), on a random model of the given shape — the work only
+//! to carry to a GPU machine): many-row matmul GFLOP/s with both tilings, prefill and batch-1 and batch-16 decode
+//! tokens/s, and the training step (forward + backward + AdamW) and its log-prob forward, on a random model of the
+//! given shape — the work only
 //! depends on the shapes. Prints one JSON line; with `USERRL_WGPU_PROFILE=1` (an adapter with timestamp queries)
 //! it adds the GPU time per kernel of the prefill runs (warm-up included), of the decode runs (their prompts
 //! included) and of the training steps (each dispatch then runs in a pass of its own, so the timings of that run
@@ -35,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefill = userrl_nn::bench::prefill(&model, seq, runs)?;
     let profile_prefill = device.take_profile();
     let decode = userrl_nn::bench::decode(&model, 64, 32, runs)?;
+    let decode16 = userrl_nn::bench::decode_batch(&model, 16, 64, 32, runs)?;
     drop(model);
     let profile_decode = device.take_profile();
     let trainable = TrainableLlama::random(&config, 1, true)?;
@@ -50,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "prefill_tokens": seq,
         "prefill_tokens_per_s": prefill,
         "decode_batch1_tokens_per_s": decode,
+        "decode_batch16_tokens_per_s": decode16,
         "train_step": train,
         "profile_prefill": profile_prefill,
         "profile_decode": profile_decode,

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use crate::backend::LogitsModel;
-use crate::batch::{SeqCache, forward_last_batch};
+use crate::engine::BatchModel;
 use crate::model::{Llama, LlamaConfig, ModelError, linear};
 
 /// The median of `runs` timings of `f` (seconds), after one untimed warm-up call.
@@ -103,23 +103,35 @@ pub fn decode<M: LogitsModel>(model: &M, context: usize, steps: usize, runs: usi
     Ok(steps as f64 / times[times.len() / 2])
 }
 
-/// Decode tokens/s at batch `batch` through `forward_last_batch`: every step runs one new token of each
-/// sequence (so `batch × steps` tokens), each sequence after its own `context`-token prompt.
-pub fn decode_batch(model: &Llama, batch: usize, context: usize, steps: usize, runs: usize) -> Result<f64, ModelError> {
-    let prompt = synthetic_prompt(&model.config, context + steps + batch);
-    let mut base: Vec<SeqCache> = (0..batch).map(|_| SeqCache::new(model)).collect();
+/// Decode tokens/s at batch `batch` through `forward_last_batch` (the engine's forward, on either backend):
+/// every step runs one new token of each sequence (so `batch × steps` tokens), each sequence after its own
+/// `context`-token prompt; each run starts from copies of the prompts' caches, made before its clock starts.
+pub fn decode_batch<M: BatchModel>(
+    model: &M,
+    batch: usize,
+    context: usize,
+    steps: usize,
+    runs: usize,
+) -> Result<f64, M::Error> {
+    let prompt = synthetic_prompt(model.config(), context + steps + batch);
+    let mut base: Vec<M::Cache> = (0..batch).map(|_| model.new_cache()).collect();
     for (s, cache) in base.iter_mut().enumerate() {
-        forward_last_batch(model, &[&prompt[s..s + context]], std::slice::from_mut(cache))?;
+        model.forward_last_batch(&[&prompt[s..s + context]], std::slice::from_mut(cache))?;
     }
-    let s = median_seconds(runs, || {
-        let mut caches = base.clone();
+    let mut times = Vec::with_capacity(runs.max(1));
+    for run in 0..=runs.max(1) {
+        let mut caches = base.iter().map(|c| model.prefix_cache(c, context)).collect::<Result<Vec<_>, _>>()?;
+        let start = Instant::now();
         for step in 0..steps {
             let tokens: Vec<&[u32]> = (0..batch).map(|s| &prompt[s + context + step..s + context + step + 1]).collect();
-            forward_last_batch(model, &tokens, &mut caches)?;
+            model.forward_last_batch(&tokens, &mut caches)?;
         }
-        Ok::<(), ModelError>(())
-    })?;
-    Ok((batch * steps) as f64 / s)
+        if run > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((batch * steps) as f64 / times[times.len() / 2])
 }
 
 /// `batch` deterministic pseudo-text sequences of `seq` tokens, the loss on every predicted token (the training

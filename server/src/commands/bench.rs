@@ -472,7 +472,8 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
     Ok(())
 }
 
-/// `bench nn --device wgpu`: the same prefill, batch-1 decode and training step through the WGSL kernels.
+/// `bench nn --device wgpu`: the same prefill, decode (batch 1 and `--batch`) and training step through the WGSL
+/// kernels.
 fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()> {
     use userrl_nn::{bench, wgpu};
     let say = |what: &str| {
@@ -492,6 +493,12 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
     let prefill = bench::prefill(&model, o.prefill_tokens, o.runs)?;
     say(&format!("decode batch 1, {} steps after {} tokens", o.decode_steps, o.decode_context));
     let decode1 = bench::decode(&model, o.decode_context, o.decode_steps, o.runs)?;
+    let decode_n = if o.batch > 1 {
+        say(&format!("decode batch {}, the engine's batched forward", o.batch));
+        Some(bench::decode_batch(&model, o.batch, o.decode_context, o.decode_steps, o.runs)?)
+    } else {
+        None
+    };
     let train = if o.train_seq > 0 {
         say(&format!("training step, seq {} x batch {}", o.train_seq, o.train_batch));
         let trainable = userrl_nn::train::TrainableLlama::from_llama(&loaded.model)?;
@@ -511,7 +518,13 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         "statistic": "median",
         "model": path.display().to_string(),
         "prefill": {"tokens": o.prefill_tokens, "tokens_per_s": prefill},
-        "decode": {"context": o.decode_context, "steps": o.decode_steps, "batch1_tokens_per_s": decode1},
+        "decode": {
+            "context": o.decode_context,
+            "steps": o.decode_steps,
+            "batch1_tokens_per_s": decode1,
+            "batch": o.batch,
+            "batch_tokens_per_s": decode_n,
+        },
         "train_step": train,
     });
     if json_out {
@@ -539,6 +552,9 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         );
         println!("prefill {} tokens: {prefill:.1} tokens/s", o.prefill_tokens);
         println!("decode batch 1: {decode1:.1} tokens/s (after {} tokens)", o.decode_context);
+        if let Some(rate) = decode_n {
+            println!("decode batch {}: {rate:.1} tokens/s", o.batch);
+        }
         if let Some(t) = train {
             println!("training step seq {} x {}: {:.2} tokens/s", t.seq, t.batch, t.tokens_per_s);
             println!("token log-probs (GRPO's old-log-prob forward): {:.1} tokens/s", t.logprob_tokens_per_s);
