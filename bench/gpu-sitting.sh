@@ -9,8 +9,8 @@
 #   <dir>/wgpu_bench, <dir>/wgpu_backward, ... into a folder that .git/info/exclude ignores, and optionally the
 #   wgpu_bench of the commit to compare against as <dir>/wgpu_bench_before; strip them, and carry that folder and
 #   the Vulkan loader debs (.gl/, see the device README).
-# Usage there: [QUICK=1] bench/gpu-sitting.sh <dir>   (results under $OUT when set, else /tmp; QUICK=1 runs only
-# the build, the build before and PyTorch)
+# Usage there: [QUICK=1 | COMPARE="label:VAR=value ..."] bench/gpu-sitting.sh <dir>   (results under $OUT when set,
+# else /tmp; QUICK=1 runs only the build, the build before and PyTorch; COMPARE the build under each setting)
 set -u
 dir=${1:?usage: bench/gpu-sitting.sh <folder with wgpu_bench and the wgpu test binaries>}
 out=${OUT:-/tmp}
@@ -60,7 +60,13 @@ round() {
   bench before "$dir/wgpu_bench_before"
   peer
 }
-if [ -n "${QUICK:-}" ]; then
+if [ -n "${COMPARE:-}" ]; then
+  # COMPARE="label:VAR=value ...": the build as it is against itself under each setting, three rounds, no PyTorch.
+  for r in 1 2 3; do
+    bench as-built "$dir/wgpu_bench"
+    for c in $COMPARE; do bench "${c%%:*}" "$dir/wgpu_bench" "${c#*:}"; done
+  done
+elif [ -n "${QUICK:-}" ]; then
   # QUICK=1: only the build against the one before and PyTorch, three rounds.
   round; round; round
 else
