@@ -356,14 +356,6 @@ impl Device {
         // `USERRL_WGPU_PREFETCH=off` (for benchmarks that compare).
         let no_prefetch: &[(&str, f64)] =
             if std::env::var("USERRL_WGPU_PREFETCH").as_deref() == Ok("off") { &[("PREFETCH", 0.0)] } else { &[] };
-        // The per-row attention (decode) stages each tile of keys and values in workgroup memory, unless
-        // `USERRL_WGPU_DECODE_ATTENTION=direct`.
-        let direct_attention: &[(&str, f64)] =
-            if std::env::var("USERRL_WGPU_DECODE_ATTENTION").as_deref() == Ok("direct") {
-                &[("STAGED", 0.0)]
-            } else {
-                &[]
-            };
         let pipelines = KERNELS
             .iter()
             .map(|(kernel, file, entry)| {
@@ -371,7 +363,6 @@ impl Device {
                 let constants = match kernel {
                     Kernel::MatmulRows => rows_wg,
                     Kernel::MatmulTiledShared | Kernel::MatmulNnShared | Kernel::MatmulTnShared => no_prefetch,
-                    Kernel::Attention => direct_attention,
                     _ => &[],
                 };
                 device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
