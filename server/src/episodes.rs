@@ -286,7 +286,7 @@ impl Run {
         let model = self.model.clone();
         let mut stream_ids = Vec::new();
         let mut raw_turns = Vec::new();
-        let played = rollout_live(&model.engine, self.job.clone(), &model.tokenizer, user, events_tx);
+        let played = rollout_live(model.engine.as_ref(), self.job.clone(), &model.tokenizer, user, events_tx);
         tokio::pin!(played);
         let result: Result<Trajectory, RolloutError> = loop {
             tokio::select! {
@@ -424,7 +424,7 @@ impl LiveEpisodes for EpisodeRegistry {
         let config = RolloutConfig {
             env: EnvConfig { mode: Mode::Eval, seed, ..EnvConfig::default() },
             max_new_tokens: spec.max_new_tokens,
-            max_total_tokens: model.engine.model().config.context,
+            max_total_tokens: model.engine.config().context,
             sampling: Sampling {
                 temperature: spec.temperature,
                 top_k: 0,

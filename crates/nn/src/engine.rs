@@ -366,6 +366,32 @@ impl<M: BatchModel> Engine<M> {
     }
 }
 
+/// An engine whatever model it runs (`Engine<Llama>` on the CPU, `Engine<WgpuLlama>` on a GPU), for callers that
+/// choose the device at run time (the /v1 server, live episodes, rollouts).
+pub trait Generator: Send + Sync {
+    fn config(&self) -> &LlamaConfig;
+    fn stats(&self) -> &EngineStats;
+    /// [`Engine::generate`].
+    fn generate(&self, request: Request) -> Result<Stream, EngineError>;
+    /// [`Engine::session`].
+    fn session(&self) -> Session;
+}
+
+impl<M: BatchModel> Generator for Engine<M> {
+    fn config(&self) -> &LlamaConfig {
+        self.model.config()
+    }
+    fn stats(&self) -> &EngineStats {
+        Engine::stats(self)
+    }
+    fn generate(&self, request: Request) -> Result<Stream, EngineError> {
+        Engine::generate(self, request)
+    }
+    fn session(&self) -> Session {
+        Engine::session(self)
+    }
+}
+
 impl<M: BatchModel> Drop for Engine<M> {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Shutdown);

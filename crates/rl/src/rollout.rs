@@ -25,9 +25,9 @@ use userrl_gym::agent::{Message, Role};
 use userrl_gym::env::{EnvConfig, Episode, Termination, Transcript};
 use userrl_gym::tool;
 use userrl_gym::{Gym, GymError, GymKind, User};
-use userrl_nn::engine::{Engine, EngineError, Event, FinishReason, Request, Session};
+use userrl_nn::engine::{EngineError, Event, FinishReason, Generator, Request, Session};
 use userrl_nn::generate::{Generation, Sampling};
-use userrl_nn::model::{Llama, ModelError};
+use userrl_nn::model::ModelError;
 use userrl_nn::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 
 /// A model that continues a token sequence.
@@ -409,7 +409,7 @@ pub async fn rollout(
 /// token and gym step to `events` as it happens. Dropping the returned future drops the engine session, which
 /// cancels the turn being sampled.
 pub async fn rollout_live(
-    engine: &Engine<Llama>,
+    engine: &dyn Generator,
     job: RolloutJob,
     tokenizer: &Tokenizer,
     user: Arc<dyn User>,
@@ -431,7 +431,7 @@ pub struct RolloutJob {
 /// decode together in one batch and their gym steps overlap), and returns the trajectories in job order.
 /// Must be called inside a tokio runtime with the timer enabled when a job has a `step_timeout`.
 pub async fn rollout_batch(
-    engine: &Engine<Llama>,
+    engine: &dyn Generator,
     jobs: Vec<RolloutJob>,
     tokenizer: Arc<Tokenizer>,
     user: Arc<dyn User>,
@@ -583,7 +583,9 @@ pub(crate) mod tests {
     use futures::executor::block_on;
     use userrl_gym::Catalog;
     use userrl_gym::user::ScriptedUser;
+    use userrl_nn::engine::Engine;
     use userrl_nn::gguf::Gguf;
+    use userrl_nn::model::Llama;
 
     pub(crate) fn tokenizer() -> Tokenizer {
         let path =

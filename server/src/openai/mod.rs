@@ -31,11 +31,12 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use userrl_nn::checkpoint::load_model;
 use userrl_nn::engine::{
-    Constraint, Engine, EngineConfig, EngineError, Event, FinishReason, Request as EngineRequest, Stream,
+    Constraint, Engine, EngineConfig, EngineError, Event, FinishReason, Generator, Request as EngineRequest, Stream,
 };
 use userrl_nn::generate::Sampling;
 use userrl_nn::model::{Llama, Precision};
 use userrl_nn::tokenizer::Tokenizer;
+use userrl_nn::wgpu::{Device, WgpuLlama};
 
 use prompt::{Deltas, Plan};
 use wire::ChatRequest;
@@ -45,7 +46,10 @@ pub struct ServedModel {
     pub name: String,
     /// Where it was loaded from (a `.gguf` file or a checkpoint directory), or how it was made.
     pub source: String,
-    pub engine: Engine<Llama>,
+    /// The continuous-batching engine, on the CPU or a GPU ([`serving_device`]).
+    pub engine: Box<dyn Generator>,
+    /// "cpu", or the wgpu adapter it decodes on.
+    pub device: String,
     pub tokenizer: Tokenizer,
     /// Ids that end a reply: EOS and the ChatML end-of-turn / end-of-text tokens.
     pub stop: Vec<u32>,
@@ -56,6 +60,8 @@ pub struct ServedModel {
 
 struct Inner {
     models: RwLock<BTreeMap<String, Arc<ServedModel>>>,
+    /// Where models added later decode (`None`: the CPU).
+    device: Option<Device>,
     api_key: Option<String>,
     next_id: AtomicU64,
 }
@@ -88,11 +94,17 @@ fn parse_model_arg(arg: &str) -> (String, PathBuf) {
 }
 
 impl OpenAiState {
-    /// An empty state; `api_key` `None` (or empty) leaves the routes open.
+    /// An empty state serving on the CPU; `api_key` `None` (or empty) leaves the routes open.
     pub fn new(api_key: Option<String>) -> OpenAiState {
+        OpenAiState::on_device(api_key, None)
+    }
+
+    /// [`OpenAiState::new`] whose models decode on `device` (a wgpu device), or on the CPU with `None`.
+    pub fn on_device(api_key: Option<String>, device: Option<Device>) -> OpenAiState {
         OpenAiState {
             inner: Arc::new(Inner {
                 models: RwLock::new(BTreeMap::new()),
+                device,
                 api_key: api_key.filter(|k| !k.is_empty()),
                 next_id: AtomicU64::new(1),
             }),
@@ -100,9 +112,9 @@ impl OpenAiState {
     }
 
     /// Loads every model (`path` or `name=path`, each a `.gguf` or a checkpoint directory), with the key from
-    /// `USERRL_API_KEY`. Blocking: run it off the async workers.
+    /// `USERRL_API_KEY`, on the device `USERRL_SERVE_DEVICE` names. Blocking: run it off the async workers.
     pub fn load(models: &[String]) -> Result<OpenAiState> {
-        let state = OpenAiState::new(std::env::var("USERRL_API_KEY").ok());
+        let state = OpenAiState::on_device(std::env::var("USERRL_API_KEY").ok(), serving_device()?);
         for arg in models {
             let (name, path) = parse_model_arg(arg);
             state.add_model(&name, &path)?;
@@ -111,12 +123,14 @@ impl OpenAiState {
     }
 
     /// Loads a model from a `.gguf` file or a checkpoint directory and serves it as `name` (the web app's
-    /// "load checkpoint"). Blocking. A name already served is an error. Decoding reads 16-bit copies of the
-    /// weights ([`serving_precision`]).
+    /// "load checkpoint"). Blocking. A name already served is an error. On the CPU, decoding reads 16-bit copies
+    /// of the weights ([`serving_precision`]); a GPU decodes with the f32 weights.
     pub fn add_model(&self, name: &str, path: &Path) -> Result<()> {
-        let precision = serving_precision()?;
         let loaded = load_model(path).with_context(|| format!("loading the model {}", path.display()))?;
-        let model = loaded.model.with_precision(precision);
+        let model = match self.inner.device {
+            None => loaded.model.with_precision(serving_precision()?),
+            Some(_) => loaded.model,
+        };
         self.add_loaded(name, model, loaded.tokenizer, &path.display().to_string())
     }
 
@@ -135,11 +149,21 @@ impl OpenAiState {
                 stop.push(id);
             }
         }
-        let engine = Engine::new(Arc::new(model), EngineConfig::default())?;
+        let (engine, device): (Box<dyn Generator>, String) = match &self.inner.device {
+            None => (Box::new(Engine::new(Arc::new(model), EngineConfig::default())?), "cpu".into()),
+            Some(device) => {
+                let gpu = WgpuLlama::new(device, &model).context("uploading the model to the GPU")?;
+                let info = device.info();
+                let described = format!("{} ({:?})", info.name, info.backend);
+                (Box::new(Engine::new(Arc::new(gpu), EngineConfig::default())?), described)
+            }
+        };
+        tracing::info!(model = name, device = %device, "serving");
         let served = ServedModel {
             name: name.to_string(),
             source: source.to_string(),
             engine,
+            device,
             token_bytes: json::token_bytes(&tokenizer),
             tokenizer,
             stop,
@@ -196,6 +220,23 @@ pub fn serving_precision() -> Result<Precision> {
     }
 }
 
+/// Where served models decode: `USERRL_SERVE_DEVICE` = `cpu` (the default), `wgpu` (a wgpu adapter, software
+/// ones included; an error when there is none) or `auto` (a hardware GPU when wgpu finds one, else the CPU). On a
+/// GPU every served model's engine runs `WgpuLlama` (f32 weights on the device, decode steps of all its sequences
+/// in one forward).
+pub fn serving_device() -> Result<Option<Device>> {
+    parse_serving_device(&std::env::var("USERRL_SERVE_DEVICE").unwrap_or_default())
+}
+
+fn parse_serving_device(value: &str) -> Result<Option<Device>> {
+    match value.trim() {
+        "" | "cpu" => Ok(None),
+        "auto" => Ok(Device::auto()),
+        "wgpu" => Ok(Some(Device::wgpu().context("USERRL_SERVE_DEVICE=wgpu: opening a wgpu device")?)),
+        other => anyhow::bail!("USERRL_SERVE_DEVICE is `{other}`; it takes cpu, wgpu or auto"),
+    }
+}
+
 /// Loads `models` (see [`OpenAiState::load`]) and adds the /v1 routes to `router` (what `userrl serve --model`
 /// calls).
 pub async fn mount(router: Router, models: &[String]) -> Result<Router> {
@@ -225,7 +266,7 @@ async fn require_key(State(state): State<OpenAiState>, request: Request, next: N
 }
 
 fn model_object(m: &ServedModel) -> Value {
-    json!({"id": m.name, "object": "model", "created": m.created, "owned_by": "userrl"})
+    json!({"id": m.name, "object": "model", "created": m.created, "owned_by": "userrl", "device": m.device})
 }
 
 async fn list_models(State(state): State<OpenAiState>) -> Json<Value> {
@@ -307,7 +348,7 @@ fn start(state: &OpenAiState, body: &[u8]) -> Result<Job, ApiError> {
     let mode = prompt::tool_mode(&tools, &req.tool_choice)?;
     let plan = prompt::plan(&model.tokenizer, messages, &tools, &mode)?;
 
-    let context = model.engine.model().config.context;
+    let context = model.engine.config().context;
     let prompt_len = plan.tokens.len();
     if prompt_len >= context {
         return Err(ApiError::context(format!(

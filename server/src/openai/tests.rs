@@ -118,6 +118,34 @@ fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {
 /// The reply of the tiny model over HTTP is exactly `generate`'s on the rendered prompt, plain and streamed (the
 /// second time from the prefix store).
 #[tokio::test]
+async fn a_gpu_state_serves_through_the_wgpu_engine() {
+    let device = userrl_nn::wgpu::Device::wgpu().expect("the wgpu tests need an adapter (run scripts/setup)");
+    let state = OpenAiState::on_device(None, Some(device.clone()));
+    state.add_loaded("tiny", tiny_model(), tiny_tokenizer(), "random").unwrap();
+    let base = serve(state.clone()).await;
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
+                      "max_tokens": 12});
+    let (status, plain) = post(&base, &body).await;
+    assert_eq!(status, 200, "{plain}");
+    let served = state.model("tiny").unwrap();
+    assert_ne!(served.device, "cpu");
+    let text = served.tokenizer.render_chat(&[ChatMessage::new("user", "hi")], true).unwrap();
+    let ids = served.tokenizer.encode(&text).unwrap();
+    let sampling = Sampling { max_new_tokens: 12, ..Sampling::default() };
+    let gpu = userrl_nn::wgpu::WgpuLlama::new(&device, &tiny_model()).unwrap();
+    let want = userrl_nn::generate::generate_with(&gpu, &ids, &served.stop, &sampling).unwrap();
+    let visible: Vec<u32> = want.tokens.iter().copied().filter(|t| !served.stop.contains(t)).collect();
+    assert_eq!(plain["choices"][0]["message"]["content"], served.tokenizer.decode(&visible).unwrap());
+    let listed = reqwest::get(format!("{base}/v1/models")).await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(listed["data"][0]["device"], served.device.as_str());
+    // The setting's values; anything else is refused by name.
+    assert!(parse_serving_device("cpu").unwrap().is_none());
+    assert!(parse_serving_device(" ").unwrap().is_none());
+    let err = parse_serving_device("cuda").unwrap_err().to_string();
+    assert!(err.contains("USERRL_SERVE_DEVICE") && err.contains("cuda"), "{err}");
+}
+
+#[tokio::test]
 async fn tiny_model_plain_and_streamed_equal_generate() {
     let state = tiny_state(None);
     let base = serve(state.clone()).await;
@@ -131,7 +159,7 @@ async fn tiny_model_plain_and_streamed_equal_generate() {
     let text = tokenizer.render_chat(&[ChatMessage::new("user", "hi")], true).unwrap();
     let ids = tokenizer.encode(&text).unwrap();
     let sampling = Sampling { max_new_tokens: 20, ..Sampling::default() };
-    let want = generate(served.engine.model(), &ids, &served.stop, &sampling).unwrap();
+    let want = generate(&tiny_model(), &ids, &served.stop, &sampling).unwrap();
     let visible: Vec<u32> = want.tokens.iter().copied().filter(|t| !served.stop.contains(t)).collect();
     let choice = &plain["choices"][0];
     assert_eq!(choice["message"]["content"], tokenizer.decode(&visible).unwrap());
