@@ -46,8 +46,9 @@ pub enum Command {
     /// Policy engine: matmul GFLOP/s vs the raw sgemm, prefill, decode (batch 1 and N) and training-step
     /// tokens/s (medians), on the CPU backend or on wgpu.
     Nn {
-        /// `cpu`, or `wgpu` (the first adapter wgpu offers; set WGPU_BACKEND to choose). On wgpu: prefill, batch-1
-        /// decode and the training step (matmul and batched decode are CPU-only numbers).
+        /// `cpu`, or `wgpu` (the first adapter wgpu offers; set WGPU_BACKEND to choose). On wgpu: the many-row
+        /// matmul with each tiling, prefill, decode at batch 1 and `--batch` (the engine's batched forward), and
+        /// the training step with its log-prob forward (the f16/bf16 weights and the sgemm peer are CPU-only).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// A `.gguf` file, a checkpoint directory, or `random:smollm2-135m` (SmolLM2-135M's shapes with random
