@@ -411,28 +411,10 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
         "model": path.display().to_string(),
         "matmul": mm,
         "prefill": {"tokens": o.prefill_tokens, "tokens_per_s": prefill},
-        "decode": {
-            "context": o.decode_context,
-            "steps": o.decode_steps,
-            "batch1_tokens_per_s": decode1,
-            "batch": o.batch,
-            "batch_tokens_per_s": decode_n,
-        },
-        "decode_f16": {
-            "context": o.decode_context,
-            "steps": o.decode_steps,
-            "batch1_tokens_per_s": decode1_f16,
-            "batch": o.batch,
-            "batch_tokens_per_s": decode_n_f16,
-        },
-        "decode_bf16": {
-            "context": o.decode_context,
-            "steps": o.decode_steps,
-            "batch1_tokens_per_s": decode1_bf16,
-            "batch": o.batch,
-            "batch_tokens_per_s": decode_n_bf16,
-            "hardware_bf16": userrl_nn::skinny::bf16_dot(),
-        },
+        "decode": decode_json(o, decode1, decode_n),
+        "decode_f16": decode_json(o, decode1_f16, decode_n_f16),
+        "decode_bf16": decode_json(o, decode1_bf16, decode_n_bf16),
+        "hardware_bf16": userrl_nn::skinny::bf16_dot(),
         "logprob_gap": decode.iter().map(|d| &d.3).collect::<Vec<_>>(),
         "skinny": skinny,
         "train_step": {"seq": o.train_seq, "batch": o.train_batch, "tokens_per_s": train},
@@ -471,6 +453,17 @@ fn bench_nn(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The `decode` object of `bench nn --json` (both devices; one per weight precision on the CPU).
+fn decode_json(o: &NnOptions, batch1: f64, batch: Option<f64>) -> serde_json::Value {
+    json!({
+        "context": o.decode_context,
+        "steps": o.decode_steps,
+        "batch1_tokens_per_s": batch1,
+        "batch": o.batch,
+        "batch_tokens_per_s": batch,
+    })
 }
 
 /// `bench nn --device wgpu`: the same prefill, decode (batch 1 and `--batch`) and training step through the WGSL
@@ -519,13 +512,7 @@ fn bench_nn_wgpu(path: &std::path::Path, o: &NnOptions, json_out: bool) -> Resul
         "statistic": "median",
         "model": path.display().to_string(),
         "prefill": {"tokens": o.prefill_tokens, "tokens_per_s": prefill},
-        "decode": {
-            "context": o.decode_context,
-            "steps": o.decode_steps,
-            "batch1_tokens_per_s": decode1,
-            "batch": o.batch,
-            "batch_tokens_per_s": decode_n,
-        },
+        "decode": decode_json(o, decode1, decode_n),
         "train_step": train,
     });
     if json_out {

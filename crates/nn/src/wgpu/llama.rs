@@ -209,7 +209,7 @@ impl WgpuLlama {
         let mut logits = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let out = self.run(chunk, cache, last)?;
+            let out = self.run(&[(chunk, &*cache)], last)?;
             cache.len += chunk.len();
             if let Some(out) = out {
                 logits = self.device.download(&out)?;
@@ -262,7 +262,7 @@ impl WgpuLlama {
         Ok(logits)
     }
 
-    /// One shared forward of the sequences `group`: their caches grown and advanced, their logits rows filled.
+    /// One forward shared by the sequences `group`: their caches grown and advanced, their logits rows filled.
     fn run_group(
         &self,
         group: &[usize],
@@ -276,7 +276,8 @@ impl WgpuLlama {
             self.reserve(&mut caches[g], needed)?;
         }
         let parts: Vec<(&[u32], &WgpuKvCache)> = group.iter().map(|&g| (tokens[g], &caches[g])).collect();
-        let out = self.device.download(&self.run_shared(&parts)?)?;
+        let out = self.run(&parts, true)?.ok_or_else(|| WgpuError::Shape("a forward without logits".into()))?;
+        let out = self.device.download(&out)?;
         for (k, &g) in group.iter().enumerate() {
             logits[g * vocab..(g + 1) * vocab].copy_from_slice(&out[k * vocab..(k + 1) * vocab]);
             caches[g].len += tokens[g].len();
@@ -284,9 +285,11 @@ impl WgpuLlama {
         Ok(())
     }
 
-    /// Records and submits one forward over every sequence's new rows (each under [`FLASH_ROWS`], their caches
-    /// reserved) and returns their last rows' logits `[sequences, vocab]`, not yet read back.
-    fn run_shared(&self, parts: &[(&[u32], &WgpuKvCache)]) -> Result<Tensor, WgpuError> {
+    /// Records and submits one forward over the new rows of every `(tokens, cache)` part, at positions
+    /// `cache.len..` of each ([`LAYERS_PER_SUBMIT`] layers at a time; the caches reserved; with several parts,
+    /// each under [`FLASH_ROWS`] rows). With `logits`, also the final norm and the LM head of each part's last row:
+    /// `[parts, vocab]`, returned not yet read back.
+    fn run(&self, parts: &[(&[u32], &WgpuKvCache)], logits: bool) -> Result<Option<Tensor>, WgpuError> {
         let c = &self.config;
         let d = &self.device;
         let (h, kvd, hd) = (c.hidden, c.kv_dim(), c.head_dim());
@@ -302,6 +305,9 @@ impl WgpuLlama {
         let act = d.zeros(t * c.ffn)?;
         let mut b: Batch<'_> = d.batch();
         b.embed(&ids, t, &self.embed, &x)?;
+        // Per layer: norm, one q|k|v product, per part the rotations into q and its cache and its attention, the
+        // output projection added to x in its own kernel, norm, one gate|up product, SwiGLU, the down projection
+        // added to x.
         for (li, l) in self.layers.iter().enumerate() {
             b.rms_norm(&x, &l.attn_norm, c.eps, h, t, &normed)?;
             b.linear(&normed, t, &l.wqkv, &qkv)?;
@@ -321,64 +327,28 @@ impl WgpuLlama {
                 b.flush()?;
             }
         }
-        b.rms_norm(&x, &self.norm, c.eps, h, t, &normed)?;
-        // Each sequence's last row, gathered, through the LM head in one product.
-        let last: Vec<u32> = parts
-            .iter()
-            .scan(0u32, |end, (tokens, _)| {
-                *end += tokens.len() as u32;
-                Some(*end - 1)
-            })
-            .collect();
-        let s = last.len();
-        let last = d.upload_u32(&last)?;
-        let xs = d.zeros(s * h)?;
-        b.embed(&last, s, &Matrix::whole(&normed, t, h)?, &xs)?;
-        let out = d.zeros(s * c.vocab)?;
-        b.linear(&xs, s, self.lm_head.as_ref().unwrap_or(&self.embed), &out)?;
-        b.submit()?;
-        Ok(out)
-    }
-
-    /// Records and submits the layers for `tokens` at positions `cache.len..` ([`LAYERS_PER_SUBMIT`] at a time);
-    /// with `logits`, also the final norm and the LM head of the last position (returned, not yet read back).
-    fn run(&self, tokens: &[u32], cache: &WgpuKvCache, logits: bool) -> Result<Option<Tensor>, WgpuError> {
-        let c = &self.config;
-        let d = &self.device;
-        let (t, start) = (tokens.len(), cache.len);
-        let (h, kvd, hd) = (c.hidden, c.kv_dim(), c.head_dim());
-        let ids = d.upload_u32(tokens)?;
-        let x = d.zeros(t * h)?;
-        let normed = d.zeros(t * h)?;
-        let qkv = d.zeros(t * (h + 2 * kvd))?;
-        let q = d.zeros(t * h)?;
-        let attn = d.zeros(t * h)?;
-        let gate_up = d.zeros(t * 2 * c.ffn)?;
-        let act = d.zeros(t * c.ffn)?;
-        let mut b: Batch<'_> = d.batch();
-        b.embed(&ids, t, &self.embed, &x)?;
-        // Per layer: norm, one q|k|v product, rotations into q and the cache, attention, the output projection
-        // added to x in its own kernel, norm, one gate|up product, SwiGLU, the down projection added to x.
-        for (li, l) in self.layers.iter().enumerate() {
-            b.rms_norm(&x, &l.attn_norm, c.eps, h, t, &normed)?;
-            b.linear(&normed, t, &l.wqkv, &qkv)?;
-            b.qkv_rope(&qkv, 0, t, h, kvd, hd, start, &self.rope, &q, &cache.k[li], &cache.v[li])?;
-            b.attention(&q, &cache.k[li], &cache.v[li], &attn, 0, t, start, c.heads, c.kv_heads, hd)?;
-            b.linear_add(&attn, t, &l.wo, &x)?;
-            b.rms_norm(&x, &l.ffn_norm, c.eps, h, t, &normed)?;
-            b.linear(&normed, t, &l.w_gate_up, &gate_up)?;
-            b.swiglu(&gate_up, t, c.ffn, &act)?;
-            b.linear_add(&act, t, &l.w_down, &x)?;
-            if (li + 1) % LAYERS_PER_SUBMIT == 0 {
-                b.flush()?;
-            }
-        }
         let out = if logits {
             b.rms_norm(&x, &self.norm, c.eps, h, t, &normed)?;
-            let out = d.zeros(c.vocab)?;
+            let s = parts.len();
+            let out = d.zeros(s * c.vocab)?;
             // The head is split by vocabulary rows into chunks of at most one binding; each writes its columns.
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            b.linear_into(&normed, t - 1, 1, head, &out, 0, c.vocab)?;
+            if s == 1 {
+                b.linear_into(&normed, t - 1, 1, head, &out, 0, c.vocab)?;
+            } else {
+                // Each part's last row, gathered, through the LM head in one product.
+                let last: Vec<u32> = parts
+                    .iter()
+                    .scan(0u32, |end, (tokens, _)| {
+                        *end += tokens.len() as u32;
+                        Some(*end - 1)
+                    })
+                    .collect();
+                let last = d.upload_u32(&last)?;
+                let xs = d.zeros(s * h)?;
+                b.embed(&last, s, &Matrix::whole(&normed, t, h)?, &xs)?;
+                b.linear(&xs, s, head, &out)?;
+            }
             Some(out)
         } else {
             None
