@@ -408,6 +408,8 @@ fn batched_forward_matches_the_cpu_batch_and_each_sequence_alone() {
     assert_close("second step", &gpu.forward_last_batch(&step, &mut gpu_caches).unwrap(), &want);
     // A copied prefix continues like the cache it came from.
     let mut copy = gpu.prefix_cache(&gpu_caches[4], 30).unwrap();
+    // Exactly the copied rows (the prefix store charges a copy by its length).
+    assert_eq!((copy.len, copy.capacity()), (30, 30));
     let mut cpu_copy = cpu_caches[4].prefix(30);
     let cont = [7u32, 8, 9];
     assert_close(
@@ -425,6 +427,19 @@ fn batched_forward_matches_the_cpu_batch_and_each_sequence_alone() {
     let long = vec![1u32; 400];
     assert!(matches!(err(&[&[1], &long], &mut gpu_caches[..2]), WgpuError::Model(ModelError::ContextOverflow { .. })));
     assert_eq!(gpu_caches.iter().map(|c| c.len).collect::<Vec<_>>(), lens);
+
+    // Shared forwards of at most 4 rows: 10 new tokens run alone in chunks, the rest in groups of 1 + 2 and 3.
+    let small = WgpuLlama::new(&dev, &cpu).unwrap().with_prefill_chunk(4);
+    let fresh: Vec<Vec<u32>> = [1, 10, 2, 3].iter().map(|&n| (0..n).map(|i| (i * 13 + n) % 300).collect()).collect();
+    let tokens: Vec<&[u32]> = fresh.iter().map(Vec::as_slice).collect();
+    let mut cpu_caches: Vec<SeqCache> = (0..4).map(|_| SeqCache::new(&cpu)).collect();
+    let mut gpu_caches: Vec<_> = (0..4).map(|_| small.new_cache()).collect();
+    assert_close(
+        "groups under a 4-row chunk",
+        &small.forward_last_batch(&tokens, &mut gpu_caches).unwrap(),
+        &forward_last_batch(&cpu, &tokens, &mut cpu_caches).unwrap(),
+    );
+    assert_eq!(gpu_caches.iter().map(|c| c.len).collect::<Vec<_>>(), [1, 10, 2, 3]);
 }
 
 #[test]

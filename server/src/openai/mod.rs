@@ -62,6 +62,9 @@ struct Inner {
     models: RwLock<BTreeMap<String, Arc<ServedModel>>>,
     /// Where models added later decode (`None`: the CPU).
     device: Option<Device>,
+    /// A model the GPU cannot run (shapes its kernels refuse, too little memory) is served on the CPU instead of
+    /// refused (`USERRL_SERVE_DEVICE=auto`).
+    cpu_fallback: bool,
     api_key: Option<String>,
     next_id: AtomicU64,
 }
@@ -101,10 +104,16 @@ impl OpenAiState {
 
     /// [`OpenAiState::new`] whose models decode on `device` (a wgpu device), or on the CPU with `None`.
     pub fn on_device(api_key: Option<String>, device: Option<Device>) -> OpenAiState {
+        OpenAiState::serving_on(api_key, ServingDevice { device, cpu_fallback: false })
+    }
+
+    /// [`OpenAiState::new`] whose models decode where `serving` says.
+    pub fn serving_on(api_key: Option<String>, serving: ServingDevice) -> OpenAiState {
         OpenAiState {
             inner: Arc::new(Inner {
                 models: RwLock::new(BTreeMap::new()),
-                device,
+                device: serving.device,
+                cpu_fallback: serving.cpu_fallback,
                 api_key: api_key.filter(|k| !k.is_empty()),
                 next_id: AtomicU64::new(1),
             }),
@@ -114,7 +123,7 @@ impl OpenAiState {
     /// Loads every model (`path` or `name=path`, each a `.gguf` or a checkpoint directory), with the key from
     /// `USERRL_API_KEY`, on the device `USERRL_SERVE_DEVICE` names. Blocking: run it off the async workers.
     pub fn load(models: &[String]) -> Result<OpenAiState> {
-        let state = OpenAiState::on_device(std::env::var("USERRL_API_KEY").ok(), serving_device()?);
+        let state = OpenAiState::serving_on(std::env::var("USERRL_API_KEY").ok(), serving_device()?);
         for arg in models {
             let (name, path) = parse_model_arg(arg);
             state.add_model(&name, &path)?;
@@ -126,9 +135,11 @@ impl OpenAiState {
     /// "load checkpoint"). Blocking. A name already served is an error. On the CPU, decoding reads 16-bit copies
     /// of the weights ([`serving_precision`]); a GPU decodes with the f32 weights.
     pub fn add_model(&self, name: &str, path: &Path) -> Result<()> {
+        // Read first, so that a bad setting is refused on a GPU too, before a model is loaded.
+        let precision = serving_precision()?;
         let loaded = load_model(path).with_context(|| format!("loading the model {}", path.display()))?;
         let model = match self.inner.device {
-            None => loaded.model.with_precision(serving_precision()?),
+            None => loaded.model.with_precision(precision),
             Some(_) => loaded.model,
         };
         self.add_loaded(name, model, loaded.tokenizer, &path.display().to_string())
@@ -149,14 +160,23 @@ impl OpenAiState {
                 stop.push(id);
             }
         }
-        let (engine, device): (Box<dyn Generator>, String) = match &self.inner.device {
-            None => (Box::new(Engine::new(Arc::new(model), EngineConfig::default())?), "cpu".into()),
-            Some(device) => {
-                let gpu = WgpuLlama::new(device, &model).context("uploading the model to the GPU")?;
-                let info = device.info();
-                let described = format!("{} ({:?})", info.name, info.backend);
-                (Box::new(Engine::new(Arc::new(gpu), EngineConfig::default())?), described)
-            }
+        let cpu = |model: Llama| -> Result<(Box<dyn Generator>, String)> {
+            Ok((Box::new(Engine::new(Arc::new(model), EngineConfig::default())?), "cpu".into()))
+        };
+        let (engine, device) = match &self.inner.device {
+            None => cpu(model)?,
+            Some(device) => match WgpuLlama::new(device, &model) {
+                Ok(gpu) => {
+                    let info = device.info();
+                    let described = format!("{} ({:?})", info.name, info.backend);
+                    (Box::new(Engine::new(Arc::new(gpu), EngineConfig::default())?) as Box<dyn Generator>, described)
+                }
+                Err(e) if self.inner.cpu_fallback => {
+                    tracing::warn!(model = name, error = %e, "the GPU cannot run this model; serving it on the CPU");
+                    cpu(model.with_precision(serving_precision()?))?
+                }
+                Err(e) => return Err(e).context("uploading the model to the GPU"),
+            },
         };
         tracing::info!(model = name, device = %device, "serving");
         let served = ServedModel {
@@ -220,21 +240,34 @@ pub fn serving_precision() -> Result<Precision> {
     }
 }
 
-/// Where served models decode: `USERRL_SERVE_DEVICE` = `cpu` (the default), `wgpu` (a wgpu adapter, software
-/// ones included; an error when there is none) or `auto` (a hardware GPU when wgpu finds one, else the CPU). On a
-/// GPU every served model's engine runs `WgpuLlama` (f32 weights on the device, decode steps of all its sequences
-/// in one forward).
-pub fn serving_device() -> Result<Option<Device>> {
-    parse_serving_device(&std::env::var("USERRL_SERVE_DEVICE").unwrap_or_default())
+/// Where served models decode (see [`serving_device`]).
+pub struct ServingDevice {
+    /// `None`: the CPU.
+    pub device: Option<Device>,
+    /// Serve a model the GPU cannot run on the CPU instead of refusing it.
+    pub cpu_fallback: bool,
 }
 
-fn parse_serving_device(value: &str) -> Result<Option<Device>> {
-    match value.trim() {
-        "" | "cpu" => Ok(None),
-        "auto" => Ok(Device::auto()),
-        "wgpu" => Ok(Some(Device::wgpu().context("USERRL_SERVE_DEVICE=wgpu: opening a wgpu device")?)),
-        other => anyhow::bail!("USERRL_SERVE_DEVICE is `{other}`; it takes cpu, wgpu or auto"),
+/// Where served models decode: `USERRL_SERVE_DEVICE` = `cpu` (the default), `wgpu` (a wgpu adapter, software
+/// ones included; an error when there is none, or when a model does not fit it) or `auto` (a hardware GPU when
+/// wgpu finds one, else the CPU; a model the GPU cannot run goes to the CPU too). On a GPU every served model's
+/// engine runs `WgpuLlama` (f32 weights on the device, decode steps of all its sequences in one forward).
+pub fn serving_device() -> Result<ServingDevice> {
+    match std::env::var("USERRL_SERVE_DEVICE") {
+        Ok(value) => parse_serving_device(&value),
+        Err(std::env::VarError::NotPresent) => parse_serving_device(""),
+        Err(e) => anyhow::bail!("USERRL_SERVE_DEVICE: {e}"),
     }
+}
+
+fn parse_serving_device(value: &str) -> Result<ServingDevice> {
+    let (device, cpu_fallback) = match value.trim() {
+        "" | "cpu" => (None, false),
+        "auto" => (Device::auto(), true),
+        "wgpu" => (Some(Device::wgpu().context("USERRL_SERVE_DEVICE=wgpu: opening a wgpu device")?), false),
+        other => anyhow::bail!("USERRL_SERVE_DEVICE is `{other}`; it takes cpu, wgpu or auto"),
+    };
+    Ok(ServingDevice { device, cpu_fallback })
 }
 
 /// Loads `models` (see [`OpenAiState::load`]) and adds the /v1 routes to `router` (what `userrl serve --model`

@@ -115,8 +115,8 @@ fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {
     assert!(body["error"]["type"].is_string());
 }
 
-/// The reply of the tiny model over HTTP is exactly `generate`'s on the rendered prompt, plain and streamed (the
-/// second time from the prefix store).
+/// On a GPU state the reply is the GPU model's own `generate`, and /v1/models names the adapter; under `auto` a
+/// model the kernels refuse is served on the CPU, and under `wgpu` it is refused.
 #[tokio::test]
 async fn a_gpu_state_serves_through_the_wgpu_engine() {
     let device = userrl_nn::wgpu::Device::wgpu().expect("the wgpu tests need an adapter (run scripts/setup)");
@@ -139,11 +139,29 @@ async fn a_gpu_state_serves_through_the_wgpu_engine() {
     let listed = reqwest::get(format!("{base}/v1/models")).await.unwrap().json::<Value>().await.unwrap();
     assert_eq!(listed["data"][0]["device"], served.device.as_str());
     // The setting's values; anything else is refused by name.
-    assert!(parse_serving_device("cpu").unwrap().is_none());
-    assert!(parse_serving_device(" ").unwrap().is_none());
-    let err = parse_serving_device("cuda").unwrap_err().to_string();
+    assert!(parse_serving_device("cpu").unwrap().device.is_none());
+    assert!(parse_serving_device(" ").unwrap().device.is_none());
+    assert!(parse_serving_device("auto").unwrap().cpu_fallback);
+    let err = parse_serving_device("cuda").err().unwrap().to_string();
     assert!(err.contains("USERRL_SERVE_DEVICE") && err.contains("cuda"), "{err}");
+
+    // hidden 18 is not a multiple of 4: the wgpu kernels refuse the model, the CPU runs it.
+    let odd = || random_model(LlamaConfig { hidden: 18, heads: 3, kv_heads: 1, ..tiny_model().config }, false, 6);
+    let strict = OpenAiState::serving_on(None, ServingDevice { device: Some(device.clone()), cpu_fallback: false });
+    let err = format!("{:#}", strict.add_loaded("odd", odd(), tiny_tokenizer(), "random").unwrap_err());
+    assert!(err.contains("GPU") && err.contains("multiples of 4"), "{err}");
+    assert!(strict.model("odd").is_none());
+    let auto = OpenAiState::serving_on(None, ServingDevice { device: Some(device), cpu_fallback: true });
+    auto.add_loaded("odd", odd(), tiny_tokenizer(), "random").unwrap();
+    assert_eq!(auto.model("odd").unwrap().device, "cpu");
+    let base = serve(auto).await;
+    let body = json!({"model": "odd", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let (status, reply) = post(&base, &body).await;
+    assert_eq!(status, 200, "{reply}");
 }
+
+/// The reply of the tiny model over HTTP is exactly `generate`'s on the rendered prompt, plain and streamed (the
+/// second time from the prefix store).
 
 #[tokio::test]
 async fn tiny_model_plain_and_streamed_equal_generate() {

@@ -58,6 +58,13 @@ pub struct WgpuKvCache {
     pub len: usize,
 }
 
+impl WgpuKvCache {
+    /// Positions the cache has room for before it must grow.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
 impl WgpuLlama {
     /// Uploads the weights of `model` (f32) to `device`.
     pub fn new(device: &Device, model: &Llama) -> Result<WgpuLlama, WgpuError> {
@@ -152,7 +159,9 @@ impl WgpuLlama {
         if len == 0 {
             return Ok(out);
         }
-        self.reserve(&mut out, len)?;
+        // Exactly `len` positions: the prefix store charges a copy by its length, and a sequence that resumes
+        // from it grows the cache as any other.
+        self.grow(&mut out, len)?;
         let kvd = self.config.kv_dim();
         let mut b = self.device.batch();
         for (src, dst) in cache.k.iter().zip(&out.k).chain(cache.v.iter().zip(&out.v)) {
@@ -168,8 +177,12 @@ impl WgpuLlama {
         if needed <= cache.capacity {
             return Ok(());
         }
+        self.grow(cache, needed.max(cache.capacity * 2).max(INITIAL_CACHE).min(self.config.context))
+    }
+
+    /// Moves the cache into buffers of `capacity` positions (at least its length), keeping what it holds.
+    fn grow(&self, cache: &mut WgpuKvCache, capacity: usize) -> Result<(), WgpuError> {
         let kvd = self.config.kv_dim();
-        let capacity = needed.max(cache.capacity * 2).max(INITIAL_CACHE).min(self.config.context);
         let mut batch = self.device.batch();
         let mut grow = |old: &[Tensor]| -> Result<Vec<Tensor>, WgpuError> {
             (0..self.config.layers)
@@ -243,12 +256,13 @@ impl WgpuLlama {
         let mut group: Vec<usize> = Vec::new();
         let mut rows = 0;
         for (i, t) in tokens.iter().enumerate() {
-            if t.len() >= FLASH_ROWS {
+            // Prompts (and anything past one shared forward's rows) run alone, in chunks.
+            if t.len() >= FLASH_ROWS || t.len() > self.prefill_chunk {
                 let out = self.forward_last(t, &mut caches[i])?;
                 logits[i * vocab..(i + 1) * vocab].copy_from_slice(&out);
                 continue;
             }
-            if rows + t.len() > self.prefill_chunk || group.len() == max_seqs {
+            if !group.is_empty() && (rows + t.len() > self.prefill_chunk || group.len() == max_seqs) {
                 self.run_group(&group, tokens, caches, &mut logits)?;
                 group.clear();
                 rows = 0;

@@ -55,6 +55,8 @@ pub enum WgpuError {
     TooLarge { bytes: u64, max: u64 },
     #[error("unsupported shape for the wgpu kernels: {0}")]
     Shape(String),
+    #[error("the GPU could not allocate {bytes} bytes: {message}")]
+    OutOfMemory { bytes: u64, message: String },
     #[error("wgpu validation failed: {0}")]
     Validation(String),
     #[error("reading a buffer back from the GPU failed: {0}")]
@@ -490,13 +492,20 @@ impl Device {
 
     fn storage(&self, bytes: u64) -> Result<::wgpu::Buffer, WgpuError> {
         self.check_size(bytes)?;
-        Ok(self.inner.device.create_buffer(&::wgpu::BufferDescriptor {
+        // Without a scope an allocation the device cannot make reaches wgpu's default handler, which panics: a
+        // server would lose its engine thread to one long context.
+        let scope = self.inner.device.push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.inner.device.create_buffer(&::wgpu::BufferDescriptor {
             label: None,
             // Never zero-sized: a binding needs at least one element.
             size: bytes.max(16).next_multiple_of(16),
             usage: ::wgpu::BufferUsages::STORAGE | ::wgpu::BufferUsages::COPY_SRC | ::wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        }))
+        });
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(WgpuError::OutOfMemory { bytes, message: e.to_string() }),
+            None => Ok(buffer),
+        }
     }
 
     /// A zero-filled tensor of `len` floats.
