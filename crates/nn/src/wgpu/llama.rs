@@ -184,7 +184,7 @@ impl WgpuLlama {
     fn grow(&self, cache: &mut WgpuKvCache, capacity: usize) -> Result<(), WgpuError> {
         let kvd = self.config.kv_dim();
         let mut batch = self.device.batch();
-        let mut grow = |old: &[Tensor]| -> Result<Vec<Tensor>, WgpuError> {
+        let mut moved = |old: &[Tensor]| -> Result<Vec<Tensor>, WgpuError> {
             (0..self.config.layers)
                 .map(|li| {
                     let t = self.device.zeros(capacity * kvd)?;
@@ -195,8 +195,8 @@ impl WgpuLlama {
                 })
                 .collect()
         };
-        let k = grow(&cache.k)?;
-        let v = grow(&cache.v)?;
+        let k = moved(&cache.k)?;
+        let v = moved(&cache.v)?;
         batch.submit()?;
         cache.k = k;
         cache.v = v;
