@@ -99,12 +99,7 @@ fn parse_model_arg(arg: &str) -> (String, PathBuf) {
 impl OpenAiState {
     /// An empty state serving on the CPU; `api_key` `None` (or empty) leaves the routes open.
     pub fn new(api_key: Option<String>) -> OpenAiState {
-        OpenAiState::on_device(api_key, None)
-    }
-
-    /// [`OpenAiState::new`] whose models decode on `device` (a wgpu device), or on the CPU with `None`.
-    pub fn on_device(api_key: Option<String>, device: Option<Device>) -> OpenAiState {
-        OpenAiState::serving_on(api_key, ServingDevice { device, cpu_fallback: false })
+        OpenAiState::serving_on(api_key, ServingDevice { device: None, cpu_fallback: false })
     }
 
     /// [`OpenAiState::new`] whose models decode where `serving` says.

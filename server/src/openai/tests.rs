@@ -120,7 +120,7 @@ fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {
 #[tokio::test]
 async fn a_gpu_state_serves_through_the_wgpu_engine() {
     let device = userrl_nn::wgpu::Device::wgpu().expect("the wgpu tests need an adapter (run scripts/setup)");
-    let state = OpenAiState::on_device(None, Some(device.clone()));
+    let state = OpenAiState::serving_on(None, ServingDevice { device: Some(device.clone()), cpu_fallback: false });
     state.add_loaded("tiny", tiny_model(), tiny_tokenizer(), "random").unwrap();
     let base = serve(state.clone()).await;
     let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
